@@ -1,0 +1,1 @@
+"""Knowledge distillation with IKL (IKL-KD) and its baselines (KD, DKD)."""

@@ -1,0 +1,21 @@
+"""The loss library shared by adversarial training and knowledge distillation.
+
+``dkl_loss`` and ``ikl_loss`` are the paper's losses; ``wmse_loss``, ``soft_ce_loss`` and
+``kl_loss`` their parts and reference; ``ClassPrior`` the class-wise global information
+IKL weights its wMSE term with; ``kd_loss``, ``dkd_loss`` and ``trades_kl_loss`` the baselines.
+"""
+from .dkl import dkl_loss, ikl_loss, kl_loss, soft_ce_loss, wmse_loss
+from .kd import dkd_loss, kd_loss, trades_kl_loss
+from .prior import ClassPrior
+
+__all__ = [
+    "wmse_loss",
+    "soft_ce_loss",
+    "kl_loss",
+    "dkl_loss",
+    "ikl_loss",
+    "ClassPrior",
+    "kd_loss",
+    "dkd_loss",
+    "trades_kl_loss",
+]

@@ -1,0 +1,31 @@
+"""Installs the DKL/IKL packages so that they import from anywhere: ``pip install -e .``"""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).resolve().parent
+PACKAGES = ["losses", "models", "engine", "adv_training", "knowledge_distillation"]
+
+
+TEST_ONLY = ("pytest",)
+
+
+def read_requirements():
+    """requirements.txt is the one list of dependencies; the test runner is not needed at run time."""
+    lines = (ROOT / "requirements.txt").read_text().splitlines()
+    requirements = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    return [r for r in requirements if not r.startswith(TEST_ONLY)]
+
+
+setup(
+    name="dkl",
+    version="0.1.0",
+    description="Decoupled and Improved Kullback-Leibler divergence losses (DKL/IKL) "
+    "for adversarial training and knowledge distillation",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=[p + suffix for p in PACKAGES for suffix in ("", ".*")]),
+    install_requires=read_requirements(),
+    license="MIT",
+)

@@ -1,0 +1,36 @@
+# Sourced by the launchers in sh/: creates, or reuses, the project's virtual environment.
+#
+#   DKL_VENV   where the environment lives (default: .venv in the repository root)
+#   PYTHON     the interpreter that creates it (default: python3; 3.10 or newer)
+#
+# The environment is rebuilt from requirements.txt and setup.py whenever either changes,
+# so a pulled dependency change never runs against a stale environment.
+
+DKL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${DKL_VENV:-$DKL_ROOT/.venv}"
+
+ensure_venv() {
+    local python="${PYTHON:-python3}"
+    if ! command -v "$python" >/dev/null 2>&1; then
+        echo "error: '$python' not found; install Python 3.10+ or set PYTHON=/path/to/python3" >&2
+        return 1
+    fi
+    if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+        echo "error: Python 3.10+ is needed, '$python' is $("$python" --version 2>&1)" >&2
+        return 1
+    fi
+    local stamp="$VENV/.requirements.sha256"
+    local wanted
+    wanted="$(cat "$DKL_ROOT/requirements.txt" "$DKL_ROOT/setup.py" | sha256sum | cut -d' ' -f1)"
+    if [[ -x "$VENV/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$wanted" ]]; then
+        return 0
+    fi
+    echo "Setting up the virtual environment in $VENV (a few minutes the first time) ..."
+    if [[ ! -x "$VENV/bin/python" ]]; then
+        "$python" -m venv "$VENV"
+    fi
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$DKL_ROOT/requirements.txt"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e "$DKL_ROOT"
+    echo "$wanted" > "$stamp"
+    echo "Virtual environment ready: $VENV"
+}
