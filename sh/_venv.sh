@@ -1,7 +1,9 @@
 # Sourced by the launchers in sh/: creates, or reuses, the project's virtual environment.
 #
-#   DKL_VENV   where the environment lives (default: .venv in the repository root)
-#   PYTHON     the interpreter that creates it (default: python3; 3.10 or newer)
+#   DKL_VENV    where the environment lives (default: .venv in the repository root)
+#   PYTHON      the interpreter that creates it (default: python3; 3.10 or newer)
+#   DKL_PYTHON  use this interpreter as it is instead (your own environment with the
+#               requirements installed); the launchers then skip the virtual environment
 #
 # The environment is rebuilt from requirements.txt and setup.py whenever either changes,
 # so a pulled dependency change never runs against a stale environment.
@@ -33,4 +35,16 @@ ensure_venv() {
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e "$DKL_ROOT"
     echo "$wanted" > "$stamp"
     echo "Virtual environment ready: $VENV"
+}
+
+# The interpreter the launchers run: DKL_PYTHON if set, else the project's environment.
+# The repository goes on PYTHONPATH so that its packages import from any directory.
+dkl_python() {
+    if [[ -n "${DKL_PYTHON:-}" ]]; then
+        DKL_PY="$DKL_PYTHON"
+    else
+        ensure_venv
+        DKL_PY="$VENV/bin/python"
+    fi
+    export PYTHONPATH="$DKL_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 }

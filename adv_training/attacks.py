@@ -1,0 +1,203 @@
+r"""Projected gradient attacks (PGD) with a pluggable objective.
+
+The inner maximisation of adversarial training,
+
+.. math::
+
+    x_{adv} = \arg\max_{\|x' - x\| \le \epsilon,\; x' \in [0, 1]^d} \; J(f(x')),
+
+is approximated by projected gradient ascent on ``J`` (``objective`` below), which only
+sees the logits ``f(x')``. The same routine therefore serves every method of the paper:
+
+* PGD-AT and the PGD-20 evaluation: ``ce_objective(targets)``;
+* TRADES: ``kl_objective(logits_natural)``;
+* IKL-AT: ``ikl_objective(logits_natural, alpha=1, beta=1, weights=prior_rows)``.
+
+``logits_natural`` is computed once per batch (`natural_logits`), in eval mode and
+without gradient. The authors' loop recomputes ``model(x_natural)`` at every step; in
+eval mode (no dropout, BatchNorm on running statistics) that recomputation returns the
+same tensor each time, and no gradient with respect to ``x_adv`` flows through it, so
+computing it once changes nothing but the cost.
+"""
+import contextlib
+from typing import Callable, Iterator, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from losses import ikl_loss, kl_loss
+
+Objective = Callable[[torch.Tensor], torch.Tensor]
+
+NORMS = ("linf", "l2")
+RANDOM_STARTS = ("normal", "uniform", "none")
+
+
+@contextlib.contextmanager
+def attack_mode(model: nn.Module, eval_mode: bool = True) -> Iterator[None]:
+    """Put ``model`` in eval mode for an attack, then restore every submodule's mode.
+
+    Eval mode makes BatchNorm use (and not update) its running statistics and turns
+    dropout off, as in the reference's ``model.eval()`` before crafting the examples.
+    Saving the ``training`` flag of each submodule, rather than calling ``model.train()``
+    afterwards, keeps models whose parts are deliberately frozen in eval mode (a frozen
+    backbone, a teacher inside a wrapper) exactly as they were; the flags are restored
+    even when the attack raises. With ``eval_mode=False`` nothing is changed.
+    """
+    previous = [(module, module.training) for module in model.modules()]
+    try:
+        if eval_mode:
+            model.eval()
+        yield
+    finally:
+        for module, was_training in previous:
+            module.training = was_training
+
+
+def natural_logits(model: nn.Module, x: torch.Tensor, eval_mode: bool = True) -> torch.Tensor:
+    """``model(x)`` in attack mode and without gradient: the fixed target of KL/IKL attacks."""
+    with attack_mode(model, eval_mode), torch.no_grad():
+        return model(x)
+
+
+def ce_objective(targets: torch.Tensor) -> Objective:
+    """Cross-entropy with the true labels: the objective of PGD-AT and of PGD-20 evaluation."""
+    return lambda logits: F.cross_entropy(logits, targets)
+
+
+def kl_objective(logits_natural: torch.Tensor) -> Objective:
+    """TRADES' inner maximisation: KL(softmax(logits_natural) || softmax(logits_adv)).
+
+    `kl_loss` is the batch mean where TRADES sums over the batch. The factor 1/B does not
+    move the attack: an l_inf step only uses the sign of the gradient, and an l_2 step
+    normalises each sample's gradient to unit norm, so both are invariant to a positive
+    scale of the objective.
+    """
+    target = logits_natural.detach()
+    return lambda logits: kl_loss(logits, target)
+
+
+def ikl_objective(
+    logits_natural: torch.Tensor,
+    *,
+    alpha: float,
+    beta: float,
+    weights: Optional[torch.Tensor],
+    gamma: float = 1.0,
+) -> Objective:
+    """IKL-AT's inner maximisation: ``ikl_loss(logits_adv, logits_natural, ...)``.
+
+    ``weights`` are the class-prior rows of the batch (``ClassPrior.rows(targets)``), or
+    None for per-sample softmax weights. The authors attack with alpha = beta = gamma = 1.
+    """
+    target = logits_natural.detach()
+    return lambda logits: ikl_loss(logits, target, alpha=alpha, beta=beta, gamma=gamma, weights=weights)
+
+
+def _per_sample_norm(tensor: torch.Tensor) -> torch.Tensor:
+    """L2 norm of each sample, shaped to broadcast against ``tensor`` ([B, 1, 1, ...])."""
+    norms = tensor.flatten(1).norm(p=2, dim=1)
+    return norms.view(-1, *([1] * (tensor.dim() - 1)))
+
+
+def _random_start(x: torch.Tensor, eps: float, norm: str, random_start: str, init_std: float) -> torch.Tensor:
+    if random_start == "none":
+        return x.clone()
+    if random_start == "normal":
+        # The TRADES/reference start: tiny Gaussian noise, neither clamped to [0, 1] nor
+        # projected (the first step's projection and clamp take care of both).
+        return x + init_std * torch.randn_like(x)
+    if norm == "linf":
+        delta = torch.empty_like(x).uniform_(-eps, eps)
+    else:
+        # Uniform radius in [0, eps] along a uniformly random direction.
+        direction = torch.randn_like(x)
+        norms = _per_sample_norm(direction)
+        direction = direction / torch.where(norms > 0, norms, torch.ones_like(norms))
+        radius = eps * torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device, dtype=x.dtype)
+        delta = radius * direction
+    return (x + delta).clamp(0.0, 1.0)
+
+
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    objective: Objective,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+    norm: str = "linf",
+    random_start: str = "normal",
+    init_std: float = 0.001,
+    eval_mode: bool = True,
+) -> torch.Tensor:
+    r"""Projected gradient ascent on ``objective(model(x_adv))``; returns a detached ``x_adv``.
+
+    With :math:`g = \nabla_{x_{adv}} J(f(x_{adv}))` each step is
+
+    * ``norm="linf"``:
+      :math:`x_{adv} \leftarrow \mathrm{clip}_{[0,1]}\big(\mathrm{clip}_{[x-\epsilon,\, x+\epsilon]}
+      (x_{adv} + \eta\, \mathrm{sign}(g))\big)`;
+    * ``norm="l2"`` (the reference's ``l_2`` branch, with :math:`\delta = x_{adv} - x`):
+      :math:`\delta \leftarrow \delta + \eta\, g / \|g\|_2` per sample (a zero gradient gives a
+      zero step, not NaN), then :math:`\delta \leftarrow \mathrm{clip}_{[0,1]}(x + \delta) - x`,
+      then each sample's :math:`\delta` is rescaled to norm at most :math:`\epsilon`
+      (``torch.renorm``). Rescaling towards ``x`` keeps ``x + delta`` inside [0, 1]; a last
+      clamp only removes rounding. The reference uses :math:`\eta = 2\epsilon/\text{steps}`
+      for l2 (it ignores ``--step-size`` there); pass that as ``step_size`` to match it.
+
+    Args:
+        objective: maps the logits of ``x_adv`` to a scalar to maximise (see the builders
+            above). It must treat each sample independently up to a positive batch-wide
+            factor, as every batch-mean loss does.
+        random_start: ``"normal"``: ``x + init_std * randn`` (TRADES and the reference);
+            ``"uniform"``: a uniform point of the l_inf ball, or for l2 a random direction
+            at a uniform radius in [0, eps], clamped to [0, 1]; ``"none"``: ``x``.
+        eval_mode: run the model in eval mode during the attack (`attack_mode`).
+
+    ``steps == 0`` or ``eps == 0`` returns a detached copy of ``x`` itself, without the
+    random start: with no step, the start noise would be an unprojected perturbation (and
+    for ``"normal"`` possibly outside [0, 1]); with a zero radius every projection maps
+    back to ``x`` anyway, which is what an epsilon schedule starting at 0 needs.
+
+    Gradients are taken with `torch.autograd.grad` with respect to ``x_adv`` only, so no
+    parameter's ``.grad`` is created or changed, and the attack works whether or not the
+    caller is inside ``torch.no_grad()``. Under ``torch.autocast`` the model runs in
+    reduced precision while ``x_adv`` and its updates stay in the dtype of ``x``.
+    """
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if random_start not in RANDOM_STARTS:
+        raise ValueError(f"random_start must be one of {RANDOM_STARTS}, got {random_start!r}")
+    if not eps >= 0 or not step_size >= 0 or not init_std >= 0:
+        raise ValueError(f"eps, step_size and init_std must be non-negative, got {eps}, {step_size}, {init_std}")
+    if int(steps) != steps or steps < 0:
+        raise ValueError(f"steps must be a non-negative integer, got {steps}")
+
+    x = x.detach()
+    if steps == 0 or eps == 0:
+        return x.clone()
+
+    with attack_mode(model, eval_mode):
+        x_adv = _random_start(x, eps, norm, random_start, init_std)
+        for _ in range(int(steps)):
+            x_adv = x_adv.detach().requires_grad_(True)
+            with torch.enable_grad():
+                loss = objective(model(x_adv))
+            if loss.dim() != 0:
+                raise ValueError(f"the attack objective must return a scalar, got shape {tuple(loss.shape)}")
+            (grad,) = torch.autograd.grad(loss, [x_adv])
+            with torch.no_grad():
+                if norm == "linf":
+                    x_adv = x_adv + step_size * grad.sign()
+                    x_adv = torch.clamp(x_adv, x - eps, x + eps).clamp(0.0, 1.0)
+                else:
+                    grad_norms = _per_sample_norm(grad)
+                    unit_grad = grad / torch.where(grad_norms > 0, grad_norms, torch.ones_like(grad_norms))
+                    delta = x_adv - x + step_size * unit_grad
+                    delta = (x + delta).clamp(0.0, 1.0) - x
+                    delta = torch.renorm(delta, p=2, dim=0, maxnorm=eps)
+                    x_adv = (x + delta).clamp(0.0, 1.0)
+    return x_adv.detach()

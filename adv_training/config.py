@@ -1,0 +1,169 @@
+"""Every knob of adversarial training, with its default and meaning.
+
+The defaults are the authors' CIFAR-100 IKL-AT recipe (WRN-34-10, 200 epochs, batch 128,
+SGD lr 0.2 cosine, eps 8/255 ramped linearly, the `high` attack budget, alpha 4, beta 20,
+prior temperature 4, AWP gamma 0.005 from epoch 10, EMA tau 0.9996 from epoch 150), so a
+YAML file only states what differs. ``python -m adv_training.train --print-config`` lists
+them all.
+"""
+from dataclasses import dataclass
+from typing import List, Literal, Optional
+
+from engine.config import ConfigError, knob, section
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["cifar10", "cifar100"] = knob("cifar100", "training and test set")
+    root: str = knob("data", "folder holding cifar-10-batches-py / cifar-100-python")
+    download: bool = knob(False, "download the dataset into `root` when it is missing")
+    verify_checksum: bool = knob(True, "check the official MD5 sums; false only for locally written test data")
+    augment: Literal["basic", "autoaug", "cutout"] = knob(
+        "basic", "basic = crop+flip; autoaug/cutout add a second, augmented view per image"
+    )
+    aug_weight: float = knob(1.0, "weight of the augmented view's robust loss (dual-view modes)")
+    batch_size: int = knob(128, "training batch size (per view)")
+    drop_last: bool = knob(False, "drop the last incomplete training batch (the reference's TRADES script does)")
+    test_batch_size: int = knob(256, "evaluation batch size")
+    num_workers: int = knob(4, "DataLoader worker processes")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = knob("WideResNet34_10", "name in the model zoo (models.available_models())")
+    depth: Optional[int] = knob(None, "depth of the generic `WideResNet` arch (null = the architecture's own)")
+    widen_factor: Optional[int] = knob(None, "width of the generic `WideResNet` arch (null = the architecture's own)")
+
+    def build_kwargs(self) -> dict:
+        return {k: v for k, v in (("depth", self.depth), ("widen_factor", self.widen_factor)) if v is not None}
+
+
+@dataclass
+class IKLConfig:
+    alpha: float = knob(4.0, "weight of the soft-label CE term of IKL (the paper's beta)")
+    beta: float = knob(20.0, "weight of the wMSE term of IKL (the paper's alpha)")
+    gamma: float = knob(1.0, "exponent on the class-prior weights (GKL uses 0.4 on CIFAR-100, 0.2 on CIFAR-10)")
+    temperature: float = knob(1.0, "temperature of the IKL soft-label CE term")
+    prior_temperature: float = knob(4.0, "temperature of the softmax averaged into the class prior")
+
+
+@dataclass
+class TradesConfig:
+    beta: float = knob(6.0, "weight of TRADES' KL term")
+
+
+@dataclass
+class AttackConfig:
+    norm: Literal["linf", "l2"] = knob("linf", "threat model of the training attack")
+    epsilon: float = knob(8 / 255, "perturbation budget (accepts fractions such as 8/255)")
+    eps_ramp: bool = knob(True, "ramp the training epsilon linearly: eps_t = eps * epoch / epochs")
+    budget: Literal["low", "high", "high_piecewise", "fixed"] = knob(
+        "high",
+        "low: 2 steps of eps_t; high: 5 steps of eps_t/2 (what the reference runs); "
+        "high_piecewise: the 2/3/4/5-step schedule the reference intended; fixed: `steps` of `step_size`",
+    )
+    steps: int = knob(10, "number of steps for budget=fixed")
+    step_size: float = knob(2 / 255, "step size for budget=fixed")
+    random_start: Literal["normal", "uniform", "none"] = knob(
+        "normal", "normal: x + 0.001*N(0,1) (TRADES/reference); uniform: U(-eps, eps) (Madry PGD-AT)"
+    )
+    alpha: float = knob(1.0, "IKL inner objective: CE weight (reference: 1 on CIFAR-100 and CIFAR-10)")
+    beta: float = knob(1.0, "IKL inner objective: wMSE weight (reference: 1 on CIFAR-100, 0 on CIFAR-10)")
+    eval_mode: bool = knob(True, "model in eval mode (BN running statistics) while attacking")
+
+
+@dataclass
+class AWPConfig:
+    enabled: bool = knob(True, "adversarial weight perturbation (Wu et al. 2020)")
+    gamma: float = knob(0.005, "relative size of the weight perturbation")
+    warmup: int = knob(10, "first epoch with AWP")
+    proxy_lr: float = knob(0.01, "proxy SGD step (cancels out of the per-layer normalised perturbation)")
+
+
+@dataclass
+class EMAConfig:
+    enabled: bool = knob(True, "keep an exponential moving average of weights and BN buffers")
+    tau: float = knob(0.9996, "EMA decay per iteration")
+    start_epoch: int = knob(150, "epoch at which the average starts from a copy of the model")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = knob(0.2, "peak learning rate of SGD")
+    momentum: float = knob(0.9, "SGD momentum")
+    weight_decay: float = knob(5e-4, "L2 weight decay")
+    nesterov: bool = knob(False, "Nesterov momentum")
+    schedule: Literal["cosine", "step"] = knob(
+        "cosine", "cosine: lr*(1+cos(pi*(e-w)/(E-w+1)))/2 after w warmup epochs (the reference); step: decays at milestones"
+    )
+    warmup_epochs: int = knob(0, "linear warmup epochs: lr*e/w for e < w")
+    milestones: List[int] = knob([100, 150], "epochs at which the step schedule multiplies lr by decay")
+    decay: float = knob(0.1, "step schedule factor")
+
+
+@dataclass
+class EvalConfig:
+    num_examples: Optional[int] = knob(1000, "first N test images evaluated each epoch; null = the whole test set")
+    pgd_steps: int = knob(20, "steps of the per-epoch PGD evaluation (CE objective, uniform random start)")
+    step_size: float = knob(2 / 255, "step size of the per-epoch PGD evaluation")
+    epsilon: Optional[float] = knob(None, "evaluation budget; null = attack.epsilon")
+    every: int = knob(1, "evaluate every N epochs (the last epoch always)")
+
+
+@dataclass
+class ATConfig:
+    method: Literal["ikl", "trades", "pgd"] = knob("ikl", "training objective: IKL-AT, TRADES or Madry PGD-AT")
+    epochs: int = knob(200, "training epochs")
+    seed: int = knob(0, "seed of every random number generator (set once, in engine.runtime)")
+    deterministic: bool = knob(False, "deterministic kernels (slower; needed for bit-exact resume on GPU)")
+    device: str = knob("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
+    precision: Literal["fp32", "tf32", "bf16"] = knob("fp32", "bf16 autocasts training and attacks; evaluation is fp32")
+    channels_last: bool = knob(False, "NHWC memory format (faster convolutions on recent GPUs)")
+    out_dir: str = knob("runs", "parent folder of run folders")
+    name: str = knob("", "run folder name under out_dir; empty = <dataset>_<method>_<arch>_seed<seed>")
+    resume: bool = knob(False, "continue from <run folder>/last.pt")
+    save_every: int = knob(0, "also write ours-model-epoch{N}.pt every N epochs (plain state dict, for swa.py); 0 = never")
+    data: DataConfig = section(DataConfig, "dataset, augmentation and loaders")
+    model: ModelConfig = section(ModelConfig, "architecture")
+    ikl: IKLConfig = section(IKLConfig, "IKL-AT loss (method=ikl)")
+    trades: TradesConfig = section(TradesConfig, "TRADES loss (method=trades)")
+    attack: AttackConfig = section(AttackConfig, "inner maximisation during training")
+    awp: AWPConfig = section(AWPConfig, "adversarial weight perturbation")
+    ema: EMAConfig = section(EMAConfig, "weight averaging during training")
+    optim: OptimConfig = section(OptimConfig, "optimiser and learning-rate schedule")
+    eval: EvalConfig = section(EvalConfig, "per-epoch evaluation")
+
+    def validate(self) -> None:
+        positive = {
+            "epochs": self.epochs,
+            "data.batch_size": self.data.batch_size,
+            "data.test_batch_size": self.data.test_batch_size,
+            "attack.epsilon": self.attack.epsilon,
+            "optim.lr": self.optim.lr,
+            "eval.every": self.eval.every,
+            "ikl.temperature": self.ikl.temperature,
+            "ikl.prior_temperature": self.ikl.prior_temperature,
+        }
+        for key, value in positive.items():
+            if not value > 0:
+                raise ConfigError(f"config key '{key}' must be positive, got {value}")
+        non_negative = {
+            "save_every": self.save_every,
+            "data.num_workers": self.data.num_workers,
+            "optim.warmup_epochs": self.optim.warmup_epochs,
+            "ikl.gamma": self.ikl.gamma,
+            "attack.steps": self.attack.steps,
+            "eval.pgd_steps": self.eval.pgd_steps,
+        }
+        for key, value in non_negative.items():
+            if value < 0:
+                raise ConfigError(f"config key '{key}' must be >= 0, got {value}")
+        if not 0 <= self.ema.tau < 1:
+            raise ConfigError(f"config key 'ema.tau' must lie in [0, 1), got {self.ema.tau}")
+        if self.eval.num_examples is not None and self.eval.num_examples <= 0:
+            raise ConfigError("config key 'eval.num_examples' must be positive or null (the whole test set)")
+        if self.optim.warmup_epochs >= self.epochs and self.optim.warmup_epochs > 0:
+            raise ConfigError(f"optim.warmup_epochs ({self.optim.warmup_epochs}) must be smaller than epochs ({self.epochs})")
+
+    def run_name(self) -> str:
+        return self.name or f"{self.data.dataset}_{self.method}_{self.model.arch}_seed{self.seed}"

@@ -1,0 +1,49 @@
+"""Per-epoch evaluation: clean accuracy and PGD robust accuracy, always in float32 and eval mode."""
+from typing import Dict
+
+import torch
+
+from engine.distributed import reduce_sum
+
+from .attacks import attack_mode, ce_objective, pgd
+
+
+def evaluate(
+    model: torch.nn.Module,
+    loader,
+    device: torch.device,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+    norm: str = "linf",
+    channels_last: bool = False,
+) -> Dict[str, float]:
+    """Clean and PGD-``steps`` accuracy (CE objective, uniform random start) in percent.
+
+    This is the training-time monitor; the number to report is AutoAttack's.
+    """
+    correct_clean = torch.zeros((), dtype=torch.long, device=device)
+    correct_robust = torch.zeros((), dtype=torch.long, device=device)
+    seen = torch.zeros((), dtype=torch.long, device=device)
+    with attack_mode(model, eval_mode=True):
+        for images, targets in loader:
+            images, targets = images.to(device), targets.to(device)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.no_grad():
+                correct_clean += (model(images).argmax(1) == targets).sum()
+            if steps > 0:
+                adversarial = pgd(
+                    model, images, ce_objective(targets), eps=eps, step_size=step_size, steps=steps,
+                    norm=norm, random_start="uniform",
+                )
+                with torch.no_grad():
+                    correct_robust += (model(adversarial).argmax(1) == targets).sum()
+            seen += targets.numel()
+    counts = reduce_sum(torch.stack([correct_clean, correct_robust, seen])).tolist()
+    total = max(counts[2], 1)
+    result = {"clean_acc": 100.0 * counts[0] / total}
+    if steps > 0:
+        result["robust_acc"] = 100.0 * counts[1] / total
+    return result

@@ -1,0 +1,136 @@
+r"""Post-hoc exponential averaging of saved epochs: the reference's ``swa.py``, same command line.
+
+    python -m adv_training.swa RUN_DIR TAU START END
+
+reads ``RUN_DIR/ours-model-epoch{i}.pt`` for i = START..END and computes
+
+.. math::
+
+    \bar\theta_{START} = \theta_{START}, \qquad
+    \bar\theta_i = (1 - \tau)\, \theta_i + \tau\, \bar\theta_{i-1} \quad (i > START),
+
+then writes :math:`\bar\theta_{END}` as a plain state dict to
+``RUN_DIR/ours-model-epoch-SWA{tau}{start}{end}.pt`` (the reference's name, e.g.
+``ours-model-epoch-SWA0.91200.pt`` for ``0.9 1 200``).
+
+Differences from the reference, none of which changes a floating-point result:
+
+* integer entries (BatchNorm's ``num_batches_tracked``) keep the latest epoch's value;
+  the reference pushes them through the same formula, which turns the counters into
+  floats that mean nothing;
+* only epochs START..END are read (the reference also loads, and ignores, 1..START-1);
+  all of them are checked to exist before any is read;
+* ``{"model": state_dict}`` wrappers and DataParallel's ``module.`` prefix are accepted,
+  and the output is written without the prefix;
+* every read goes through `load_file` (``weights_only``) and the write is atomic.
+"""
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Dict, Optional, Sequence
+
+import torch
+
+from engine.checkpoint import PathLike, atomic_save, load_file
+from engine.errors import UserError
+
+EPOCH_FILE = "ours-model-epoch{}.pt"
+OUTPUT_FILE = "ours-model-epoch-SWA{}{}{}.pt"
+_PREFIX = "module."
+
+
+def output_path(run_dir: PathLike, tau: float, start: int, end: int) -> Path:
+    """The reference's output name: ``'{}{}{}'.format(tau, start, end)`` of the parsed values."""
+    return Path(run_dir) / OUTPUT_FILE.format(float(tau), int(start), int(end))
+
+
+def _state_dict(obj, path: Path) -> Dict[str, torch.Tensor]:
+    """The plain state dict inside an epoch file, without a DataParallel prefix."""
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{path} is not a model state dict (a dict of tensors, or {{'model': state_dict}})")
+    if all(key.startswith(_PREFIX) for key in obj):
+        obj = {key[len(_PREFIX):]: value for key, value in obj.items()}
+    return obj
+
+
+def _check_same_entries(average: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor], path: Path) -> None:
+    missing = sorted(set(average) - set(state))
+    extra = sorted(set(state) - set(average))
+    if missing or extra:
+        raise UserError(
+            f"{path} does not have the same entries as the earlier epochs "
+            f"(missing: {missing[:5]}, unexpected: {extra[:5]}); were they saved from the same model?"
+        )
+    for key, value in state.items():
+        if value.shape != average[key].shape:
+            raise UserError(
+                f"{path}: entry {key!r} has shape {tuple(value.shape)}, "
+                f"but {tuple(average[key].shape)} in the earlier epochs"
+            )
+
+
+def average_checkpoints(
+    run_dir: PathLike, tau: float, start: int, end: int, *, log: Callable[[str], None] = print
+) -> Path:
+    """Average epochs ``start..end`` of ``run_dir`` as the reference does; returns the output path.
+
+    Raises `UserError` for tau outside [0, 1), start > end, a missing epoch file, or
+    epochs whose entries differ.
+    """
+    run_dir = Path(run_dir)
+    if not 0 <= tau < 1:
+        raise UserError(f"TAU must be in [0, 1), got {tau}")
+    if start > end:
+        raise UserError(f"START ({start}) must not be after END ({end})")
+    paths = [run_dir / EPOCH_FILE.format(epoch) for epoch in range(start, end + 1)]
+    missing = [path for path in paths if not path.is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more epoch files)" if len(missing) > 1 else ""
+        raise UserError(
+            f"epoch checkpoint not found: {missing[0]}{more}; averaging needs every epoch from "
+            f"{start} to {end}, so train with save_every=1"
+        )
+
+    average: Optional[Dict[str, torch.Tensor]] = None
+    for path in paths:
+        log(f"reading {path}")
+        state = _state_dict(load_file(path, map_location="cpu"), path)
+        if average is None:
+            average = dict(state)
+            continue
+        _check_same_entries(average, state, path)
+        for key, value in state.items():
+            if value.is_floating_point() or value.is_complex():
+                # The reference's exact expression (not lerp), so the result matches it bit for bit.
+                average[key] = (1 - tau) * value + tau * average[key]
+            else:
+                average[key] = value
+
+    destination = atomic_save(average, output_path(run_dir, tau, start, end))
+    log(f"wrote {destination}")
+    return destination
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m adv_training.swa",
+        description="Exponential average of the saved epochs START..END of a run: "
+        "avg = (1 - TAU) * epoch + TAU * avg (the reference's swa.py).",
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="folder holding ours-model-epoch{i}.pt")
+    parser.add_argument("tau", metavar="TAU", type=float, help="weight of the running average, in [0, 1), e.g. 0.9")
+    parser.add_argument("start", metavar="START", type=int, help="first epoch, copied as the initial average")
+    parser.add_argument("end", metavar="END", type=int, help="last epoch (inclusive)")
+    args = parser.parse_args(argv)
+    try:
+        average_checkpoints(args.run_dir, args.tau, args.start, args.end)
+    except UserError as error:
+        print(error, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

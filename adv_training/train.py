@@ -1,0 +1,384 @@
+"""Adversarial training: IKL-AT, TRADES, PGD-AT (+AWP, +EMA) on CIFAR.
+
+    python -m adv_training.train --config configs/adv_training/cifar100_ikl.yaml [key=value ...]
+    python -m adv_training.train --config ... --print-config      # resolved config with every knob
+
+One step (see shared/DESIGN.md): class-prior rows for the batch; natural logits once
+in eval mode; PGD on the method's objective; AWP on the method's loss; two forwards in
+train mode; CE + robust term; SGD step; EMA update; class-prior update. Each epoch ends
+with the prior step, clean and PGD-20 accuracy of the model and its EMA, one line of
+metrics.jsonl, and an atomically written last.pt from which ``resume=true`` continues.
+"""
+import argparse
+import contextlib
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from tqdm import tqdm
+
+from engine import data as data_lib
+from engine.checkpoint import atomic_save, load_file
+from engine.config import get_value, load_config, to_dict, to_yaml
+from engine.distributed import is_main_process, reduce_sum
+from engine.ema import ModelEMA
+from engine.errors import UserError
+from engine.run import RunLogger, prepare_run_dir
+from engine.runtime import (
+    autocast,
+    capture_rng_state,
+    configure_precision,
+    environment_info,
+    resolve_device,
+    restore_rng_state,
+    seed_everything,
+)
+from engine.schedule import learning_rate
+from losses import ClassPrior
+from models import build_model
+
+from .attacks import natural_logits, pgd
+from .awp import AdversarialWeightPerturbation
+from .config import ATConfig, AttackConfig
+from .evaluate import evaluate
+from .methods import attack_objective, needs_natural_logits, training_loss
+
+CHECKPOINT_FORMAT = 1
+PROGRESS_EVERY = 20  # batches between progress-bar updates (each one synchronises with the GPU)
+
+
+class NonFiniteLossError(UserError):
+    pass
+
+
+def attack_budget(attack: AttackConfig, epoch: int, epochs: int) -> Tuple[float, float, int]:
+    """(eps_t, step size, steps) of the training attack at ``epoch`` (1-based).
+
+    ``high`` is what the reference code runs: its 2/3/4/5-step ``if`` chain overwrites
+    itself, so every epoch gets 5 steps of eps_t / 2. ``high_piecewise`` is the schedule
+    that chain was meant to be (2 steps of eps_t up to epoch 50, 3 of 2 eps_t / 3 up to 100,
+    4 of eps_t / 2 up to 150, then 5 of eps_t / 2; epochs scaled to a 200-epoch run).
+    """
+    eps_t = attack.epsilon * epoch / epochs if attack.eps_ramp else attack.epsilon
+    if attack.budget == "low":
+        return eps_t, eps_t, 2
+    if attack.budget == "high":
+        return eps_t, eps_t / 2, 5
+    if attack.budget == "high_piecewise":
+        scale = epochs / 200.0
+        if epoch <= int(50 * scale):
+            return eps_t, eps_t, 2
+        if epoch <= int(100 * scale):
+            return eps_t, 2 * eps_t / 3, 3
+        if epoch <= int(150 * scale):
+            return eps_t, eps_t / 2, 4
+        return eps_t, eps_t / 2, 5
+    return eps_t, attack.step_size, attack.steps
+
+
+def _to_device(batch, device, channels_last: bool):
+    """Images (one view, or the two views concatenated) and labels on the device."""
+    images, targets = batch
+    if isinstance(images, (list, tuple)):  # dual view: [basic, augmented]
+        basic_size = images[0].shape[0]
+        images = torch.cat(list(images), dim=0)
+        targets = torch.cat([targets, targets], dim=0)
+    else:
+        basic_size = images.shape[0]
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, targets.to(device, non_blocking=True), basic_size
+
+
+def train_one_epoch(
+    cfg: ATConfig,
+    epoch: int,
+    model: torch.nn.Module,
+    loader,
+    optimizer: torch.optim.Optimizer,
+    prior: ClassPrior,
+    ema: Optional[ModelEMA],
+    awp: Optional[AdversarialWeightPerturbation],
+    device: torch.device,
+) -> Dict[str, float]:
+    eps_t, step_size, steps = attack_budget(cfg.attack, epoch, cfg.epochs)
+    use_awp = awp is not None and epoch >= cfg.awp.warmup
+    # Sums stay on the device and are read every PROGRESS_EVERY batches, not every batch.
+    sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss, natural, robust, adv correct, clean correct
+    samples = 0
+    bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None if is_main_process() else True)
+    for batch_index, batch in enumerate(bar):
+        x_natural, targets, basic_size = _to_device(batch, device, cfg.channels_last)
+        prior_rows = prior.rows(targets) if cfg.method == "ikl" else None
+
+        with autocast(device, cfg.precision):
+            logits_natural = None
+            if needs_natural_logits(cfg.method):
+                logits_natural = natural_logits(model, x_natural, eval_mode=cfg.attack.eval_mode).float()
+            objective = attack_objective(cfg, logits_natural, targets, prior_rows)
+            x_adv = pgd(
+                model, x_natural, objective, eps=eps_t, step_size=step_size, steps=steps,
+                norm=cfg.attack.norm, random_start=cfg.attack.random_start, eval_mode=cfg.attack.eval_mode,
+            )
+
+        model.train()
+
+        def method_loss(network):
+            with autocast(device, cfg.precision):
+                return training_loss(cfg, network, x_natural, x_adv, targets, prior_rows, basic_size)
+
+        perturbation = awp.compute(lambda proxy: method_loss(proxy)[0]) if use_awp else None
+        with awp.perturbed(perturbation) if use_awp else contextlib.nullcontext():
+            loss, parts = method_loss(model)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        if ema is not None:
+            ema.update(model, epoch)
+        if cfg.method == "ikl":
+            prior.update(parts["logits_nat"][:basic_size], targets[:basic_size])
+
+        batch_size = targets.numel()
+        clean_correct = (parts["logits_nat"].argmax(1) == targets).sum() if parts["logits_nat"] is not None else loss.new_zeros(())
+        sums += torch.stack([
+            loss.detach().double() * batch_size,
+            parts["natural"].double() * batch_size,
+            parts["robust"].double() * batch_size,
+            (parts["logits_adv"].argmax(1) == targets).sum().double(),
+            clean_correct.double(),
+        ])
+        samples += batch_size
+        if (batch_index + 1) % PROGRESS_EVERY == 0 or batch_index + 1 == len(loader):
+            mean_loss = sums[0].item() / samples
+            if not math.isfinite(mean_loss):
+                raise NonFiniteLossError(
+                    f"the training loss became {mean_loss} in epoch {epoch} (by batch {batch_index + 1}); "
+                    f"the run stopped and last.pt still holds epoch {epoch - 1}. Lower optim.lr, "
+                    f"use precision=fp32, or check the data."
+                )
+            bar.set_postfix(loss=f"{mean_loss:.4f}", adv_acc=f"{100 * sums[3].item() / samples:.1f}")
+
+    totals = reduce_sum(torch.cat([sums, sums.new_tensor([samples])])).tolist()
+    count = max(totals[5], 1)
+    summary = {
+        "train_loss": totals[0] / count,
+        "train_loss_natural": totals[1] / count,
+        "train_loss_robust": totals[2] / count,
+        "train_adv_acc": 100 * totals[3] / count,
+        "eps": eps_t,
+        "attack_step_size": step_size,
+        "attack_steps": steps,
+        "awp": use_awp,
+    }
+    if needs_natural_logits(cfg.method):  # PGD-AT never sees the clean training images
+        summary["train_clean_acc"] = 100 * totals[4] / count
+    return summary
+
+
+def _checkpoint_state(cfg, epoch, model, optimizer, prior, ema, awp, best) -> dict:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "prior": prior.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None,
+        "awp": awp.state_dict() if awp is not None else None,
+        "best": best,
+        "rng": capture_rng_state(),
+        "config": to_dict(cfg),
+    }
+
+
+def _restore(state, cfg, model, optimizer, prior, ema, awp, path: Path) -> dict:
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} is not a last.pt written by adv_training.train (format {state.get('format')!r})")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise UserError(
+            f"{path} does not fit model.arch={cfg.model.arch} with {cfg.data.dataset}: "
+            f"{str(error).splitlines()[0]}; resume with the config the run was started with"
+        ) from None
+    optimizer.load_state_dict(state["optimizer"])
+    prior.load_state_dict(state["prior"])
+    if ema is not None:
+        if state["ema"] is None:
+            raise UserError(f"{path} was written with ema.enabled=false; resume with the same setting")
+        ema.load_state_dict(state["ema"])
+    if awp is not None and state["awp"] is not None:
+        awp.load_state_dict(state["awp"])
+    restore_rng_state(state["rng"])
+    return state["best"]
+
+
+def _changed_keys(saved: dict, current: dict, prefix: str = "") -> List[str]:
+    changed = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += _changed_keys(a, b, prefix + key + ".")
+        elif a != b:
+            changed.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return changed
+
+
+def log(message: str) -> None:
+    if is_main_process():
+        print(message, flush=True)
+
+
+def train(cfg: ATConfig) -> Dict[str, object]:
+    """Runs (or resumes) a whole training run; returns what results.json holds."""
+    device = resolve_device(cfg.device)
+    configure_precision(cfg.precision)
+    seed_everything(cfg.seed, cfg.deterministic)
+    run_dir = Path(cfg.out_dir) / cfg.run_name()
+
+    num_classes = data_lib.num_classes(cfg.data.dataset)
+    train_set = data_lib.build_train_set(
+        cfg.data.dataset, cfg.data.root, augment=cfg.data.augment,
+        download=cfg.data.download, verify_checksum=cfg.data.verify_checksum,
+    )
+    test_set = data_lib.first_examples(
+        data_lib.build_test_set(cfg.data.dataset, cfg.data.root, download=cfg.data.download,
+                                verify_checksum=cfg.data.verify_checksum),
+        cfg.eval.num_examples,
+    )
+    train_loader = data_lib.make_loader(
+        train_set, batch_size=cfg.data.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
+        drop_last=cfg.data.drop_last, seed=cfg.seed, pin_memory=device.type == "cuda",
+    )
+    test_loader = data_lib.make_loader(
+        test_set, batch_size=cfg.data.test_batch_size, shuffle=False, num_workers=cfg.data.num_workers,
+        seed=cfg.seed, pin_memory=device.type == "cuda",
+    )
+
+    model = build_model(cfg.model.arch, num_classes, dataset=cfg.data.dataset, **cfg.model.build_kwargs()).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+        weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov,
+    )
+    prior = ClassPrior(num_classes, temperature=cfg.ikl.prior_temperature).to(device)
+    ema = ModelEMA(model, tau=cfg.ema.tau, start_epoch=cfg.ema.start_epoch) if cfg.ema.enabled else None
+    awp = AdversarialWeightPerturbation(model, gamma=cfg.awp.gamma, proxy_lr=cfg.awp.proxy_lr) if cfg.awp.enabled else None
+
+    last_path = run_dir / "last.pt"
+    if is_main_process():
+        prepare_run_dir(
+            run_dir, config_yaml=to_yaml(cfg), resume=cfg.resume,
+            environment={"seed": cfg.seed, **environment_info(), "device": str(device)},
+        )
+    start_epoch, best = 1, {"robust_acc": -1.0, "epoch": 0}
+    if cfg.resume:
+        state = load_file(last_path, map_location=device)
+        changed = [c for c in _changed_keys(state["config"], to_dict(cfg)) if not c.startswith("resume:")]
+        if changed:
+            log("note: resuming with changed settings: " + "; ".join(changed))
+        best = _restore(state, cfg, model, optimizer, prior, ema, awp, last_path)
+        start_epoch = state["epoch"] + 1
+        log(f"Resumed {run_dir} after epoch {state['epoch']}")
+        del state
+    logger = RunLogger(run_dir, enabled=is_main_process(), completed_epochs=start_epoch - 1)
+    log(f"Training {cfg.method} on {cfg.data.dataset} with {cfg.model.arch} on {device} -> {run_dir}")
+
+    eval_eps = cfg.eval.epsilon if cfg.eval.epsilon is not None else cfg.attack.epsilon
+    metrics: Dict[str, object] = {}
+    try:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            started = time.perf_counter()
+            lr = learning_rate(
+                epoch, base_lr=cfg.optim.lr, epochs=cfg.epochs, schedule=cfg.optim.schedule,
+                warmup_epochs=cfg.optim.warmup_epochs, milestones=cfg.optim.milestones, decay=cfg.optim.decay,
+            )
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            data_lib.set_epoch(train_loader, epoch)
+            metrics = {"lr": lr, **train_one_epoch(cfg, epoch, model, train_loader, optimizer, prior, ema, awp, device)}
+            prior.step()
+            metrics["train_seconds"] = time.perf_counter() - started
+
+            if epoch % cfg.eval.every == 0 or epoch == cfg.epochs:
+                eval_kwargs = dict(eps=eval_eps, step_size=cfg.eval.step_size, steps=cfg.eval.pgd_steps,
+                                   norm=cfg.attack.norm, channels_last=cfg.channels_last)
+                metrics.update({f"test_{k}": v for k, v in evaluate(model, test_loader, device, **eval_kwargs).items()})
+                if ema is not None and ema.started:
+                    metrics.update({f"ema_test_{k}": v for k, v in evaluate(ema.module, test_loader, device, **eval_kwargs).items()})
+            metrics["epoch_seconds"] = time.perf_counter() - started
+            logger.log_epoch(epoch, metrics)
+            log(
+                f"epoch {epoch}/{cfg.epochs}  lr {lr:.4f}  eps {metrics['eps'] * 255:.2f}/255  "
+                f"loss {metrics['train_loss']:.4f}  train adv {metrics['train_adv_acc']:.2f}%"
+                + (f"  test clean {metrics['test_clean_acc']:.2f}%" if "test_clean_acc" in metrics else "")
+                + (f"  PGD-{cfg.eval.pgd_steps} {metrics['test_robust_acc']:.2f}%" if "test_robust_acc" in metrics else "")
+                + (f"  (EMA {metrics['ema_test_robust_acc']:.2f}%)" if "ema_test_robust_acc" in metrics else "")
+                + f"  {metrics['epoch_seconds']:.0f}s"
+            )
+
+            if is_main_process():
+                robust = metrics.get("test_robust_acc", metrics.get("test_clean_acc"))
+                if robust is not None and robust > best["robust_acc"]:
+                    best = {"robust_acc": robust, "epoch": epoch}
+                    atomic_save({"model": model.state_dict(), "epoch": epoch, "robust_acc": robust}, run_dir / "best.pt")
+                if ema is not None and ema.started:
+                    atomic_save({"model": ema.module.state_dict(), "epoch": epoch}, run_dir / "ema.pt")
+                if cfg.save_every and epoch % cfg.save_every == 0:
+                    atomic_save(model.state_dict(), run_dir / f"ours-model-epoch{epoch}.pt")
+                atomic_save(_checkpoint_state(cfg, epoch, model, optimizer, prior, ema, awp, best), last_path)
+    finally:
+        logger.close()
+
+    results = {
+        "run_dir": str(run_dir),
+        "epochs": cfg.epochs,
+        "best_epoch": best["epoch"],
+        "best_test_robust_acc": best["robust_acc"],
+        "final": {k: v for k, v in metrics.items() if k.startswith(("test_", "ema_test_"))},
+    }
+    logger.write_results(results)
+    log(f"Done. Results in {run_dir / 'results.json'}")
+    return results
+
+
+def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, List[str]]:
+    parser = argparse.ArgumentParser(
+        prog="python -m adv_training.train",
+        description="Adversarial training with IKL, TRADES or PGD-AT. Settings: --config FILE, then key=value overrides.",
+    )
+    parser.add_argument("--config", help="YAML file under configs/adv_training/ (defaults: the CIFAR-100 IKL-AT recipe)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config with every knob's meaning, then exit")
+    parser.add_argument("--get", metavar="KEY", help="print one resolved value (a dotted config key, or run_dir), then exit")
+    parser.add_argument("overrides", nargs="*", help="key=value, e.g. optim.lr=0.1 attack.epsilon=8/255")
+    args = parser.parse_args(argv)
+    return args, args.overrides
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args, overrides = parse_args(argv)
+    try:
+        cfg = load_config(ATConfig, args.config, overrides)
+        if args.print_config:
+            print(to_yaml(cfg, with_help=True), end="")
+            return 0
+        if args.get:
+            print(Path(cfg.out_dir) / cfg.run_name() if args.get == "run_dir" else get_value(cfg, args.get))
+            return 0
+        train(cfg)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command with resume=true to continue from last.pt", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

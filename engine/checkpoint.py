@@ -1,0 +1,89 @@
+"""Reading and writing files that hold tensors: atomically, and never executing code."""
+import os
+import pickle
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+
+from .errors import UserError
+
+PathLike = Union[str, os.PathLike]
+
+
+def atomic_save(obj: Any, path: PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then rename it into place.
+
+    A crash or a full disk during the write leaves the previous file intact: readers see
+    either the old file or the new one, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(obj, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(text: str, path: PathLike) -> Path:
+    """Write a text file (JSON, YAML) with the same write-then-rename guarantee."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint file could not be read or does not fit the model."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """There is no file at the given path."""
+
+
+class UnsafeCheckpointError(CheckpointError, pickle.UnpicklingError):
+    """The file pickles objects other than tensors and plain containers; it was not loaded."""
+
+
+def load_file(path: PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load(weights_only=True)``: a checkpoint is data, never code.
+
+    The one routine that reads tensor files in this code base. A missing file, a file
+    that is not a PyTorch checkpoint, and a pickle that would import or run code (refused
+    before anything in it executes) each raise a `CheckpointError` with one clear sentence.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"no checkpoint file at {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights only" not in str(error).lower():
+            raise CheckpointError(f"{path} could not be read as a PyTorch checkpoint: {error}") from None
+        found = re.search(r"GLOBAL (\S+)", str(error))
+        culprit = f" (refused global: {found.group(1)})" if found else ""
+        raise UnsafeCheckpointError(
+            f"{path} is not a plain tensor checkpoint: it pickles objects other than tensors and containers, "
+            f"whose loading could run code, so it was refused and NOT executed{culprit}. If you trust it, "
+            f"load it yourself and re-save only the state dict (torch.save(model.state_dict(), ...))."
+        ) from None
+    except Exception as error:  # torch raises many types for a truncated or foreign file
+        raise CheckpointError(f"{path} could not be read as a PyTorch checkpoint: {error}") from None

@@ -1,0 +1,288 @@
+"""Typed configuration: a dataclass schema, YAML files over it, ``key=value`` over those.
+
+Every knob is a dataclass field declared with `knob`, so it has a type, a default and a
+one-line description (``--print-config`` shows all three). Loading is strict:
+
+* an unknown key, in a YAML file or on the command line, is an error that names the key
+  and the closest valid one (``optim.lr_sheduler`` -> did you mean ``optim.lr_schedule``?);
+* a value of the wrong type is an error naming the key, the expected type and the value;
+* ints are accepted where floats are expected, and a float knob also takes a fraction
+  written as ``8/255``, because that is how attack budgets are quoted.
+
+Precedence: schema defaults < YAML file (which may name a ``base:`` file it extends,
+relative to itself) < command-line ``key=value`` overrides (values parsed as YAML).
+"""
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Literal, Optional, Tuple, Type, TypeVar, Union
+
+import yaml
+
+from .errors import UserError
+
+T = TypeVar("T")
+_FRACTION = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?)\s*/\s*(\d+(?:\.\d*)?)\s*$")
+
+
+class ConfigError(UserError):
+    """A configuration that does not fit the schema."""
+
+
+def knob(default: Any, help: str, **kwargs) -> Any:
+    """A schema field with its description; mutable defaults (lists) are copied per instance."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
+    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+
+
+def section(cls: Type[T], help: str) -> T:
+    """A nested group of knobs (a dataclass), created with its defaults."""
+    return dataclasses.field(default_factory=cls, metadata={"help": help})
+
+
+# --- schema introspection ---------------------------------------------------------------
+
+
+def _fields(schema) -> Dict[str, dataclasses.Field]:
+    hints = typing.get_type_hints(schema if isinstance(schema, type) else type(schema))
+    result = {}
+    for field in dataclasses.fields(schema):
+        field.type = hints[field.name]
+        result[field.name] = field
+    return result
+
+
+def _is_section(field_type) -> bool:
+    return isinstance(field_type, type) and dataclasses.is_dataclass(field_type)
+
+
+def valid_keys(schema, prefix: str = "") -> List[str]:
+    """Every dotted key the schema accepts, sections included."""
+    keys = []
+    for name, field in _fields(schema).items():
+        keys.append(prefix + name)
+        if _is_section(field.type):
+            keys.extend(valid_keys(field.type, prefix + name + "."))
+    return keys
+
+
+def _unknown_key_error(key: str, schema_root, where: str) -> ConfigError:
+    candidates = valid_keys(schema_root)
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
+    if not close:  # a misspelt last component under the right section
+        last = key.rsplit(".", 1)[-1]
+        by_last = {k.rsplit(".", 1)[-1]: k for k in candidates}
+        matches = difflib.get_close_matches(last, list(by_last), n=1, cutoff=0.6)
+        close = [by_last[m] for m in matches]
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"unknown config key '{key}' ({where}){hint} Run with --print-config to list every key.")
+
+
+# --- values -----------------------------------------------------------------------------
+
+
+def _type_name(field_type) -> str:
+    origin = typing.get_origin(field_type)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(v) for v in typing.get_args(field_type))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(field_type))
+    if origin in (list, List):
+        (item,) = typing.get_args(field_type)
+        return f"list of {_type_name(item)}"
+    return getattr(field_type, "__name__", str(field_type)).replace("NoneType", "null")
+
+
+def _convert(value: Any, field_type, key: str) -> Any:
+    """``value`` as ``field_type``, or a ConfigError that says what was expected."""
+
+    def fail():
+        return ConfigError(f"config key '{key}' expects {_type_name(field_type)}, got {value!r}")
+
+    origin = typing.get_origin(field_type)
+    if origin is Literal:
+        if value in typing.get_args(field_type):
+            return value
+        raise fail()
+    if origin in (Union, types.UnionType):
+        for option in typing.get_args(field_type):
+            if option is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _convert(value, option, key)
+            except ConfigError:
+                continue
+        raise fail()
+    if origin in (list, List, tuple, Tuple):
+        if not isinstance(value, (list, tuple)):
+            raise fail()
+        (item,) = typing.get_args(field_type)[:1]
+        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if field_type is bool:
+        if isinstance(value, bool):
+            return value
+        raise fail()
+    if field_type is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise fail()
+    if field_type is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _FRACTION.match(value):
+            numerator, denominator = _FRACTION.match(value).groups()
+            if float(denominator) == 0:
+                raise fail()
+            return float(numerator) / float(denominator)
+        raise fail()
+    if field_type is str:
+        if isinstance(value, str):
+            return value
+        raise fail()
+    raise TypeError(f"unsupported schema type {field_type!r} for '{key}'")
+
+
+def _merge(config, updates: Dict[str, Any], schema_root, prefix: str, where: str) -> None:
+    if not isinstance(updates, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping ({where}), got {updates!r}")
+    fields = _fields(config)
+    for name, value in updates.items():
+        key = prefix + str(name)
+        if name not in fields:
+            raise _unknown_key_error(key, schema_root, where)
+        field = fields[name]
+        if _is_section(field.type):
+            _merge(getattr(config, name), value, schema_root, key + ".", where)
+        else:
+            setattr(config, name, _convert(value, field.type, key))
+
+
+def _set_dotted(config, key: str, raw_value: str, schema_root) -> None:
+    where = f"command line '{key}={raw_value}'"
+    target = config
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        fields = _fields(target)
+        if part not in fields:
+            raise _unknown_key_error(key, schema_root, where)
+        field = fields[part]
+        is_last = depth == len(parts) - 1
+        if _is_section(field.type):
+            if is_last:
+                raise ConfigError(f"'{key}' is a section, not a value; set one of its keys, e.g. '{key}.<name>=...'")
+            target = getattr(target, part)
+        elif not is_last:
+            raise _unknown_key_error(key, schema_root, where)
+        else:
+            setattr(target, part, _convert(_parse_command_line_value(raw_value, field.type), field.type, key))
+            return
+
+
+def _parse_command_line_value(raw_value: str, field_type) -> Any:
+    """YAML parsing of a command-line value, except that a string knob keeps the text as typed."""
+    options = typing.get_args(field_type) if typing.get_origin(field_type) in (Union, types.UnionType) else (field_type,)
+    if str in options:
+        if type(None) in options and raw_value in ("null", "~", "None"):
+            return None
+        return raw_value
+    try:
+        return yaml.safe_load(raw_value)
+    except yaml.YAMLError:
+        return raw_value
+
+
+def _read_yaml(path: Path, seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
+    """A YAML mapping, with its ``base:`` chain merged underneath it."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config files extend each other in a loop: {' -> '.join(map(str, seen + (path,)))}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    merged = _read_yaml(path.parent / base, seen + (path,))
+    _deep_update(merged, data)
+    return merged
+
+
+def _deep_update(target: Dict[str, Any], updates: Dict[str, Any]) -> None:
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _deep_update(target[key], value)
+        else:
+            target[key] = value
+
+
+# --- public API -------------------------------------------------------------------------
+
+
+def load_config(schema: Type[T], path: Optional[Union[str, Path]] = None, overrides: Iterable[str] = ()) -> T:
+    """Defaults of ``schema``, then the YAML file at ``path``, then ``key=value`` overrides."""
+    config = schema()
+    if path is not None:
+        _merge(config, _read_yaml(Path(path)), schema, "", f"in {path}")
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(f"command-line override '{override}' must look like key=value, e.g. optim.lr=0.1")
+        key, raw_value = override.split("=", 1)
+        _set_dotted(config, key.strip(), raw_value.strip(), schema)
+    validate = getattr(config, "validate", None)
+    if callable(validate):
+        validate()
+    return config
+
+
+def get_value(config, key: str) -> Any:
+    """The value at a dotted key (for shell scripts: ``--get optim.lr``)."""
+    value = config
+    for part in key.split("."):
+        if not (dataclasses.is_dataclass(value) and part in _fields(value)):
+            raise _unknown_key_error(key, type(config), "asked for with --get")
+        value = getattr(value, part)
+    return value
+
+
+def to_dict(config) -> Dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def from_dict(schema: Type[T], data: Dict[str, Any]) -> T:
+    """Rebuild a config saved by `to_dict` (for example from a checkpoint), strictly."""
+    config = schema()
+    _merge(config, data, schema, "", "in the saved config")
+    return config
+
+
+def to_yaml(config, with_help: bool = False) -> str:
+    """YAML text of the resolved config; with ``with_help`` every key carries its description."""
+    if not with_help:
+        return yaml.safe_dump(to_dict(config), sort_keys=False, default_flow_style=None)
+    lines: List[str] = []
+    _describe(config, lines, indent="")
+    return "\n".join(lines) + "\n"
+
+
+def _describe(config, lines: List[str], indent: str) -> None:
+    for name, field in _fields(config).items():
+        value = getattr(config, name)
+        help_text = field.metadata.get("help", "")
+        if _is_section(field.type):
+            lines.append(f"{indent}{name}:  # {help_text}")
+            _describe(value, lines, indent + "  ")
+        else:
+            rendered = yaml.safe_dump(value, default_flow_style=True).strip()
+            rendered = rendered.removesuffix("\n...").removesuffix("...").strip()
+            lines.append(f"{indent}{name}: {rendered}  # {help_text} [{_type_name(field.type)}]")

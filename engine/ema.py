@@ -1,0 +1,97 @@
+r"""Exponential moving average of a model's weights and buffers, updated every iteration.
+
+This is the reference's ``exp_avgs`` (train_dkl_cifar100.py: start epoch
+``150 * epochs // 200``, tau 0.9996), over the whole state dict:
+
+.. math::
+
+    \bar\theta \leftarrow
+    \begin{cases}
+        \text{unchanged} & e < e_0 \\
+        \theta & e = e_0 \quad \text{(every iteration of that epoch)} \\
+        (1 - \tau)\, \theta + \tau\, \bar\theta & e > e_0
+    \end{cases}
+
+for every floating-point entry (parameters and BatchNorm running statistics). Integer
+buffers (``num_batches_tracked``) are counters, not weights, so they are copied.
+
+Copying throughout epoch ``e_0`` means the average starts from the weights at the end of
+that epoch. The reference assigns the model's own tensors there (no copy), so its first
+update of epoch ``e_0 + 1`` averages the current weights with themselves; here the copy
+is a real one, so that update averages them with the end-of-epoch weights. Both give
+weight 1 - tau to one extra step; with tau = 0.9996 the difference is negligible.
+"""
+import copy
+import torch
+import torch.nn as nn
+
+
+class ModelEMA:
+    """An averaged copy of a model (``self.module``, in eval mode, without gradients)."""
+
+    def __init__(self, model: nn.Module, tau: float, start_epoch: int):
+        """
+        Args:
+            model: the model being trained (the plain module, not a DDP wrapper).
+            tau: weight of the running average at each update (0.9996 in the reference).
+            start_epoch: the epoch whose iterations copy the model; averaging starts after it.
+        """
+        if not 0 <= tau <= 1:
+            raise ValueError(f"tau must be in [0, 1], got {tau}")
+        self.tau = float(tau)
+        self.start_epoch = int(start_epoch)
+        self.module = copy.deepcopy(model).eval()
+        for parameter in self.module.parameters():
+            parameter.requires_grad_(False)
+        self._started = False
+
+        # Prepared once: which state entries are averaged and which are copied.
+        state = self.module.state_dict()
+        self._keys = tuple(state)
+        self._float_keys = [key for key, value in state.items() if value.is_floating_point()]
+        self._other_keys = [key for key, value in state.items() if not value.is_floating_point()]
+
+    @property
+    def started(self) -> bool:
+        """Whether the model has been copied at least once (the average is meaningful)."""
+        return self._started
+
+    def _states(self, model: nn.Module):
+        # The state dicts are fetched at every update rather than cached: their tensors
+        # share storage with the parameters and buffers, but `.to()` or assigning a
+        # buffer replaces that storage and a cached list would silently go stale. Building
+        # the two dicts costs far less than the training step it follows.
+        current = model.state_dict()
+        if tuple(current) != self._keys:
+            missing = sorted(set(self._keys) - set(current))
+            extra = sorted(set(current) - set(self._keys))
+            raise ValueError(f"model does not match the EMA copy: missing {missing[:5]}, unexpected {extra[:5]}")
+        return self.module.state_dict(), current
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, epoch: int) -> None:
+        """Call once per iteration, after the optimiser step, with the current epoch."""
+        if epoch < self.start_epoch:
+            return
+        averaged, current = self._states(model)
+        if epoch == self.start_epoch or not self._started:
+            # Also after start_epoch when no copy was ever taken (a run started or resumed
+            # later without EMA state): averaging into the initial weights, as the
+            # reference would, is meaningless.
+            torch._foreach_copy_(list(averaged.values()), list(current.values()))
+            self._started = True
+            return
+        if self._float_keys:
+            # lerp(avg, cur, 1 - tau) = avg + (1 - tau) (cur - avg) = (1 - tau) cur + tau avg
+            torch._foreach_lerp_(
+                [averaged[k] for k in self._float_keys], [current[k] for k in self._float_keys], 1.0 - self.tau
+            )
+        if self._other_keys:
+            torch._foreach_copy_([averaged[k] for k in self._other_keys], [current[k] for k in self._other_keys])
+
+    def state_dict(self) -> dict:
+        return {"module": self.module.state_dict(), "started": self._started}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["module"])
+        self._started = bool(state["started"])

@@ -1,0 +1,94 @@
+"""The run folder: resolved config, environment, metrics.jsonl, TensorBoard, results.json.
+
+One training run writes one folder::
+
+    config.yaml        the resolved configuration (defaults + YAML + overrides)
+    environment.json   seed, versions, hardware, git commit
+    metrics.jsonl      one JSON line per epoch
+    tensorboard/       the same scalars for TensorBoard
+    last.pt, best.pt   checkpoints (written atomically by the trainer)
+    results.json       written once the run completes
+"""
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from .checkpoint import atomic_write_text
+from .errors import UserError
+
+METRICS = "metrics.jsonl"
+
+
+def prepare_run_dir(run_dir: Path, *, config_yaml: str, environment: Dict[str, Any], resume: bool) -> Path:
+    """Create (or, when resuming, reuse) the run folder and record config and environment.
+
+    A folder that already holds a run is never overwritten by a fresh start: the user
+    either resumes it or names another folder.
+    """
+    run_dir = Path(run_dir)
+    last = run_dir / "last.pt"
+    if resume and not last.is_file():
+        raise UserError(f"resume=true but {last} does not exist; start without resume=true, or check out_dir/name")
+    if not resume and last.is_file():
+        raise UserError(
+            f"{run_dir} already holds a run (last.pt); pass resume=true to continue it, "
+            f"or choose another folder with name=..."
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume and (run_dir / "config.yaml").is_file():
+        saved = (run_dir / "config.yaml").read_text(encoding="utf-8")
+        if saved != config_yaml:
+            atomic_write_text(saved, run_dir / "config.previous.yaml")
+    atomic_write_text(config_yaml, run_dir / "config.yaml")
+    atomic_write_text(json.dumps(environment, indent=2) + "\n", run_dir / "environment.json")
+    return run_dir
+
+
+def read_metrics(run_dir: Path) -> List[Dict[str, Any]]:
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class RunLogger:
+    """Per-epoch metrics to metrics.jsonl and TensorBoard; inert on non-zero ranks.
+
+    ``completed_epochs`` is the last epoch the checkpoint holds: on resume, lines and
+    TensorBoard events of later epochs (written before an interruption) are dropped, so
+    every epoch appears exactly once.
+    """
+
+    def __init__(self, run_dir: Path, *, enabled: bool = True, completed_epochs: int = 0):
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self.writer = None
+        if not enabled:
+            return
+        kept = [m for m in read_metrics(self.run_dir) if m.get("epoch", 0) <= completed_epochs]
+        atomic_write_text("".join(json.dumps(m) + "\n" for m in kept), self.run_dir / METRICS)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=completed_epochs + 1)
+
+    def log_epoch(self, epoch: int, metrics: Dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"epoch": epoch, **metrics}
+        with open(self.run_dir / METRICS, "a", encoding="utf-8") as stream:
+            stream.write(json.dumps(record) + "\n")
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                self.writer.add_scalar(key, value, epoch)
+        self.writer.flush()
+
+    def write_results(self, results: Dict[str, Any]) -> Optional[Path]:
+        if not self.enabled:
+            return None
+        return atomic_write_text(json.dumps(results, indent=2) + "\n", self.run_dir / "results.json")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

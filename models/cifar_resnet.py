@@ -1,0 +1,190 @@
+"""CIFAR ResNets of mdistiller, with its names and state-dict keys.
+
+* ``resnet8`` ... ``resnet110``, ``resnet8x4``, ``resnet32x4`` follow
+  ``mdistiller/models/cifar/resnet.py`` (He et al.'s three-stage CIFAR ResNet,
+  as in CRD/RepDistiller): ``conv1``, ``bn1``, ``layer{1,2,3}.N.{conv1,bn1,
+  conv2,bn2,downsample.{0,1}}``, ``fc``.
+* ``ResNet18`` / ``ResNet50`` (CIFAR variants) follow
+  ``mdistiller/models/cifar/resnetv2.py`` (the four-stage ResNet with a 3x3
+  stem and no max-pool): ``conv1``, ``bn1``, ``layer{1..4}.N.{conv*,bn*,
+  shortcut.{0,1}}``, ``linear``.
+
+mdistiller's forward returns ``(logits, features)``; here it returns the
+logits only.  No input normalisation is applied inside: mdistiller's teachers
+were trained on CIFAR-100-normalised inputs, which the data pipeline provides.
+"""
+
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .registry import register_model
+
+
+def _kaiming_init(model: nn.Module) -> None:
+    # mdistiller's initialisation, kept so students train as in the paper.
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class CifarBasicBlock(nn.Module):
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        residual = x if self.downsample is None else self.downsample(x)
+        return F.relu(out + residual)
+
+
+class CifarResNet(nn.Module):
+    """Three-stage CIFAR ResNet of depth 6n+2 (mdistiller ``resnet.py``)."""
+
+    def __init__(self, depth: int, num_filters=(16, 16, 32, 64), num_classes: int = 100):
+        super().__init__()
+        if (depth - 2) % 6 != 0:
+            raise ValueError(f"depth must be 6n+2 (8, 14, 20, 32, ...), got {depth}")
+        n = (depth - 2) // 6
+        self.inplanes = num_filters[0]
+        self.conv1 = nn.Conv2d(3, num_filters[0], 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(num_filters[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = self._make_layer(num_filters[1], n, 1)
+        self.layer2 = self._make_layer(num_filters[2], n, 2)
+        self.layer3 = self._make_layer(num_filters[3], n, 2)
+        self.fc = nn.Linear(num_filters[3], num_classes)
+        _kaiming_init(self)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes, 1, stride, bias=False),
+                nn.BatchNorm2d(planes),
+            )
+        layers = [CifarBasicBlock(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes
+        layers += [CifarBasicBlock(planes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.fc(out)
+
+
+class BasicBlockV2(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = _projection(in_planes, planes, stride)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class BottleneckV2(nn.Module):
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.shortcut = _projection(in_planes, planes * 4, stride)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + self.shortcut(x))
+
+
+def _projection(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
+    # An empty Sequential is the identity and adds no keys, as in mdistiller.
+    if stride == 1 and in_planes == out_planes:
+        return nn.Sequential()
+    return nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride, bias=False), nn.BatchNorm2d(out_planes))
+
+
+class CifarResNetV2(nn.Module):
+    """Four-stage ResNet for 32x32 inputs (mdistiller ``resnetv2.py``)."""
+
+    def __init__(self, block, num_blocks, num_classes: int = 100):
+        super().__init__()
+        self.in_planes = 64
+        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.layer1 = self._make_layer(block, 64, num_blocks[0], 1)
+        self.layer2 = self._make_layer(block, 128, num_blocks[1], 2)
+        self.layer3 = self._make_layer(block, 256, num_blocks[2], 2)
+        self.layer4 = self._make_layer(block, 512, num_blocks[3], 2)
+        self.linear = nn.Linear(512 * block.expansion, num_classes)
+        _kaiming_init(self)
+
+    def _make_layer(self, block, planes: int, n: int, stride: int) -> nn.Sequential:
+        layers = []
+        for s in [stride] + [1] * (n - 1):
+            layers.append(block(self.in_planes, planes, s))
+            self.in_planes = planes * block.expansion
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.linear(out)
+
+
+_TEACHER = "mdistiller `{}_vanilla/ckpt_epoch_240.pth`"
+_TEACHERS = {"resnet56", "resnet110", "resnet32x4"}
+
+
+def _register_cifar_resnet(name: str, depth: int, filters):
+    @register_model(
+        name,
+        family="cifar-kd",
+        default_num_classes=100,
+        checkpoints=_TEACHER.format(name) if name in _TEACHERS else "",
+    )
+    def builder(num_classes=100):
+        return CifarResNet(depth, filters, num_classes)
+
+    builder.__name__ = name
+    return builder
+
+
+for _depth in (8, 14, 20, 32, 44, 56, 110):
+    _register_cifar_resnet(f"resnet{_depth}", _depth, (16, 16, 32, 64))
+_register_cifar_resnet("resnet8x4", 8, (32, 64, 128, 256))
+_register_cifar_resnet("resnet32x4", 32, (32, 64, 128, 256))
+
+
+@register_model("ResNet18", family="cifar-kd", default_num_classes=100)
+def resnet18_cifar(num_classes=100):
+    return CifarResNetV2(BasicBlockV2, (2, 2, 2, 2), num_classes)
+
+
+@register_model("ResNet50", family="cifar-kd", default_num_classes=100, checkpoints=_TEACHER.format("ResNet50"))
+def resnet50_cifar(num_classes=100):
+    return CifarResNetV2(BottleneckV2, (3, 4, 6, 3), num_classes)

@@ -1,0 +1,90 @@
+"""Half-width CIFAR MobileNetV2 of mdistiller (``mobile_half`` in
+``mdistiller/models/cifar/mobilenetv2.py``, registered as ``MobileNetV2``).
+
+Expansion 6, width 0.5, a stride-2 3x3 stem, seven inverted-residual stages
+(``blocks.S.N.conv.{0..7}``), a 1x1 conv to 1280 channels (``conv2``) and
+``classifier.0``.  Unlike torchvision's, the expansion-1 first block still
+has its 1x1 expansion conv, which mdistiller's checkpoints contain.
+Returns logits only; no input normalisation inside.
+"""
+
+import math
+
+import torch.nn as nn
+
+from .registry import register_model
+
+
+def _conv_bn_relu(inp: int, oup: int, kernel: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(inp, oup, kernel, stride, kernel // 2, bias=False),
+        nn.BatchNorm2d(oup),
+        nn.ReLU(inplace=True),
+    )
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int):
+        super().__init__()
+        hidden = inp * expand_ratio
+        self.use_res_connect = stride == 1 and inp == oup
+        self.conv = nn.Sequential(
+            nn.Conv2d(inp, hidden, 1, 1, 0, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, oup, 1, 1, 0, bias=False),
+            nn.BatchNorm2d(oup),
+        )
+
+    def forward(self, x):
+        out = self.conv(x)
+        return x + out if self.use_res_connect else out
+
+
+class MobileNetV2Cifar(nn.Module):
+    # (expansion, channels, repeats, first stride); expansion None -> T
+    STAGES = [(1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2),
+              (None, 96, 3, 1), (None, 160, 3, 2), (None, 320, 1, 1)]
+
+    def __init__(self, num_classes: int = 100, expansion: int = 6, width_mult: float = 0.5):
+        super().__init__()
+        channels = int(32 * width_mult)
+        self.conv1 = _conv_bn_relu(3, channels, 3, 2)
+        self.blocks = nn.ModuleList()
+        for t, c, n, s in self.STAGES:
+            out_channels = int(c * width_mult)
+            stage = []
+            for stride in [s] + [1] * (n - 1):
+                stage.append(InvertedResidual(channels, out_channels, stride, t or expansion))
+                channels = out_channels
+            self.blocks.append(nn.Sequential(*stage))
+        last_channel = int(1280 * width_mult) if width_mult > 1.0 else 1280
+        self.conv2 = _conv_bn_relu(channels, last_channel, 1, 1)
+        self.classifier = nn.Sequential(nn.Linear(last_channel, num_classes))
+        # mdistiller pools 32x32 inputs (2x2 maps) with a fixed 2x2 window.
+        self.avgpool = nn.AvgPool2d(2, ceil_mode=True)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        out = self.conv1(x)
+        for stage in self.blocks:
+            out = stage(out)
+        out = self.avgpool(self.conv2(out))
+        return self.classifier(out.flatten(1))
+
+
+@register_model("MobileNetV2", family="cifar-kd", default_num_classes=100)
+def mobilenetv2_half(num_classes=100):
+    return MobileNetV2Cifar(num_classes, expansion=6, width_mult=0.5)

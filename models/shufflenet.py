@@ -1,0 +1,154 @@
+"""CIFAR ShuffleNets of mdistiller (``mdistiller/models/cifar/ShuffleNetv1.py``
+and ``ShuffleNetv2.py``, as in CRD/RepDistiller), with their names and keys.
+
+* ``ShuffleV1``: groups 3, stages of 240/480/960 channels with 4/8/4 units;
+  a 1x1 stem (``conv1``/``bn1``) and no max-pool, since inputs are 32x32.
+* ``ShuffleV2``: net size 1x, stages of 116/232/464 channels with a
+  down-sampling unit followed by 3/7/3 basic units, then ``conv2``/``bn2``
+  to 1024 channels.
+
+Returns logits only; no input normalisation inside.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .registry import register_model
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    n, c, h, w = x.shape
+    return x.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class ShuffleV1Unit(nn.Module):
+    def __init__(self, in_planes: int, out_planes: int, stride: int, groups: int):
+        super().__init__()
+        self.stride = stride
+        mid_planes = out_planes // 4
+        # The stem has only 24 channels, too few to split into groups.
+        self.first_groups = 1 if in_planes == 24 else groups
+        self.conv1 = nn.Conv2d(in_planes, mid_planes, 1, groups=self.first_groups, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid_planes)
+        self.conv2 = nn.Conv2d(mid_planes, mid_planes, 3, stride, 1, groups=mid_planes, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid_planes)
+        self.conv3 = nn.Conv2d(mid_planes, out_planes, 1, groups=groups, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_planes)
+        self.shortcut = nn.Sequential(nn.AvgPool2d(3, 2, 1)) if stride == 2 else nn.Sequential()
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = channel_shuffle(out, self.first_groups)
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        res = self.shortcut(x)
+        # Down-sampling units concatenate the pooled input instead of adding.
+        out = torch.cat([out, res], 1) if self.stride == 2 else out + res
+        return F.relu(out)
+
+
+class ShuffleNetV1(nn.Module):
+    def __init__(self, out_planes=(240, 480, 960), num_blocks=(4, 8, 4), groups: int = 3, num_classes: int = 100):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 24, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(24)
+        in_planes = 24
+        stages = []
+        for planes, n in zip(out_planes, num_blocks):
+            units = []
+            for i in range(n):
+                # The first unit's output is concatenated with its pooled
+                # input, so its own branch only produces the difference.
+                branch = planes - in_planes if i == 0 else planes
+                units.append(ShuffleV1Unit(in_planes, branch, 2 if i == 0 else 1, groups))
+                in_planes = planes
+            stages.append(nn.Sequential(*units))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.linear = nn.Linear(out_planes[2], num_classes)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.linear(out)
+
+
+class ShuffleV2BasicUnit(nn.Module):
+    def __init__(self, in_channels: int, split_ratio: float = 0.5):
+        super().__init__()
+        self.split_ratio = split_ratio
+        c = int(in_channels * split_ratio)
+        self.conv1 = nn.Conv2d(c, c, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3, 1, 1, groups=c, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+        self.conv3 = nn.Conv2d(c, c, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        c = int(x.shape[1] * self.split_ratio)
+        x1, x2 = x[:, :c], x[:, c:]
+        out = F.relu(self.bn1(self.conv1(x2)))
+        out = self.bn2(self.conv2(out))
+        out = F.relu(self.bn3(self.conv3(out)))
+        return channel_shuffle(torch.cat([x1, out], 1), 2)
+
+
+class ShuffleV2DownUnit(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        mid = out_channels // 2
+        # left branch: depthwise stride-2 conv then 1x1
+        self.conv1 = nn.Conv2d(in_channels, in_channels, 3, 2, 1, groups=in_channels, bias=False)
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv2 = nn.Conv2d(in_channels, mid, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid)
+        # right branch: 1x1, depthwise stride-2, 1x1
+        self.conv3 = nn.Conv2d(in_channels, mid, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(mid)
+        self.conv4 = nn.Conv2d(mid, mid, 3, 2, 1, groups=mid, bias=False)
+        self.bn4 = nn.BatchNorm2d(mid)
+        self.conv5 = nn.Conv2d(mid, mid, 1, bias=False)
+        self.bn5 = nn.BatchNorm2d(mid)
+
+    def forward(self, x):
+        left = F.relu(self.bn2(self.conv2(self.bn1(self.conv1(x)))))
+        right = F.relu(self.bn3(self.conv3(x)))
+        right = F.relu(self.bn5(self.conv5(self.bn4(self.conv4(right)))))
+        return channel_shuffle(torch.cat([left, right], 1), 2)
+
+
+class ShuffleNetV2(nn.Module):
+    def __init__(self, out_channels=(116, 232, 464, 1024), num_blocks=(3, 7, 3), num_classes: int = 100):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 24, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(24)
+        in_channels = 24
+        stages = []
+        for channels, n in zip(out_channels[:3], num_blocks):
+            units = [ShuffleV2DownUnit(in_channels, channels)]
+            units += [ShuffleV2BasicUnit(channels) for _ in range(n)]
+            stages.append(nn.Sequential(*units))
+            in_channels = channels
+        self.layer1, self.layer2, self.layer3 = stages
+        self.conv2 = nn.Conv2d(out_channels[2], out_channels[3], 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels[3])
+        self.linear = nn.Linear(out_channels[3], num_classes)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.linear(out)
+
+
+@register_model("ShuffleV1", family="cifar-kd", default_num_classes=100)
+def shufflev1(num_classes=100):
+    return ShuffleNetV1(num_classes=num_classes)
+
+
+@register_model("ShuffleV2", family="cifar-kd", default_num_classes=100)
+def shufflev2(num_classes=100):
+    return ShuffleNetV2(num_classes=num_classes)

@@ -1,0 +1,128 @@
+"""Pre-activation WideResNet in the TRADES / RobustBench key layout.
+
+Follows ``WideResNet(depth, widen_factor, sub_block1=False)`` of RobustBench
+(``robustbench/model_zoo/architectures/wide_resnet.py``, itself taken from
+TRADES): ``conv1``, ``block{1,2,3}.layer.N.{bn1,conv1,bn2,conv2,convShortcut}``,
+``bn1``, ``fc``; ReLU, dropout off by default, bias-free convolutions, a biased classifier
+and no input normalisation (inputs are images in [0, 1]).
+
+mdistiller's CIFAR-100 ``wrn_*`` networks use this same class (see
+``cifar_wrn.py``).
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .registry import register_model
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, out_planes: int, stride: int, drop_rate: float = 0.0):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(in_planes, out_planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_planes)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(out_planes, out_planes, 3, 1, 1, bias=False)
+        self.drop_rate = drop_rate
+        # The reference decides on the channel count alone: a block that keeps
+        # the width never gets a projection, even when strided.
+        self.equalInOut = in_planes == out_planes
+        self.convShortcut = (
+            None if self.equalInOut else nn.Conv2d(in_planes, out_planes, 1, stride, 0, bias=False)
+        )
+
+    def forward(self, x):
+        pre = self.relu1(self.bn1(x))
+        # When the width changes the projection reads the pre-activated input;
+        # otherwise the identity path carries the raw input.
+        shortcut = x if self.equalInOut else self.convShortcut(pre)
+        out = self.relu2(self.bn2(self.conv1(pre)))
+        if self.drop_rate > 0:
+            out = F.dropout(out, p=self.drop_rate, training=self.training)
+        return shortcut + self.conv2(out)
+
+
+class NetworkBlock(nn.Module):
+    def __init__(self, num_layers: int, in_planes: int, out_planes: int, stride: int, drop_rate: float = 0.0):
+        super().__init__()
+        self.layer = nn.Sequential(
+            *[
+                BasicBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1, drop_rate)
+                for i in range(num_layers)
+            ]
+        )
+
+    def forward(self, x):
+        return self.layer(x)
+
+
+class WideResNet(nn.Module):
+    def __init__(self, depth: int = 34, widen_factor: int = 10, num_classes: int = 10, drop_rate: float = 0.0):
+        super().__init__()
+        if (depth - 4) % 6 != 0:
+            raise ValueError(f"WideResNet depth must be 6n+4 (10, 16, 28, 34, 40, 70, ...), got {depth}")
+        n = (depth - 4) // 6
+        channels = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
+        self.conv1 = nn.Conv2d(3, channels[0], 3, 1, 1, bias=False)
+        self.block1 = NetworkBlock(n, channels[0], channels[1], 1, drop_rate)
+        self.block2 = NetworkBlock(n, channels[1], channels[2], 2, drop_rate)
+        self.block3 = NetworkBlock(n, channels[2], channels[3], 2, drop_rate)
+        self.bn1 = nn.BatchNorm2d(channels[3])
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(channels[3], num_classes)
+        self.nChannels = channels[3]
+        _init_like_reference(self)
+
+    def forward(self, x):
+        out = self.conv1(x)
+        out = self.block3(self.block2(self.block1(out)))
+        out = self.relu(self.bn1(out))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.fc(out)
+
+
+def _init_like_reference(model: nn.Module) -> None:
+    # Reproduces the reference initialisation (He-normal over fan-out, unit
+    # BN, zero classifier bias) so training runs match the published recipes.
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+_AT = "RobustBench/TRADES `WideResNet` checkpoints (`sub_block1.*` keys ignored)"
+
+
+@register_model("WideResNet34_10", "WideResNet34", family="cifar-at", checkpoints=_AT)
+def wide_resnet34_10(num_classes=10, drop_rate=0.0):
+    return WideResNet(34, 10, num_classes, drop_rate)
+
+
+@register_model("WideResNet34_20", family="cifar-at", checkpoints=_AT)
+def wide_resnet34_20(num_classes=10, drop_rate=0.0):
+    return WideResNet(34, 20, num_classes, drop_rate)
+
+
+@register_model("WideResNet28_10", "WideResNet28", family="cifar-at", checkpoints=_AT)
+def wide_resnet28_10(num_classes=10, drop_rate=0.0):
+    return WideResNet(28, 10, num_classes, drop_rate)
+
+
+@register_model("WideResNet70_16", family="cifar-at", checkpoints=_AT)
+def wide_resnet70_16(num_classes=10, drop_rate=0.0):
+    return WideResNet(70, 16, num_classes, drop_rate)
+
+
+@register_model("WideResNet", family="cifar-at", checkpoints=_AT + " of the same depth/width")
+def wide_resnet(num_classes=10, depth=34, widen_factor=10, drop_rate=0.0):
+    return WideResNet(depth, widen_factor, num_classes, drop_rate)

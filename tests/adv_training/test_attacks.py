@@ -1,0 +1,236 @@
+"""PGD with pluggable objectives: constraints, single steps by hand, modes and side effects."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from adv_training.attacks import attack_mode, ce_objective, ikl_objective, kl_objective, natural_logits, pgd
+from losses import ikl_loss, kl_loss
+
+CLASSES = 3
+
+
+def small_model(seed=0):
+    """Conv + BatchNorm + dropout on 1x4x4 inputs: every mode-dependent layer is present."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, kernel_size=3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, CLASSES),
+    )
+
+
+def trained_model(seed=0):
+    """A few SGD steps so that the logits are not near-constant and the BatchNorm stats are not trivial."""
+    model = small_model(seed)
+    x, y = batch(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(5):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return model
+
+
+def batch(seed=0, size=8):
+    generator = torch.Generator().manual_seed(seed + 100)
+    x = torch.rand(size, 1, 4, 4, generator=generator)
+    y = torch.randint(0, CLASSES, (size,), generator=generator)
+    return x, y
+
+
+def per_sample_l2(tensor):
+    return tensor.flatten(1).norm(dim=1)
+
+
+@pytest.mark.parametrize("random_start", ["normal", "uniform", "none"])
+def test_linf_stays_in_ball_and_box(random_start):
+    model = trained_model()
+    x, y = batch()
+    eps = 8 / 255
+    x_adv = pgd(model, x, ce_objective(y), eps=eps, step_size=2 / 255, steps=5, random_start=random_start)
+    assert (x_adv - x).abs().max() <= eps + 1e-6
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert not x_adv.requires_grad
+
+
+@pytest.mark.parametrize("random_start", ["normal", "uniform", "none"])
+def test_l2_stays_in_ball_and_box(random_start):
+    model = trained_model()
+    x, y = batch()
+    eps = 0.5
+    x_adv = pgd(model, x, ce_objective(y), eps=eps, step_size=0.3, steps=5, norm="l2", random_start=random_start)
+    assert per_sample_l2(x_adv - x).max() <= eps + 1e-5
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    # Big steps: the ball's boundary must actually be reached for some sample.
+    assert per_sample_l2(x_adv - x).max() > 0.9 * eps
+
+
+@pytest.mark.parametrize("norm,eps,step", [("linf", 0.1, 0.03), ("l2", 1.0, 0.3)])
+def test_attack_increases_objective(norm, eps, step):
+    model = trained_model()
+    x, y = batch()
+    model.eval()
+    objective = ce_objective(y)
+    with torch.no_grad():
+        before = objective(model(x))
+    x_adv = pgd(model, x, objective, eps=eps, step_size=step, steps=10, norm=norm, random_start="none")
+    with torch.no_grad():
+        after = objective(model(x_adv))
+    assert after > before + 0.05
+
+
+def gradient_at(model, x, objective):
+    """Independent gradient of the objective w.r.t. the input, in eval mode, via .backward()."""
+    model.eval()
+    x = x.clone().requires_grad_(True)
+    objective(model(x)).backward()
+    model.zero_grad(set_to_none=True)
+    return x.grad
+
+
+def test_linf_single_step_by_hand():
+    model = trained_model()
+    x, y = batch()
+    eps, step = 0.05, 0.08  # step > eps so the projection matters
+    objective = ce_objective(y)
+    x_adv = pgd(model, x, objective, eps=eps, step_size=step, steps=1, random_start="none")
+    grad = gradient_at(model, x, objective)
+    expected = torch.max(torch.min(x + step * torch.sign(grad), x + eps), x - eps).clamp(0, 1)
+    torch.testing.assert_close(x_adv, expected, rtol=0, atol=1e-7)
+
+
+def test_l2_single_step_by_hand():
+    model = trained_model()
+    x, y = batch()
+    objective = ce_objective(y)
+    grad = gradient_at(model, x, objective)
+    for eps, step in [(10.0, 0.2), (0.1, 0.2)]:  # inside the ball, then cut back to it
+        x_adv = pgd(model, x, objective, eps=eps, step_size=step, steps=1, norm="l2", random_start="none")
+        expected = x.clone()
+        for b in range(len(x)):
+            delta = step * grad[b] / grad[b].norm()
+            delta = (x[b] + delta).clamp(0, 1) - x[b]
+            if delta.norm() > eps:
+                delta = delta * eps / delta.norm()
+            expected[b] = x[b] + delta
+        torch.testing.assert_close(x_adv, expected, rtol=0, atol=1e-5)
+
+
+def test_l2_zero_gradient_gives_no_nan():
+    model = trained_model()
+    x, _ = batch()
+    zero_objective = lambda logits: 0 * logits.sum()
+    for start in ["none", "normal", "uniform"]:
+        x_adv = pgd(model, x, zero_objective, eps=0.5, step_size=0.1, steps=3, norm="l2", random_start=start)
+        assert torch.isfinite(x_adv).all()
+    x_adv = pgd(model, x, zero_objective, eps=0.5, step_size=0.1, steps=3, norm="l2", random_start="none")
+    assert torch.equal(x_adv, x)
+
+
+def test_attack_mode_restores_mixed_flags_even_on_error():
+    model = trained_model()
+    x, y = batch()
+    model.train()
+    model[1].eval()  # BatchNorm frozen by the user
+    flags = [m.training for m in model.modules()]
+    seen = []
+
+    def failing(logits):
+        seen.append([m.training for m in model.modules()])
+        raise RuntimeError("objective failed")
+
+    with pytest.raises(RuntimeError, match="objective failed"):
+        pgd(model, x, failing, eps=0.1, step_size=0.01, steps=2)
+    assert seen == [[False] * len(flags)]
+    assert [m.training for m in model.modules()] == flags
+
+    with pytest.raises(KeyError):
+        with attack_mode(model):
+            raise KeyError("inside")
+    assert [m.training for m in model.modules()] == flags
+    with attack_mode(model, eval_mode=False):
+        assert [m.training for m in model.modules()] == flags
+
+
+def test_no_side_effects_on_batchnorm_or_parameter_grads():
+    model = trained_model()
+    model.train()
+    x, y = batch()
+    buffers = {k: v.clone() for k, v in model.state_dict().items()}
+    x_adv = pgd(model, x, ce_objective(y), eps=0.1, step_size=0.02, steps=3)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, buffers[key]), key
+    assert all(p.grad is None for p in model.parameters())
+    assert model.training
+    assert x_adv.shape == x.shape
+
+
+def test_works_under_no_grad_and_eps_zero_returns_input():
+    model = trained_model()
+    x, y = batch()
+    with torch.no_grad():
+        x_adv = pgd(model, x, ce_objective(y), eps=0.1, step_size=0.02, steps=2, random_start="none")
+    assert not torch.equal(x_adv, x)
+    for eps, steps in [(0.0, 3), (0.1, 0)]:
+        same = pgd(model, x, ce_objective(y), eps=eps, step_size=0.02, steps=steps)
+        assert torch.equal(same, x) and same is not x
+
+
+def test_objective_builders_match_losses():
+    torch.manual_seed(0)
+    logits_adv, logits_nat = torch.randn(6, CLASSES), torch.randn(6, CLASSES)
+    targets = torch.randint(0, CLASSES, (6,))
+    rows = torch.softmax(torch.randn(6, CLASSES), dim=1)
+    ikl = ikl_objective(logits_nat, alpha=1.0, beta=1.0, weights=rows, gamma=0.5)
+    direct = ikl_loss(logits_adv, logits_nat, alpha=1.0, beta=1.0, weights=rows, gamma=0.5)
+    torch.testing.assert_close(ikl(logits_adv), direct)
+    torch.testing.assert_close(kl_objective(logits_nat)(logits_adv), kl_loss(logits_adv, logits_nat))
+    torch.testing.assert_close(ce_objective(targets)(logits_adv), F.cross_entropy(logits_adv, targets))
+
+
+def reference_loop(model, x, rows, eps, step, steps):
+    """The authors' loop: model(x_natural) recomputed inside every step, eval mode."""
+    model.eval()
+    x_adv = x + 0.001 * torch.randn(x.shape)
+    for _ in range(steps):
+        x_adv.requires_grad_()
+        with torch.enable_grad():
+            loss = ikl_loss(model(x_adv), model(x), alpha=1.0, beta=1.0, weights=rows)
+        grad = torch.autograd.grad(loss, [x_adv])[0]
+        x_adv = x_adv.detach() + step * torch.sign(grad.detach())
+        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
+    return x_adv
+
+
+def test_natural_logits_once_equals_recomputing_each_step():
+    model = trained_model()
+    model.train()
+    x, y = batch()
+    rows = torch.softmax(torch.randn(len(x), CLASSES, generator=torch.Generator().manual_seed(3)), dim=1)
+    eps, step, steps = 8 / 255, 2 / 255, 5
+
+    torch.manual_seed(42)
+    logits_nat = natural_logits(model, x)
+    assert model.training
+    objective = ikl_objective(logits_nat, alpha=1.0, beta=1.0, weights=rows)
+    ours = pgd(model, x, objective, eps=eps, step_size=step, steps=steps)
+
+    torch.manual_seed(42)
+    theirs = reference_loop(model, x, rows, eps, step, steps)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-7)
+
+
+def test_bad_arguments():
+    model = small_model()
+    x, y = batch()
+    with pytest.raises(ValueError, match="norm"):
+        pgd(model, x, ce_objective(y), eps=0.1, step_size=0.1, steps=1, norm="l1")
+    with pytest.raises(ValueError, match="random_start"):
+        pgd(model, x, ce_objective(y), eps=0.1, step_size=0.1, steps=1, random_start="zeros")
+    with pytest.raises(ValueError, match="scalar"):
+        pgd(model, x, lambda logits: logits, eps=0.1, step_size=0.1, steps=1)

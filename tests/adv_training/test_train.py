@@ -1,0 +1,257 @@
+"""The adversarial-training entry point, end to end on a small CIFAR-format dataset (CPU)."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import adv_training.train as train_module
+from adv_training.config import ATConfig, AttackConfig
+from adv_training.swa import average_checkpoints
+from adv_training.train import attack_budget, main
+from engine.checkpoint import load_file
+from engine.config import load_config
+from losses import ClassPrior
+from models import build_model, load_weights
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tiny_run(data_root, out_dir, *extra, name="run"):
+    """Overrides for a 2-epoch run of a depth-10, width-1 WRN with AWP and EMA from epoch 1."""
+    return [
+        f"data.root={data_root}", "data.dataset=cifar10", "data.verify_checksum=false", "data.num_workers=0",
+        "data.batch_size=40", "data.test_batch_size=50", "model.arch=WideResNet", "model.depth=10",
+        "model.widen_factor=1", "epochs=2", "device=cpu", f"out_dir={out_dir}", f"name={name}",
+        "eval.num_examples=50", "eval.pgd_steps=2", "awp.warmup=1", "ema.start_epoch=1", "save_every=1",
+        *extra,
+    ]
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+@pytest.mark.parametrize("method", ["ikl", "trades", "pgd"])
+def test_two_epochs_with_awp_and_ema_write_a_complete_run_folder(method, cifar10_root, tmp_path):
+    assert main(tiny_run(cifar10_root, tmp_path, f"method={method}")) == 0
+    run = tmp_path / "run"
+    for name in ("config.yaml", "environment.json", "metrics.jsonl", "last.pt", "best.pt", "ema.pt",
+                 "results.json", "ours-model-epoch1.pt", "ours-model-epoch2.pt"):
+        assert (run / name).is_file(), name
+    assert any((run / "tensorboard").iterdir())
+    assert not list(run.glob("*.tmp")) and not list(run.glob(".*.tmp"))
+
+    metrics = read_jsonl(run / "metrics.jsonl")
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    for record in metrics:
+        for key in ("train_loss", "train_adv_acc", "test_clean_acc", "test_robust_acc", "ema_test_robust_acc", "lr"):
+            assert math.isfinite(record[key]), (key, record)
+        assert record["awp"] is True  # AWP from epoch 1
+        assert 0 <= record["test_robust_acc"] <= 100 and 0 <= record["test_clean_acc"] <= 100
+    assert metrics[0]["eps"] == pytest.approx(8 / 255 / 2) and metrics[1]["eps"] == pytest.approx(8 / 255)
+
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["method"] == method and saved["model"]["depth"] == 10
+    environment = json.loads((run / "environment.json").read_text())
+    assert environment["seed"] == 0 and environment["torch"] == torch.__version__
+
+    results = json.loads((run / "results.json").read_text())
+    assert results["best_epoch"] in (1, 2)
+    # best.pt and the swa average load into a fresh model with the zoo's strict loader
+    fresh = build_model("WideResNet", 10, depth=10, widen_factor=1)
+    load_weights(fresh, run / "best.pt")
+    load_weights(fresh, run / "ema.pt")
+    load_weights(fresh, average_checkpoints(run, 0.9, 1, 2, log=lambda line: None))
+
+
+def _final_state(run_dir):
+    state = load_file(Path(run_dir) / "last.pt")
+    return state["model"], state["ema"]["module"], state["prior"]["prior"], state["optimizer"]["state"]
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(cifar10_root, tmp_path, monkeypatch):
+    assert main(tiny_run(cifar10_root, tmp_path, name="straight")) == 0
+
+    # Crash in the middle of epoch 2 (on the 3rd attack of that epoch), after epoch 1's last.pt.
+    real_pgd, calls = train_module.pgd, {"epoch2": 0}
+
+    def crashing_pgd(*args, **kwargs):
+        if kwargs["eps"] == pytest.approx(8 / 255):  # epoch 2 of 2 with the linear ramp
+            calls["epoch2"] += 1
+            if calls["epoch2"] == 3:
+                raise RuntimeError("simulated crash")
+        return real_pgd(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "pgd", crashing_pgd)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main(tiny_run(cifar10_root, tmp_path, name="interrupted"))
+    assert load_file(tmp_path / "interrupted" / "last.pt")["epoch"] == 1
+    monkeypatch.setattr(train_module, "pgd", real_pgd)
+
+    assert main(tiny_run(cifar10_root, tmp_path, "resume=true", name="interrupted")) == 0
+    straight, resumed = _final_state(tmp_path / "straight"), _final_state(tmp_path / "interrupted")
+    for a, b in zip(straight[:2], resumed[:2]):  # model and EMA state dicts
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+    assert torch.equal(straight[2], resumed[2])  # class prior
+    for slot in straight[3]:  # SGD momentum buffers
+        assert torch.equal(straight[3][slot]["momentum_buffer"], resumed[3][slot]["momentum_buffer"])
+    assert [m["epoch"] for m in read_jsonl(tmp_path / "interrupted" / "metrics.jsonl")] == [1, 2]
+    assert read_jsonl(tmp_path / "interrupted" / "metrics.jsonl")[1]["train_loss"] == pytest.approx(
+        read_jsonl(tmp_path / "straight" / "metrics.jsonl")[1]["train_loss"], rel=0, abs=0
+    )
+
+
+def test_a_fresh_start_never_overwrites_an_existing_run(cifar10_root, tmp_path, capsys):
+    assert main(tiny_run(cifar10_root, tmp_path, "epochs=1")) == 0
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    assert main(tiny_run(cifar10_root, tmp_path, "epochs=1")) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+
+
+def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(cifar10_root, tmp_path, monkeypatch, capsys):
+    real_loss = train_module.training_loss
+
+    def poisoned(cfg, model, x_natural, x_adv, targets, prior_rows, basic_size):
+        loss, parts = real_loss(cfg, model, x_natural, x_adv, targets, prior_rows, basic_size)
+        if torch.is_grad_enabled() and poisoned.epoch == 2:
+            loss = loss * float("nan")
+        return loss, parts
+
+    real_epoch = train_module.train_one_epoch
+
+    def tracking_epoch(cfg, epoch, *args):
+        poisoned.epoch = epoch
+        return real_epoch(cfg, epoch, *args)
+
+    poisoned.epoch = 0
+    monkeypatch.setattr(train_module, "training_loss", poisoned)
+    monkeypatch.setattr(train_module, "train_one_epoch", tracking_epoch)
+    assert main(tiny_run(cifar10_root, tmp_path)) == 2
+    error = capsys.readouterr().err
+    assert "the training loss became nan in epoch 2" in error and "last.pt still holds epoch 1" in error
+    assert "Traceback" not in error
+    assert load_file(tmp_path / "run" / "last.pt")["epoch"] == 1
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_high_budget_is_five_steps_of_half_the_ramped_epsilon(cifar10_root, tmp_path, monkeypatch):
+    attack = AttackConfig()
+    for epoch in (1, 37, 120, 200):
+        eps_t = 8 / 255 * epoch / 200
+        assert attack_budget(attack, epoch, 200) == pytest.approx((eps_t, eps_t / 2, 5))
+    low = AttackConfig(budget="low")
+    assert attack_budget(low, 50, 200) == pytest.approx((2 / 255, 2 / 255, 2))
+    piecewise = AttackConfig(budget="high_piecewise")
+    steps = [attack_budget(piecewise, e, 200)[2] for e in (50, 51, 100, 101, 150, 151, 200)]
+    assert steps == [2, 3, 3, 4, 4, 5, 5]
+    no_ramp = AttackConfig(eps_ramp=False)
+    assert attack_budget(no_ramp, 1, 200) == pytest.approx((8 / 255, 4 / 255, 5))
+
+    # ... and the training loop attacks with exactly that budget.
+    seen = []
+    real_pgd = train_module.pgd
+
+    def recording_pgd(*args, **kwargs):
+        seen.append((kwargs["eps"], kwargs["step_size"], kwargs["steps"]))
+        return real_pgd(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "pgd", recording_pgd)
+    assert main(tiny_run(cifar10_root, tmp_path, "eval.every=5", "awp.enabled=false", "save_every=0")) == 0
+    assert set(seen) == {(8 / 255 / 2, 8 / 255 / 4, 5), (8 / 255, 8 / 255 / 2, 5)}
+
+
+@pytest.mark.parametrize("augment", ["autoaug", "cutout"])
+def test_dual_view_modes_train_and_update_the_prior_from_the_basic_view(augment, cifar10_root, tmp_path, monkeypatch):
+    updates = []
+    real_update = ClassPrior.update
+
+    def recording_update(self, logits, targets):
+        updates.append(len(targets))
+        return real_update(self, logits, targets)
+
+    monkeypatch.setattr(ClassPrior, "update", recording_update)
+    args = tiny_run(cifar10_root, tmp_path, "epochs=1", f"data.augment={augment}", "data.aug_weight=0.5", "awp.enabled=false")
+    assert main(args) == 0
+    assert sum(updates) == 200  # every training image once, not once per view
+    record = read_jsonl(tmp_path / "run" / "metrics.jsonl")[0]
+    assert math.isfinite(record["train_loss"])
+
+
+def test_config_typo_exits_non_zero_naming_the_closest_key():
+    result = subprocess.run(
+        [sys.executable, "-m", "adv_training.train", "attack.epsilom=8/255"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "unknown config key 'attack.epsilom'" in result.stderr and "did you mean 'attack.epsilon'?" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_data_names_the_folder_and_leaves_no_run_folder(tmp_path, capsys):
+    empty = tmp_path / "no_data"
+    assert main(tiny_run(empty, tmp_path / "runs")) == 2
+    error = capsys.readouterr().err
+    assert str(empty / "cifar-10-batches-py") in error and "cifar-10-python.tar.gz" in error
+    assert "Traceback" not in error
+    assert not (tmp_path / "runs").exists()
+
+
+LAUNCHERS = {
+    "train_dkl_cifar100.sh": [
+        ("cifar100", "ikl", 4.0, 1.0, 1.0, "basic", 1.0),
+        ("cifar100", "ikl", 1.0, 0.4, 1.0, "basic", 1.0),
+    ],
+    "train_dkl_cifar100_autoaug.sh": [("cifar100", "ikl", 4.0, 1.0, 1.0, "autoaug", 0.5)],
+    "train_dkl_cifar10.sh": [
+        ("cifar10", "ikl", 4.0, 1.0, 0.0, "basic", 1.0),
+        ("cifar10", "ikl", 1.0, 0.2, 0.0, "basic", 1.0),
+    ],
+    "train_dkl_cifar10_autoaug.sh": [("cifar10", "ikl", 4.0, 1.0, 0.0, "autoaug", 0.5)],
+    "train_trades_cifar100.sh": [("cifar100", "trades", 4.0, 1.0, 1.0, "basic", 1.0)],
+}
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_launchers_resolve_to_the_paper_hyperparameters(launcher, tmp_path):
+    env = dict(os.environ, DKL_PYTHON=sys.executable)
+    result = subprocess.run(
+        ["bash", str(ROOT / "sh" / launcher), "--print-config"], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    documents = [yaml.safe_load(part.split("\n", 1)[1]) for part in result.stdout.split("# ---- ")[1:]]
+    assert len(documents) == len(LAUNCHERS[launcher])
+    for cfg, (dataset, method, prior_t, gamma, attack_beta, augment, aug_weight) in zip(documents, LAUNCHERS[launcher]):
+        assert (cfg["data"]["dataset"], cfg["method"], cfg["data"]["augment"]) == (dataset, method, augment)
+        assert cfg["model"]["arch"] == "WideResNet34_10" and cfg["epochs"] == 200 and cfg["data"]["batch_size"] == 128
+        assert cfg["optim"] | {"milestones": None} == {
+            "lr": 0.2, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False, "schedule": "cosine",
+            "warmup_epochs": 0, "milestones": None, "decay": 0.1,
+        }
+        assert cfg["attack"]["epsilon"] == pytest.approx(8 / 255) and cfg["attack"]["eps_ramp"] is True
+        assert cfg["attack"]["budget"] == "high" and cfg["attack"]["alpha"] == 1.0 and cfg["attack"]["beta"] == attack_beta
+        assert cfg["data"]["aug_weight"] == aug_weight
+        assert cfg["awp"] == {"enabled": True, "gamma": 0.005, "warmup": 10, "proxy_lr": 0.01}
+        assert cfg["ema"] == {"enabled": True, "tau": 0.9996, "start_epoch": 150}
+        assert cfg["save_every"] == 1
+        if method == "ikl":
+            ikl = cfg["ikl"]
+            assert (ikl["alpha"], ikl["beta"], ikl["prior_temperature"], ikl["gamma"]) == (4.0, 20.0, prior_t, gamma)
+        else:
+            assert cfg["trades"]["beta"] == 6.0
+
+
+def test_every_shipped_config_resolves():
+    configs = sorted((ROOT / "configs" / "adv_training").glob("*.yaml"))
+    assert len(configs) >= 8
+    for path in configs:
+        load_config(ATConfig, path)

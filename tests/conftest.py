@@ -1,0 +1,114 @@
+"""Shared fixtures: small CIFAR-10/100 datasets written in the official on-disk format.
+
+The files are what torchvision's real CIFAR classes read (only the MD5 sums differ, so
+load them with ``verify_checksum=False``). Images are a per-class colour plus noise, so
+a tiny model can learn to tell the classes apart.
+"""
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CIFAR10_LABEL_NAMES = ["airplane", "automobile", "bird", "cat", "deer",
+                       "dog", "frog", "horse", "ship", "truck"]
+
+
+class _Python2Pickler(pickle._Pickler):
+    """Writes ``str`` and ``bytes`` as Python 2 byte strings, as in the official CIFAR pickles.
+
+    They were written by Python 2, so their keys load as ``str`` with encoding="latin1"
+    (what torchvision uses) and as ``bytes`` with encoding="bytes" (the official recipe).
+    Python 3's own pickles would load ``str`` as ``str`` and ``bytes`` as ``bytes`` in both cases.
+    """
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def _save_byte_string(self, obj):
+        # Python 2 had one string type; numpy's raw array data goes the same way.
+        data = obj.encode("latin1") if isinstance(obj, str) else obj
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch[str] = _save_byte_string
+    dispatch[bytes] = _save_byte_string
+
+
+def _dump(obj, path: Path) -> None:
+    with open(path, "wb") as stream:
+        _Python2Pickler(stream, protocol=2).dump(obj)
+
+
+def _images(labels: np.ndarray, colours: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """uint8 [N, 3072] rows, each one CHW image flattened row-major, like the official data."""
+    pixels = colours[labels][:, :, None, None] + rng.normal(0.0, 24.0, (len(labels), 3, 32, 32))
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8).reshape(len(labels), 3 * 32 * 32)
+
+
+def write_cifar(root, name: str = "cifar10", num_train: int = 200, num_test: int = 100,
+                seed: int = 0) -> Path:
+    """Write a small ``name`` dataset ("cifar10" or "cifar100") under ``root``; return ``root``.
+
+    Labels run round-robin over all classes (sample ``i`` has class ``i % num_classes``), so
+    every class appears once there are at least as many samples as classes. CIFAR-10's
+    training samples are split across the five batch files in order; CIFAR-100's coarse
+    label of fine class ``c`` is ``c // 5`` (the real grouping is not that regular).
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    num_classes = {"cifar10": 10, "cifar100": 100}[name]
+    colours = rng.uniform(40.0, 215.0, (num_classes, 3))
+
+    def split(count: int, prefix: str):
+        labels = np.arange(count) % num_classes
+        filenames = [f"{prefix}_{index:06d}.png" for index in range(count)]
+        return labels, _images(labels, colours, rng), filenames
+
+    if name == "cifar10":
+        folder = root / "cifar-10-batches-py"
+        folder.mkdir(parents=True, exist_ok=True)
+        labels, data, filenames = split(num_train, "synthetic_train")
+        for number, rows in enumerate(np.array_split(np.arange(num_train), 5), start=1):
+            _dump({"batch_label": f"training batch {number} of 5", "labels": labels[rows].tolist(),
+                   "data": data[rows], "filenames": [filenames[i] for i in rows]},
+                  folder / f"data_batch_{number}")
+        labels, data, filenames = split(num_test, "synthetic_test")
+        _dump({"batch_label": "testing batch 1 of 1", "labels": labels.tolist(), "data": data,
+               "filenames": filenames}, folder / "test_batch")
+        _dump({"num_cases_per_batch": -(-num_train // 5), "label_names": CIFAR10_LABEL_NAMES,
+               "num_vis": 3 * 32 * 32}, folder / "batches.meta")
+    elif name == "cifar100":
+        folder = root / "cifar-100-python"
+        folder.mkdir(parents=True, exist_ok=True)
+        for filename, count, batch_label in (("train", num_train, "training batch 1 of 1"),
+                                             ("test", num_test, "testing batch 1 of 1")):
+            labels, data, filenames = split(count, f"synthetic_{filename}")
+            _dump({"filenames": filenames, "batch_label": batch_label, "fine_labels": labels.tolist(),
+                   "coarse_labels": (labels // 5).tolist(), "data": data}, folder / filename)
+        _dump({"fine_label_names": [f"fine_class_{c:02d}" for c in range(100)],
+               "coarse_label_names": [f"coarse_class_{c:02d}" for c in range(20)]}, folder / "meta")
+    else:
+        raise ValueError(f"write_cifar: unknown dataset {name!r} (cifar10 or cifar100)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar_writer():
+    """`write_cifar`, for tests that need their own variant (tests cannot import conftest)."""
+    return write_cifar
+
+
+@pytest.fixture(scope="session")
+def cifar10_root(tmp_path_factory) -> Path:
+    """A root holding cifar-10-batches-py with 200 training and 100 test images. Read-only."""
+    return write_cifar(tmp_path_factory.mktemp("cifar10"), "cifar10", num_train=200, num_test=100)
+
+
+@pytest.fixture(scope="session")
+def cifar100_root(tmp_path_factory) -> Path:
+    """A root holding cifar-100-python with 300 training and 100 test images. Read-only."""
+    return write_cifar(tmp_path_factory.mktemp("cifar100"), "cifar100", num_train=300, num_test=100)

@@ -1,0 +1,96 @@
+"""ModelEMA: nothing before the start epoch, copies during it, the (1 - tau, tau) recursion after."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from engine.checkpoint import atomic_save, load_file
+from engine.ema import ModelEMA
+
+
+def small_model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 2, kernel_size=2), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2, 3))
+
+
+def train_step(model, optimizer, seed):
+    """One SGD step in train mode: changes parameters, BN running stats and num_batches_tracked."""
+    generator = torch.Generator().manual_seed(seed)
+    x, y = torch.rand(4, 1, 2, 2, generator=generator), torch.randint(0, 3, (4,), generator=generator)
+    model.train()
+    optimizer.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+
+
+def snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_before_start_nothing_then_copy_then_recursion():
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    ema = ModelEMA(model, tau=0.5, start_epoch=2)
+    initial = snapshot(ema.module)
+    assert not ema.module.training and not any(p.requires_grad for p in ema.module.parameters())
+
+    train_step(model, optimizer, 0)
+    ema.update(model, epoch=1)
+    assert not ema.started
+    for key, value in ema.module.state_dict().items():
+        assert torch.equal(value, initial[key]), key
+
+    for seed in (1, 2):  # every iteration of the start epoch copies
+        train_step(model, optimizer, seed)
+        ema.update(model, epoch=2)
+        assert ema.started
+        for key, value in ema.module.state_dict().items():
+            assert torch.equal(value, model.state_dict()[key]), key
+    expected = snapshot(model)
+
+    for seed in (3, 4, 5):
+        train_step(model, optimizer, seed)
+        ema.update(model, epoch=3)
+        current = snapshot(model)
+        for key, value in current.items():
+            if value.is_floating_point():
+                expected[key] = (1 - 0.5) * value + 0.5 * expected[key]
+            else:
+                expected[key] = value  # num_batches_tracked is copied
+    averaged = ema.module.state_dict()
+    assert averaged["1.num_batches_tracked"].dtype == torch.long
+    assert averaged["1.num_batches_tracked"].item() == 6  # six training steps
+    for key, value in expected.items():
+        torch.testing.assert_close(averaged[key], value, rtol=1e-6, atol=1e-7)
+    # The average differs from the current weights (the recursion really averaged).
+    assert not torch.allclose(averaged["3.weight"], model.state_dict()["3.weight"])
+    assert not torch.allclose(averaged["1.running_mean"], model.state_dict()["1.running_mean"])
+
+
+def test_state_dict_round_trip_resumes_identically(tmp_path):
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    ema = ModelEMA(model, tau=0.9, start_epoch=0)
+    for seed, epoch in [(0, 0), (1, 1)]:
+        train_step(model, optimizer, seed)
+        ema.update(model, epoch)
+
+    path = atomic_save(ema.state_dict(), tmp_path / "ema.pt")
+    resumed = ModelEMA(small_model(seed=5), tau=0.9, start_epoch=0)
+    resumed.load_state_dict(load_file(path))
+    assert resumed.started
+
+    for seed in (2, 3):
+        train_step(model, optimizer, seed)
+        ema.update(model, epoch=1)
+        resumed.update(model, epoch=1)
+    for key, value in ema.module.state_dict().items():
+        assert torch.equal(value, resumed.module.state_dict()[key]), key
+
+
+def test_first_update_after_start_without_copy_copies():
+    model = small_model()
+    ema = ModelEMA(small_model(seed=3), tau=0.9, start_epoch=1)
+    ema.update(model, epoch=4)
+    assert ema.started
+    for key, value in ema.module.state_dict().items():
+        assert torch.equal(value, model.state_dict()[key]), key
