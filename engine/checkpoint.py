@@ -4,7 +4,7 @@ import pickle
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import torch
 
@@ -13,8 +13,8 @@ from .errors import UserError
 PathLike = Union[str, os.PathLike]
 
 
-def atomic_save(obj: Any, path: PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename it into place.
+def _write_atomically(path: PathLike, mode: str, write: Callable[[Any], None], **open_kwargs) -> Path:
+    """Write to a temporary file in the same folder, flush it to disk, then rename it into place.
 
     A crash or a full disk during the write leaves the previous file intact: readers see
     either the old file or the new one, never half of one.
@@ -23,8 +23,8 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(obj, stream)
+        with os.fdopen(handle, mode, **open_kwargs) as stream:
+            write(stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
@@ -32,23 +32,16 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_save(obj: Any, path: PathLike) -> Path:
+    """``torch.save`` with the write-then-rename guarantee (see `_write_atomically`)."""
+    return _write_atomically(path, "wb", lambda stream: torch.save(obj, stream))
 
 
 def atomic_write_text(text: str, path: PathLike) -> Path:
-    """Write a text file (JSON, YAML) with the same write-then-rename guarantee."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    """A text file (JSON, YAML) with the same write-then-rename guarantee."""
+    return _write_atomically(path, "w", lambda stream: stream.write(text), encoding="utf-8")
 
 
 class CheckpointError(UserError, ValueError):
@@ -76,10 +69,14 @@ def load_file(path: PathLike, map_location: Any = "cpu") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        if "weights only" not in str(error).lower():
-            raise CheckpointError(f"{path} could not be read as a PyTorch checkpoint: {error}") from None
         found = re.search(r"GLOBAL (\S+)", str(error))
-        culprit = f" (refused global: {found.group(1)})" if found else ""
+        if not found:  # not a refused object: the file is simply not a checkpoint
+            reason = re.search(r"WeightsUnpickler error: (.+)", str(error))
+            detail = reason.group(1).strip() if reason else str(error).splitlines()[0]
+            raise CheckpointError(
+                f"{path} could not be read as a PyTorch checkpoint ({detail}); nothing in it was run"
+            ) from None
+        culprit = f" (refused global: {found.group(1)})"
         raise UnsafeCheckpointError(
             f"{path} is not a plain tensor checkpoint: it pickles objects other than tensors and containers, "
             f"whose loading could run code, so it was refused and NOT executed{culprit}. If you trust it, "

@@ -17,17 +17,8 @@ were trained on CIFAR-100-normalised inputs, which the data pipeline provides.
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .init import init_he_fan_out
 from .registry import register_model
-
-
-def _kaiming_init(model: nn.Module) -> None:
-    # mdistiller's initialisation, kept so students train as in the paper.
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 class CifarBasicBlock(nn.Module):
@@ -62,7 +53,7 @@ class CifarResNet(nn.Module):
         self.layer2 = self._make_layer(num_filters[2], n, 2)
         self.layer3 = self._make_layer(num_filters[3], n, 2)
         self.fc = nn.Linear(num_filters[3], num_classes)
-        _kaiming_init(self)
+        init_he_fan_out(self, zero_linear_bias=False)
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         downsample = None
@@ -140,7 +131,7 @@ class CifarResNetV2(nn.Module):
         self.layer3 = self._make_layer(block, 256, num_blocks[2], 2)
         self.layer4 = self._make_layer(block, 512, num_blocks[3], 2)
         self.linear = nn.Linear(512 * block.expansion, num_classes)
-        _kaiming_init(self)
+        init_he_fan_out(self, zero_linear_bias=False)
 
     def _make_layer(self, block, planes: int, n: int, stride: int) -> nn.Sequential:
         layers = []

@@ -18,13 +18,13 @@ training code, matching the JAX decay of 0.99; it has no effect at
 evaluation.
 """
 
-import math
 from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .init import init_he_fan_out
 from .registry import register_model
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -106,12 +106,7 @@ class DMWideResNet(nn.Module):
         self.relu = activation()
         self.logits = nn.Linear(channels[3], num_classes)
         self.num_channels = channels[3]
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        init_he_fan_out(self)
 
     def forward(self, x):
         out = (x - self.mean) / self.std

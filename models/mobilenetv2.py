@@ -8,10 +8,10 @@ has its 1x1 expansion conv, which mdistiller's checkpoints contain.
 Returns logits only; no input normalisation inside.
 """
 
-import math
 
 import torch.nn as nn
 
+from .init import init_he_fan_out
 from .registry import register_model
 
 
@@ -66,16 +66,7 @@ class MobileNetV2Cifar(nn.Module):
         self.classifier = nn.Sequential(nn.Linear(last_channel, num_classes))
         # mdistiller pools 32x32 inputs (2x2 maps) with a fixed 2x2 window.
         self.avgpool = nn.AvgPool2d(2, ceil_mode=True)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_he_fan_out(self, linear_std=0.01)
 
     def forward(self, x):
         out = self.conv1(x)

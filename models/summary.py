@@ -1,4 +1,4 @@
-"""Print the model table of ``models/README_models.md`` from the registry.
+"""Print the model table of the README (section "Models") from the registry.
 
     python -m models.summary
 

@@ -10,11 +10,11 @@ single ``classifier`` Linear(512, num_classes).  At 32x32 the pool after
 Returns logits only; no input normalisation inside.
 """
 
-import math
 
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .init import init_he_fan_out
 from .registry import register_model
 
 # Output channels of each conv in the five stages.
@@ -50,17 +50,7 @@ class VGG(nn.Module):
         self.pool3 = nn.MaxPool2d(2, 2)
         self.pool4 = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(512, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_he_fan_out(self, linear_std=0.01)
 
     def forward(self, x):
         height = x.shape[2]

@@ -10,12 +10,12 @@ mdistiller's CIFAR-100 ``wrn_*`` networks use this same class (see
 ``cifar_wrn.py``).
 """
 
-import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .init import init_he_fan_out
 from .registry import register_model
 
 
@@ -76,7 +76,7 @@ class WideResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.fc = nn.Linear(channels[3], num_classes)
         self.nChannels = channels[3]
-        _init_like_reference(self)
+        init_he_fan_out(self)
 
     def forward(self, x):
         out = self.conv1(x)
@@ -84,20 +84,6 @@ class WideResNet(nn.Module):
         out = self.relu(self.bn1(out))
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return self.fc(out)
-
-
-def _init_like_reference(model: nn.Module) -> None:
-    # Reproduces the reference initialisation (He-normal over fan-out, unit
-    # BN, zero classifier bias) so training runs match the published recipes.
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
 
 
 _AT = "RobustBench/TRADES `WideResNet` checkpoints (`sub_block1.*` keys ignored)"
