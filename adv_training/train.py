@@ -9,7 +9,6 @@ train mode; CE + robust term; SGD step; EMA update; class-prior update. Each epo
 with the prior step, clean and PGD-20 accuracy of the model and its EMA, one line of
 metrics.jsonl, and an atomically written last.pt from which ``resume=true`` continues.
 """
-import argparse
 import contextlib
 import math
 import sys
@@ -22,10 +21,11 @@ from tqdm import tqdm
 
 from engine import data as data_lib
 from engine.checkpoint import atomic_save, load_file
-from engine.config import get_value, load_config, to_dict, to_yaml
+from engine.cli import config_main
+from engine.config import changed_keys, to_dict, to_yaml
 from engine.distributed import is_main_process, reduce_sum
 from engine.ema import ModelEMA
-from engine.errors import UserError
+from engine.errors import NonFiniteLossError, UserError
 from engine.run import RunLogger, prepare_run_dir
 from engine.runtime import (
     autocast,
@@ -48,10 +48,6 @@ from .methods import attack_objective, needs_natural_logits, training_loss
 
 CHECKPOINT_FORMAT = 1
 PROGRESS_EVERY = 20  # batches between progress-bar updates (each one synchronises with the GPU)
-
-
-class NonFiniteLossError(UserError):
-    pass
 
 
 def attack_budget(attack: AttackConfig, epoch: int, epochs: int) -> Tuple[float, float, int]:
@@ -217,17 +213,6 @@ def _restore(state, cfg, model, optimizer, prior, ema, awp, path: Path) -> dict:
     return state["best"]
 
 
-def _changed_keys(saved: dict, current: dict, prefix: str = "") -> List[str]:
-    changed = []
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changed += _changed_keys(a, b, prefix + key + ".")
-        elif a != b:
-            changed.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return changed
-
-
 def log(message: str) -> None:
     if is_main_process():
         print(message, flush=True)
@@ -279,7 +264,7 @@ def train(cfg: ATConfig) -> Dict[str, object]:
     start_epoch, best = 1, {"robust_acc": -1.0, "epoch": 0}
     if cfg.resume:
         state = load_file(last_path, map_location=device)
-        changed = [c for c in _changed_keys(state["config"], to_dict(cfg)) if not c.startswith("resume:")]
+        changed = [c for c in changed_keys(state["config"], to_dict(cfg)) if not c.startswith("resume:")]
         if changed:
             log("note: resuming with changed settings: " + "; ".join(changed))
         best = _restore(state, cfg, model, optimizer, prior, ema, awp, last_path)
@@ -347,37 +332,11 @@ def train(cfg: ATConfig) -> Dict[str, object]:
     return results
 
 
-def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, List[str]]:
-    parser = argparse.ArgumentParser(
-        prog="python -m adv_training.train",
+def main(argv: Optional[List[str]] = None) -> int:
+    return config_main(
+        ATConfig, train, prog="python -m adv_training.train", argv=argv,
         description="Adversarial training with IKL, TRADES or PGD-AT. Settings: --config FILE, then key=value overrides.",
     )
-    parser.add_argument("--config", help="YAML file under configs/adv_training/ (defaults: the CIFAR-100 IKL-AT recipe)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config with every knob's meaning, then exit")
-    parser.add_argument("--get", metavar="KEY", help="print one resolved value (a dotted config key, or run_dir), then exit")
-    parser.add_argument("overrides", nargs="*", help="key=value, e.g. optim.lr=0.1 attack.epsilon=8/255")
-    args = parser.parse_args(argv)
-    return args, args.overrides
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    args, overrides = parse_args(argv)
-    try:
-        cfg = load_config(ATConfig, args.config, overrides)
-        if args.print_config:
-            print(to_yaml(cfg, with_help=True), end="")
-            return 0
-        if args.get:
-            print(Path(cfg.out_dir) / cfg.run_name() if args.get == "run_dir" else get_value(cfg, args.get))
-            return 0
-        train(cfg)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command with resume=true to continue from last.pt", file=sys.stderr)
-        return 130
-    return 0
 
 
 if __name__ == "__main__":

@@ -255,6 +255,18 @@ def get_value(config, key: str) -> Any:
     return value
 
 
+def changed_keys(saved: Dict[str, Any], current: Dict[str, Any], prefix: str = "") -> List[str]:
+    """``key: old -> new`` for every setting that differs between two `to_dict` results."""
+    changed = []
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += changed_keys(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changed.append(f"{prefix}{key}: {old!r} -> {new!r}")
+    return changed
+
+
 def to_dict(config) -> Dict[str, Any]:
     return dataclasses.asdict(config)
 

@@ -1,0 +1,41 @@
+"""The command line every training entry point shares.
+
+    python -m <task>.train --config FILE [key=value ...]
+    python -m <task>.train --config FILE --print-config     # the resolved config, every knob explained
+    python -m <task>.train --config FILE --get optim.lr     # one resolved value (or run_dir), for scripts
+
+A `UserError` (bad config, missing data or checkpoint, NaN loss) ends in one line on
+stderr and exit status 2; an interruption says how to resume.
+"""
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional, Type
+
+from .config import get_value, load_config, to_yaml
+from .errors import UserError
+
+
+def config_main(schema: Type, run: Callable, *, prog: str, description: str, argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", help="YAML file (see configs/); without it, the schema's defaults")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config with every knob's meaning, then exit")
+    parser.add_argument("--get", metavar="KEY", help="print one resolved value (a dotted config key, or run_dir), then exit")
+    parser.add_argument("overrides", nargs="*", help="key=value, e.g. optim.lr=0.1")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(schema, args.config, args.overrides)
+        if args.print_config:
+            print(to_yaml(cfg, with_help=True), end="")
+            return 0
+        if args.get:
+            print(Path(cfg.out_dir) / cfg.run_name() if args.get == "run_dir" else get_value(cfg, args.get))
+            return 0
+        run(cfg)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command with resume=true to continue from last.pt", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,132 @@
+"""Every knob of knowledge distillation, with its default and meaning.
+
+The defaults are mdistiller's CIFAR-100 recipe (240 epochs, batch 64, SGD lr 0.05 with
+decays at 150/180/210, weight decay 5e-4) with the authors' IKL-KD settings (CE weight 1,
+T 4, T2 100, no class prior, warm-up 20 epochs). One YAML file per teacher/student pair
+states the pair, its learning rate and each distiller's pair-specific weights, so that
+``distiller=kd`` or ``distiller=dkd`` on the command line switches method on the same pair.
+"""
+from dataclasses import dataclass
+from typing import List, Literal
+
+from engine.config import ConfigError, knob, section
+
+
+@dataclass
+class KDDataConfig:
+    dataset: Literal["cifar100", "imagenet", "digits"] = knob("cifar100", "training and validation set")
+    root: str = knob("data", "cifar-100-python/ folder for cifar100; train/ and val/ ImageFolder trees for imagenet")
+    download: bool = knob(False, "download CIFAR-100 into `root` when missing (ImageNet cannot be downloaded)")
+    verify_checksum: bool = knob(True, "check CIFAR's official MD5 sums; false only for locally written test data")
+    normalize: bool = knob(True, "mean/std normalisation in the data pipeline, as mdistiller (the teachers expect it)")
+    batch_size: int = knob(64, "training batch size")
+    test_batch_size: int = knob(128, "validation batch size")
+    num_workers: int = knob(4, "DataLoader worker processes")
+
+
+@dataclass
+class TeacherConfig:
+    arch: str = knob("resnet32x4", "teacher architecture (models.available_models())")
+    checkpoint: str = knob(
+        "download_ckpts/cifar_teachers/resnet32x4_vanilla/ckpt_epoch_240.pth",
+        "teacher weights: a file (mdistiller {'model': ...}, a plain state dict, ...), or "
+        "torchvision:WEIGHTS (e.g. torchvision:IMAGENET1K_V1) for the ImageNet ResNets",
+    )
+    report_accuracy: bool = knob(True, "evaluate the teacher on the validation set before training")
+
+
+@dataclass
+class StudentConfig:
+    arch: str = knob("resnet8x4", "student architecture (models.available_models())")
+
+
+@dataclass
+class KDLossConfig:
+    ce_weight: float = knob(0.1, "weight of the cross-entropy with the labels")
+    kd_weight: float = knob(0.9, "weight of the KD term")
+    temperature: float = knob(4.0, "softmax temperature (the KD term carries T^2)")
+
+
+@dataclass
+class DKDLossConfig:
+    ce_weight: float = knob(1.0, "weight of the cross-entropy with the labels")
+    alpha: float = knob(1.0, "weight of TCKD (target-class KD)")
+    beta: float = knob(8.0, "weight of NCKD (non-target-class KD); mdistiller tunes it per pair")
+    temperature: float = knob(4.0, "softmax temperature (DKD carries T^2)")
+    warmup: int = knob(20, "the DKD term ramps linearly to full weight over this many epochs")
+
+
+@dataclass
+class IKLLossConfig:
+    ce_weight: float = knob(1.0, "weight of the cross-entropy with the labels")
+    alpha: float = knob(1.0, "weight of the soft-label CE term of IKL")
+    beta: float = knob(8.0, "weight of the wMSE term of IKL")
+    temperature: float = knob(4.0, "temperature of the soft-label CE term (no T^2)")
+    weight_temperature: float = knob(100.0, "T2: temperature of the teacher softmax that weights wMSE")
+    gamma: float = knob(1.0, "exponent on the wMSE weights")
+    class_prior: bool = knob(False, "weights = previous epoch's class-wise mean of softmax(teacher / T2), else per sample")
+    warmup: int = knob(20, "the IKL term ramps linearly to full weight over this many epochs")
+
+
+@dataclass
+class KDOptimConfig:
+    lr: float = knob(0.05, "learning rate of SGD (mdistiller: 0.05, or 0.01 for ShuffleNet/MobileNet students)")
+    momentum: float = knob(0.9, "SGD momentum")
+    weight_decay: float = knob(5e-4, "L2 weight decay")
+    nesterov: bool = knob(False, "Nesterov momentum")
+    milestones: List[int] = knob([150, 180, 210], "epochs after which lr is multiplied by decay (LR_DECAY_STAGES)")
+    decay: float = knob(0.1, "step decay factor (LR_DECAY_RATE)")
+    warmup_epochs: int = knob(0, "linear learning-rate warm-up epochs")
+
+
+@dataclass
+class KDEvalConfig:
+    every: int = knob(1, "evaluate every N epochs (the last epoch always)")
+
+
+@dataclass
+class KDConfig:
+    distiller: Literal["vanilla", "kd", "dkd", "ikl"] = knob("ikl", "vanilla = CE only; kd = Hinton; dkd = Zhao et al.; ikl = IKL-KD")
+    epochs: int = knob(240, "training epochs")
+    seed: int = knob(0, "seed of every random number generator (set once, in engine.runtime)")
+    deterministic: bool = knob(False, "deterministic kernels (slower; needed for bit-exact resume on GPU)")
+    device: str = knob("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
+    precision: Literal["fp32", "tf32", "bf16"] = knob("fp32", "bf16 autocasts the forward passes; evaluation is fp32")
+    channels_last: bool = knob(False, "NHWC memory format (faster convolutions on recent GPUs)")
+    out_dir: str = knob("runs", "parent folder of run folders")
+    name: str = knob("", "run folder name under out_dir; empty = <dataset>_<distiller>_<teacher>_<student>_seed<seed>")
+    resume: bool = knob(False, "continue from <run folder>/last.pt")
+    data: KDDataConfig = section(KDDataConfig, "dataset and loaders")
+    teacher: TeacherConfig = section(TeacherConfig, "the frozen teacher")
+    student: StudentConfig = section(StudentConfig, "the student being trained")
+    kd: KDLossConfig = section(KDLossConfig, "Hinton KD (distiller=kd), mdistiller's defaults")
+    dkd: DKDLossConfig = section(DKDLossConfig, "DKD (distiller=dkd), mdistiller's defaults")
+    ikl: IKLLossConfig = section(IKLLossConfig, "IKL-KD (distiller=ikl)")
+    optim: KDOptimConfig = section(KDOptimConfig, "optimiser and step schedule")
+    eval: KDEvalConfig = section(KDEvalConfig, "validation")
+
+    def validate(self) -> None:
+        positive = {
+            "epochs": self.epochs,
+            "data.batch_size": self.data.batch_size,
+            "data.test_batch_size": self.data.test_batch_size,
+            "optim.lr": self.optim.lr,
+            "eval.every": self.eval.every,
+            "kd.temperature": self.kd.temperature,
+            "dkd.temperature": self.dkd.temperature,
+            "ikl.temperature": self.ikl.temperature,
+            "ikl.weight_temperature": self.ikl.weight_temperature,
+        }
+        for key, value in positive.items():
+            if not value > 0:
+                raise ConfigError(f"config key '{key}' must be positive, got {value}")
+        for key, value in {"dkd.warmup": self.dkd.warmup, "ikl.warmup": self.ikl.warmup,
+                           "ikl.gamma": self.ikl.gamma, "data.num_workers": self.data.num_workers}.items():
+            if value < 0:
+                raise ConfigError(f"config key '{key}' must be >= 0, got {value}")
+        if self.data.dataset == "digits" and self.data.normalize:
+            raise ConfigError("data.normalize=true is not available for digits (pixels stay in [0, 1]); set data.normalize=false")
+
+    def run_name(self) -> str:
+        return self.name or f"{self.data.dataset}_{self.distiller}_{self.teacher.arch}_{self.student.arch}_seed{self.seed}"
+

@@ -1,0 +1,316 @@
+"""Knowledge distillation: IKL-KD and the KD / DKD baselines, on CIFAR-100 and ImageNet.
+
+    python -m knowledge_distillation.train --config configs/knowledge_distillation/cifar100/res32x4_res8x4.yaml
+    python -m knowledge_distillation.train --config ... distiller=dkd          # same pair, another method
+
+One step: the frozen teacher's logits (eval mode, no gradient); the student's logits;
+CE + the distiller's term (`distillers.distillation_loss`); SGD step; with IKL's class
+prior, the teacher's softmax(logits / T2) is accumulated per class for the next epoch.
+Each epoch ends with top-1/top-5 on the validation set, one line of metrics.jsonl,
+TensorBoard scalars and an atomically written last.pt from which ``resume=true`` continues.
+Training speed is reported per iteration, data loading and compute separately, as the
+paper's KD table compares methods by it.
+"""
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+from tqdm import tqdm
+
+from engine import data as data_lib
+from engine.checkpoint import atomic_save, load_file
+from engine.cli import config_main
+from engine.config import changed_keys, to_dict, to_yaml
+from engine.distributed import is_main_process, reduce_sum
+from engine.errors import NonFiniteLossError, UserError
+from engine.run import RunLogger, prepare_run_dir
+from engine.runtime import (
+    autocast,
+    capture_rng_state,
+    configure_precision,
+    environment_info,
+    resolve_device,
+    restore_rng_state,
+    seed_everything,
+)
+from engine.schedule import learning_rate
+from losses import ClassPrior
+from models import build_model, load_weights
+
+from .config import KDConfig
+from .distillers import distillation_loss, uses_class_prior
+
+CHECKPOINT_FORMAT = 1
+PROGRESS_EVERY = 20  # batches between progress-bar updates (each one synchronises with the GPU)
+TEACHERS_URL = "https://github.com/megvii-research/mdistiller/releases/tag/checkpoints"
+
+
+def log(message: str) -> None:
+    if is_main_process():
+        print(message, flush=True)
+
+
+def _torchvision_state_dict(arch: str, weights_name: str):
+    """The state dict of torchvision's pretrained ``arch`` (downloaded into torch's hub cache)."""
+    import torchvision
+
+    try:
+        weights = torchvision.models.get_model_weights(arch.lower())[weights_name]
+    except (ValueError, KeyError):
+        raise UserError(
+            f"teacher.checkpoint=torchvision:{weights_name} is not a torchvision weight of {arch}; "
+            f"use e.g. torchvision:IMAGENET1K_V1 with ResNet18/34/50"
+        ) from None
+    try:
+        return weights.get_state_dict(progress=is_main_process())
+    except Exception as error:  # no network, proxy, disk full: all end the same way
+        raise UserError(
+            f"could not fetch torchvision's {arch} {weights_name} weights ({type(error).__name__}: {error}); "
+            f"download {weights.url} yourself and set teacher.checkpoint=<that file>"
+        ) from None
+
+
+def load_teacher(cfg: KDConfig, num_classes: int, device: torch.device) -> torch.nn.Module:
+    """The frozen teacher: weights loaded strictly, eval mode, no gradients."""
+    teacher = build_model(cfg.teacher.arch, num_classes, dataset=cfg.data.dataset)
+    source = cfg.teacher.checkpoint
+    if source.startswith("torchvision:"):
+        load_weights(teacher, _torchvision_state_dict(cfg.teacher.arch, source.split(":", 1)[1]))
+    elif not source or not Path(source).is_file():
+        raise UserError(
+            f"teacher checkpoint not found: '{source}'. mdistiller publishes the CIFAR-100 teachers as "
+            f"cifar_teachers.tar at {TEACHERS_URL}; extract it where you run from, so that "
+            f"download_ckpts/cifar_teachers/{cfg.teacher.arch}_vanilla/ckpt_epoch_240.pth exists, "
+            f"or set teacher.checkpoint=PATH (or torchvision:IMAGENET1K_V1 for the ImageNet ResNets)"
+        )
+    else:
+        load_weights(teacher, source)
+    teacher.to(device).eval()
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    return teacher
+
+
+@torch.no_grad()
+def evaluate_topk(model: torch.nn.Module, loader, device: torch.device, channels_last: bool = False) -> Dict[str, float]:
+    """Top-1 and top-5 accuracy in percent, fp32, eval mode (the previous mode is restored)."""
+    was_training = model.training
+    model.eval()
+    counts = torch.zeros(3, dtype=torch.long, device=device)  # top-1, top-5, seen
+    for images, targets in loader:
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        logits = model(images)
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = top == targets.unsqueeze(1)
+        counts += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(), counts.new_tensor(targets.numel())])
+    model.train(was_training)
+    top1, top5, seen = reduce_sum(counts).tolist()
+    return {"top1": 100.0 * top1 / max(seen, 1), "top5": 100.0 * top5 / max(seen, 1)}
+
+
+def train_one_epoch(
+    cfg: KDConfig,
+    epoch: int,
+    student: torch.nn.Module,
+    teacher: torch.nn.Module,
+    loader,
+    optimizer: torch.optim.Optimizer,
+    prior: Optional[ClassPrior],
+    device: torch.device,
+) -> Dict[str, float]:
+    student.train()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, ce, kd, correct
+    samples, data_seconds = 0, 0.0
+    started = waiting_since = time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None if is_main_process() else True)
+    for batch_index, (images, targets) in enumerate(bar):
+        data_seconds += time.perf_counter() - waiting_since
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        if cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+
+        with autocast(device, cfg.precision):
+            with torch.no_grad():
+                logits_teacher = teacher(images).float()
+            logits_student = student(images)
+            loss, parts = distillation_loss(cfg, logits_student, logits_teacher, targets, epoch, prior)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if uses_class_prior(cfg):
+            prior.update(logits_teacher, targets)
+
+        batch_size = targets.numel()
+        sums += torch.stack([
+            loss.detach().double() * batch_size,
+            parts["ce"].double() * batch_size,
+            parts["kd"].double() * batch_size,
+            (logits_student.detach().argmax(1) == targets).sum().double(),
+        ])
+        samples += batch_size
+        if (batch_index + 1) % PROGRESS_EVERY == 0 or batch_index + 1 == len(loader):
+            mean_loss = sums[0].item() / samples
+            if not math.isfinite(mean_loss):
+                raise NonFiniteLossError(
+                    f"the training loss became {mean_loss} in epoch {epoch} (by batch {batch_index + 1}); "
+                    f"the run stopped and last.pt still holds epoch {epoch - 1}. Lower optim.lr, "
+                    f"use precision=fp32, or check the data and the teacher."
+                )
+            bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{100 * sums[3].item() / samples:.1f}")
+        waiting_since = time.perf_counter()
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    total_seconds = time.perf_counter() - started
+    iterations = max(len(loader), 1)
+    totals = reduce_sum(torch.cat([sums, sums.new_tensor([samples])])).tolist()
+    count = max(totals[4], 1)
+    return {
+        "train_loss": totals[0] / count,
+        "train_loss_ce": totals[1] / count,
+        "train_loss_kd": totals[2] / count,
+        "train_acc": 100 * totals[3] / count,
+        "sec_per_iter": total_seconds / iterations,
+        "data_sec_per_iter": data_seconds / iterations,
+        "compute_sec_per_iter": (total_seconds - data_seconds) / iterations,
+    }
+
+
+def _checkpoint_state(cfg, epoch, student, optimizer, prior, best) -> dict:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "epoch": epoch,
+        "model": student.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "prior": prior.state_dict(),
+        "best": best,
+        "rng": capture_rng_state(),
+        "config": to_dict(cfg),
+    }
+
+
+def _restore(state, cfg, student, optimizer, prior, path: Path) -> dict:
+    if state.get("format") != CHECKPOINT_FORMAT or "prior" not in state:
+        raise UserError(f"{path} is not a last.pt written by knowledge_distillation.train")
+    try:
+        student.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise UserError(
+            f"{path} does not fit student.arch={cfg.student.arch}: {str(error).splitlines()[0]}; "
+            f"resume with the config the run was started with"
+        ) from None
+    optimizer.load_state_dict(state["optimizer"])
+    prior.load_state_dict(state["prior"])
+    restore_rng_state(state["rng"])
+    return state["best"]
+
+
+def train(cfg: KDConfig) -> Dict[str, object]:
+    """Runs (or resumes) a whole distillation run; returns what results.json holds."""
+    device = resolve_device(cfg.device)
+    configure_precision(cfg.precision)
+    seed_everything(cfg.seed, cfg.deterministic)
+    run_dir = Path(cfg.out_dir) / cfg.run_name()
+
+    num_classes = data_lib.num_classes(cfg.data.dataset)
+    augment = "none" if cfg.data.dataset == "digits" else "basic"
+    data_kwargs = dict(download=cfg.data.download, verify_checksum=cfg.data.verify_checksum, normalize=cfg.data.normalize)
+    train_set = data_lib.build_train_set(cfg.data.dataset, cfg.data.root, augment=augment, **data_kwargs)
+    val_set = data_lib.build_test_set(cfg.data.dataset, cfg.data.root, **data_kwargs)
+    pin = device.type == "cuda"
+    train_loader = data_lib.make_loader(train_set, batch_size=cfg.data.batch_size, shuffle=True,
+                                        num_workers=cfg.data.num_workers, seed=cfg.seed, pin_memory=pin)
+    val_loader = data_lib.make_loader(val_set, batch_size=cfg.data.test_batch_size, shuffle=False,
+                                      num_workers=cfg.data.num_workers, seed=cfg.seed, pin_memory=pin)
+
+    teacher = load_teacher(cfg, num_classes, device)
+    student = build_model(cfg.student.arch, num_classes, dataset=cfg.data.dataset).to(device)
+    if cfg.channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+        student = student.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(student.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                                weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
+    prior = ClassPrior(num_classes, temperature=cfg.ikl.weight_temperature).to(device)
+
+    last_path = run_dir / "last.pt"
+    if is_main_process():
+        prepare_run_dir(run_dir, config_yaml=to_yaml(cfg), resume=cfg.resume,
+                        environment={"seed": cfg.seed, **environment_info(), "device": str(device)})
+    start_epoch, best = 1, {"top1": -1.0, "epoch": 0}
+    if cfg.resume:
+        state = load_file(last_path, map_location=device)
+        changed = [c for c in changed_keys(state["config"], to_dict(cfg)) if not c.startswith("resume:")]
+        if changed:
+            log("note: resuming with changed settings: " + "; ".join(changed))
+        best = _restore(state, cfg, student, optimizer, prior, last_path)
+        start_epoch = state["epoch"] + 1
+        log(f"Resumed {run_dir} after epoch {state['epoch']}")
+        del state
+
+    teacher_accuracy = None
+    if cfg.teacher.report_accuracy:
+        teacher_accuracy = evaluate_topk(teacher, val_loader, device, cfg.channels_last)
+        log(f"Teacher {cfg.teacher.arch}: top-1 {teacher_accuracy['top1']:.2f}%  top-5 {teacher_accuracy['top5']:.2f}%")
+    logger = RunLogger(run_dir, enabled=is_main_process(), completed_epochs=start_epoch - 1)
+    log(f"Distilling {cfg.teacher.arch} -> {cfg.student.arch} with {cfg.distiller} on {cfg.data.dataset} ({device}) -> {run_dir}")
+
+    metrics: Dict[str, object] = {}
+    try:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            started = time.perf_counter()
+            lr = learning_rate(epoch, base_lr=cfg.optim.lr, epochs=cfg.epochs, schedule="step",
+                               warmup_epochs=cfg.optim.warmup_epochs, milestones=cfg.optim.milestones,
+                               decay=cfg.optim.decay)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            data_lib.set_epoch(train_loader, epoch)
+            metrics = {"lr": lr, **train_one_epoch(cfg, epoch, student, teacher, train_loader, optimizer, prior, device)}
+            prior.step()
+            if epoch % cfg.eval.every == 0 or epoch == cfg.epochs:
+                metrics.update({f"test_{k}": v for k, v in evaluate_topk(student, val_loader, device, cfg.channels_last).items()})
+            metrics["epoch_seconds"] = time.perf_counter() - started
+            logger.log_epoch(epoch, metrics)
+            log(
+                f"epoch {epoch}/{cfg.epochs}  lr {lr:.4g}  loss {metrics['train_loss']:.4f}  "
+                f"train {metrics['train_acc']:.2f}%"
+                + (f"  val top-1 {metrics['test_top1']:.2f}%  top-5 {metrics['test_top5']:.2f}%" if "test_top1" in metrics else "")
+                + f"  {metrics['sec_per_iter']:.3f} s/iter (data {metrics['data_sec_per_iter']:.3f})"
+            )
+            if is_main_process():
+                if "test_top1" in metrics and metrics["test_top1"] > best["top1"]:
+                    best = {"top1": metrics["test_top1"], "epoch": epoch}
+                    atomic_save({"model": student.state_dict(), "epoch": epoch, "top1": best["top1"]}, run_dir / "best.pt")
+                atomic_save(_checkpoint_state(cfg, epoch, student, optimizer, prior, best), last_path)
+    finally:
+        logger.close()
+
+    results = {
+        "run_dir": str(run_dir),
+        "epochs": cfg.epochs,
+        "teacher": cfg.teacher.arch,
+        "student": cfg.student.arch,
+        "distiller": cfg.distiller,
+        "teacher_accuracy": teacher_accuracy,
+        "best_epoch": best["epoch"],
+        "best_test_top1": best["top1"],
+        "final": {k: v for k, v in metrics.items() if k.startswith("test_") or k.endswith("sec_per_iter")},
+    }
+    logger.write_results(results)
+    log(f"Done. Results in {run_dir / 'results.json'}")
+    return results
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return config_main(
+        KDConfig, train, prog="python -m knowledge_distillation.train", argv=argv,
+        description="Knowledge distillation with IKL, KD or DKD. Settings: --config FILE, then key=value overrides.",
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

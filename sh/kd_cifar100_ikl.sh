@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Paper: IKL-KD on CIFAR-100, every teacher/student pair of the paper's tables, or only the
+# pairs named as arguments (names of configs/knowledge_distillation/cifar100/*.yaml):
+#   bash sh/kd_cifar100_ikl.sh                                  # all 11 pairs, one after another
+#   bash sh/kd_cifar100_ikl.sh res32x4_res8x4 vgg13_mv2 seed=1  # two pairs, with an override
+#   bash sh/kd_cifar100_ikl.sh res32x4_res8x4 distiller=dkd     # the same pair with DKD
+# key=value arguments are config overrides for every run; --print-config prints the resolved
+# configs instead of training. Teachers: mdistiller's cifar_teachers.tar extracted into
+# ./download_ckpts (see the README). Runs from any directory; outputs go to ./runs.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
+dkl_python
+CONFIGS="$DKL_ROOT/configs/knowledge_distillation/cifar100"
+
+pairs=()
+overrides=()
+for arg in "$@"; do
+    if [[ "$arg" == *=* || "$arg" == --* ]]; then
+        overrides+=("$arg")
+    else
+        pairs+=("$arg")
+    fi
+done
+if [[ ${#pairs[@]} -eq 0 ]]; then
+    for file in "$CONFIGS"/*.yaml; do
+        name="$(basename "$file" .yaml)"
+        [[ "$name" == base ]] || pairs+=("$name")
+    done
+fi
+for pair in "${pairs[@]}"; do
+    if [[ ! -f "$CONFIGS/$pair.yaml" ]]; then
+        echo "error: no pair '$pair'; choose from: $(cd "$CONFIGS" && ls *.yaml | sed 's/\.yaml$//' | grep -v '^base$' | tr '\n' ' ')" >&2
+        exit 2
+    fi
+done
+for pair in "${pairs[@]}"; do
+    [[ " ${overrides[*]-} " == *" --print-config "* ]] && echo "# ---- $pair"
+    "$DKL_PY" -m knowledge_distillation.train --config "$CONFIGS/$pair.yaml" ${overrides[@]+"${overrides[@]}"}
+done

@@ -1,0 +1,222 @@
+"""Knowledge distillation end to end on small CIFAR-format and ImageFolder data (CPU)."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import knowledge_distillation.train as train_module
+from engine.checkpoint import atomic_save, load_file
+from engine.config import load_config
+from knowledge_distillation.config import KDConfig
+from knowledge_distillation.distillers import distillation_loss, loss_warmup
+from knowledge_distillation.train import main
+from losses import ClassPrior, dkd_loss, ikl_loss, kd_loss
+from models import build_model
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "configs" / "knowledge_distillation"
+
+
+@pytest.fixture(scope="module")
+def cifar_teacher(cifar100_root, tmp_path_factory):
+    """A resnet14 trained for a few steps on the small CIFAR-100 set, saved as mdistiller does."""
+    torch.manual_seed(0)
+    from engine.data import build_train_set
+
+    data = build_train_set("cifar100", cifar100_root, augment="none", verify_checksum=False, normalize=True)
+    images = torch.stack([data[i][0] for i in range(len(data))])
+    labels = torch.tensor([data[i][1] for i in range(len(data))])
+    teacher = build_model("resnet14", 100, dataset="cifar100")
+    optimizer = torch.optim.SGD(teacher.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(5):
+        for start in range(0, len(labels), 100):
+            loss = F.cross_entropy(teacher(images[start:start + 100]), labels[start:start + 100])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    path = tmp_path_factory.mktemp("ckpts") / "cifar_teachers" / "resnet14_vanilla" / "ckpt_epoch_240.pth"
+    atomic_save({"model": teacher.state_dict(), "epoch": 240}, path)
+    return path
+
+
+def cifar_run(data_root, teacher_path, out_dir, *extra, name="run"):
+    return [
+        f"data.root={data_root}", "data.verify_checksum=false", "data.num_workers=0", "data.batch_size=50",
+        "data.test_batch_size=50", "teacher.arch=resnet14", f"teacher.checkpoint={teacher_path}",
+        "student.arch=resnet8", "epochs=2", "device=cpu", f"out_dir={out_dir}", f"name={name}",
+        "ikl.warmup=2", "dkd.warmup=2", *extra,
+    ]
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    "distiller,extra",
+    [("vanilla", []), ("kd", []), ("dkd", []), ("ikl", []), ("ikl", ["ikl.class_prior=true", "ikl.weight_temperature=1"])],
+)
+def test_each_distiller_runs_and_writes_a_run_folder(distiller, extra, cifar100_root, cifar_teacher, tmp_path):
+    args = cifar_run(cifar100_root, cifar_teacher, tmp_path, f"distiller={distiller}", "epochs=1", *extra)
+    assert main([f"--config={CONFIGS / 'cifar100' / 'res32x4_res8x4.yaml'}", *args]) == 0
+    run = tmp_path / "run"
+    for name in ("config.yaml", "environment.json", "metrics.jsonl", "last.pt", "best.pt", "results.json"):
+        assert (run / name).is_file(), name
+    (record,) = read_metrics(run)
+    for key in ("train_loss", "train_loss_ce", "train_loss_kd", "test_top1", "test_top5",
+                "sec_per_iter", "data_sec_per_iter", "compute_sec_per_iter"):
+        assert math.isfinite(record[key]), key
+    assert record["train_loss_kd"] == 0.0 if distiller == "vanilla" else record["train_loss_kd"] > 0
+    assert 0 <= record["test_top1"] <= record["test_top5"] <= 100
+    assert record["data_sec_per_iter"] + record["compute_sec_per_iter"] == pytest.approx(record["sec_per_iter"])
+    results = json.loads((run / "results.json").read_text())
+    assert results["teacher_accuracy"]["top1"] >= 0 and results["distiller"] == distiller
+
+
+def test_imagenet_folder_run(imagenet_root, tmp_path):
+    torch.manual_seed(0)
+    teacher_path = tmp_path / "resnet18_teacher.pth"
+    atomic_save(build_model("ResNet18", 1000, dataset="imagenet").state_dict(), teacher_path)
+    args = [
+        f"--config={CONFIGS / 'imagenet' / 'r34_r18.yaml'}", f"data.root={imagenet_root}", "data.num_workers=0",
+        "data.batch_size=6", "data.test_batch_size=6", "teacher.arch=ResNet18", f"teacher.checkpoint={teacher_path}",
+        "student.arch=ResNet18", "epochs=1", "device=cpu", f"out_dir={tmp_path}", "name=imagenet",
+    ]
+    assert main(args) == 0
+    (record,) = read_metrics(tmp_path / "imagenet")
+    assert math.isfinite(record["train_loss"]) and record["train_loss_kd"] > 0
+
+
+def test_class_prior_is_the_previous_epochs_mean_of_the_teachers_softmax(cifar100_root, cifar_teacher, tmp_path, monkeypatch):
+    calls = []
+    real_loss = train_module.distillation_loss
+
+    def recording_loss(cfg, logits_student, logits_teacher, targets, epoch, prior):
+        calls.append((epoch, logits_teacher.detach().clone(), targets.clone(), prior.rows(targets).clone()))
+        return real_loss(cfg, logits_student, logits_teacher, targets, epoch, prior)
+
+    monkeypatch.setattr(train_module, "distillation_loss", recording_loss)
+    weight_temperature = 2.0
+    args = cifar_run(cifar100_root, cifar_teacher, tmp_path, "ikl.class_prior=true", f"ikl.weight_temperature={weight_temperature}")
+    assert main([f"--config={CONFIGS / 'cifar100' / 'res32x4_res8x4.yaml'}", *args]) == 0
+
+    epoch1 = [c for c in calls if c[0] == 1]
+    epoch2 = [c for c in calls if c[0] == 2]
+    for _, _, _, rows in epoch1:  # nothing seen yet: uniform rows
+        torch.testing.assert_close(rows, torch.full_like(rows, 1 / 100))
+    sums, counts = torch.zeros(100, 100), torch.zeros(100)
+    for _, logits, targets, _ in epoch1:
+        probabilities = torch.exp(logits / weight_temperature)
+        probabilities = probabilities / probabilities.sum(1, keepdim=True)
+        for row, target in zip(probabilities, targets.tolist()):
+            sums[target] += row
+            counts[target] += 1
+    for _, _, targets, rows in epoch2:
+        expected = sums[targets] / counts[targets].unsqueeze(1)
+        torch.testing.assert_close(rows, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_distillation_loss_composes_the_library_losses():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(6, 10, requires_grad=True), torch.randn(6, 10)
+    targets = torch.randint(0, 10, (6,))
+    cfg = KDConfig()
+    ce = F.cross_entropy(student, targets)
+
+    cfg.distiller = "kd"
+    loss, parts = distillation_loss(cfg, student, teacher, targets, epoch=1)
+    torch.testing.assert_close(loss, 0.1 * ce + 0.9 * kd_loss(student, teacher, 4.0))
+
+    cfg.distiller = "dkd"
+    loss, _ = distillation_loss(cfg, student, teacher, targets, epoch=5)  # warm-up 20: factor 5/20
+    torch.testing.assert_close(loss, ce + 0.25 * dkd_loss(student, teacher, targets, alpha=1.0, beta=8.0, temperature=4.0))
+
+    cfg.distiller = "ikl"
+    loss, parts = distillation_loss(cfg, student, teacher, targets, epoch=30)
+    expected = ikl_loss(student, teacher, alpha=1.0, beta=8.0, temperature=4.0, weight_temperature=100.0)
+    torch.testing.assert_close(loss, ce + expected)
+    torch.testing.assert_close(parts["kd"], expected.detach())
+
+    cfg.ikl.class_prior = True
+    prior = ClassPrior(10, temperature=100.0)
+    prior.update(teacher, targets)
+    prior.step()
+    loss, _ = distillation_loss(cfg, student, teacher, targets, epoch=10, prior=prior)
+    torch.testing.assert_close(
+        loss, ce + 0.5 * ikl_loss(student, teacher, alpha=1.0, beta=8.0, temperature=4.0, weights=prior.rows(targets))
+    )
+
+
+def test_warmup_factor():
+    assert [loss_warmup(e, 20) for e in (1, 10, 20, 21, 240)] == [0.05, 0.5, 1.0, 1.0, 1.0]
+    assert loss_warmup(1, 1) == 1.0 and loss_warmup(3, 0) == 1.0
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_student(cifar100_root, cifar_teacher, tmp_path, monkeypatch):
+    base = [f"--config={CONFIGS / 'cifar100' / 'res32x4_res8x4.yaml'}", "ikl.class_prior=true"]
+    assert main(base + cifar_run(cifar100_root, cifar_teacher, tmp_path, name="straight")) == 0
+
+    real_loss, calls = train_module.distillation_loss, {"epoch2": 0}
+
+    def crashing_loss(cfg, logits_student, logits_teacher, targets, epoch, prior):
+        if epoch == 2:
+            calls["epoch2"] += 1
+            if calls["epoch2"] == 3:
+                raise RuntimeError("simulated crash")
+        return real_loss(cfg, logits_student, logits_teacher, targets, epoch, prior)
+
+    monkeypatch.setattr(train_module, "distillation_loss", crashing_loss)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main(base + cifar_run(cifar100_root, cifar_teacher, tmp_path, name="interrupted"))
+    monkeypatch.setattr(train_module, "distillation_loss", real_loss)
+    assert main(base + cifar_run(cifar100_root, cifar_teacher, tmp_path, "resume=true", name="interrupted")) == 0
+
+    straight, resumed = load_file(tmp_path / "straight" / "last.pt"), load_file(tmp_path / "interrupted" / "last.pt")
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    assert torch.equal(straight["prior"]["prior"], resumed["prior"]["prior"])
+    assert [m["epoch"] for m in read_metrics(tmp_path / "interrupted")] == [1, 2]
+
+
+def test_missing_teacher_says_where_mdistiller_publishes_it(cifar100_root, tmp_path, capsys):
+    args = cifar_run(cifar100_root, tmp_path / "download_ckpts" / "nothing.pth", tmp_path / "runs")
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert "teacher checkpoint not found" in error and "github.com/megvii-research/mdistiller/releases" in error
+    assert "cifar_teachers.tar" in error and "Traceback" not in error
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_teacher_of_another_architecture_is_a_readable_error(cifar100_root, cifar_teacher, tmp_path, capsys):
+    args = cifar_run(cifar100_root, cifar_teacher, tmp_path, "teacher.arch=resnet20")
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert "does not fit" in error and "missing key" in error
+
+
+def all_configs():
+    return sorted(p for p in CONFIGS.rglob("*.yaml") if p.name != "base.yaml")
+
+
+@pytest.mark.parametrize("path", all_configs(), ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_config_resolves_and_takes_a_step(path):
+    cfg = load_config(KDConfig, path)
+    assert cfg.distiller == "ikl"
+    imagenet = cfg.data.dataset == "imagenet"
+    size, classes = (224, 1000) if imagenet else (32, 100)
+    torch.manual_seed(0)
+    teacher = build_model(cfg.teacher.arch, classes, dataset=cfg.data.dataset).eval()
+    student = build_model(cfg.student.arch, classes, dataset=cfg.data.dataset)
+    images, targets = torch.randn(2, 3, size, size), torch.randint(0, classes, (2,))
+    prior = ClassPrior(classes, temperature=cfg.ikl.weight_temperature)
+    with torch.no_grad():
+        logits_teacher = teacher(images)
+    for distiller in ("ikl", "kd", "dkd"):
+        cfg.distiller = distiller
+        loss, _ = distillation_loss(cfg, student(images), logits_teacher, targets, epoch=1, prior=prior)
+        loss.backward()
+        assert math.isfinite(loss.item())
+    assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
