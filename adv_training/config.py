@@ -9,17 +9,19 @@ them all.
 from dataclasses import dataclass
 from typing import List, Literal, Optional
 
-from engine.config import ConfigError, knob, section
+from engine.config import ConfigError, knob, require_non_negative, require_positive, section
 
 
 @dataclass
 class DataConfig:
-    dataset: Literal["cifar10", "cifar100"] = knob("cifar100", "training and test set")
+    dataset: Literal["cifar10", "cifar100", "digits"] = knob(
+        "cifar100", "training and test set (digits: scikit-learn's 8x8 digits, for the quickstart)"
+    )
     root: str = knob("data", "folder holding cifar-10-batches-py / cifar-100-python")
     download: bool = knob(False, "download the dataset into `root` when it is missing")
     verify_checksum: bool = knob(True, "check the official MD5 sums; false only for locally written test data")
-    augment: Literal["basic", "autoaug", "cutout"] = knob(
-        "basic", "basic = crop+flip; autoaug/cutout add a second, augmented view per image"
+    augment: Literal["none", "basic", "autoaug", "cutout"] = knob(
+        "basic", "basic = crop+flip; autoaug/cutout add a second, augmented view per image; none = as stored"
     )
     aug_weight: float = knob(1.0, "weight of the augmented view's robust loss (dual-view modes)")
     batch_size: int = knob(128, "training batch size (per view)")
@@ -112,7 +114,9 @@ class EvalConfig:
 
 @dataclass
 class ATConfig:
-    method: Literal["ikl", "trades", "pgd"] = knob("ikl", "training objective: IKL-AT, TRADES or Madry PGD-AT")
+    method: Literal["ikl", "trades", "pgd", "standard"] = knob(
+        "ikl", "training objective: IKL-AT, TRADES, Madry PGD-AT, or standard (clean CE, no attack)"
+    )
     epochs: int = knob(200, "training epochs")
     seed: int = knob(0, "seed of every random number generator (set once, in engine.runtime)")
     deterministic: bool = knob(False, "deterministic kernels (slower; needed for bit-exact resume on GPU)")
@@ -134,7 +138,7 @@ class ATConfig:
     eval: EvalConfig = section(EvalConfig, "per-epoch evaluation")
 
     def validate(self) -> None:
-        positive = {
+        require_positive({
             "epochs": self.epochs,
             "data.batch_size": self.data.batch_size,
             "data.test_batch_size": self.data.test_batch_size,
@@ -143,21 +147,15 @@ class ATConfig:
             "eval.every": self.eval.every,
             "ikl.temperature": self.ikl.temperature,
             "ikl.prior_temperature": self.ikl.prior_temperature,
-        }
-        for key, value in positive.items():
-            if not value > 0:
-                raise ConfigError(f"config key '{key}' must be positive, got {value}")
-        non_negative = {
+        })
+        require_non_negative({
             "save_every": self.save_every,
             "data.num_workers": self.data.num_workers,
             "optim.warmup_epochs": self.optim.warmup_epochs,
             "ikl.gamma": self.ikl.gamma,
             "attack.steps": self.attack.steps,
             "eval.pgd_steps": self.eval.pgd_steps,
-        }
-        for key, value in non_negative.items():
-            if value < 0:
-                raise ConfigError(f"config key '{key}' must be >= 0, got {value}")
+        })
         if not 0 <= self.ema.tau < 1:
             raise ConfigError(f"config key 'ema.tau' must lie in [0, 1), got {self.ema.tau}")
         if self.eval.num_examples is not None and self.eval.num_examples <= 0:

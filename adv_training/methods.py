@@ -1,4 +1,4 @@
-"""The three training objectives: IKL-AT, TRADES and Madry PGD-AT.
+"""The training objectives: IKL-AT, TRADES, Madry PGD-AT, and standard training.
 
 Each method is two small functions: the objective its attack maximises, and the loss
 the model minimises. The same loss function is used for the training step and for the
@@ -17,6 +17,11 @@ from losses import ikl_loss, trades_kl_loss
 
 from .attacks import ce_objective, ikl_objective, kl_objective
 from .config import ATConfig
+
+
+def attacks(method: str) -> bool:
+    """Standard training is the one method without an inner maximisation (its x_adv is x)."""
+    return method != "standard"
 
 
 def needs_natural_logits(method: str) -> bool:
@@ -48,7 +53,7 @@ def _robust_term(cfg: ATConfig, logits_adv, logits_nat, targets, prior_rows) -> 
         )
     if cfg.method == "trades":
         return cfg.trades.beta * trades_kl_loss(logits_adv, logits_nat)
-    return F.cross_entropy(logits_adv, targets)
+    return F.cross_entropy(logits_adv, targets)  # PGD-AT; standard training, where x_adv is x
 
 
 def training_loss(

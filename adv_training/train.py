@@ -1,4 +1,4 @@
-"""Adversarial training: IKL-AT, TRADES, PGD-AT (+AWP, +EMA) on CIFAR.
+"""Adversarial training: IKL-AT, TRADES, PGD-AT (+AWP, +EMA) on CIFAR, and standard training.
 
     python -m adv_training.train --config configs/adv_training/cifar100_ikl.yaml [key=value ...]
     python -m adv_training.train --config ... --print-config      # resolved config with every knob
@@ -20,20 +20,19 @@ import torch
 from tqdm import tqdm
 
 from engine import data as data_lib
-from engine.checkpoint import atomic_save, load_file
+from engine.checkpoint import atomic_save
 from engine.cli import config_main
-from engine.config import changed_keys, to_dict, to_yaml
+from engine.config import to_yaml
 from engine.distributed import is_main_process, reduce_sum
 from engine.ema import ModelEMA
 from engine.errors import NonFiniteLossError, UserError
-from engine.run import RunLogger, prepare_run_dir
+from engine.plot import plot_run
+from engine.run import RunLogger, prepare_run_dir, resume_training_state, training_state
 from engine.runtime import (
     autocast,
-    capture_rng_state,
     configure_precision,
     environment_info,
     resolve_device,
-    restore_rng_state,
     seed_everything,
 )
 from engine.schedule import learning_rate
@@ -44,9 +43,8 @@ from .attacks import natural_logits, pgd
 from .awp import AdversarialWeightPerturbation
 from .config import ATConfig, AttackConfig
 from .evaluate import evaluate
-from .methods import attack_objective, needs_natural_logits, training_loss
+from .methods import attack_objective, attacks, needs_natural_logits, training_loss
 
-CHECKPOINT_FORMAT = 1
 PROGRESS_EVERY = 20  # batches between progress-bar updates (each one synchronises with the GPU)
 
 
@@ -111,15 +109,17 @@ def train_one_epoch(
         x_natural, targets, basic_size = _to_device(batch, device, cfg.channels_last)
         prior_rows = prior.rows(targets) if cfg.method == "ikl" else None
 
-        with autocast(device, cfg.precision):
-            logits_natural = None
-            if needs_natural_logits(cfg.method):
-                logits_natural = natural_logits(model, x_natural, eval_mode=cfg.attack.eval_mode).float()
-            objective = attack_objective(cfg, logits_natural, targets, prior_rows)
-            x_adv = pgd(
-                model, x_natural, objective, eps=eps_t, step_size=step_size, steps=steps,
-                norm=cfg.attack.norm, random_start=cfg.attack.random_start, eval_mode=cfg.attack.eval_mode,
-            )
+        x_adv = x_natural
+        if attacks(cfg.method):
+            with autocast(device, cfg.precision):
+                logits_natural = None
+                if needs_natural_logits(cfg.method):
+                    logits_natural = natural_logits(model, x_natural, eval_mode=cfg.attack.eval_mode).float()
+                objective = attack_objective(cfg, logits_natural, targets, prior_rows)
+                x_adv = pgd(
+                    model, x_natural, objective, eps=eps_t, step_size=step_size, steps=steps,
+                    norm=cfg.attack.norm, random_start=cfg.attack.random_start, eval_mode=cfg.attack.eval_mode,
+                )
 
         model.train()
 
@@ -166,51 +166,14 @@ def train_one_epoch(
         "train_loss_natural": totals[1] / count,
         "train_loss_robust": totals[2] / count,
         "train_adv_acc": 100 * totals[3] / count,
-        "eps": eps_t,
+        "eps": eps_t if attacks(cfg.method) else 0.0,
         "attack_step_size": step_size,
-        "attack_steps": steps,
+        "attack_steps": steps if attacks(cfg.method) else 0,
         "awp": use_awp,
     }
     if needs_natural_logits(cfg.method):  # PGD-AT never sees the clean training images
         summary["train_clean_acc"] = 100 * totals[4] / count
     return summary
-
-
-def _checkpoint_state(cfg, epoch, model, optimizer, prior, ema, awp, best) -> dict:
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "prior": prior.state_dict(),
-        "ema": ema.state_dict() if ema is not None else None,
-        "awp": awp.state_dict() if awp is not None else None,
-        "best": best,
-        "rng": capture_rng_state(),
-        "config": to_dict(cfg),
-    }
-
-
-def _restore(state, cfg, model, optimizer, prior, ema, awp, path: Path) -> dict:
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{path} is not a last.pt written by adv_training.train (format {state.get('format')!r})")
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        raise UserError(
-            f"{path} does not fit model.arch={cfg.model.arch} with {cfg.data.dataset}: "
-            f"{str(error).splitlines()[0]}; resume with the config the run was started with"
-        ) from None
-    optimizer.load_state_dict(state["optimizer"])
-    prior.load_state_dict(state["prior"])
-    if ema is not None:
-        if state["ema"] is None:
-            raise UserError(f"{path} was written with ema.enabled=false; resume with the same setting")
-        ema.load_state_dict(state["ema"])
-    if awp is not None and state["awp"] is not None:
-        awp.load_state_dict(state["awp"])
-    restore_rng_state(state["rng"])
-    return state["best"]
 
 
 def log(message: str) -> None:
@@ -263,15 +226,20 @@ def train(cfg: ATConfig) -> Dict[str, object]:
         )
     start_epoch, best = 1, {"robust_acc": -1.0, "epoch": 0}
     if cfg.resume:
-        state = load_file(last_path, map_location=device)
-        changed = [c for c in changed_keys(state["config"], to_dict(cfg)) if not c.startswith("resume:")]
-        if changed:
-            log("note: resuming with changed settings: " + "; ".join(changed))
-        best = _restore(state, cfg, model, optimizer, prior, ema, awp, last_path)
-        start_epoch = state["epoch"] + 1
+        state = resume_training_state(last_path, cfg, model, optimizer, prior, device=device, log=log,
+                                      describe=f"model.arch={cfg.model.arch} with {cfg.data.dataset}")
+        if ema is not None:
+            if state["ema"] is None:
+                raise UserError(f"{last_path} was written with ema.enabled=false; resume with the same setting")
+            ema.load_state_dict(state["ema"])
+        if awp is not None and state["awp"] is not None:
+            awp.load_state_dict(state["awp"])
+        best, start_epoch = state["best"], state["epoch"] + 1
         log(f"Resumed {run_dir} after epoch {state['epoch']}")
         del state
     logger = RunLogger(run_dir, enabled=is_main_process(), completed_epochs=start_epoch - 1)
+    if cfg.resume and is_main_process() and start_epoch > 1:
+        plot_run(run_dir)  # the picture of what the interrupted run had done
     log(f"Training {cfg.method} on {cfg.data.dataset} with {cfg.model.arch} on {device} -> {run_dir}")
 
     eval_eps = cfg.eval.epsilon if cfg.eval.epsilon is not None else cfg.attack.epsilon
@@ -316,7 +284,9 @@ def train(cfg: ATConfig) -> Dict[str, object]:
                     atomic_save({"model": ema.module.state_dict(), "epoch": epoch}, run_dir / "ema.pt")
                 if cfg.save_every and epoch % cfg.save_every == 0:
                     atomic_save(model.state_dict(), run_dir / f"ours-model-epoch{epoch}.pt")
-                atomic_save(_checkpoint_state(cfg, epoch, model, optimizer, prior, ema, awp, best), last_path)
+                extras = {"ema": ema.state_dict() if ema is not None else None,
+                          "awp": awp.state_dict() if awp is not None else None}
+                atomic_save(training_state(cfg, epoch, model, optimizer, prior, best, **extras), last_path)
     finally:
         logger.close()
 
@@ -328,7 +298,9 @@ def train(cfg: ATConfig) -> Dict[str, object]:
         "final": {k: v for k, v in metrics.items() if k.startswith(("test_", "ema_test_"))},
     }
     logger.write_results(results)
-    log(f"Done. Results in {run_dir / 'results.json'}")
+    if is_main_process():
+        plot_run(run_dir)
+    log(f"Done. Results in {run_dir / 'results.json'}, curves in {run_dir / 'curves.png'}")
     return results
 
 

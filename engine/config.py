@@ -245,6 +245,20 @@ def load_config(schema: Type[T], path: Optional[Union[str, Path]] = None, overri
     return config
 
 
+def require_positive(values: Dict[str, float]) -> None:
+    """For a schema's ``validate``: each ``{dotted key: value}`` must be > 0."""
+    for key, value in values.items():
+        if not value > 0:
+            raise ConfigError(f"config key '{key}' must be positive, got {value}")
+
+
+def require_non_negative(values: Dict[str, float]) -> None:
+    """For a schema's ``validate``: each ``{dotted key: value}`` must be >= 0."""
+    for key, value in values.items():
+        if value < 0:
+            raise ConfigError(f"config key '{key}' must be >= 0, got {value}")
+
+
 def get_value(config, key: str) -> Any:
     """The value at a dotted key (for shell scripts: ``--get optim.lr``)."""
     value = config

@@ -1,12 +1,29 @@
-"""CIFAR-10/100 datasets, training augmentations and reproducibly shuffled loaders.
+"""Datasets (CIFAR-10/100, ImageNet, scikit-learn's digits), augmentations and seeded loaders.
 
-Images come out as float tensors in [0, 1] with no normalisation: models that expect
-normalised inputs normalise inside, so adversarial budgets stay in pixel units.
+Images come out as float tensors in [0, 1] unless ``normalize=True``. Adversarial training
+keeps the default: its budgets (eps = 8/255, step sizes) are in pixel units and its clip to
+[0, 1] is the valid image range, so the attack must see raw pixels; models that want
+normalised inputs normalise inside (see ``models/dm_wide_resnet.py``). Knowledge
+distillation passes ``normalize=True``, as mdistiller does: its teachers were trained on
+normalised inputs and normalise nothing inside. The statistics are `DATASET_STATS`.
 
-The data is read by torchvision's own ``CIFAR10``/``CIFAR100`` classes. A missing or
-corrupted dataset becomes one `UserError` saying what to fetch and where to put it.
+Datasets (``dataset``):
 
-Training augmentations (``augment``) follow the reference code of the DKL paper:
+* ``cifar10``, ``cifar100``: read by torchvision's own ``CIFAR10``/``CIFAR100`` classes under
+  ``root``. A missing or corrupted dataset becomes one `UserError` saying what to fetch and
+  where to put it.
+* ``imagenet``: an ``ImageFolder`` tree, ``<root>/train/<class>/*`` and ``<root>/val/<class>/*``,
+  read by torchvision's ``ImageFolder`` (labels are the indices of the class folders in
+  sorted order). It cannot be downloaded. Both splits must hold the same class folders.
+  ``num_classes("imagenet")`` is 1000, the benchmark's, used to build models and load
+  released weights; a tree with fewer classes (a subset, a test tree) still works, and
+  `dataset_num_classes` says how many classes a built set holds.
+* ``digits``: scikit-learn's 1,797 handwritten 8x8 digits, shipped inside scikit-learn (no
+  download; ``root``, ``download`` and ``verify_checksum`` are ignored), as [1, 8, 8] tensors
+  in [0, 1], split once and for all into 1,347 training and 450 test images, stratified by
+  class. A small real dataset for smoke tests and examples.
+
+Training augmentations (``augment``) follow the reference code of the DKL paper on CIFAR:
 
 * ``none``: the image as it is;
 * ``basic``: random 32x32 crop of the 4-pixel zero-padded image, then a random horizontal flip;
@@ -15,6 +32,14 @@ Training augmentations (``augment``) follow the reference code of the DKL paper:
   AutoAugment's CIFAR-10 policy, or by one 16x16 Cutout hole. Batched by the default
   collate, they arrive as ``[x_basic_batch, x_augmented_batch], y_batch``.
 
+ImageNet takes ``basic`` (RandomResizedCrop(224) and a horizontal flip, the standard recipe
+of torchvision and mdistiller) and ``none`` (the test transform: Resize(256), CenterCrop(224)).
+Digits take ``none`` and ``basic``, which both mean no augmentation: a 4-pixel crop of an
+8x8 image or a flip (which turns some digits into others) are no sensible defaults. The other
+combinations raise `UserError`. With ``normalize=True``, normalisation is the last step of
+every view, after Cutout, so a normalised item is exactly ``(x - mean) / std`` of the
+unnormalised one (Cutout's holes are black pixels, as without normalisation).
+
 Randomness. Every random transform draws from torch's RNG. With ``num_workers=0`` that is
 the main process's global RNG, which the trainer saves and restores with its checkpoints.
 With workers, DataLoader seeds each worker's RNGs (torch, ``random``, numpy) from a base seed
@@ -22,11 +47,13 @@ it draws from the loader's generator at the start of each epoch; as `set_epoch` 
 that generator, the augmentations of epoch ``e`` then depend only on (seed, epoch,
 num_workers), like the shuffle order.
 """
+import functools
 import os
 import pickle
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, List, Optional, Tuple, Union
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
@@ -35,16 +62,51 @@ from .errors import UserError
 
 PathLike = Union[str, os.PathLike]
 
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "digits": 10}
 AUGMENTATIONS = ("none", "basic", "autoaug", "cutout")
 
-_DISPLAY_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+# Per-channel (mean, std) of the training images in [0, 1], for ``normalize=True``.
+# CIFAR-100 and ImageNet: mdistiller's numbers (mdistiller/dataset/cifar100.py, imagenet.py),
+# which its released teachers were trained with. CIFAR-10 (mdistiller has none): the usual
+# training-set statistics, as in models/dm_wide_resnet.py. (DeepMind's CIFAR-100 numbers in
+# that file differ from mdistiller's in the fourth decimal; each model keeps its own.)
+DATASET_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+# Augmentations each dataset supports (see the module docstring for why).
+_DATASET_AUGMENTATIONS = {
+    "cifar10": AUGMENTATIONS,
+    "cifar100": AUGMENTATIONS,
+    "imagenet": ("none", "basic"),
+    "digits": ("none", "basic"),
+}
+
+_DISPLAY_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet", "digits": "digits"}
 
 
 def num_classes(dataset: str) -> int:
-    """The number of classes of ``dataset`` ("cifar10" or "cifar100")."""
+    """The number of classes of the benchmark ``dataset`` (one of `NUM_CLASSES`), for building models.
+
+    For ImageNet this is 1000 whatever the tree at ``root`` holds; see `dataset_num_classes`.
+    """
     _check_dataset_name(dataset)
     return NUM_CLASSES[dataset]
+
+
+def dataset_num_classes(dataset: Dataset) -> int:
+    """The number of classes a built dataset (or a `Subset` of one) holds: ``len(dataset.classes)``.
+
+    Equal to `num_classes` for the full benchmarks; smaller for an ImageNet subset tree.
+    """
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    classes = getattr(dataset, "classes", None)
+    if classes is None:
+        raise TypeError(f"dataset_num_classes needs a dataset with a `classes` list, got {type(dataset).__name__}")
+    return len(classes)
 
 
 def _check_dataset_name(dataset: str) -> None:
@@ -52,7 +114,7 @@ def _check_dataset_name(dataset: str) -> None:
         raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(NUM_CLASSES)}")
 
 
-# --- reading the files ---------------------------------------------------------------------
+# --- CIFAR files ---------------------------------------------------------------------------
 
 def _without_checksums(entries):
     # torchvision's check_integrity(path, None) only tests that the file exists.
@@ -129,6 +191,123 @@ def _open(dataset: str, root: PathLike, *, train: bool, transform: Callable, dow
     )
 
 
+# --- ImageNet ------------------------------------------------------------------------------
+
+_IMAGENET_SPLITS = ("train", "val")
+
+
+def _class_folders(folder: Path) -> List[str]:
+    # The rule of torchvision's find_classes: every sub-directory, sorted by name.
+    return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+
+
+def _imagenet_not_found(root: Path, missing: List[str], download: bool) -> UserError:
+    if download:
+        opening = "ImageNet cannot be downloaded automatically (data.download=true does not fetch it) and "
+    else:
+        opening = "ImageNet cannot be downloaded automatically and "
+    return UserError(
+        f"{opening}was not found: {' and '.join(str(root / split) for split in missing)} "
+        f"{'is' if len(missing) == 1 else 'are'} missing. Expected {root / 'train'} and {root / 'val'}, "
+        f"each with one sub-folder per class holding that class's images (e.g. train/n01440764/"
+        f"n01440764_10026.JPEG and val/n01440764/ILSVRC2012_val_00000293.JPEG). Get ILSVRC2012 from "
+        f"https://image-net.org, unpack it into that layout (its validation archive is flat: sort the "
+        f"images into class folders), and set data.root=... to the folder that contains train/ and val/"
+    )
+
+
+def _check_imagenet_tree(root: Path, download: bool) -> None:
+    """Both split folders exist and hold the same class folders; else one `UserError`."""
+    missing = [split for split in _IMAGENET_SPLITS if not (root / split).is_dir()]
+    if missing:
+        raise _imagenet_not_found(root, missing, download)
+    classes = {}
+    for split in _IMAGENET_SPLITS:
+        classes[split] = _class_folders(root / split)
+        if not classes[split]:
+            flat = " (the official validation archive unpacks flat: sort its images into one folder per class)"
+            raise UserError(
+                f"ImageNet: {root / split} has no class sub-folders; expected one sub-folder per class "
+                f"holding that class's images (e.g. {split}/n01440764/){flat if split == 'val' else ''}"
+            )
+    only_train = sorted(set(classes["train"]) - set(classes["val"]))
+    only_val = sorted(set(classes["val"]) - set(classes["train"]))
+    if only_train or only_val:
+        def some(names):
+            return f" ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" if names else ""
+        raise UserError(
+            f"ImageNet: the class folders of {root / 'train'} and {root / 'val'} differ: "
+            f"{len(only_train)} only in train/{some(only_train)}, {len(only_val)} only in val/{some(only_val)}; "
+            f"both splits need the same class folders, so that the labels (the folders' indices in "
+            f"sorted order) mean the same classes"
+        )
+
+
+def _open_imagenet(root: PathLike, *, train: bool, transform: Callable, download: bool) -> Dataset:
+    root = Path(root).expanduser()
+    _check_imagenet_tree(root, download)
+    folder = root / ("train" if train else "val")
+    try:
+        return datasets.ImageFolder(folder, transform=transform)
+    except OSError as error:  # FileNotFoundError: a class folder without any image file
+        raise UserError(f"ImageNet: could not read {folder}: {error}") from None
+
+
+def _imagenet_test_steps() -> list:
+    return [transforms.Resize(256), transforms.CenterCrop(224)]
+
+
+# --- digits --------------------------------------------------------------------------------
+
+DIGITS_TEST_SIZE = 450  # of 1,797: 1,347 training images remain
+DIGITS_SPLIT_SEED = 0
+
+
+@functools.lru_cache(maxsize=None)
+def _digits_split():
+    """(images float64 [1797, 8, 8] in 0..16, labels, training rows, test rows), computed once."""
+    # Imported here: scikit-learn's import is slow and only this dataset needs it.
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    rows = np.arange(len(digits.target))
+    train_rows, test_rows = train_test_split(rows, test_size=DIGITS_TEST_SIZE, stratify=digits.target,
+                                             random_state=DIGITS_SPLIT_SEED)
+    for array in (digits.images, digits.target, train_rows, test_rows):
+        array.setflags(write=False)  # shared by every Digits built in this process
+    return digits.images, digits.target, train_rows, test_rows
+
+
+class Digits(Dataset):
+    """scikit-learn's handwritten digits: ``(image [1, 8, 8] float32 in [0, 1], label int)`` items.
+
+    The 1,797 images of ``sklearn.datasets.load_digits`` (pixel values 0..16, divided by 16),
+    split by ``train_test_split(test_size=450, stratify=labels, random_state=0)``: always the
+    same 1,347 training and 450 test images. ``indices`` holds each item's row in
+    ``load_digits()``. No transform: items are the images as they are.
+    """
+
+    classes = [str(digit) for digit in range(10)]
+
+    def __init__(self, train: bool = True):
+        images, labels, train_rows, test_rows = _digits_split()
+        self.train = train
+        self.indices = (train_rows if train else test_rows).copy()
+        self.data = torch.from_numpy(images[self.indices] / 16.0).to(torch.float32).unsqueeze(1)
+        self.targets = [int(label) for label in labels[self.indices]]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+        # A copy, so that a caller editing its image in place cannot change the dataset.
+        return self.data[index].clone(), self.targets[index]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(split={'train' if self.train else 'test'}, size={len(self)})"
+
+
 # --- augmentations -------------------------------------------------------------------------
 
 class Cutout:
@@ -174,42 +353,105 @@ def _crop_flip() -> list:
     return [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]
 
 
-def _train_transform(augment: str) -> Callable:
+def _check_augment(dataset: str, augment: str) -> None:
     if augment not in AUGMENTATIONS:
         raise UserError(f"unknown augmentation {augment!r}; choose one of: {', '.join(AUGMENTATIONS)}")
-    if augment == "none":
-        return transforms.ToTensor()
-    basic = transforms.Compose([*_crop_flip(), transforms.ToTensor()])
+    supported = _DATASET_AUGMENTATIONS[dataset]
+    if augment not in supported:
+        why = {
+            "imagenet": "the two-view augmentations follow the CIFAR recipe with its 32x32 crops",
+            "digits": "8x8 digits are not augmented; none and basic both give the plain images",
+        }[dataset]
+        raise UserError(f"augmentation {augment!r} is not available for {_DISPLAY_NAMES[dataset]} ({why}); "
+                        f"choose one of: {', '.join(supported)}")
+
+
+def _check_normalize(dataset: str, normalize: bool) -> None:
+    if normalize and dataset not in DATASET_STATS:
+        raise UserError(f"normalize=True is not supported for {_DISPLAY_NAMES[dataset]}: it has no "
+                        f"normalisation statistics (its pixels are in [0, 1]); use normalize=False")
+
+
+def _tensor_steps(dataset: str, normalize: bool) -> list:
+    """ToTensor, then Normalize with the dataset's statistics when ``normalize``."""
+    if not normalize:
+        return [transforms.ToTensor()]
+    mean, std = DATASET_STATS[dataset]
+    return [transforms.ToTensor(), transforms.Normalize(mean, std)]
+
+
+def _compose(steps: list) -> Callable:
+    return steps[0] if len(steps) == 1 else transforms.Compose(steps)
+
+
+def _test_transform(dataset: str, normalize: bool) -> Callable:
+    resize = _imagenet_test_steps() if dataset == "imagenet" else []
+    return _compose([*resize, *_tensor_steps(dataset, normalize)])
+
+
+def _train_transform(dataset: str, augment: str, normalize: bool) -> Callable:
+    _check_augment(dataset, augment)
+    if augment == "none" or dataset == "digits":
+        return _test_transform(dataset, normalize)
+    to_tensor = _tensor_steps(dataset, normalize)
+    if dataset == "imagenet":
+        return transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
+                                   *to_tensor])
+    basic = transforms.Compose([*_crop_flip(), *to_tensor])
     if augment == "basic":
         return basic
     if augment == "autoaug":
         # AutoAugment works on the PIL image, before the conversion to a tensor.
         policy = transforms.AutoAugment(transforms.AutoAugmentPolicy.CIFAR10)
-        augmented = transforms.Compose([*_crop_flip(), policy, transforms.ToTensor()])
+        augmented = transforms.Compose([*_crop_flip(), policy, *to_tensor])
     else:
-        augmented = transforms.Compose([*_crop_flip(), transforms.ToTensor(), Cutout(16)])
+        # The hole is cut before normalising, so it is black whether or not one normalises.
+        augmented = transforms.Compose([*_crop_flip(), transforms.ToTensor(), Cutout(16), *to_tensor[1:]])
     return TwoViews(basic, augmented)
 
 
 # --- public constructors -------------------------------------------------------------------
 
-def build_train_set(dataset: str, root: PathLike, *, augment: str = "basic", download: bool = False,
-                    verify_checksum: bool = True) -> Dataset:
+def _open_dataset(dataset: str, root: Optional[PathLike], *, train: bool, transform: Callable,
+                  download: bool, verify_checksum: bool) -> Dataset:
+    if dataset == "digits":
+        return Digits(train=train)  # deterministic: the transform is the identity
+    if root is None or str(root) == "":
+        raise UserError(f"{_DISPLAY_NAMES[dataset]} needs data.root=... (the folder that holds the dataset)")
+    if dataset == "imagenet":
+        return _open_imagenet(root, train=train, transform=transform, download=download)
+    return _open(dataset, root, train=train, transform=transform, download=download,
+                 verify_checksum=verify_checksum)
+
+
+def build_train_set(dataset: str, root: Optional[PathLike], *, augment: str = "basic", download: bool = False,
+                    verify_checksum: bool = True, normalize: bool = False) -> Dataset:
     """The training split of ``dataset`` under ``root``, with the ``augment`` transform.
 
-    ``verify_checksum=False`` skips only the MD5 check of the official files (for locally
-    written CIFAR-format data); the files must still all be there.
+    ``verify_checksum=False`` skips only the MD5 check of the official CIFAR files (for
+    locally written CIFAR-format data); the files must still all be there. ``normalize=True``
+    ends every view with ``Normalize(*DATASET_STATS[dataset])`` (knowledge distillation;
+    adversarial training keeps pixels in [0, 1]). ImageNet ignores ``verify_checksum``;
+    digits ignore ``root``, ``download`` and ``verify_checksum`` and refuse ``normalize``.
     """
-    transform = _train_transform(augment)
-    return _open(dataset, root, train=True, transform=transform, download=download,
-                 verify_checksum=verify_checksum)
+    _check_dataset_name(dataset)
+    _check_normalize(dataset, normalize)
+    transform = _train_transform(dataset, augment, normalize)
+    return _open_dataset(dataset, root, train=True, transform=transform, download=download,
+                         verify_checksum=verify_checksum)
 
 
-def build_test_set(dataset: str, root: PathLike, *, download: bool = False,
-                   verify_checksum: bool = True) -> Dataset:
-    """The test split of ``dataset`` under ``root``, as plain [0, 1] tensors."""
-    return _open(dataset, root, train=False, transform=transforms.ToTensor(), download=download,
-                 verify_checksum=verify_checksum)
+def build_test_set(dataset: str, root: Optional[PathLike], *, download: bool = False,
+                   verify_checksum: bool = True, normalize: bool = False) -> Dataset:
+    """The test split of ``dataset`` under ``root`` (ImageNet: ``val/``), without augmentation.
+
+    Plain [0, 1] tensors, or normalised ones with ``normalize=True``; ImageNet images are
+    resized to 256 on the shorter side and centre-cropped to 224x224 first.
+    """
+    _check_dataset_name(dataset)
+    _check_normalize(dataset, normalize)
+    return _open_dataset(dataset, root, train=False, transform=_test_transform(dataset, normalize),
+                         download=download, verify_checksum=verify_checksum)
 
 
 def first_examples(dataset: Dataset, num_examples: Optional[int]) -> Dataset:

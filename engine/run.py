@@ -6,16 +6,18 @@ One training run writes one folder::
     environment.json   seed, versions, hardware, git commit
     metrics.jsonl      one JSON line per epoch
     tensorboard/       the same scalars for TensorBoard
-    last.pt, best.pt   checkpoints (written atomically by the trainer)
+    last.pt, best.pt   checkpoints (written atomically by the trainer; last.pt by `training_state`)
     results.json       written once the run completes
 """
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
-from .checkpoint import atomic_write_text
+from .checkpoint import atomic_write_text, load_file
+from .config import changed_keys, to_dict
 from .errors import UserError
+from .runtime import capture_rng_state, restore_rng_state
 
 METRICS = "metrics.jsonl"
 
@@ -92,3 +94,50 @@ class RunLogger:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+# --- last.pt: everything a run needs to continue exactly -------------------------------
+
+CHECKPOINT_FORMAT = 1
+
+
+def training_state(cfg, epoch: int, model, optimizer, prior, best: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
+    """What ``last.pt`` holds: model, optimizer, class prior, best-so-far, RNG states and the
+    config, plus the task's own entries (``extra``, e.g. the EMA and AWP states)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "task": type(cfg).__name__,
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "prior": prior.state_dict(),
+        "best": best,
+        "rng": capture_rng_state(),
+        "config": to_dict(cfg),
+        **extra,
+    }
+
+
+def resume_training_state(path: Path, cfg, model, optimizer, prior, *, device, describe: str,
+                          log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Load ``last.pt`` into model, optimizer, prior and the RNGs; return it for the task's extras.
+
+    Settings that differ from the ones the run was started with are listed (the user may
+    mean it, e.g. more epochs); a checkpoint of another task or architecture is a `UserError`.
+    """
+    state = load_file(path, map_location=device)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or state.get("task") != type(cfg).__name__:
+        raise UserError(f"{path} is not a last.pt written by this training entry point; start a new run with another name=...")
+    changed = [c for c in changed_keys(state["config"], to_dict(cfg)) if not c.startswith("resume:")]
+    if changed:
+        log("note: resuming with changed settings: " + "; ".join(changed))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise UserError(
+            f"{path} does not fit {describe}: {str(error).splitlines()[0]}; resume with the config the run was started with"
+        ) from None
+    optimizer.load_state_dict(state["optimizer"])
+    prior.load_state_dict(state["prior"])
+    restore_rng_state(state["rng"])
+    return state

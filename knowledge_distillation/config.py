@@ -9,7 +9,7 @@ states the pair, its learning rate and each distiller's pair-specific weights, s
 from dataclasses import dataclass
 from typing import List, Literal
 
-from engine.config import ConfigError, knob, section
+from engine.config import ConfigError, knob, require_non_negative, require_positive, section
 
 
 @dataclass
@@ -26,7 +26,7 @@ class KDDataConfig:
 
 @dataclass
 class TeacherConfig:
-    arch: str = knob("resnet32x4", "teacher architecture (models.available_models())")
+    arch: str = knob("resnet32x4", "teacher architecture (models.available_models()); empty = none (distiller=vanilla only)")
     checkpoint: str = knob(
         "download_ckpts/cifar_teachers/resnet32x4_vanilla/ckpt_epoch_240.pth",
         "teacher weights: a file (mdistiller {'model': ...}, a plain state dict, ...), or "
@@ -106,7 +106,7 @@ class KDConfig:
     eval: KDEvalConfig = section(KDEvalConfig, "validation")
 
     def validate(self) -> None:
-        positive = {
+        require_positive({
             "epochs": self.epochs,
             "data.batch_size": self.data.batch_size,
             "data.test_batch_size": self.data.test_batch_size,
@@ -116,17 +116,15 @@ class KDConfig:
             "dkd.temperature": self.dkd.temperature,
             "ikl.temperature": self.ikl.temperature,
             "ikl.weight_temperature": self.ikl.weight_temperature,
-        }
-        for key, value in positive.items():
-            if not value > 0:
-                raise ConfigError(f"config key '{key}' must be positive, got {value}")
-        for key, value in {"dkd.warmup": self.dkd.warmup, "ikl.warmup": self.ikl.warmup,
-                           "ikl.gamma": self.ikl.gamma, "data.num_workers": self.data.num_workers}.items():
-            if value < 0:
-                raise ConfigError(f"config key '{key}' must be >= 0, got {value}")
+        })
+        require_non_negative({"dkd.warmup": self.dkd.warmup, "ikl.warmup": self.ikl.warmup,
+                              "ikl.gamma": self.ikl.gamma, "data.num_workers": self.data.num_workers})
+        if not self.teacher.arch and self.distiller != "vanilla":
+            raise ConfigError(f"distiller={self.distiller} needs a teacher: set teacher.arch and teacher.checkpoint")
         if self.data.dataset == "digits" and self.data.normalize:
             raise ConfigError("data.normalize=true is not available for digits (pixels stay in [0, 1]); set data.normalize=false")
 
     def run_name(self) -> str:
-        return self.name or f"{self.data.dataset}_{self.distiller}_{self.teacher.arch}_{self.student.arch}_seed{self.seed}"
+        pair = f"{self.teacher.arch}_{self.student.arch}" if self.teacher.arch else self.student.arch
+        return self.name or f"{self.data.dataset}_{self.distiller}_{pair}_seed{self.seed}"
 

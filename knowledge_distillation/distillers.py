@@ -40,11 +40,14 @@ def distillation_loss(
     epoch: int,
     prior: Optional[ClassPrior] = None,
 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """The loss to minimise and its parts ``ce`` and ``kd`` (the weighted terms, detached)."""
-    logits_teacher = logits_teacher.detach()
+    """The loss to minimise and its parts ``ce`` and ``kd`` (the weighted terms, detached).
+
+    ``logits_teacher`` may be None for ``vanilla`` (training a model without a teacher).
+    """
     ce = F.cross_entropy(logits_student, targets)
     if cfg.distiller == "vanilla":
         return ce, {"ce": ce.detach(), "kd": torch.zeros_like(ce.detach())}
+    logits_teacher = logits_teacher.detach()
     if cfg.distiller == "kd":
         ce = cfg.kd.ce_weight * ce
         distill = cfg.kd.kd_weight * kd_loss(logits_student, logits_teacher, cfg.kd.temperature)

@@ -21,19 +21,18 @@ import torch
 from tqdm import tqdm
 
 from engine import data as data_lib
-from engine.checkpoint import atomic_save, load_file
+from engine.checkpoint import atomic_save
 from engine.cli import config_main
-from engine.config import changed_keys, to_dict, to_yaml
+from engine.config import to_yaml
 from engine.distributed import is_main_process, reduce_sum
 from engine.errors import NonFiniteLossError, UserError
-from engine.run import RunLogger, prepare_run_dir
+from engine.plot import plot_run
+from engine.run import RunLogger, prepare_run_dir, resume_training_state, training_state
 from engine.runtime import (
     autocast,
-    capture_rng_state,
     configure_precision,
     environment_info,
     resolve_device,
-    restore_rng_state,
     seed_everything,
 )
 from engine.schedule import learning_rate
@@ -43,7 +42,6 @@ from models import build_model, load_weights
 from .config import KDConfig
 from .distillers import distillation_loss, uses_class_prior
 
-CHECKPOINT_FORMAT = 1
 PROGRESS_EVERY = 20  # batches between progress-bar updates (each one synchronises with the GPU)
 TEACHERS_URL = "https://github.com/megvii-research/mdistiller/releases/tag/checkpoints"
 
@@ -73,8 +71,10 @@ def _torchvision_state_dict(arch: str, weights_name: str):
         ) from None
 
 
-def load_teacher(cfg: KDConfig, num_classes: int, device: torch.device) -> torch.nn.Module:
-    """The frozen teacher: weights loaded strictly, eval mode, no gradients."""
+def load_teacher(cfg: KDConfig, num_classes: int, device: torch.device) -> Optional[torch.nn.Module]:
+    """The frozen teacher: weights loaded strictly, eval mode, no gradients (None: no teacher.arch)."""
+    if not cfg.teacher.arch:
+        return None
     teacher = build_model(cfg.teacher.arch, num_classes, dataset=cfg.data.dataset)
     source = cfg.teacher.checkpoint
     if source.startswith("torchvision:"):
@@ -117,7 +117,7 @@ def train_one_epoch(
     cfg: KDConfig,
     epoch: int,
     student: torch.nn.Module,
-    teacher: torch.nn.Module,
+    teacher: Optional[torch.nn.Module],
     loader,
     optimizer: torch.optim.Optimizer,
     prior: Optional[ClassPrior],
@@ -135,8 +135,10 @@ def train_one_epoch(
             images = images.contiguous(memory_format=torch.channels_last)
 
         with autocast(device, cfg.precision):
-            with torch.no_grad():
-                logits_teacher = teacher(images).float()
+            logits_teacher = None
+            if teacher is not None:
+                with torch.no_grad():
+                    logits_teacher = teacher(images).float()
             logits_student = student(images)
             loss, parts = distillation_loss(cfg, logits_student, logits_teacher, targets, epoch, prior)
         optimizer.zero_grad(set_to_none=True)
@@ -181,35 +183,6 @@ def train_one_epoch(
     }
 
 
-def _checkpoint_state(cfg, epoch, student, optimizer, prior, best) -> dict:
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "epoch": epoch,
-        "model": student.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "prior": prior.state_dict(),
-        "best": best,
-        "rng": capture_rng_state(),
-        "config": to_dict(cfg),
-    }
-
-
-def _restore(state, cfg, student, optimizer, prior, path: Path) -> dict:
-    if state.get("format") != CHECKPOINT_FORMAT or "prior" not in state:
-        raise UserError(f"{path} is not a last.pt written by knowledge_distillation.train")
-    try:
-        student.load_state_dict(state["model"])
-    except RuntimeError as error:
-        raise UserError(
-            f"{path} does not fit student.arch={cfg.student.arch}: {str(error).splitlines()[0]}; "
-            f"resume with the config the run was started with"
-        ) from None
-    optimizer.load_state_dict(state["optimizer"])
-    prior.load_state_dict(state["prior"])
-    restore_rng_state(state["rng"])
-    return state["best"]
-
-
 def train(cfg: KDConfig) -> Dict[str, object]:
     """Runs (or resumes) a whole distillation run; returns what results.json holds."""
     device = resolve_device(cfg.device)
@@ -231,8 +204,9 @@ def train(cfg: KDConfig) -> Dict[str, object]:
     teacher = load_teacher(cfg, num_classes, device)
     student = build_model(cfg.student.arch, num_classes, dataset=cfg.data.dataset).to(device)
     if cfg.channels_last:
-        teacher = teacher.to(memory_format=torch.channels_last)
         student = student.to(memory_format=torch.channels_last)
+        if teacher is not None:
+            teacher = teacher.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(student.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                 weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
     prior = ClassPrior(num_classes, temperature=cfg.ikl.weight_temperature).to(device)
@@ -243,21 +217,21 @@ def train(cfg: KDConfig) -> Dict[str, object]:
                         environment={"seed": cfg.seed, **environment_info(), "device": str(device)})
     start_epoch, best = 1, {"top1": -1.0, "epoch": 0}
     if cfg.resume:
-        state = load_file(last_path, map_location=device)
-        changed = [c for c in changed_keys(state["config"], to_dict(cfg)) if not c.startswith("resume:")]
-        if changed:
-            log("note: resuming with changed settings: " + "; ".join(changed))
-        best = _restore(state, cfg, student, optimizer, prior, last_path)
-        start_epoch = state["epoch"] + 1
+        state = resume_training_state(last_path, cfg, student, optimizer, prior, device=device, log=log,
+                                      describe=f"student.arch={cfg.student.arch}")
+        best, start_epoch = state["best"], state["epoch"] + 1
         log(f"Resumed {run_dir} after epoch {state['epoch']}")
         del state
 
     teacher_accuracy = None
-    if cfg.teacher.report_accuracy:
+    if teacher is not None and cfg.teacher.report_accuracy:
         teacher_accuracy = evaluate_topk(teacher, val_loader, device, cfg.channels_last)
         log(f"Teacher {cfg.teacher.arch}: top-1 {teacher_accuracy['top1']:.2f}%  top-5 {teacher_accuracy['top5']:.2f}%")
     logger = RunLogger(run_dir, enabled=is_main_process(), completed_epochs=start_epoch - 1)
-    log(f"Distilling {cfg.teacher.arch} -> {cfg.student.arch} with {cfg.distiller} on {cfg.data.dataset} ({device}) -> {run_dir}")
+    if cfg.resume and is_main_process() and start_epoch > 1:
+        plot_run(run_dir)  # the picture of what the interrupted run had done
+    source = f"{cfg.teacher.arch} -> " if teacher is not None else ""
+    log(f"Training {source}{cfg.student.arch} with {cfg.distiller} on {cfg.data.dataset} ({device}) -> {run_dir}")
 
     metrics: Dict[str, object] = {}
     try:
@@ -285,7 +259,7 @@ def train(cfg: KDConfig) -> Dict[str, object]:
                 if "test_top1" in metrics and metrics["test_top1"] > best["top1"]:
                     best = {"top1": metrics["test_top1"], "epoch": epoch}
                     atomic_save({"model": student.state_dict(), "epoch": epoch, "top1": best["top1"]}, run_dir / "best.pt")
-                atomic_save(_checkpoint_state(cfg, epoch, student, optimizer, prior, best), last_path)
+                atomic_save(training_state(cfg, epoch, student, optimizer, prior, best), last_path)
     finally:
         logger.close()
 
@@ -301,7 +275,9 @@ def train(cfg: KDConfig) -> Dict[str, object]:
         "final": {k: v for k, v in metrics.items() if k.startswith("test_") or k.endswith("sec_per_iter")},
     }
     logger.write_results(results)
-    log(f"Done. Results in {run_dir / 'results.json'}")
+    if is_main_process():
+        plot_run(run_dir)
+    log(f"Done. Results in {run_dir / 'results.json'}, curves in {run_dir / 'curves.png'}")
     return results
 
 

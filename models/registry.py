@@ -21,6 +21,7 @@ FAMILY_DATASETS: Dict[str, Tuple[str, ...]] = {
     "cifar-at": ("cifar10", "cifar100"),
     "cifar-kd": ("cifar100", "cifar10"),
     "imagenet": ("imagenet",),
+    "digits": ("digits",),
 }
 
 

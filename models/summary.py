@@ -14,6 +14,7 @@ _INPUTS = {
     "cifar-at": "3×32×32 in [0, 1], no normalisation inside",
     "cifar-kd": "3×32×32, CIFAR-normalised by the data pipeline (as mdistiller)",
     "imagenet": "3×224×224, ImageNet-normalised by the data pipeline",
+    "digits": "1×8×8 in [0, 1], no normalisation inside",
 }
 _DM_INPUT = "3×32×32 in [0, 1], CIFAR mean/std applied inside"
 

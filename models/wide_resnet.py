@@ -11,7 +11,6 @@ mdistiller's CIFAR-100 ``wrn_*`` networks use this same class (see
 """
 
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 

@@ -1,8 +1,10 @@
-"""Shared fixtures: small CIFAR-10/100 datasets written in the official on-disk format.
+"""Shared fixtures: small CIFAR-10/100 datasets written in the official on-disk format, and
+small ImageNet-style ImageFolder trees of PNG files.
 
-The files are what torchvision's real CIFAR classes read (only the MD5 sums differ, so
-load them with ``verify_checksum=False``). Images are a per-class colour plus noise, so
-a tiny model can learn to tell the classes apart.
+The CIFAR files are what torchvision's real CIFAR classes read (only the MD5 sums differ, so
+load them with ``verify_checksum=False``); the ImageFolder trees are what torchvision's
+``ImageFolder`` reads. Images are a per-class colour plus noise, so a tiny model can learn
+to tell the classes apart.
 """
 import pickle
 import struct
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 CIFAR10_LABEL_NAMES = ["airplane", "automobile", "bird", "cat", "deer",
                        "dog", "frog", "horse", "ship", "truck"]
@@ -112,3 +115,42 @@ def cifar10_root(tmp_path_factory) -> Path:
 def cifar100_root(tmp_path_factory) -> Path:
     """A root holding cifar-100-python with 300 training and 100 test images. Read-only."""
     return write_cifar(tmp_path_factory.mktemp("cifar100"), "cifar100", num_train=300, num_test=100)
+
+
+def write_image_folder(root, num_classes: int = 3, train_per_class: int = 4, val_per_class: int = 2,
+                       size=(40, 30), seed: int = 0) -> Path:
+    """Write an ImageNet-style tree of RGB PNG files under ``root``; return ``root``.
+
+    ``root/train/<class>/*.png`` and ``root/val/<class>/*.png``, ``size`` = (width, height)
+    pixels. Class folders are named like WordNet ids (``n`` and eight digits), drawn at random
+    and written in an unsorted order, so ImageFolder's sorted labels differ from the writing
+    order. Every image is its class's colour plus noise.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    codes = rng.choice(10**8, size=num_classes, replace=False)
+    if num_classes > 1 and list(codes) == sorted(codes):
+        codes = codes[::-1]
+    colours = rng.uniform(40.0, 215.0, (num_classes, 3))
+    width, height = size
+    for split, per_class in (("train", train_per_class), ("val", val_per_class)):
+        for code, colour in zip(codes, colours):
+            folder = root / split / f"n{code:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in range(per_class):
+                pixels = colour + rng.normal(0.0, 24.0, (height, width, 3))
+                image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+                image.save(folder / f"n{code:08d}_{split}_{index:04d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder_writer():
+    """`write_image_folder`, for tests that need their own tree (tests cannot import conftest)."""
+    return write_image_folder
+
+
+@pytest.fixture(scope="session")
+def imagenet_root(tmp_path_factory) -> Path:
+    """An ImageFolder tree with 3 classes, 4 training and 2 validation 40x30 PNGs each. Read-only."""
+    return write_image_folder(tmp_path_factory.mktemp("imagenet"))

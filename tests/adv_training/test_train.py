@@ -255,3 +255,24 @@ def test_every_shipped_config_resolves():
     assert len(configs) >= 8
     for path in configs:
         load_config(ATConfig, path)
+
+
+def test_one_digits_epoch_through_the_entry_point_draws_its_curves(tmp_path):
+    config = ROOT / "configs" / "adv_training" / "digits_ikl.yaml"
+    assert main(["--config", str(config), "epochs=1", f"out_dir={tmp_path}", "device=cpu"]) == 0
+    run = tmp_path / "digits_ikl"
+    (record,) = read_jsonl(run / "metrics.jsonl")
+    assert record["eps"] == pytest.approx(0.2) and record["attack_steps"] == 5  # no ramp on digits
+    assert 0 <= record["test_robust_acc"] <= 100
+    picture = (run / "curves.png").read_bytes()
+    assert picture.startswith(b"\x89PNG\r\n\x1a\n") and len(picture) > 5_000
+
+
+def test_standard_training_never_attacks(cifar10_root, tmp_path, monkeypatch):
+    def no_attack(*args, **kwargs):
+        raise AssertionError("standard training must not attack")
+
+    monkeypatch.setattr(train_module, "pgd", no_attack)
+    assert main(tiny_run(cifar10_root, tmp_path, "method=standard", "epochs=1", "awp.enabled=false")) == 0
+    (record,) = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert record["attack_steps"] == 0 and record["train_loss_natural"] == 0.0

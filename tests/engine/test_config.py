@@ -118,3 +118,15 @@ def test_cosine_schedule_matches_the_reference_formula():
 def test_step_schedule_decays_after_each_milestone():
     lrs = [learning_rate(e, base_lr=0.05, epochs=240, schedule="step", milestones=[150, 180, 210]) for e in (150, 151, 181, 211)]
     assert lrs == pytest.approx([0.05, 0.005, 0.0005, 0.00005])
+
+
+def test_schema_validation_names_the_key():
+    from adv_training.config import ATConfig
+    from knowledge_distillation.config import KDConfig
+
+    with pytest.raises(ConfigError, match="config key 'epochs' must be positive, got 0"):
+        load_config(ATConfig, None, ["epochs=0"])
+    with pytest.raises(ConfigError, match="config key 'ikl.gamma' must be >= 0"):
+        load_config(KDConfig, None, ["ikl.gamma=-1"])
+    with pytest.raises(ConfigError, match="distiller=kd needs a teacher"):
+        load_config(KDConfig, None, ["distiller=kd", "teacher.arch="])

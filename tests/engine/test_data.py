@@ -1,4 +1,6 @@
-"""engine.data on small CIFAR-format files read by torchvision's real CIFAR classes."""
+"""engine.data on small CIFAR-format files read by torchvision's real CIFAR classes, small
+ImageFolder trees of PNG files read by torchvision's ImageFolder, and scikit-learn's digits."""
+import os
 import pickle
 import shutil
 import socket
@@ -6,14 +8,20 @@ import socket
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision import datasets
+from torchvision.transforms import functional as TF
 
 from engine.data import (
     AUGMENTATIONS,
+    DATASET_STATS,
     Cutout,
     build_test_set,
     build_train_set,
+    dataset_num_classes,
     first_examples,
     make_loader,
     num_classes,
@@ -260,3 +268,296 @@ def test_worker_randomness_follows_the_loader_seed():
 def test_set_epoch_needs_a_loader_from_make_loader():
     with pytest.raises(TypeError, match="make_loader"):
         set_epoch(DataLoader(TensorDataset(torch.arange(4))), 1)
+
+
+
+# --- normalisation -------------------------------------------------------------------------
+
+# The published statistics, written out here rather than read from DATASET_STATS.
+MDISTILLER_CIFAR100 = ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
+TORCHVISION_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def normalised(image, stats):
+    """(x - mean) / std per channel, in float64."""
+    mean, std = (torch.tensor(v, dtype=torch.float64)[:, None, None] for v in stats)
+    return (image.double() - mean) / std
+
+
+def assert_normalised(image, plain, stats):
+    assert image.shape == plain.shape and image.dtype == torch.float32
+    assert torch.allclose(image.double(), normalised(plain, stats), atol=1e-5)
+
+
+def test_dataset_stats():
+    assert DATASET_STATS["cifar100"] == MDISTILLER_CIFAR100
+    assert DATASET_STATS["imagenet"] == TORCHVISION_IMAGENET
+    assert set(DATASET_STATS) == {"cifar10", "cifar100", "imagenet"}
+    for mean, std in DATASET_STATS.values():
+        assert len(mean) == len(std) == 3 and all(0 < m < 1 for m in mean) and all(0 < s < 1 for s in std)
+
+
+def test_cifar100_normalize_is_an_affine_map_of_the_pixels(cifar100_root):
+    for split in ("train", "test"):
+        build = build_train_set if split == "train" else build_test_set
+        kwargs = {"augment": "none"} if split == "train" else {}
+        plain = build("cifar100", cifar100_root, verify_checksum=False, **kwargs)
+        normal = build("cifar100", cifar100_root, verify_checksum=False, normalize=True, **kwargs)
+        for index in (0, 17, len(plain) - 1):
+            assert normal[index][1] == plain[index][1]
+            assert_normalised(normal[index][0], plain[index][0], MDISTILLER_CIFAR100)
+        assert normal[0][0].min() < 0, "normalised pixels leave [0, 1]"
+
+
+@pytest.mark.parametrize("augment", ["basic", "autoaug", "cutout"])
+def test_cifar100_normalize_applies_to_every_view(augment, cifar100_root):
+    plain = build_train_set("cifar100", cifar100_root, augment=augment, verify_checksum=False)
+    normal = build_train_set("cifar100", cifar100_root, augment=augment, verify_checksum=False, normalize=True)
+    for index in range(4):
+        torch.manual_seed(index)
+        x_plain, _ = plain[index]
+        torch.manual_seed(index)
+        x_normal, _ = normal[index]
+        if augment == "basic":
+            x_plain, x_normal = (x_plain,), (x_normal,)
+        assert len(x_plain) == len(x_normal)
+        for view_plain, view_normal in zip(x_plain, x_normal):
+            assert_normalised(view_normal, view_plain, MDISTILLER_CIFAR100)
+
+
+# --- ImageNet ------------------------------------------------------------------------------
+
+def folder_classes(root, split):
+    return sorted(entry.name for entry in os.scandir(root / split) if entry.is_dir())
+
+
+def test_imagenet_train_items_and_labels(imagenet_root):
+    dataset = build_train_set("imagenet", imagenet_root)
+    classes = folder_classes(imagenet_root, "train")
+    assert num_classes("imagenet") == 1000 and dataset_num_classes(dataset) == 3
+    assert dataset.classes == classes and len(dataset) == 12
+    for path, label in dataset.samples:
+        assert os.path.basename(os.path.dirname(path)) == classes[label]
+    assert sorted(dataset.targets) == [0] * 4 + [1] * 4 + [2] * 4
+    torch.manual_seed(0)
+    for index in (0, 5, 11):
+        image, label = dataset[index]
+        assert image.shape == (3, 224, 224) and image.dtype == torch.float32
+        assert 0 <= image.min() and image.max() <= 1
+        assert label == dataset.targets[index]
+    torch.manual_seed(0)
+    first = dataset[0][0]
+    assert not all(torch.equal(first, dataset[0][0]) for _ in range(3)), "random crops"
+
+
+def test_imagenet_labels_match_the_image_colours(imagenet_root):
+    # Each class has its own colour: an image is closer to its class's mean colour.
+    dataset = build_test_set("imagenet", imagenet_root)
+    colours = torch.stack([dataset[i][0].mean(dim=(1, 2)) for i in range(len(dataset))])
+    labels = torch.tensor(dataset.targets)
+    centres = torch.stack([colours[labels == c].mean(dim=0) for c in range(3)])
+    assert torch.equal(torch.cdist(colours, centres).argmin(dim=1), labels)
+
+
+def test_imagenet_test_transform_is_deterministic_and_standard(imagenet_root):
+    dataset = build_test_set("imagenet", imagenet_root)
+    assert len(dataset) == 6 and dataset.classes == folder_classes(imagenet_root, "val")
+    path, _ = dataset.samples[3]
+    with Image.open(path) as file:
+        raw = file.convert("RGB")
+    assert raw.size == (40, 30)
+    # Resize(256) scales the shorter side (30) to 256: 341x256, then the central 224x224.
+    expected = TF.to_tensor(TF.center_crop(TF.resize(raw, 256), 224))
+    torch.manual_seed(0)
+    first = dataset[3][0]
+    torch.manual_seed(1)
+    assert torch.equal(first, dataset[3][0]) and torch.equal(first, expected)
+    assert first.shape == (3, 224, 224)
+    # augment="none" is the test transform, on the training images.
+    plain_train = build_train_set("imagenet", imagenet_root, augment="none")
+    path, _ = plain_train.samples[0]
+    with Image.open(path) as file:
+        expected = TF.to_tensor(TF.center_crop(TF.resize(file.convert("RGB"), 256), 224))
+    assert torch.equal(plain_train[0][0], expected)
+
+
+def test_imagenet_normalize(imagenet_root):
+    plain = build_test_set("imagenet", imagenet_root)
+    normal = build_test_set("imagenet", imagenet_root, normalize=True)
+    image, plain_image = normal[0][0], plain[0][0]
+    assert_normalised(image, plain_image, TORCHVISION_IMAGENET)
+    # One pixel by hand: channel 1 (green), row 100, column 50.
+    expected = (float(plain_image[1, 100, 50]) - 0.456) / 0.224
+    assert float(image[1, 100, 50]) == pytest.approx(expected, abs=1e-5)
+
+    train_plain = build_train_set("imagenet", imagenet_root)
+    train_normal = build_train_set("imagenet", imagenet_root, normalize=True)
+    torch.manual_seed(3)
+    x_plain, _ = train_plain[7]
+    torch.manual_seed(3)
+    x_normal, _ = train_normal[7]
+    assert_normalised(x_normal, x_plain, TORCHVISION_IMAGENET)
+
+
+def test_imagenet_rejects_cifar_augmentations(imagenet_root):
+    for augment in ("autoaug", "cutout"):
+        with pytest.raises(UserError, match=f"'{augment}' is not available for ImageNet.*none, basic"):
+            build_train_set("imagenet", imagenet_root, augment=augment)
+    with pytest.raises(UserError, match="unknown augmentation"):
+        build_train_set("imagenet", imagenet_root, augment="randaug")
+
+
+@pytest.mark.parametrize("download", [False, True])
+def test_imagenet_missing_tree_says_what_to_put_where(download, tmp_path):
+    for build in (build_train_set, build_test_set):
+        with pytest.raises(UserError) as caught:
+            build("imagenet", tmp_path, download=download)
+        message = str(caught.value)
+        assert str(tmp_path / "train") in message and str(tmp_path / "val") in message
+        assert "one sub-folder per class" in message and "n01440764/" in message
+        assert "data.root=" in message and "cannot be downloaded automatically" in message
+        assert ("data.download=true" in message) == download
+        assert "\n" not in message
+
+
+def test_imagenet_missing_val_is_named(image_folder_writer, tmp_path):
+    root = image_folder_writer(tmp_path, num_classes=2, train_per_class=1, val_per_class=1)
+    shutil.rmtree(root / "val")
+    with pytest.raises(UserError, match="val is missing") as caught:
+        build_train_set("imagenet", root)
+    assert str(root / "val") in str(caught.value)
+
+
+def test_imagenet_class_folders_must_agree(image_folder_writer, tmp_path):
+    root = image_folder_writer(tmp_path, num_classes=3, train_per_class=1, val_per_class=1)
+    classes = folder_classes(root, "val")
+    (root / "val" / classes[0]).rename(root / "val" / "n99999999")
+    (root / "train" / "n99999998").mkdir()
+    shutil.copy(next((root / "train" / classes[1]).iterdir()), root / "train" / "n99999998" / "copy.png")
+    for build in (build_train_set, build_test_set):
+        with pytest.raises(UserError, match="differ: 2 only in train/.*1 only in val/ \\(n99999999\\)"):
+            build("imagenet", root)
+
+
+def test_imagenet_flat_or_empty_folders(image_folder_writer, tmp_path):
+    root = image_folder_writer(tmp_path, num_classes=2, train_per_class=1, val_per_class=1)
+    for folder in folder_classes(root, "val"):  # the official val archive: images, no classes
+        for image in (root / "val" / folder).iterdir():
+            image.rename(root / "val" / image.name)
+        (root / "val" / folder).rmdir()
+    with pytest.raises(UserError, match="no class sub-folders.*unpacks flat"):
+        build_test_set("imagenet", root)
+
+    root = image_folder_writer(tmp_path / "empty_class", num_classes=2, train_per_class=1, val_per_class=1)
+    for image in (root / "train" / folder_classes(root, "train")[0]).iterdir():
+        image.unlink()
+    with pytest.raises(UserError, match="could not read .*train.*no valid file"):
+        build_train_set("imagenet", root)
+
+
+def test_imagenet_loader_and_subset(imagenet_root):
+    dataset = build_train_set("imagenet", imagenet_root, normalize=True)
+    loader = make_loader(dataset, batch_size=5, shuffle=True, seed=2)
+    set_epoch(loader, 1)
+    batches = list(loader)
+    assert [len(labels) for _, labels in batches] == [5, 5, 2]
+    assert batches[0][0].shape == (5, 3, 224, 224)
+    subset = first_examples(build_test_set("imagenet", imagenet_root), 4)
+    assert len(subset) == 4 and dataset_num_classes(subset) == 3
+
+
+# --- digits --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def digits():
+    raw = load_digits()
+    return {"train": build_train_set("digits", None), "test": build_test_set("digits", None),
+            "raw": raw.data, "labels": raw.target}
+
+
+def test_digits_sizes_shapes_and_range(digits):
+    train, test = digits["train"], digits["test"]
+    assert (len(train), len(test)) == (1347, 450)
+    assert num_classes("digits") == 10 and dataset_num_classes(train) == 10
+    for dataset in (train, test):
+        image, label = dataset[0]
+        assert image.shape == (1, 8, 8) and image.dtype == torch.float32
+        assert type(label) is int and 0 <= label < 10
+        everything = torch.stack([dataset[i][0] for i in range(len(dataset))])
+        assert everything.min() == 0.0 and everything.max() == 1.0
+        assert set(dataset.targets) == set(range(10))
+
+
+def test_digits_pixels_are_sklearns_over_16(digits):
+    for dataset in (digits["train"], digits["test"]):
+        image, label = dataset[0]
+        row = int(dataset.indices[0])
+        assert torch.equal(image.flatten().double(), torch.from_numpy(digits["raw"][row] / 16.0))
+        assert label == int(digits["labels"][row])
+
+
+def test_digits_split_is_disjoint_complete_and_fixed(digits):
+    # Every image of load_digits is distinct, so its bytes identify its row.
+    row_of = {(np.rint(row).astype(np.uint8)).tobytes(): index for index, row in enumerate(digits["raw"])}
+    assert len(row_of) == 1797
+
+    def rows(dataset):
+        images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+        as_bytes = (images * 16).round().to(torch.uint8).flatten(1).numpy()
+        return [row_of[image.tobytes()] for image in as_bytes]
+
+    train_rows, test_rows = rows(digits["train"]), rows(digits["test"])
+    assert train_rows == list(digits["train"].indices) and test_rows == list(digits["test"].indices)
+    assert not set(train_rows) & set(test_rows)
+    assert sorted(train_rows + test_rows) == list(range(1797))
+    assert [digits["labels"][r] for r in test_rows] == digits["test"].targets
+
+    # The documented split, recomputed here.
+    expected_train, expected_test = train_test_split(np.arange(1797), test_size=450, stratify=digits["labels"],
+                                                     random_state=0)
+    assert train_rows == expected_train.tolist() and test_rows == expected_test.tolist()
+
+    again = build_test_set("digits", "/ignored", download=True, verify_checksum=False)
+    assert again.targets == digits["test"].targets
+    assert all(torch.equal(again[i][0], digits["test"][i][0]) for i in range(len(again)))
+
+
+def test_digits_split_is_stratified(digits):
+    per_class = np.bincount(digits["labels"], minlength=10)
+    in_test = np.bincount(digits["test"].targets, minlength=10)
+    in_train = np.bincount(digits["train"].targets, minlength=10)
+    assert (in_test + in_train == per_class).all()
+    # Each class's share of the 450 test images, within one image.
+    assert (np.abs(in_test - per_class * 450 / 1797) <= 1).all()
+    assert (np.abs(in_test - 45) <= 2).all()
+
+
+def test_digits_augmentations_and_normalize(digits):
+    basic = build_train_set("digits", None, augment="basic")
+    plain = build_train_set("digits", None, augment="none")
+    assert all(torch.equal(basic[i][0], plain[i][0]) for i in range(10)), "no augmentation"
+    for augment in ("autoaug", "cutout"):
+        with pytest.raises(UserError, match=f"'{augment}' is not available for digits.*none, basic"):
+            build_train_set("digits", None, augment=augment)
+    with pytest.raises(UserError, match="normalize=True is not supported for digits"):
+        build_test_set("digits", None, normalize=True)
+
+
+def test_digits_items_are_copies(digits):
+    image, _ = digits["test"][0]
+    image.fill_(5.0)
+    assert digits["test"][0][0].max() <= 1.0
+
+
+def test_digits_loader(digits):
+    loader = make_loader(digits["train"], batch_size=512, shuffle=True, seed=0)
+    set_epoch(loader, 3)
+    images, labels = next(iter(loader))
+    assert images.shape == (512, 1, 8, 8) and labels.dtype == torch.int64
+    assert len(first_examples(digits["test"], 100)) == 100
+
+
+def test_cifar_and_imagenet_need_a_root():
+    for name in ("cifar10", "imagenet"):
+        with pytest.raises(UserError, match="data.root"):
+            build_test_set(name, None)

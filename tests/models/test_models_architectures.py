@@ -9,6 +9,8 @@ from models.registry import entries
 # Measured with mdistiller's own definitions (cifar-kd, 100 classes), RobustBench's
 # WideResNet/DMWideResNet (10 classes) and torchvision (1000 classes).
 PARAMS = {
+    ("digits_cnn", "digits"): 94_186,
+    ("digits_cnn_small", "digits"): 6_274,
     ("resnet8", "cifar-kd"): 83_892,
     ("resnet14", "cifar-kd"): 181_108,
     ("resnet20", "cifar-kd"): 278_324,

@@ -16,13 +16,15 @@ KD_NAMES = {
     "vgg8", "vgg11", "vgg13", "vgg16", "vgg19", "MobileNetV2", "ShuffleV1", "ShuffleV2",
 }
 IMAGENET_NAMES = {"ResNet18", "ResNet34", "ResNet50", "MobileNetV1"}
+DIGITS_NAMES = {"digits_cnn", "digits_cnn_small"}
 
 
 def test_every_required_name_is_registered():
-    assert AT_NAMES | KD_NAMES | IMAGENET_NAMES == set(available_models())
+    assert AT_NAMES | KD_NAMES | IMAGENET_NAMES | DIGITS_NAMES == set(available_models())
     assert set(available_models("cifar-at")) == AT_NAMES
     assert set(available_models("cifar-kd")) == KD_NAMES
     assert set(available_models("imagenet")) == IMAGENET_NAMES
+    assert set(available_models("digits")) == DIGITS_NAMES
 
 
 def test_aliases_share_one_constructor():

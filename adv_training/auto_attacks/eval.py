@@ -1,0 +1,468 @@
+"""AutoAttack evaluation of a checkpoint, as RobustBench runs it, with the authors' command line.
+
+    cd adv_training/auto_attacks
+    python eval.py --arch WideResNet34 --checkpoint ../pretrained_models/cifar10_a4b20t4.pt \\
+        --data CIFAR10 --preprocess '01' --log_path logs/cifar10_dkl_a4b20t4.log
+    python -m adv_training.auto_attacks.eval --checkpoint runs/NAME     # a training run folder
+    python -m adv_training.auto_attacks.eval ... --version custom --attacks apgd-ce --n_ex 500   # quick sanity check
+
+What it does, in RobustBench's way: the first ``--n_ex`` test images in order, the model in
+eval mode and float32 behind the ``--preprocess`` normalisation, clean accuracy, then the
+AutoAttack package's attacks (pyautoattack, or upstream ``autoattack`` if only that is
+installed); the robust accuracy reported is the model's accuracy on the adversarial examples.
+
+What it writes: progress and results to ``--log_path`` (appended) and stdout; the results
+with checkpoint sha256, settings and package versions to the JSON file next to the log
+(``logs/x.log`` -> ``logs/x.json``); the adversarial examples to ``--save_dir`` under the
+reference's name (``aa_standard_1_10000_eps_0.03137.pth`` holding ``{"adv_complete": x_adv}``).
+
+Resuming: progress is saved after every attacked batch to ``--state_path`` (default: next
+to the log, ``logs/x.state.pt``); rerunning the same command continues where it stopped
+and ends with the results of an uninterrupted run (see `resumable`). Once finished, a rerun
+only reports the saved results; delete the state file to evaluate again from scratch.
+
+``--checkpoint`` is a file (plain state dict, ``module.``-prefixed, ``{"model"|"state_dict":
+...}``), read with ``weights_only=True`` by the model zoo's `load_weights`; or a run folder
+of ``adv_training.train`` (holding config.yaml), whose architecture and dataset come from its
+config and whose weights ``--which`` picks.
+"""
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import List, Optional
+
+if not __package__:  # run as `python eval.py` from inside adv_training/auto_attacks
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import yaml  # noqa: E402
+
+from adv_training.auto_attacks.resumable import (  # noqa: E402
+    ATTACKS,
+    SEQUENTIAL,
+    VERSIONS,
+    Adversary,
+    predict,
+    run_autoattack,
+)
+from adv_training.config import ATConfig  # noqa: E402
+from engine.checkpoint import CheckpointNotFoundError, atomic_save, atomic_write_text  # noqa: E402
+from engine.data import build_test_set, first_examples  # noqa: E402
+from engine.data import num_classes as data_num_classes  # noqa: E402
+from engine.errors import UserError  # noqa: E402
+from engine.runtime import (  # noqa: E402
+    capture_rng_state,
+    configure_precision,
+    environment_info,
+    resolve_device,
+    restore_rng_state,
+)
+from models import build_model, load_weights  # noqa: E402
+
+# The statistics of the authors' eval.py for --preprocess meanstd.
+MEAN_STD = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
+    "cifar100": ((0.5070751592371323, 0.48654887331495095, 0.4409178433670343),
+                 (0.2673342858792401, 0.2564384629170883, 0.27615047132568404)),
+}
+DATASETS = {"CIFAR10": "cifar10", "CIFAR100": "cifar100", "digits": "digits"}  # digits: the quickstart
+DEFAULT_ARCH = "WideResNet34"  # the authors' default
+RUN_FILES = {"ema": "ema.pt", "best": "best.pt", "last": "last.pt"}
+SWA_PATTERN = "ours-model-epoch-SWA*.pt"
+
+
+# --- the model -------------------------------------------------------------------------------
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel, in front of a model that expects normalised images."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+def preprocessing(name: str, dataset: str) -> nn.Module:
+    """The authors' --preprocess: ``01`` images as they are, ``meanstd`` CIFAR statistics, ``+-1`` 2x - 1."""
+    if name == "01":
+        return nn.Identity()
+    if name == "meanstd":
+        if dataset not in MEAN_STD:
+            raise UserError(f"--preprocess meanstd has no statistics for {dataset}; use --preprocess 01")
+        return Normalize(*MEAN_STD[dataset])
+    if name == "+-1":
+        return Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    raise UserError(f"unknown --preprocess {name!r}; choose 01, meanstd or +-1")
+
+
+@dataclass
+class Target:
+    """What to evaluate: a weights file and the architecture it belongs to."""
+
+    file: Path
+    arch: str
+    dataset: str
+    build_kwargs: dict
+    run_dir: Optional[Path] = None
+    which: Optional[str] = None
+
+
+def _newest(paths: List[Path]) -> Optional[Path]:
+    return max(paths, key=lambda p: p.stat().st_mtime) if paths else None
+
+
+def pick_run_file(run_dir: Path, which: Optional[str]) -> tuple:
+    """(file, which) in a run folder: ``--which``, else the EMA, else the newest SWA average, else best.pt."""
+    swa = _newest(sorted(run_dir.glob(SWA_PATTERN)))
+    if which == "swa":
+        if swa is None:
+            raise UserError(f"{run_dir} holds no {SWA_PATTERN}; write one with "
+                            f"python -m adv_training.swa {run_dir} 0.9 1 EPOCHS")
+        return swa, which
+    if which is not None:
+        path = run_dir / RUN_FILES[which]
+        if not path.is_file():
+            candidates = [run_dir / name for name in RUN_FILES.values()] + ([swa] if swa else [])
+            present = ", ".join(p.name for p in candidates if p.is_file()) or "no weights"
+            raise UserError(f"{path} does not exist (--which {which}); the run folder holds: {present}")
+        return path, which
+    for choice, path in (("ema", run_dir / "ema.pt"), ("swa", swa), ("best", run_dir / "best.pt")):
+        if path is not None and path.is_file():
+            return path, choice
+    raise UserError(f"{run_dir} holds no weights to evaluate (ema.pt, {SWA_PATTERN} or best.pt); "
+                    f"pass --which last for last.pt, or a checkpoint file")
+
+
+def resolve_target(args) -> Target:
+    """The weights file and architecture named by the command line."""
+    path = Path(args.checkpoint)
+    if not path.is_dir():
+        if args.which:
+            raise UserError("--which picks the weights inside a training run folder, but --checkpoint is a file")
+        if not path.is_file():
+            raise CheckpointNotFoundError(f"no checkpoint file at {path}")
+        dataset = DATASETS[args.data or "CIFAR10"]
+        kwargs = {k: v for k, v in (("depth", args.depth), ("widen_factor", args.widen_factor)) if v is not None}
+        return Target(path, args.arch or DEFAULT_ARCH, dataset, kwargs)
+
+    config_path = path / "config.yaml"
+    if not config_path.is_file():
+        raise UserError(f"{path} is a folder without config.yaml: pass a checkpoint file, "
+                        f"or a run folder written by adv_training.train")
+    try:
+        config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise UserError(f"{config_path} is not valid YAML: {error}") from None
+    defaults = ATConfig()
+    model, data = config.get("model") or {}, config.get("data") or {}
+    arch = model.get("arch", defaults.model.arch)
+    dataset = data.get("dataset", defaults.data.dataset)
+    kwargs = {k: model[k] for k in ("depth", "widen_factor") if model.get(k) is not None}
+    asked = {
+        "--arch": (args.arch, arch),
+        "--data": (args.data and DATASETS[args.data], dataset),
+        "--depth": (args.depth, kwargs.get("depth")),
+        "--widen_factor": (args.widen_factor, kwargs.get("widen_factor")),
+    }
+    for flag, (given, trained) in asked.items():
+        if given is not None and given != trained:
+            raise UserError(f"{flag} {given} contradicts the run folder {path}, trained with {trained}; "
+                            f"drop {flag} (a run folder's config says what it is)")
+    file, which = pick_run_file(path, args.which)
+    return Target(file, arch, dataset, kwargs, run_dir=path, which=which)
+
+
+def build_network(target: Target) -> nn.Module:
+    num_classes = data_num_classes(target.dataset)
+    try:
+        net = build_model(target.arch, num_classes, dataset=target.dataset, **target.build_kwargs)
+    except (ValueError, TypeError) as error:
+        given = f" with {target.build_kwargs}" if target.build_kwargs else ""
+        raise UserError(f"cannot build --arch {target.arch}{given}: {error}") from None
+    return load_weights(net, target.file)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- logging ---------------------------------------------------------------------------------
+
+class EvalLog:
+    """Each line to stdout and appended to the log file (append-only, like the authors' logs)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, message: str) -> None:
+        print(message, flush=True)
+        with open(self.path, "a", encoding="utf-8") as stream:
+            stream.write(message + "\n")
+
+
+class _ForwardToLog(logging.Handler):
+    """Copies the AutoAttack package's log records (its checks' warnings) into the log, each once:
+    the package runs its checks once per batch here, so a warning would otherwise repeat."""
+
+    def __init__(self, log: EvalLog):
+        super().__init__(logging.INFO)
+        self.log = log
+        self.seen = set()
+
+    def emit(self, record):
+        message = record.getMessage()
+        if message not in self.seen:
+            self.seen.add(message)
+            self.log(f"[autoattack] {message}")
+
+
+@contextlib.contextmanager
+def autoattack_warnings_into(log: EvalLog):
+    """Route the package's ``auto-attack`` logger into our log (only there) for the duration."""
+    logger = logging.getLogger("auto-attack")
+    handler = _ForwardToLog(log)
+    saved = (logger.level, logger.propagate)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+# --- the command line ------------------------------------------------------------------------
+
+def _fraction(text: str) -> float:
+    """A float, or a fraction such as 8/255 or 8./255. (how budgets are quoted)."""
+    try:
+        if "/" in text:
+            numerator, denominator = text.split("/", 1)
+            return float(numerator) / float(denominator)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m adv_training.auto_attacks.eval",
+        description="AutoAttack (RobustBench's protocol) on a checkpoint or a training run folder. "
+                    "The flags up to --version are the authors' eval.py's.",
+    )
+    add = parser.add_argument
+    add("--arch", default=None, help=f"model zoo name (models.available_models()), e.g. WideResNet34, WideResNet28, "
+        f"PreActResNet18, wrn-28-10-swish; default {DEFAULT_ARCH}, or the run folder's")
+    add("--checkpoint", default="./model_test.pt", help="weights file, or a run folder of adv_training.train")
+    add("--data", choices=list(DATASETS), default=None, help="test set; default CIFAR10, or the run folder's")
+    add("--data_dir", default="./data", help="folder holding cifar-10-batches-py / cifar-100-python")
+    add("--preprocess", choices=["meanstd", "01", "+-1"], default="01",
+        help="normalisation in front of the model: 01 none (zoo models take [0, 1] images), "
+             "meanstd CIFAR mean/std, +-1 maps to [-1, 1]")
+    add("--norm", choices=["Linf", "L2"], default="Linf", help="threat model")
+    add("--epsilon", type=_fraction, default=8 / 255, help="perturbation budget (8/255 is accepted)")
+    add("--n_ex", type=int, default=10000, help="evaluate the first N test images")
+    add("--individual", action="store_true", help="run each attack alone on all points (not the standard sequence)")
+    add("--save_dir", default="./adv_inputs", help="folder for the adversarial examples")
+    add("--batch_size", type=int, default=200, help="images per AutoAttack batch")
+    add("--log_path", default="./log.txt", help="log file (appended); the JSON results go next to it")
+    add("--version", choices=VERSIONS, default="standard",
+        help="standard: APGD-CE, APGD-T, FAB-T, Square (the reported number); plus; rand (randomised defences); "
+             "custom: --attacks")
+    add("--attacks", nargs="+", choices=ATTACKS, default=None, metavar="ATTACK",
+        help=f"attacks of --version custom, in order, from {', '.join(ATTACKS)} (default apgd-ce fab, the "
+             f"authors' custom version; APGD and FAB with 2 restarts)")
+    add("--seed", type=int, default=0, help="seed of the attacks (the caller's RNG state is restored afterwards)")
+    add("--state_path", type=Path, default=None,
+        help="progress file to resume from; default: next to the log (logs/x.log -> logs/x.state.pt)")
+    add("--which", choices=["ema", "swa", "best", "last"], default=None,
+        help="run folders only: which weights (default ema.pt, else the newest SWA average, else best.pt)")
+    add("--depth", type=int, default=None, help="depth of the generic WideResNet arch")
+    add("--widen_factor", type=int, default=None, help="width of the generic WideResNet arch")
+    add("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    add("--download", action="store_true", help="download the test set into --data_dir when it is missing")
+    add("--no_checksum", action="store_true",
+        help="skip the MD5 check of the dataset files: only for CIFAR-format data you generated yourself")
+    args = parser.parse_args(argv)
+    if args.n_ex < 1 or args.batch_size < 1:
+        parser.error("--n_ex and --batch_size must be positive")
+    if args.epsilon <= 0:
+        parser.error("--epsilon must be positive")
+    return args
+
+
+def load_test_images(dataset: str, args) -> tuple:
+    """(x, y, size of the test set): the first --n_ex test images in order, as RobustBench takes them."""
+    test_set = build_test_set(dataset, args.data_dir, download=args.download, verify_checksum=not args.no_checksum)
+    images = first_examples(test_set, args.n_ex)
+    x = torch.stack([images[i][0] for i in range(len(images))]).float()
+    y = torch.tensor([int(images[i][1]) for i in range(len(images))])
+    return x, y, len(test_set)
+
+
+def results_paths(args) -> tuple:
+    """(log, JSON, state) paths: the JSON and the state file sit next to the log."""
+    log_path = Path(args.log_path)
+    if log_path.suffix in (".json", ".pt"):
+        raise UserError(f"--log_path {log_path} would collide with the results files; use e.g. a .log or .txt name")
+    state_path = args.state_path if args.state_path is not None else log_path.with_suffix(".state.pt")
+    return log_path, log_path.with_suffix(".json"), state_path
+
+
+def adversarial_path(args, n: int) -> Path:
+    """The reference's file name (aa_standard_1_10000_eps_0.03137.pth)."""
+    kind = "individual_1" if args.individual else "1"
+    return Path(args.save_dir) / f"aa_{args.version}_{kind}_{n}_eps_{args.epsilon:.5f}.pth"
+
+
+def evaluate(args, command: str = "eval.py") -> dict:
+    """The whole evaluation; returns what goes into the JSON file. ``command`` heads the log."""
+    log_path, json_path, state_path = results_paths(args)
+    target = resolve_target(args)
+    device = resolve_device(args.device)
+    net = build_network(target)
+    model = nn.Sequential(preprocessing(args.preprocess, target.dataset), net).to(device).float().eval()
+    # Attacks need gradients with respect to the images only; frozen weights skip the rest.
+    model.requires_grad_(False)
+
+    x, y, test_size = load_test_images(target.dataset, args)
+
+    log = EvalLog(log_path)
+    adversary = Adversary(model, norm=args.norm, eps=args.epsilon, version=args.version, attacks=args.attacks,
+                          device=device, seed=args.seed)
+    # What identifies the evaluation for resuming (not where the files are).
+    fingerprint = {
+        "checkpoint_sha256": sha256(target.file),
+        "arch": target.arch,
+        **target.build_kwargs,
+        "data": target.dataset,
+        "n_ex": len(y),
+        "preprocess": args.preprocess,
+        "norm": args.norm,
+        "epsilon": args.epsilon,
+        "version": args.version,
+        "attacks": adversary.attacks,
+        "individual": args.individual,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+    }
+    log(f"==== {datetime.now().isoformat(timespec='seconds')}  {command}")
+    if target.run_dir is not None:
+        log(f"run folder {target.run_dir}: evaluating {target.file.name} (--which {target.which}; "
+            f"ema, swa, best or last choose another)")
+    if args.preprocess != "01" and any(name in ("mean", "std") for name, _ in net.named_buffers(recurse=False)):
+        log(f"note: {target.arch} normalises its inputs itself; --preprocess {args.preprocess} normalises them twice")
+    log(f"{target.arch} on {target.dataset} ({len(y)} images), {args.norm} eps {args.epsilon:.5f}, "
+        f"{args.version} version: {', '.join(adversary.attacks)}; {adversary.package} on {device}")
+    partial = [reason for reason, applies in (("not the standard version", args.version != "standard"),
+                                               (f"{len(y)} of {test_size} test images", len(y) < test_size))
+               if applies]
+    if partial:
+        log(f"note: {' and '.join(partial)}: a sanity check, not a result to report")
+
+    started = time.perf_counter()
+    with autoattack_warnings_into(log):
+        result = run_autoattack(adversary, model, x, y, batch_size=args.batch_size, device=device,
+                                individual=args.individual, state_path=state_path, fingerprint=fingerprint, log=log)
+    session_seconds = time.perf_counter() - started
+
+    # RobustBench reports the model's accuracy on the returned adversarial examples.
+    if args.individual:
+        adv_acc = {name: (predict(model, x_adv, args.batch_size, device) == y).float().mean().item()
+                   for name, x_adv in result.x_adv.items()}
+        robust_acc = result.robust_acc
+    else:
+        robust_acc = (predict(model, result.x_adv[SEQUENTIAL], args.batch_size, device) == y).float().mean().item()
+        if abs(robust_acc - result.robust_acc) > 0.5 / len(y):
+            log(f"warning: accuracy on the adversarial examples {robust_acc:.2%} differs from AutoAttack's "
+                f"{result.robust_acc:.2%} (a non-deterministic model?)")
+    adv_file = adversarial_path(args, len(y))
+    if args.individual:
+        atomic_save({name: x_adv for name, x_adv in result.x_adv.items()}, adv_file)
+    else:
+        atomic_save({"adv_complete": result.x_adv[SEQUENTIAL]}, adv_file)
+
+    def percent(value: float) -> float:
+        return round(100 * value, 2)
+
+    label = "robust accuracy by" if args.individual else "robust accuracy after"
+    lines = [f"clean accuracy: {percent(result.clean_acc):.2f}%"]
+    lines += [f"{label} {attack.upper()}: {percent(acc):.2f}%" for attack, acc in result.robust_after.items()]
+    if args.individual:
+        lines.append(f"robust against every attack (individual runs combined): {percent(robust_acc):.2f}%")
+    else:
+        lines.append(f"AutoAttack ({args.version}) robust accuracy: {percent(robust_acc):.2f}%")
+    lines.append(f"attack time {result.seconds:.1f} s over {len(y)} images"
+                 + (f" (this session {session_seconds:.1f} s, resumed)" if result.resumed else ""))
+    lines.append(f"results: {json_path}; adversarial examples: {adv_file}")
+    for line in lines:
+        log(line)
+
+    report = {
+        "checkpoint": str(args.checkpoint),
+        "checkpoint_file": str(target.file),
+        "which": target.which,
+        **fingerprint,
+        "data_dir": str(args.data_dir),
+        "clean_acc": percent(result.clean_acc),
+        "robust_acc": percent(robust_acc),
+        ("robust_acc_by" if args.individual else "robust_acc_after"):
+            {attack: percent(acc) for attack, acc in result.robust_after.items()},
+        "attack_seconds": round(result.seconds, 1),
+        "session_seconds": round(session_seconds, 1),
+        "resumed": result.resumed,
+        "device": str(device),
+        "log_path": str(log_path),
+        "state_path": str(state_path),
+        "adversarial_examples": str(adv_file),
+        "finished": datetime.now().isoformat(timespec="seconds"),
+        "versions": {"autoattack": adversary.package, **environment_info()},
+    }
+    if args.individual:
+        report["robust_acc_on_examples_by"] = {name: percent(acc) for name, acc in adv_acc.items()}
+    atomic_write_text(json.dumps(report, indent=2) + "\n", json_path)
+    return report
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    # Building the model and the attacks' reseeding use torch's global RNG; the caller gets its state back.
+    rng = capture_rng_state()
+    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    # True float32 on GPUs too: PyTorch runs cuDNN convolutions in TF32 unless told otherwise.
+    configure_precision("fp32")
+    try:
+        evaluate(args, command=" ".join(["eval.py", *argv]))
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted; rerun the same command to continue from {results_paths(args)[2]}", file=sys.stderr)
+        return 130
+    finally:
+        restore_rng_state(rng)
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""A small CNN for scikit-learn's 8×8 grayscale digits, for quickstarts on a laptop CPU.
+
+    conv3×3(1→32)   BN ReLU           8×8
+    conv3×3(32→64)  BN ReLU maxpool2  8×8 -> 4×4
+    conv3×3(64→128) BN ReLU           4×4
+    global average pool, linear(128→num_classes)
+
+``width`` scales the three channel counts: ``digits_cnn`` is width 1.0 (the
+adversarial-training model and KD teacher), ``digits_cnn_small`` width 0.25
+(8/16/32 channels, the KD student). Inputs are images in [0, 1] with no
+normalisation inside, as for the CIFAR adversarial-training models, so an
+L∞ budget such as eps=0.2 is measured in pixel units. ``forward`` returns logits.
+"""
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .init import init_he_fan_out
+from .registry import register_model
+
+BASE_CHANNELS = (32, 64, 128)
+
+
+class DigitsCNN(nn.Module):
+    def __init__(self, num_classes: int = 10, width: float = 1.0, in_channels: int = 1):
+        super().__init__()
+        if width <= 0:
+            raise ValueError(f"DigitsCNN width must be positive, got {width}")
+        c1, c2, c3 = (max(1, round(c * width)) for c in BASE_CHANNELS)
+        # Bias-free convolutions: the BatchNorm right after each one has its own shift.
+        self.conv1 = nn.Conv2d(in_channels, c1, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c1)
+        self.conv2 = nn.Conv2d(c1, c2, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c2)
+        # One 2×2 pooling only: an 8×8 image has little resolution to give away.
+        self.pool = nn.MaxPool2d(2)
+        self.conv3 = nn.Conv2d(c2, c3, 3, 1, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(c3)
+        self.fc = nn.Linear(c3, num_classes)
+        self.num_features = c3
+        init_he_fan_out(self)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.pool(F.relu(self.bn2(self.conv2(out))))
+        out = F.relu(self.bn3(self.conv3(out)))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.fc(out)
+
+
+@register_model("digits_cnn", family="digits", input_size=(1, 8, 8), default_num_classes=10)
+def digits_cnn(num_classes=10, width=1.0):
+    return DigitsCNN(num_classes, width)
+
+
+@register_model("digits_cnn_small", family="digits", input_size=(1, 8, 8), default_num_classes=10)
+def digits_cnn_small(num_classes=10):
+    return DigitsCNN(num_classes, width=0.25)
