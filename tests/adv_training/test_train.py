@@ -276,3 +276,21 @@ def test_standard_training_never_attacks(cifar10_root, tmp_path, monkeypatch):
     assert main(tiny_run(cifar10_root, tmp_path, "method=standard", "epochs=1", "awp.enabled=false")) == 0
     (record,) = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert record["attack_steps"] == 0 and record["train_loss_natural"] == 0.0
+
+
+def test_bf16_autocast_and_channels_last_run_and_evaluate_in_fp32(cifar10_root, tmp_path, monkeypatch):
+    # On the CPU this exercises the same autocast and memory-format code as on a GPU.
+    dtypes = []
+    real_loss = train_module.training_loss
+
+    def recording_loss(cfg, model, *args):
+        loss, parts = real_loss(cfg, model, *args)
+        dtypes.append(parts["logits_adv"].dtype)
+        return loss, parts
+
+    monkeypatch.setattr(train_module, "training_loss", recording_loss)
+    args = tiny_run(cifar10_root, tmp_path, "epochs=1", "precision=bf16", "channels_last=true", "awp.enabled=false")
+    assert main(args) == 0
+    assert set(dtypes) == {torch.bfloat16}
+    (record,) = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert math.isfinite(record["train_loss"]) and 0 <= record["test_robust_acc"] <= 100
