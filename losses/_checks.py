@@ -4,7 +4,25 @@ A loss that silently broadcasts a [B, C] against a [B, 1] tensor, or accepts int
 labels where logits were meant, trains for hours on the wrong objective. Every public
 loss calls these checks first, so a wrong call fails at once with the shapes in the message.
 """
+from typing import Callable
+
 import torch
+
+
+def _require(condition: torch.Tensor, message: Callable[[], str]) -> None:
+    """Raise ValueError(message()) unless the 0-dim bool tensor ``condition`` holds.
+
+    Shape and dtype checks are free; value checks (signs, label ranges) need the data. On
+    the CPU they are checked at once. On an accelerator a Python check would stall the
+    host on every call (these run at every attack step), so the check is queued on the
+    device instead (``torch._assert_async``): a violation still stops the run with the
+    message, when the device reaches it.
+    """
+    if condition.device.type == "cpu":
+        if not bool(condition):
+            raise ValueError(message())
+    else:
+        torch._assert_async(condition, message())
 
 
 def check_logits(**named_logits: torch.Tensor) -> None:
@@ -42,8 +60,12 @@ def check_weights(weights: torch.Tensor, logits: torch.Tensor, name: str = "weig
             f"{name} has {weights.shape[0]} rows but the logits have {logits.shape[0]} samples "
             f"(weights {tuple(weights.shape)}, logits {tuple(logits.shape)})"
         )
-    if bool((weights < 0).any()):
-        raise ValueError(f"{name} must be non-negative, found a minimum of {weights.min().item():.4g}")
+    _require(
+        (weights >= 0).all(),
+        lambda: f"{name} must be non-negative" + (
+            f", found a minimum of {weights.min().item():.4g}" if weights.device.type == "cpu" else ""
+        ),
+    )
 
 
 def check_targets(targets: torch.Tensor, logits: torch.Tensor) -> None:
@@ -58,10 +80,12 @@ def check_targets(targets: torch.Tensor, logits: torch.Tensor) -> None:
             f"for logits of shape {tuple(logits.shape)}"
         )
     num_classes = logits.shape[1]
-    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= num_classes):
-        raise ValueError(
-            f"targets must lie in [0, {num_classes - 1}], got values from "
-            f"{int(targets.min())} to {int(targets.max())}"
+    if targets.numel():
+        _require(
+            ((targets >= 0) & (targets < num_classes)).all(),
+            lambda: f"targets must lie in [0, {num_classes - 1}]" + (
+                f", got values from {int(targets.min())} to {int(targets.max())}" if targets.device.type == "cpu" else ""
+            ),
         )
 
 
