@@ -10,7 +10,6 @@ with the prior step, clean and PGD-20 accuracy of the model and its EMA, one lin
 metrics.jsonl, and an atomically written last.pt from which ``resume=true`` continues.
 """
 import contextlib
-import math
 import sys
 import time
 from pathlib import Path
@@ -23,18 +22,12 @@ from engine import data as data_lib
 from engine.checkpoint import atomic_save
 from engine.cli import config_main
 from engine.config import to_yaml
-from engine.distributed import is_main_process, reduce_sum
+from engine.distributed import is_main_process, log, reduce_sum
 from engine.ema import ModelEMA
-from engine.errors import NonFiniteLossError, UserError
+from engine.errors import UserError
 from engine.plot import plot_run
-from engine.run import RunLogger, prepare_run_dir, resume_training_state, training_state
-from engine.runtime import (
-    autocast,
-    configure_precision,
-    environment_info,
-    resolve_device,
-    seed_everything,
-)
+from engine.run import RunLogger, prepare_run_dir, raise_if_not_finite, resume_training_state, training_state
+from engine.runtime import autocast, environment_info, prepare_runtime
 from engine.schedule import learning_rate
 from losses import ClassPrior
 from models import build_model
@@ -151,12 +144,8 @@ def train_one_epoch(
         samples += batch_size
         if (batch_index + 1) % PROGRESS_EVERY == 0 or batch_index + 1 == len(loader):
             mean_loss = sums[0].item() / samples
-            if not math.isfinite(mean_loss):
-                raise NonFiniteLossError(
-                    f"the training loss became {mean_loss} in epoch {epoch} (by batch {batch_index + 1}); "
-                    f"the run stopped and last.pt still holds epoch {epoch - 1}. Lower optim.lr, "
-                    f"use precision=fp32, or check the data."
-                )
+            raise_if_not_finite(mean_loss, epoch=epoch, batch=batch_index + 1,
+                                advice="Lower optim.lr, use precision=fp32, or check the data.")
             bar.set_postfix(loss=f"{mean_loss:.4f}", adv_acc=f"{100 * sums[3].item() / samples:.1f}")
 
     totals = reduce_sum(torch.cat([sums, sums.new_tensor([samples])])).tolist()
@@ -176,16 +165,10 @@ def train_one_epoch(
     return summary
 
 
-def log(message: str) -> None:
-    if is_main_process():
-        print(message, flush=True)
-
 
 def train(cfg: ATConfig) -> Dict[str, object]:
     """Runs (or resumes) a whole training run; returns what results.json holds."""
-    device = resolve_device(cfg.device)
-    configure_precision(cfg.precision)
-    seed_everything(cfg.seed, cfg.deterministic)
+    device = prepare_runtime(device=cfg.device, precision=cfg.precision, seed=cfg.seed, deterministic=cfg.deterministic)
     run_dir = Path(cfg.out_dir) / cfg.run_name()
 
     num_classes = data_lib.num_classes(cfg.data.dataset)

@@ -16,6 +16,12 @@ def is_main_process() -> bool:
     return not is_distributed() or dist.get_rank() == 0
 
 
+def log(message: str) -> None:
+    """Progress lines for people: printed once, by rank 0."""
+    if is_main_process():
+        print(message, flush=True)
+
+
 def reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum of ``tensor`` over all processes (the tensor itself when not distributed)."""
     if is_distributed():

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from .checkpoint import atomic_write_text, load_file
 from .config import changed_keys, to_dict
-from .errors import UserError
+from .errors import NonFiniteLossError, UserError
 from .runtime import capture_rng_state, restore_rng_state
 
 METRICS = "metrics.jsonl"
@@ -141,3 +141,12 @@ def resume_training_state(path: Path, cfg, model, optimizer, prior, *, device, d
     prior.load_state_dict(state["prior"])
     restore_rng_state(state["rng"])
     return state
+
+
+def raise_if_not_finite(mean_loss: float, *, epoch: int, batch: int, advice: str) -> None:
+    """Stop a run whose running mean loss is NaN or infinite; last.pt (the previous epoch) stays."""
+    if not math.isfinite(mean_loss):
+        raise NonFiniteLossError(
+            f"the training loss became {mean_loss} in epoch {epoch} (by batch {batch}); "
+            f"the run stopped and last.pt still holds epoch {epoch - 1}. {advice}"
+        )

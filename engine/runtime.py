@@ -27,6 +27,14 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
+def prepare_runtime(*, device: str, precision: str, seed: int, deterministic: bool) -> torch.device:
+    """What every training run does first: pick the device, set precision flags, seed everything."""
+    resolved = resolve_device(device)
+    configure_precision(precision)
+    seed_everything(seed, deterministic)
+    return resolved
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` means CUDA when present; asking for CUDA without it is an error, not a fallback."""
     if name == "auto":

@@ -11,7 +11,6 @@ TensorBoard scalars and an atomically written last.pt from which ``resume=true``
 Training speed is reported per iteration, data loading and compute separately, as the
 paper's KD table compares methods by it.
 """
-import math
 import sys
 import time
 from pathlib import Path
@@ -24,17 +23,11 @@ from engine import data as data_lib
 from engine.checkpoint import atomic_save
 from engine.cli import config_main
 from engine.config import to_yaml
-from engine.distributed import is_main_process, reduce_sum
-from engine.errors import NonFiniteLossError, UserError
+from engine.distributed import is_main_process, log, reduce_sum
+from engine.errors import UserError
 from engine.plot import plot_run
-from engine.run import RunLogger, prepare_run_dir, resume_training_state, training_state
-from engine.runtime import (
-    autocast,
-    configure_precision,
-    environment_info,
-    resolve_device,
-    seed_everything,
-)
+from engine.run import RunLogger, prepare_run_dir, raise_if_not_finite, resume_training_state, training_state
+from engine.runtime import autocast, environment_info, prepare_runtime
 from engine.schedule import learning_rate
 from losses import ClassPrior
 from models import build_model, load_weights
@@ -45,10 +38,6 @@ from .distillers import distillation_loss, uses_class_prior
 PROGRESS_EVERY = 20  # batches between progress-bar updates (each one synchronises with the GPU)
 TEACHERS_URL = "https://github.com/megvii-research/mdistiller/releases/tag/checkpoints"
 
-
-def log(message: str) -> None:
-    if is_main_process():
-        print(message, flush=True)
 
 
 def _torchvision_state_dict(arch: str, weights_name: str):
@@ -157,12 +146,8 @@ def train_one_epoch(
         samples += batch_size
         if (batch_index + 1) % PROGRESS_EVERY == 0 or batch_index + 1 == len(loader):
             mean_loss = sums[0].item() / samples
-            if not math.isfinite(mean_loss):
-                raise NonFiniteLossError(
-                    f"the training loss became {mean_loss} in epoch {epoch} (by batch {batch_index + 1}); "
-                    f"the run stopped and last.pt still holds epoch {epoch - 1}. Lower optim.lr, "
-                    f"use precision=fp32, or check the data and the teacher."
-                )
+            raise_if_not_finite(mean_loss, epoch=epoch, batch=batch_index + 1,
+                                advice="Lower optim.lr, use precision=fp32, or check the data and the teacher.")
             bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{100 * sums[3].item() / samples:.1f}")
         waiting_since = time.perf_counter()
 
@@ -185,9 +170,7 @@ def train_one_epoch(
 
 def train(cfg: KDConfig) -> Dict[str, object]:
     """Runs (or resumes) a whole distillation run; returns what results.json holds."""
-    device = resolve_device(cfg.device)
-    configure_precision(cfg.precision)
-    seed_everything(cfg.seed, cfg.deterministic)
+    device = prepare_runtime(device=cfg.device, precision=cfg.precision, seed=cfg.seed, deterministic=cfg.deterministic)
     run_dir = Path(cfg.out_dir) / cfg.run_name()
 
     num_classes = data_lib.num_classes(cfg.data.dataset)
