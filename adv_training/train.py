@@ -280,10 +280,7 @@ def train(cfg: ATConfig) -> Dict[str, object]:
         "best_test_robust_acc": best["robust_acc"],
         "final": {k: v for k, v in metrics.items() if k.startswith(("test_", "ema_test_"))},
     }
-    logger.write_results(results)
-    if is_main_process():
-        plot_run(run_dir)
-    log(f"Done. Results in {run_dir / 'results.json'}, curves in {run_dir / 'curves.png'}")
+    logger.finish(results)
     return results
 
 

@@ -90,6 +90,16 @@ class RunLogger:
             return None
         return atomic_write_text(json.dumps(results, indent=2) + "\n", self.run_dir / "results.json")
 
+    def finish(self, results: Dict[str, Any]) -> None:
+        """The end of a completed run: results.json, curves.png and the line that says where they are."""
+        if not self.enabled:
+            return
+        self.write_results(results)
+        from .plot import plot_run  # here, not at the top: engine.plot imports this module
+
+        plot_run(self.run_dir)
+        print(f"Done. Results in {self.run_dir / 'results.json'}, curves in {self.run_dir / 'curves.png'}", flush=True)
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()

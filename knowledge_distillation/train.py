@@ -257,10 +257,7 @@ def train(cfg: KDConfig) -> Dict[str, object]:
         "best_test_top1": best["top1"],
         "final": {k: v for k, v in metrics.items() if k.startswith("test_") or k.endswith("sec_per_iter")},
     }
-    logger.write_results(results)
-    if is_main_process():
-        plot_run(run_dir)
-    log(f"Done. Results in {run_dir / 'results.json'}, curves in {run_dir / 'curves.png'}")
+    logger.finish(results)
     return results
 
 
