@@ -2,7 +2,8 @@
 
 The defaults are the authors' CIFAR-100 IKL-AT recipe (WRN-34-10, 200 epochs, batch 128,
 SGD lr 0.2 cosine, eps 8/255 ramped linearly, the `high` attack budget, alpha 4, beta 20,
-prior temperature 4, AWP gamma 0.005 from epoch 10, EMA tau 0.9996 from epoch 150), so a
+prior temperature 4, AWP gamma 0.005 from epoch 10, EMA tau 0.9996 from epoch 150, the
+epoch average of swa.py with tau 0.9 from epoch 1), so a
 YAML file only states what differs. ``python -m adv_training.train --print-config`` lists
 them all.
 """
@@ -23,7 +24,12 @@ class DataConfig:
     augment: Literal["none", "basic", "autoaug", "cutout"] = knob(
         "basic", "basic = crop+flip; autoaug/cutout add a second, augmented view per image; none = as stored"
     )
-    aug_weight: float = knob(1.0, "weight of the augmented view's robust loss (dual-view modes)")
+    aug_weight: float = knob(
+        1.0,
+        "weight of the augmented view's robust term in the training loss (dual-view modes; DKLv1's "
+        "autoaug launcher calls it --gamma, 0.3; DKLv2's --aug_weight, 0.5). AWP's proxy step ignores it, "
+        "as the reference: one robust term over both views",
+    )
     batch_size: int = knob(128, "training batch size (per view)")
     drop_last: bool = knob(False, "drop the last incomplete training batch (the reference's TRADES script does)")
     test_batch_size: int = knob(256, "evaluation batch size")
@@ -90,13 +96,30 @@ class EMAConfig:
 
 
 @dataclass
+class SWAConfig:
+    enabled: bool = knob(
+        True,
+        "average the end-of-epoch weights as the reference's `swa.py TAU START END` (run after every launcher "
+        "run) and write ours-model-epoch-SWA{tau}{start}{end}.pt; the released models are this average",
+    )
+    tau: float = knob(0.9, "weight of the running average: avg = (1 - tau) * epoch weights + tau * avg")
+    start: int = knob(1, "first epoch of the average (its weights start the average)")
+    end: Optional[int] = knob(None, "last epoch of the average; null = the last epoch of the run")
+
+    def last_epoch(self, epochs: int) -> int:
+        return self.end if self.end is not None else epochs
+
+
+@dataclass
 class OptimConfig:
     lr: float = knob(0.2, "peak learning rate of SGD")
     momentum: float = knob(0.9, "SGD momentum")
     weight_decay: float = knob(5e-4, "L2 weight decay")
     nesterov: bool = knob(False, "Nesterov momentum")
-    schedule: Literal["cosine", "step"] = knob(
-        "cosine", "cosine: lr*(1+cos(pi*(e-w)/(E-w+1)))/2 after w warmup epochs (the reference); step: decays at milestones"
+    schedule: Literal["cosine", "cosine_trades", "step"] = knob(
+        "cosine",
+        "cosine: lr*(1+cos(pi*(e-w)/(E-w+1)))/2 after w warmup epochs (the DKL scripts); "
+        "cosine_trades: lr*(1+cos(pi*(e-1)/E))/2 (the reference's TRADES script); step: decays at milestones",
     )
     warmup_epochs: int = knob(0, "linear warmup epochs: lr*e/w for e < w")
     milestones: List[int] = knob([100, 150], "epochs at which the step schedule multiplies lr by decay")
@@ -133,7 +156,8 @@ class ATConfig:
     trades: TradesConfig = section(TradesConfig, "TRADES loss (method=trades)")
     attack: AttackConfig = section(AttackConfig, "inner maximisation during training")
     awp: AWPConfig = section(AWPConfig, "adversarial weight perturbation")
-    ema: EMAConfig = section(EMAConfig, "weight averaging during training")
+    ema: EMAConfig = section(EMAConfig, "weight averaging during training (every iteration)")
+    swa: SWAConfig = section(SWAConfig, "average of the end-of-epoch weights (the reference's swa.py)")
     optim: OptimConfig = section(OptimConfig, "optimiser and learning-rate schedule")
     eval: EvalConfig = section(EvalConfig, "per-epoch evaluation")
 
@@ -158,6 +182,14 @@ class ATConfig:
         })
         if not 0 <= self.ema.tau < 1:
             raise ConfigError(f"config key 'ema.tau' must lie in [0, 1), got {self.ema.tau}")
+        if not 0 <= self.swa.tau < 1:
+            raise ConfigError(f"config key 'swa.tau' must lie in [0, 1), got {self.swa.tau}")
+        swa_end = self.swa.last_epoch(self.epochs)
+        if not 1 <= self.swa.start <= swa_end <= self.epochs:
+            raise ConfigError(
+                f"config keys 'swa.start' ({self.swa.start}) and 'swa.end' ({self.swa.end}) must satisfy "
+                f"1 <= start <= end <= epochs ({self.epochs})"
+            )
         if self.eval.num_examples is not None and self.eval.num_examples <= 0:
             raise ConfigError("config key 'eval.num_examples' must be positive or null (the whole test set)")
         if self.optim.warmup_epochs >= self.epochs and self.optim.warmup_epochs > 0:

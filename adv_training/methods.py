@@ -5,8 +5,10 @@ the model minimises. The same loss function is used for the training step and fo
 AWP proxy step, so "the method's own loss" means exactly one piece of code.
 
 Dual-view batches (data.augment = autoaug | cutout) hold the basic view in the first
-``basic_size`` rows and the augmented view after it; the robust term of the augmented
-view is weighted by data.aug_weight, the natural CE covers both views (as the reference).
+``basic_size`` rows and the augmented view after it. The natural CE always covers both
+views. The training step weights the augmented view's robust term by data.aug_weight;
+AWP's proxy step takes one robust term over the whole doubled batch, i.e. its batch mean
+(basic + augmented) / 2, and no aug_weight, as the reference's AWP code does.
 """
 from typing import Callable, Dict, Optional, Tuple
 
@@ -64,8 +66,13 @@ def training_loss(
     targets: torch.Tensor,
     prior_rows: Optional[torch.Tensor],
     basic_size: int,
+    *,
+    split_views: bool = True,
 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """The loss to minimise and its parts (detached), from two forwards as the reference does.
+
+    ``split_views=False`` is AWP's proxy loss: on dual-view batches, one robust term over
+    both views instead of basic + aug_weight * augmented (the same on single-view batches).
 
     Returns ``loss`` and ``parts`` with ``natural`` (CE on clean inputs; 0 for PGD-AT),
     ``robust`` (the method's robust term), ``logits_adv`` and ``logits_nat`` (None for PGD-AT).
@@ -73,16 +80,16 @@ def training_loss(
     logits_adv = model(x_adv)
     logits_nat = model(x_natural) if needs_natural_logits(cfg.method) else None
 
-    def split(tensor):
-        return (None, None) if tensor is None else (tensor[:basic_size], tensor[basic_size:])
+    def robust_term(rows: slice) -> torch.Tensor:
+        def part(tensor):
+            return None if tensor is None else tensor[rows]
 
-    adv_basic, adv_augmented = split(logits_adv)
-    nat_basic, nat_augmented = split(logits_nat)
-    targets_basic, targets_augmented = split(targets)
-    rows_basic, rows_augmented = split(prior_rows)
-    robust = _robust_term(cfg, adv_basic, nat_basic, targets_basic, rows_basic)
-    if basic_size < len(targets):
-        robust = robust + cfg.data.aug_weight * _robust_term(cfg, adv_augmented, nat_augmented, targets_augmented, rows_augmented)
+        return _robust_term(cfg, logits_adv[rows], part(logits_nat), targets[rows], part(prior_rows))
+
+    if split_views and basic_size < len(targets):
+        robust = robust_term(slice(0, basic_size)) + cfg.data.aug_weight * robust_term(slice(basic_size, None))
+    else:
+        robust = robust_term(slice(None))
     natural = F.cross_entropy(logits_nat, targets) if logits_nat is not None else robust.new_zeros(())
     loss = natural + robust
     parts = {

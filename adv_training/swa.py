@@ -2,7 +2,8 @@ r"""Post-hoc exponential averaging of saved epochs: the reference's ``swa.py``, 
 
     python -m adv_training.swa RUN_DIR TAU START END
 
-reads ``RUN_DIR/ours-model-epoch{i}.pt`` for i = START..END and computes
+reads ``RUN_DIR/ours-model-epoch{i}.pt`` for i = START..END and computes (`engine.ema.EpochAverage`,
+which the trainer also keeps during training when ``swa.enabled``, so that no epoch files are needed)
 
 .. math::
 
@@ -32,6 +33,7 @@ from typing import Callable, Dict, Optional, Sequence
 import torch
 
 from engine.checkpoint import PathLike, atomic_save, load_file
+from engine.ema import EpochAverage
 from engine.errors import UserError
 
 EPOCH_FILE = "ours-model-epoch{}.pt"
@@ -53,22 +55,6 @@ def _state_dict(obj, path: Path) -> Dict[str, torch.Tensor]:
     if all(key.startswith(_PREFIX) for key in obj):
         obj = {key[len(_PREFIX):]: value for key, value in obj.items()}
     return obj
-
-
-def _check_same_entries(average: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor], path: Path) -> None:
-    missing = sorted(set(average) - set(state))
-    extra = sorted(set(state) - set(average))
-    if missing or extra:
-        raise UserError(
-            f"{path} does not have the same entries as the earlier epochs "
-            f"(missing: {missing[:5]}, unexpected: {extra[:5]}); were they saved from the same model?"
-        )
-    for key, value in state.items():
-        if value.shape != average[key].shape:
-            raise UserError(
-                f"{path}: entry {key!r} has shape {tuple(value.shape)}, "
-                f"but {tuple(average[key].shape)} in the earlier epochs"
-            )
 
 
 def average_checkpoints(
@@ -93,22 +79,15 @@ def average_checkpoints(
             f"{start} to {end}, so train with save_every=1"
         )
 
-    average: Optional[Dict[str, torch.Tensor]] = None
+    average = EpochAverage(tau)
     for path in paths:
         log(f"reading {path}")
-        state = _state_dict(load_file(path, map_location="cpu"), path)
-        if average is None:
-            average = dict(state)
-            continue
-        _check_same_entries(average, state, path)
-        for key, value in state.items():
-            if value.is_floating_point() or value.is_complex():
-                # The reference's exact expression (not lerp), so the result matches it bit for bit.
-                average[key] = (1 - tau) * value + tau * average[key]
-            else:
-                average[key] = value
+        try:
+            average.add(_state_dict(load_file(path, map_location="cpu"), path))
+        except ValueError as error:
+            raise UserError(f"{path} does not fit the earlier epochs ({error}); were they saved from the same model?") from None
 
-    destination = atomic_save(average, output_path(run_dir, tau, start, end))
+    destination = atomic_save(average.average, output_path(run_dir, tau, start, end))
     log(f"wrote {destination}")
     return destination
 

@@ -1,16 +1,20 @@
 """Adversarial training: IKL-AT, TRADES, PGD-AT (+AWP, +EMA) on CIFAR, and standard training.
 
-    python -m adv_training.train --config configs/adv_training/cifar100_ikl.yaml [key=value ...]
+    python -m adv_training.train --config configs/adv_training/cifar100_ikl_a4b20t4.yaml [key=value ...]
     python -m adv_training.train --config ... --print-config      # resolved config with every knob
 
 One step (see shared/DESIGN.md): class-prior rows for the batch; natural logits once
 in eval mode; PGD on the method's objective; AWP on the method's loss; two forwards in
 train mode; CE + robust term; SGD step; EMA update; class-prior update. Each epoch ends
-with the prior step, clean and PGD-20 accuracy of the model and its EMA, one line of
-metrics.jsonl, and an atomically written last.pt from which ``resume=true`` continues.
+with the prior step, the epoch average (the reference's swa.py, kept as the run goes),
+clean and PGD-20 accuracy of the model and its EMA, one line of metrics.jsonl, and an
+atomically written last.pt from which ``resume=true`` continues. The last epoch of the
+average writes ours-model-epoch-SWA{tau}{start}{end}.pt, the weights the reported numbers
+of the reference come from.
 """
 import contextlib
 import sys
+from copy import deepcopy
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -23,7 +27,7 @@ from engine.checkpoint import atomic_save
 from engine.cli import config_main
 from engine.config import to_yaml
 from engine.distributed import is_main_process, log, reduce_sum
-from engine.ema import ModelEMA
+from engine.ema import EpochAverage, ModelEMA
 from engine.errors import UserError
 from engine.plot import plot_run
 from engine.run import RunLogger, prepare_run_dir, raise_if_not_finite, resume_training_state, training_state
@@ -37,6 +41,7 @@ from .awp import AdversarialWeightPerturbation
 from .config import ATConfig, AttackConfig
 from .evaluate import evaluate
 from .methods import attack_objective, attacks, needs_natural_logits, training_loss
+from .swa import output_path as swa_output_path
 
 PROGRESS_EVERY = 20  # batches between progress-bar updates (each one synchronises with the GPU)
 
@@ -116,11 +121,12 @@ def train_one_epoch(
 
         model.train()
 
-        def method_loss(network):
+        def method_loss(network, split_views=True):
             with autocast(device, cfg.precision):
-                return training_loss(cfg, network, x_natural, x_adv, targets, prior_rows, basic_size)
+                return training_loss(cfg, network, x_natural, x_adv, targets, prior_rows, basic_size,
+                                     split_views=split_views)
 
-        perturbation = awp.compute(lambda proxy: method_loss(proxy)[0]) if use_awp else None
+        perturbation = awp.compute(lambda proxy: method_loss(proxy, split_views=False)[0]) if use_awp else None
         with awp.perturbed(perturbation) if use_awp else contextlib.nullcontext():
             loss, parts = method_loss(model)
             optimizer.zero_grad(set_to_none=True)
@@ -166,6 +172,13 @@ def train_one_epoch(
 
 
 
+def averaged_model(model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A copy of ``model`` holding the weights ``state`` (an epoch average), for evaluation."""
+    copy = deepcopy(model)
+    copy.load_state_dict(state)
+    return copy
+
+
 def train(cfg: ATConfig) -> Dict[str, object]:
     """Runs (or resumes) a whole training run; returns what results.json holds."""
     device = prepare_runtime(device=cfg.device, precision=cfg.precision, seed=cfg.seed, deterministic=cfg.deterministic)
@@ -200,6 +213,8 @@ def train(cfg: ATConfig) -> Dict[str, object]:
     prior = ClassPrior(num_classes, temperature=cfg.ikl.prior_temperature).to(device)
     ema = ModelEMA(model, tau=cfg.ema.tau, start_epoch=cfg.ema.start_epoch) if cfg.ema.enabled else None
     awp = AdversarialWeightPerturbation(model, gamma=cfg.awp.gamma, proxy_lr=cfg.awp.proxy_lr) if cfg.awp.enabled else None
+    swa = EpochAverage(cfg.swa.tau) if cfg.swa.enabled else None
+    swa_end = cfg.swa.last_epoch(cfg.epochs)
 
     last_path = run_dir / "last.pt"
     if is_main_process():
@@ -217,6 +232,12 @@ def train(cfg: ATConfig) -> Dict[str, object]:
             ema.load_state_dict(state["ema"])
         if awp is not None and state["awp"] is not None:
             awp.load_state_dict(state["awp"])
+        if swa is not None:
+            if state.get("swa") is None and state["epoch"] >= cfg.swa.start:
+                raise UserError(f"{last_path} holds no epoch average (written with swa.enabled=false); "
+                                f"resume with swa.enabled=false, or average saved epochs with adv_training.swa")
+            if state.get("swa") is not None:
+                swa.load_state_dict(state["swa"])
         best, start_epoch = state["best"], state["epoch"] + 1
         log(f"Resumed {run_dir} after epoch {state['epoch']}")
         del state
@@ -226,6 +247,8 @@ def train(cfg: ATConfig) -> Dict[str, object]:
     log(f"Training {cfg.method} on {cfg.data.dataset} with {cfg.model.arch} on {device} -> {run_dir}")
 
     eval_eps = cfg.eval.epsilon if cfg.eval.epsilon is not None else cfg.attack.epsilon
+    eval_kwargs = dict(eps=eval_eps, step_size=cfg.eval.step_size, steps=cfg.eval.pgd_steps,
+                       norm=cfg.attack.norm, channels_last=cfg.channels_last)
     metrics: Dict[str, object] = {}
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
@@ -239,14 +262,18 @@ def train(cfg: ATConfig) -> Dict[str, object]:
             data_lib.set_epoch(train_loader, epoch)
             metrics = {"lr": lr, **train_one_epoch(cfg, epoch, model, train_loader, optimizer, prior, ema, awp, device)}
             prior.step()
+            if swa is not None and cfg.swa.start <= epoch <= swa_end:
+                swa.add(model.state_dict())
             metrics["train_seconds"] = time.perf_counter() - started
 
             if epoch % cfg.eval.every == 0 or epoch == cfg.epochs:
-                eval_kwargs = dict(eps=eval_eps, step_size=cfg.eval.step_size, steps=cfg.eval.pgd_steps,
-                                   norm=cfg.attack.norm, channels_last=cfg.channels_last)
                 metrics.update({f"test_{k}": v for k, v in evaluate(model, test_loader, device, **eval_kwargs).items()})
                 if ema is not None and ema.started:
                     metrics.update({f"ema_test_{k}": v for k, v in evaluate(ema.module, test_loader, device, **eval_kwargs).items()})
+            if swa is not None and epoch == swa_end:
+                swa_model = averaged_model(model, swa.average)
+                metrics.update({f"swa_test_{k}": v for k, v in evaluate(swa_model, test_loader, device, **eval_kwargs).items()})
+                del swa_model
             metrics["epoch_seconds"] = time.perf_counter() - started
             logger.log_epoch(epoch, metrics)
             log(
@@ -255,6 +282,7 @@ def train(cfg: ATConfig) -> Dict[str, object]:
                 + (f"  test clean {metrics['test_clean_acc']:.2f}%" if "test_clean_acc" in metrics else "")
                 + (f"  PGD-{cfg.eval.pgd_steps} {metrics['test_robust_acc']:.2f}%" if "test_robust_acc" in metrics else "")
                 + (f"  (EMA {metrics['ema_test_robust_acc']:.2f}%)" if "ema_test_robust_acc" in metrics else "")
+                + (f"  (epoch average {metrics['swa_test_robust_acc']:.2f}%)" if "swa_test_robust_acc" in metrics else "")
                 + f"  {metrics['epoch_seconds']:.0f}s"
             )
 
@@ -267,8 +295,12 @@ def train(cfg: ATConfig) -> Dict[str, object]:
                     atomic_save({"model": ema.module.state_dict(), "epoch": epoch}, run_dir / "ema.pt")
                 if cfg.save_every and epoch % cfg.save_every == 0:
                     atomic_save(model.state_dict(), run_dir / f"ours-model-epoch{epoch}.pt")
+                if swa is not None and epoch == swa_end:
+                    path = atomic_save(swa.average, swa_output_path(run_dir, cfg.swa.tau, cfg.swa.start, swa_end))
+                    log(f"wrote the epoch average of epochs {cfg.swa.start}-{swa_end}: {path}")
                 extras = {"ema": ema.state_dict() if ema is not None else None,
-                          "awp": awp.state_dict() if awp is not None else None}
+                          "awp": awp.state_dict() if awp is not None else None,
+                          "swa": swa.state_dict() if swa is not None else None}
                 atomic_save(training_state(cfg, epoch, model, optimizer, prior, best, **extras), last_path)
     finally:
         logger.close()
@@ -278,8 +310,10 @@ def train(cfg: ATConfig) -> Dict[str, object]:
         "epochs": cfg.epochs,
         "best_epoch": best["epoch"],
         "best_test_robust_acc": best["robust_acc"],
-        "final": {k: v for k, v in metrics.items() if k.startswith(("test_", "ema_test_"))},
+        "final": {k: v for k, v in metrics.items() if k.startswith(("test_", "ema_test_", "swa_test_"))},
     }
+    if swa is not None:
+        results["swa_file"] = swa_output_path(run_dir, cfg.swa.tau, cfg.swa.start, swa_end).name
     logger.finish(results)
     return results
 

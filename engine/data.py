@@ -29,7 +29,8 @@ Training augmentations (``augment``) follow the reference code of the DKL paper 
 * ``basic``: random 32x32 crop of the 4-pixel zero-padded image, then a random horizontal flip;
 * ``autoaug`` and ``cutout``: two views per image, ``((x_basic, x_augmented), y)``, where
   ``x_basic`` is a ``basic`` draw and ``x_augmented`` is another crop/flip followed by
-  AutoAugment's CIFAR-10 policy, or by one 16x16 Cutout hole. Batched by the default
+  AutoAugment's CIFAR-10 policy (grey fill, as the reference; see `autoaugment_cifar`), or by
+  one 16x16 Cutout hole. Batched by the default
   collate, they arrive as ``[x_basic_batch, x_augmented_batch], y_batch``.
 
 ImageNet takes ``basic`` (RandomResizedCrop(224) and a horizontal flip, the standard recipe
@@ -389,6 +390,23 @@ def _test_transform(dataset: str, normalize: bool) -> Callable:
     return _compose([*resize, *_tensor_steps(dataset, normalize)])
 
 
+# The reference's AutoAugment (autoaug.py, CIFAR10Policy) fills the areas that rotation, shear
+# and translation uncover with grey (128, 128, 128); torchvision fills black unless told.
+AUTOAUGMENT_FILL = [128, 128, 128]
+
+
+def autoaugment_cifar() -> transforms.AutoAugment:
+    """torchvision's AutoAugment with the CIFAR-10 policy and the reference's grey fill.
+
+    It works on the PIL image, before the conversion to a tensor. The 25 sub-policies,
+    their probabilities and magnitude bins are the reference's. What still differs from
+    the reference's own implementation: it shears with bicubic resampling (torchvision:
+    nearest); it always rotates counter-clockwise (torchvision: a random sign); and it draws
+    from Python's unseeded ``random`` (torchvision: torch's RNG, which the seed controls).
+    """
+    return transforms.AutoAugment(transforms.AutoAugmentPolicy.CIFAR10, fill=AUTOAUGMENT_FILL)
+
+
 def _train_transform(dataset: str, augment: str, normalize: bool) -> Callable:
     _check_augment(dataset, augment)
     if augment == "none" or dataset == "digits":
@@ -401,8 +419,7 @@ def _train_transform(dataset: str, augment: str, normalize: bool) -> Callable:
     if augment == "basic":
         return basic
     if augment == "autoaug":
-        # AutoAugment works on the PIL image, before the conversion to a tensor.
-        policy = transforms.AutoAugment(transforms.AutoAugmentPolicy.CIFAR10)
+        policy = autoaugment_cifar()
         augmented = transforms.Compose([*_crop_flip(), policy, *to_tensor])
     else:
         # The hole is cut before normalising, so it is black whether or not one normalises.

@@ -1,4 +1,6 @@
-r"""Exponential moving average of a model's weights and buffers, updated every iteration.
+r"""Weight averages: `ModelEMA`, updated every iteration, and `EpochAverage`, once per epoch.
+
+`ModelEMA` is the in-training average.
 
 This is the reference's ``exp_avgs`` (train_dkl_cifar100.py: start epoch
 ``150 * epochs // 200``, tau 0.9996), over the whole state dict:
@@ -22,6 +24,8 @@ is a real one, so that update averages them with the end-of-epoch weights. Both 
 weight 1 - tau to one extra step; with tau = 0.9996 the difference is negligible.
 """
 import copy
+from typing import Dict, Mapping, Optional
+
 import torch
 import torch.nn as nn
 
@@ -95,3 +99,51 @@ class ModelEMA:
     def load_state_dict(self, state: dict) -> None:
         self.module.load_state_dict(state["module"])
         self._started = bool(state["started"])
+
+
+class EpochAverage:
+    r"""The reference's ``swa.py`` average of end-of-epoch weights, kept as the run goes.
+
+    .. math::
+
+        \bar\theta_{s} = \theta_{s}, \qquad
+        \bar\theta_e = (1 - \tau)\, \theta_e + \tau\, \bar\theta_{e-1} \quad (e > s)
+
+    over every floating-point entry of the state dict (BatchNorm statistics included, as
+    the reference); integer entries (``num_batches_tracked``) keep the latest value. The
+    reference computes this after training from 200 saved epoch files; adding each epoch's
+    weights as it ends gives the same bits without them. ``adv_training.swa`` uses the same
+    `add` on saved files, so there is one formula.
+    """
+
+    def __init__(self, tau: float):
+        if not 0 <= tau < 1:
+            raise ValueError(f"tau must be in [0, 1), got {tau}")
+        self.tau = float(tau)
+        self.average: Optional[Dict[str, torch.Tensor]] = None
+
+    @torch.no_grad()
+    def add(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Fold one epoch's state dict into the average (the first one is copied)."""
+        if self.average is None:
+            self.average = {key: value.detach().clone() for key, value in state.items()}
+            return
+        missing = sorted(set(self.average) - set(state))
+        extra = sorted(set(state) - set(self.average))
+        if missing or extra:
+            raise ValueError(f"state does not match the average: missing {missing[:5]}, unexpected {extra[:5]}")
+        for key, value in state.items():
+            if value.shape != self.average[key].shape:
+                raise ValueError(f"entry {key!r} has shape {tuple(value.shape)}, the average {tuple(self.average[key].shape)}")
+            if value.is_floating_point() or value.is_complex():
+                # The reference's exact expression (not lerp), so the result matches it bit for bit.
+                self.average[key] = (1 - self.tau) * value.detach() + self.tau * self.average[key]
+            else:
+                self.average[key] = value.detach().clone()
+
+    def state_dict(self) -> dict:
+        return {"tau": self.tau, "average": self.average}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tau = float(state["tau"])
+        self.average = state["average"]

@@ -54,6 +54,7 @@ from adv_training.auto_attacks.resumable import (  # noqa: E402
     run_autoattack,
 )
 from adv_training.config import ATConfig  # noqa: E402
+from adv_training.swa import OUTPUT_FILE as SWA_OUTPUT  # noqa: E402
 from engine.checkpoint import CheckpointNotFoundError, atomic_save, atomic_write_text  # noqa: E402
 from engine.data import build_test_set, first_examples  # noqa: E402
 from engine.data import num_classes as data_num_classes  # noqa: E402
@@ -122,9 +123,26 @@ def _newest(paths: List[Path]) -> Optional[Path]:
     return max(paths, key=lambda p: p.stat().st_mtime) if paths else None
 
 
+def _run_swa_file(run_dir: Path) -> Optional[Path]:
+    """The epoch average the run's config names, else the newest ``ours-model-epoch-SWA*.pt``."""
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+        swa, epochs = config.get("swa") or {}, config.get("epochs")
+        named = run_dir / SWA_OUTPUT.format(float(swa["tau"]), int(swa["start"]), int(swa.get("end") or epochs))
+        if named.is_file():
+            return named
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError):
+        pass  # no config, or one from before the epoch average: fall back to the files present
+    return _newest(sorted(run_dir.glob(SWA_PATTERN)))
+
+
 def pick_run_file(run_dir: Path, which: Optional[str]) -> tuple:
-    """(file, which) in a run folder: ``--which``, else the EMA, else the newest SWA average, else best.pt."""
-    swa = _newest(sorted(run_dir.glob(SWA_PATTERN)))
+    """(file, which) in a run folder: ``--which``, else the epoch average, else the EMA, else best.pt.
+
+    The epoch average (the reference's swa.py) comes first because it is what the authors
+    release and report; the in-training EMA is an extra of this repository.
+    """
+    swa = _run_swa_file(run_dir)
     if which == "swa":
         if swa is None:
             raise UserError(f"{run_dir} holds no {SWA_PATTERN}; write one with "
@@ -137,10 +155,10 @@ def pick_run_file(run_dir: Path, which: Optional[str]) -> tuple:
             present = ", ".join(p.name for p in candidates if p.is_file()) or "no weights"
             raise UserError(f"{path} does not exist (--which {which}); the run folder holds: {present}")
         return path, which
-    for choice, path in (("ema", run_dir / "ema.pt"), ("swa", swa), ("best", run_dir / "best.pt")):
+    for choice, path in (("swa", swa), ("ema", run_dir / "ema.pt"), ("best", run_dir / "best.pt")):
         if path is not None and path.is_file():
             return path, choice
-    raise UserError(f"{run_dir} holds no weights to evaluate (ema.pt, {SWA_PATTERN} or best.pt); "
+    raise UserError(f"{run_dir} holds no weights to evaluate ({SWA_PATTERN}, ema.pt or best.pt); "
                     f"pass --which last for last.pt, or a checkpoint file")
 
 
@@ -294,7 +312,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     add("--state_path", type=Path, default=None,
         help="progress file to resume from; default: next to the log (logs/x.log -> logs/x.state.pt)")
     add("--which", choices=["ema", "swa", "best", "last"], default=None,
-        help="run folders only: which weights (default ema.pt, else the newest SWA average, else best.pt)")
+        help="run folders only: which weights (default: the epoch average ours-model-epoch-SWA*.pt, "
+             "as the reference reports, else ema.pt, else best.pt)")
     add("--depth", type=int, default=None, help="depth of the generic WideResNet arch")
     add("--widen_factor", type=int, default=None, help="width of the generic WideResNet arch")
     add("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
@@ -367,7 +386,7 @@ def evaluate(args, command: str = "eval.py") -> dict:
     log(f"==== {datetime.now().isoformat(timespec='seconds')}  {command}")
     if target.run_dir is not None:
         log(f"run folder {target.run_dir}: evaluating {target.file.name} (--which {target.which}; "
-            f"ema, swa, best or last choose another)")
+            f"swa, ema, best or last choose another)")
     if args.preprocess != "01" and any(name in ("mean", "std") for name, _ in net.named_buffers(recurse=False)):
         log(f"note: {target.arch} normalises its inputs itself; --preprocess {args.preprocess} normalises them twice")
     log(f"{target.arch} on {target.dataset} ({len(y)} images), {args.norm} eps {args.epsilon:.5f}, "

@@ -177,28 +177,34 @@ def test_a_training_run_folder_is_evaluated_with_its_own_architecture(cifar10_ro
     code, log_path, json_path = evaluate(tmp_path, run, cifar10_root, n_ex=4, arch=[])  # no --arch, no --data
     assert code == 0
     report = read_json(json_path)
-    assert report["which"] == "ema" and report["checkpoint_file"] == str(run / "ema.pt")
+    # The default is the epoch average the run wrote (swa.py 0.9 1 EPOCHS), as the reference reports.
+    average = run / "ours-model-epoch-SWA0.911.pt"
+    assert report["which"] == "swa" and report["checkpoint_file"] == str(average)
     assert (report["arch"], report["depth"], report["data"]) == ("WideResNet", 10, "cifar10")
-    assert report["checkpoint_sha256"] == hashlib.sha256((run / "ema.pt").read_bytes()).hexdigest()
-    assert "evaluating ema.pt" in log_path.read_text()
+    assert report["checkpoint_sha256"] == hashlib.sha256(average.read_bytes()).hexdigest()
+    assert "evaluating ours-model-epoch-SWA0.911.pt" in log_path.read_text()
 
     # last.pt holds {"model": ..., "optimizer": ..., ...}; the zoo's loader takes the model.
     code, _, json_path = evaluate(tmp_path, run, cifar10_root, "--which", "last", n_ex=4, arch=[], name="last")
     assert code == 0 and read_json(json_path)["which"] == "last"
 
 
-def test_run_folder_weights_are_chosen_ema_then_swa_then_best(tmp_path):
+def test_run_folder_weights_are_chosen_swa_then_ema_then_best(tmp_path):
     for name in ("best.pt", "last.pt"):
         (tmp_path / name).touch()
     assert pick_run_file(tmp_path, None) == (tmp_path / "best.pt", "best")
+    (tmp_path / "ema.pt").touch()
+    assert pick_run_file(tmp_path, None) == (tmp_path / "ema.pt", "ema")
     (tmp_path / "ours-model-epoch-SWA0.91200.pt").touch()
     assert pick_run_file(tmp_path, None) == (tmp_path / "ours-model-epoch-SWA0.91200.pt", "swa")
     newer = tmp_path / "ours-model-epoch-SWA0.81200.pt"
     newer.touch()
     os.utime(newer, (2e9, 2e9))
-    assert pick_run_file(tmp_path, "swa") == (newer, "swa")
-    (tmp_path / "ema.pt").touch()
-    assert pick_run_file(tmp_path, None) == (tmp_path / "ema.pt", "ema")
+    assert pick_run_file(tmp_path, "swa") == (newer, "swa")  # without a config: the newest average
+    # the average the run's config names wins over a newer one written by hand
+    (tmp_path / "config.yaml").write_text("epochs: 200\nswa: {enabled: true, tau: 0.9, start: 1, end: null}\n")
+    assert pick_run_file(tmp_path, None) == (tmp_path / "ours-model-epoch-SWA0.91200.pt", "swa")
+    assert pick_run_file(tmp_path, "ema") == (tmp_path / "ema.pt", "ema")
     assert pick_run_file(tmp_path, "last") == (tmp_path / "last.pt", "last")
     (tmp_path / "ema.pt").unlink()
     with pytest.raises(Exception, match="ema.pt does not exist"):
@@ -404,11 +410,15 @@ def test_eval_sh_runs_each_released_model_found_and_says_where_to_get_the_others
         f"--preprocess 01 --data_dir {ROOT / 'data'} --download --log_path logs/cifar100_dkl_a5_b12_T4_50m.log "
         f"--n_ex 500"
     ]
-    for name in ("cifar10_a4b20t4.pt", "cifar100_a4b20t4.pt", "cifar100_autoaug.pt", "cifar10_a3_b10_t4_20m.pt"):
+    # the DKLv1 eval.sh names, the DKLv2 ones, and the two linked models no script names
+    for name in ("cifar100_a3_b20_t4.pt", "cifar100_a4_b20_t2.pt", "cifar10_a3_b20_t4.pt", "cifar10_a3_b10_t4_20m.pt",
+                 "cifar100_a4b20t4.pt", "cifar10_a4b20t4.pt", "cifar100_autoaug.pt", "cifar100_gkl_50m.pt"):
         assert f"  {name}  (" in result.stdout
-    assert "drive.google.com" in result.stdout and "1 of 5 released models evaluated" in result.stdout
+    assert "cifar100_a3_b20_t4.pt  (IKL-AT WRN-34-10, CIFAR-100 (alpha 3, beta 20, T 4); published 66.51 / 31.43, " \
+           "DKLv1 log cifar100_dkl_a3_b20_T4.log and README)" in result.stdout
+    assert "drive.google.com" in result.stdout and "1 of 9 released models evaluated" in result.stdout
 
     (models / "cifar100_a5_b12_t4_50m.pt").unlink()
     result = subprocess.run(["bash", "adv_training/auto_attacks/sh/eval.sh"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1 and "0 of 5 released models evaluated" in result.stdout
+    assert result.returncode == 1 and "0 of 9 released models evaluated" in result.stdout

@@ -1,4 +1,5 @@
 """The adversarial-training entry point, end to end on a small CIFAR-format dataset (CPU)."""
+import dataclasses
 import json
 import math
 import os
@@ -63,16 +64,27 @@ def test_two_epochs_with_awp_and_ema_write_a_complete_run_folder(method, cifar10
 
     results = json.loads((run / "results.json").read_text())
     assert results["best_epoch"] in (1, 2)
-    # best.pt and the swa average load into a fresh model with the zoo's strict loader
+    # The epoch average kept during training is bit-equal to swa.py over the saved epoch files.
+    assert results["swa_file"] == "ours-model-epoch-SWA0.912.pt"
+    online = load_file(run / results["swa_file"])
+    (run / results["swa_file"]).rename(run / "online.pt")
+    post_hoc = load_file(average_checkpoints(run, 0.9, 1, 2, log=lambda line: None))
+    assert online.keys() == post_hoc.keys() and all(torch.equal(online[k], post_hoc[k]) for k in online)
+    epoch1, epoch2 = load_file(run / "ours-model-epoch1.pt"), load_file(run / "ours-model-epoch2.pt")
+    weight = next(k for k in online if k.endswith("conv1.weight"))
+    assert torch.allclose(online[weight], 0.1 * epoch2[weight] + 0.9 * epoch1[weight])
+    assert 0 <= results["final"]["swa_test_robust_acc"] <= 100 and "swa_test_robust_acc" in metrics[-1]
+    # best.pt, the EMA and the epoch average load into a fresh model with the zoo's strict loader
     fresh = build_model("WideResNet", 10, depth=10, widen_factor=1)
     load_weights(fresh, run / "best.pt")
     load_weights(fresh, run / "ema.pt")
-    load_weights(fresh, average_checkpoints(run, 0.9, 1, 2, log=lambda line: None))
+    load_weights(fresh, run / "online.pt")
 
 
 def _final_state(run_dir):
     state = load_file(Path(run_dir) / "last.pt")
-    return state["model"], state["ema"]["module"], state["prior"]["prior"], state["optimizer"]["state"]
+    return (state["model"], state["ema"]["module"], state["swa"]["average"], state["prior"]["prior"],
+            state["optimizer"]["state"])
 
 
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(cifar10_root, tmp_path, monkeypatch):
@@ -96,13 +108,16 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(cifar10_root, tm
 
     assert main(tiny_run(cifar10_root, tmp_path, "resume=true", name="interrupted")) == 0
     straight, resumed = _final_state(tmp_path / "straight"), _final_state(tmp_path / "interrupted")
-    for a, b in zip(straight[:2], resumed[:2]):  # model and EMA state dicts
+    for a, b in zip(straight[:3], resumed[:3]):  # model, EMA and epoch-average state dicts
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]), key
-    assert torch.equal(straight[2], resumed[2])  # class prior
-    for slot in straight[3]:  # SGD momentum buffers
-        assert torch.equal(straight[3][slot]["momentum_buffer"], resumed[3][slot]["momentum_buffer"])
+    assert torch.equal(straight[3], resumed[3])  # class prior
+    for slot in straight[4]:  # SGD momentum buffers
+        assert torch.equal(straight[4][slot]["momentum_buffer"], resumed[4][slot]["momentum_buffer"])
+    straight_average = load_file(tmp_path / "straight" / "ours-model-epoch-SWA0.912.pt")
+    resumed_average = load_file(tmp_path / "interrupted" / "ours-model-epoch-SWA0.912.pt")
+    assert all(torch.equal(straight_average[k], resumed_average[k]) for k in straight_average)
     assert [m["epoch"] for m in read_jsonl(tmp_path / "interrupted" / "metrics.jsonl")] == [1, 2]
     assert read_jsonl(tmp_path / "interrupted" / "metrics.jsonl")[1]["train_loss"] == pytest.approx(
         read_jsonl(tmp_path / "straight" / "metrics.jsonl")[1]["train_loss"], rel=0, abs=0
@@ -120,8 +135,8 @@ def test_a_fresh_start_never_overwrites_an_existing_run(cifar10_root, tmp_path, 
 def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(cifar10_root, tmp_path, monkeypatch, capsys):
     real_loss = train_module.training_loss
 
-    def poisoned(cfg, model, x_natural, x_adv, targets, prior_rows, basic_size):
-        loss, parts = real_loss(cfg, model, x_natural, x_adv, targets, prior_rows, basic_size)
+    def poisoned(cfg, model, x_natural, x_adv, targets, prior_rows, basic_size, **kwargs):
+        loss, parts = real_loss(cfg, model, x_natural, x_adv, targets, prior_rows, basic_size, **kwargs)
         if torch.is_grad_enabled() and poisoned.epoch == 2:
             loss = loss * float("nan")
         return loss, parts
@@ -186,6 +201,28 @@ def test_dual_view_modes_train_and_update_the_prior_from_the_basic_view(augment,
     assert math.isfinite(record["train_loss"])
 
 
+def test_awp_proxy_takes_the_joint_dual_view_loss_and_the_step_the_weighted_one(cifar10_root, tmp_path, monkeypatch):
+    calls = []
+    real_loss = train_module.training_loss
+
+    def recording_loss(cfg, network, *args, split_views=True):
+        calls.append((network is awp_proxies[0] if awp_proxies else None, split_views))
+        return real_loss(cfg, network, *args, split_views=split_views)
+
+    awp_proxies = []
+    real_init = train_module.AdversarialWeightPerturbation.__init__
+
+    def recording_init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        awp_proxies.append(self.proxy)
+
+    monkeypatch.setattr(train_module, "training_loss", recording_loss)
+    monkeypatch.setattr(train_module.AdversarialWeightPerturbation, "__init__", recording_init)
+    assert main(tiny_run(cifar10_root, tmp_path, "epochs=1", "data.augment=autoaug", "data.aug_weight=0.3")) == 0
+    assert calls and set(calls) == {(True, False), (False, True)}  # proxy: joint views; model: split
+    assert calls.count((True, False)) == calls.count((False, True)) == 5  # 200 images, batch 40
+
+
 def test_config_typo_exits_non_zero_naming_the_closest_key():
     result = subprocess.run(
         [sys.executable, "-m", "adv_training.train", "attack.epsilom=8/255"],
@@ -205,49 +242,122 @@ def test_missing_data_names_the_folder_and_leaves_no_run_folder(tmp_path, capsys
     assert not (tmp_path / "runs").exists()
 
 
-LAUNCHERS = {
-    "train_dkl_cifar100.sh": [
-        ("cifar100", "ikl", 4.0, 1.0, 1.0, "basic", 1.0),
-        ("cifar100", "ikl", 1.0, 0.4, 1.0, "basic", 1.0),
-    ],
-    "train_dkl_cifar100_autoaug.sh": [("cifar100", "ikl", 4.0, 1.0, 1.0, "autoaug", 0.5)],
-    "train_dkl_cifar10.sh": [
-        ("cifar10", "ikl", 4.0, 1.0, 0.0, "basic", 1.0),
-        ("cifar10", "ikl", 1.0, 0.2, 0.0, "basic", 1.0),
-    ],
-    "train_dkl_cifar10_autoaug.sh": [("cifar10", "ikl", 4.0, 1.0, 0.0, "autoaug", 0.5)],
-    "train_trades_cifar100.sh": [("cifar100", "trades", 4.0, 1.0, 1.0, "basic", 1.0)],
+# Every hyperparameter of the authors' runs, from their launchers and their trainers' argparse
+# defaults (jiequancui/DKL: DKLv1/ and DKLv2/Adv-training-dkl/). A run lists what differs from
+# DKLV1_RECIPE; the test compares every key of the merged dict with the resolved config.
+DKLV1_RECIPE = {
+    "method": "ikl", "epochs": 200, "seed": 0, "model.arch": "WideResNet34_10",
+    "model.depth": None, "model.widen_factor": None,
+    "data.batch_size": 128, "data.drop_last": False, "data.augment": "basic", "data.aug_weight": 1.0,
+    "optim.lr": 0.2, "optim.momentum": 0.9, "optim.weight_decay": 5e-4, "optim.nesterov": False,
+    "optim.schedule": "cosine", "optim.warmup_epochs": 0,
+    "attack.norm": "linf", "attack.epsilon": 8 / 255, "attack.eps_ramp": True, "attack.budget": "high",
+    "attack.random_start": "normal", "attack.eval_mode": True, "attack.alpha": 1.0, "attack.beta": 1.0,
+    "ikl.alpha": 4.0, "ikl.beta": 20.0, "ikl.gamma": 1.0, "ikl.temperature": 1.0, "ikl.prior_temperature": 4.0,
+    "awp.enabled": True, "awp.gamma": 0.005, "awp.warmup": 10,
+    "ema.enabled": True, "ema.tau": 0.9996, "ema.start_epoch": 150,
+    "swa.enabled": True, "swa.tau": 0.9, "swa.start": 1, "swa.end": None,
 }
+CIFAR100 = {"data.dataset": "cifar100"}
+CIFAR10 = {"data.dataset": "cifar10", "attack.beta": 0.0}  # the CIFAR-10 scripts attack with the CE term only
+RUNS = {
+    "cifar100_ikl_a4b20t4": {**CIFAR100},
+    "cifar100_ikl_a5b20t4": {**CIFAR100, "ikl.alpha": 5.0},
+    "cifar100_ikl_autoaug_a4b20t4_augw03": {**CIFAR100, "data.augment": "autoaug", "data.aug_weight": 0.3},
+    "cifar10_ikl_a4b20t4": {**CIFAR10},
+    "cifar100_trades": {**CIFAR100, "method": "trades", "trades.beta": 9.0, "optim.schedule": "cosine_trades",
+                        "data.drop_last": True},
+    "cifar100_gkl_a4b20t4": {**CIFAR100},
+    "cifar100_gkl_a4b20g04": {**CIFAR100, "ikl.prior_temperature": 1.0, "ikl.gamma": 0.4},
+    "cifar10_gkl_a4b20t4": {**CIFAR10},
+    "cifar10_gkl_a4b20g02": {**CIFAR10, "ikl.prior_temperature": 1.0, "ikl.gamma": 0.2},
+    "cifar100_gkl_autoaug_a4b20g1t4_augw05": {**CIFAR100, "data.augment": "autoaug", "data.aug_weight": 0.5},
+    "cifar10_gkl_autoaug_a4b20g1t4_augw05": {**CIFAR10, "data.augment": "autoaug", "data.aug_weight": 0.5},
+    # the released models' own log names (configs without launchers)
+    "cifar100_ikl_a3b20t4": {**CIFAR100, "ikl.alpha": 3.0},
+    "cifar100_ikl_a4b20t2": {**CIFAR100, "ikl.prior_temperature": 2.0},
+    "cifar10_ikl_a3b20t4": {**CIFAR10, "ikl.alpha": 3.0},
+}
+LAUNCHERS = {  # launcher -> (config file, run name) of each run, in order
+    "train_dkl_cifar100.sh": [("cifar100_ikl_a4b20t4.yaml", "cifar100_ikl_a4b20t4"),
+                              ("cifar100_ikl_a5b20t4.yaml", "cifar100_ikl_a5b20t4")],
+    "train_dkl_cifar100_autoaug.sh": [("cifar100_ikl_autoaug_a4b20t4.yaml", "cifar100_ikl_autoaug_a4b20t4_augw03")],
+    "train_dkl_cifar10.sh": [("cifar10_ikl_a4b20t4.yaml", "cifar10_ikl_a4b20t4")],
+    "train_trades_cifar100.sh": [("cifar100_trades_awp.yaml", "cifar100_trades")],
+    "train_gkl_cifar100.sh": [("cifar100_gkl_a4b20t4.yaml", "cifar100_gkl_a4b20t4"),
+                              ("cifar100_gkl_t1g04.yaml", "cifar100_gkl_a4b20g04")],
+    "train_gkl_cifar10.sh": [("cifar10_gkl_a4b20t4.yaml", "cifar10_gkl_a4b20t4"),
+                             ("cifar10_gkl_t1g02.yaml", "cifar10_gkl_a4b20g02")],
+    "train_gkl_cifar100_autoaug.sh": [("cifar100_gkl_autoaug_augw05.yaml", "cifar100_gkl_autoaug_a4b20g1t4_augw05")],
+    "train_gkl_cifar10_autoaug.sh": [("cifar10_gkl_autoaug_augw05.yaml", "cifar10_gkl_autoaug_a4b20g1t4_augw05")],
+}
+RELEASED_LOG_CONFIGS = [("cifar100_ikl_a3b20t4.yaml", "cifar100_ikl_a3b20t4"),
+                        ("cifar100_ikl_a4b20t2.yaml", "cifar100_ikl_a4b20t2"),
+                        ("cifar10_ikl_a3b20t4.yaml", "cifar10_ikl_a3b20t4")]
+
+
+def flatten(tree, prefix=""):
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def assert_run_hyperparameters(resolved: dict, run: str) -> None:
+    expected = {**DKLV1_RECIPE, "name": run, **RUNS[run]}
+    flat = flatten(resolved)
+    wrong = {key: (flat[key], value) for key, value in expected.items()
+             if not (flat[key] == pytest.approx(value) if isinstance(value, float) else flat[key] == value)}
+    assert not wrong, f"{run}: (resolved, expected) differ for {wrong}"
+
+
+def test_every_launcher_run_and_released_log_has_its_expected_hyperparameters():
+    listed = [run for runs in LAUNCHERS.values() for _, run in runs] + [run for _, run in RELEASED_LOG_CONFIGS]
+    assert sorted(listed) == sorted(RUNS)
 
 
 @pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
-def test_launchers_resolve_to_the_paper_hyperparameters(launcher, tmp_path):
+def test_launchers_resolve_to_the_authors_hyperparameters(launcher, tmp_path):
     env = dict(os.environ, DKL_PYTHON=sys.executable)
     result = subprocess.run(
         ["bash", str(ROOT / "sh" / launcher), "--print-config"], cwd=tmp_path, env=env,
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    documents = [yaml.safe_load(part.split("\n", 1)[1]) for part in result.stdout.split("# ---- ")[1:]]
-    assert len(documents) == len(LAUNCHERS[launcher])
-    for cfg, (dataset, method, prior_t, gamma, attack_beta, augment, aug_weight) in zip(documents, LAUNCHERS[launcher]):
-        assert (cfg["data"]["dataset"], cfg["method"], cfg["data"]["augment"]) == (dataset, method, augment)
-        assert cfg["model"]["arch"] == "WideResNet34_10" and cfg["epochs"] == 200 and cfg["data"]["batch_size"] == 128
-        assert cfg["optim"] | {"milestones": None} == {
-            "lr": 0.2, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False, "schedule": "cosine",
-            "warmup_epochs": 0, "milestones": None, "decay": 0.1,
-        }
-        assert cfg["attack"]["epsilon"] == pytest.approx(8 / 255) and cfg["attack"]["eps_ramp"] is True
-        assert cfg["attack"]["budget"] == "high" and cfg["attack"]["alpha"] == 1.0 and cfg["attack"]["beta"] == attack_beta
-        assert cfg["data"]["aug_weight"] == aug_weight
-        assert cfg["awp"] == {"enabled": True, "gamma": 0.005, "warmup": 10, "proxy_lr": 0.01}
-        assert cfg["ema"] == {"enabled": True, "tau": 0.9996, "start_epoch": 150}
-        assert cfg["save_every"] == 1
-        if method == "ikl":
-            ikl = cfg["ikl"]
-            assert (ikl["alpha"], ikl["beta"], ikl["prior_temperature"], ikl["gamma"]) == (4.0, 20.0, prior_t, gamma)
-        else:
-            assert cfg["trades"]["beta"] == 6.0
+    parts = result.stdout.split("# ---- ")[1:]
+    assert [Path(part.split("\n", 1)[0]).name for part in parts] == [config for config, _ in LAUNCHERS[launcher]]
+    for part, (_, run) in zip(parts, LAUNCHERS[launcher]):
+        assert_run_hyperparameters(yaml.safe_load(part.split("\n", 1)[1]), run)
+
+
+@pytest.mark.parametrize("config, run", RELEASED_LOG_CONFIGS)
+def test_released_model_configs_resolve_to_their_log_names(config, run):
+    cfg = load_config(ATConfig, ROOT / "configs" / "adv_training" / config)
+    assert_run_hyperparameters(dataclasses.asdict(cfg), run)
+
+
+def test_launchers_are_exactly_the_listed_ones():
+    shipped = {path.name for path in (ROOT / "sh").glob("train_*.sh")}
+    assert shipped == set(LAUNCHERS)
+
+
+def test_cosine_schedules_match_the_reference_formulas():
+    from engine.schedule import learning_rate
+
+    def lr(epoch, schedule):
+        return learning_rate(epoch, base_lr=0.2, epochs=200, schedule=schedule)
+
+    # the DKL scripts: 0.2 * (1 + cos(pi * e / 201)) / 2, evaluated by hand at a few epochs
+    assert lr(1, "cosine") == pytest.approx(0.1999878, abs=1e-7)
+    assert lr(100, "cosine") == pytest.approx(0.1007815, abs=1e-7)
+    assert lr(200, "cosine") == pytest.approx(1.2212e-5, rel=1e-3)
+    # the TRADES script: 0.2 * (1 + cos(pi * (e - 1) / 200)) / 2: the full rate at epoch 1
+    assert lr(1, "cosine_trades") == 0.2
+    assert lr(101, "cosine_trades") == pytest.approx(0.1)
+    assert lr(200, "cosine_trades") == pytest.approx(1.2336e-5, rel=1e-3)
 
 
 def test_every_shipped_config_resolves():
@@ -283,8 +393,8 @@ def test_bf16_autocast_and_channels_last_run_and_evaluate_in_fp32(cifar10_root, 
     dtypes = []
     real_loss = train_module.training_loss
 
-    def recording_loss(cfg, model, *args):
-        loss, parts = real_loss(cfg, model, *args)
+    def recording_loss(cfg, model, *args, **kwargs):
+        loss, parts = real_loss(cfg, model, *args, **kwargs)
         dtypes.append(parts["logits_adv"].dtype)
         return loss, parts
 

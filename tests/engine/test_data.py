@@ -12,13 +12,14 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, TensorDataset
-from torchvision import datasets
+from torchvision import datasets, transforms
 from torchvision.transforms import functional as TF
 
 from engine.data import (
     AUGMENTATIONS,
     DATASET_STATS,
     Cutout,
+    autoaugment_cifar,
     build_test_set,
     build_train_set,
     dataset_num_classes,
@@ -173,6 +174,38 @@ def test_dual_view_batches(augment, cifar100_root):
         # The smallest hole, centred in a corner, is 8x8; noise alone rarely zeroes all channels.
         zeroed = (x_augmented == 0).all(dim=1).flatten(1).sum(dim=1)
         assert (zeroed >= 64).all()
+
+
+def _rotate_only(policy):
+    """The policy forced to one sub-policy: rotate by the largest magnitude (30 degrees), always."""
+    policy.policies = [(("Rotate", 1.0, 9), ("Rotate", 0.0, 0))]
+    return policy
+
+
+def test_autoaugment_fills_uncovered_areas_grey_as_the_reference():
+    white = Image.new("RGB", (32, 32), (255, 255, 255))
+    torch.manual_seed(0)
+    rotated = np.asarray(_rotate_only(autoaugment_cifar())(white))
+    corners = rotated[[0, 0, -1, -1], [0, -1, 0, -1]]
+    assert (corners == 128).all(), corners  # the reference's fill colour (128, 128, 128)
+    assert (rotated[12:20, 12:20] == 255).all()  # the image itself is kept
+    torch.manual_seed(0)
+    black_fill = np.asarray(_rotate_only(transforms.AutoAugment(transforms.AutoAugmentPolicy.CIFAR10))(white))
+    assert (black_fill[[0, 0, -1, -1], [0, -1, 0, -1]] == 0).all()  # torchvision's default, which we override
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_the_training_pipeline_uses_the_grey_filled_autoaugment(dataset, cifar10_root, cifar100_root):
+    root = cifar10_root if dataset == "cifar10" else cifar100_root
+    train_set = build_train_set(dataset, root, augment="autoaug", verify_checksum=False)
+    steps = train_set.transform.augmented.transforms
+    policies = [step for step in steps if isinstance(step, transforms.AutoAugment)]
+    assert len(policies) == 1 and policies[0].fill == [128, 128, 128]
+    assert policies[0].policy == transforms.AutoAugmentPolicy.CIFAR10
+    _rotate_only(policies[0])
+    torch.manual_seed(0)
+    (_, augmented), _ = train_set[0]
+    assert torch.allclose(augmented[:, 0, 0], torch.full((3,), 128 / 255))
 
 
 def test_cutout_zeroes_one_clipped_square():

@@ -1,8 +1,0 @@
-#!/usr/bin/env bash
-# Paper: IKL-AT on CIFAR-10, WRN-34-10, with AutoAugment (second view weighted 0.5).
-# Extra arguments are config overrides for every run, e.g. data.root=/datasets device=cuda:1
-# (see python -m adv_training.train --help). Runs from any directory; outputs go to ./runs.
-set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/_adv_training.sh"
-dkl_python
-run_adv_training cifar10_ikl_autoaug.yaml "$@"
