@@ -7,26 +7,21 @@ The inner maximisation of adversarial training,
     x_{adv} = \arg\max_{\|x' - x\| \le \epsilon,\; x' \in [0, 1]^d} \; J(f(x')),
 
 is approximated by projected gradient ascent on ``J`` (``objective`` below), which only
-sees the logits ``f(x')``. The same routine therefore serves every method of the paper:
+sees the logits ``f(x')``. This module knows no loss: each method brings its objective
+(`adv_training.methods`: cross-entropy for PGD-AT, MART and the PGD-20 monitor, KL for
+TRADES, IKL for IKL-AT), so one routine serves them all.
 
-* PGD-AT and the PGD-20 evaluation: ``ce_objective(targets)``;
-* TRADES: ``kl_objective(logits_natural)``;
-* IKL-AT: ``ikl_objective(logits_natural, alpha=1, beta=1, weights=prior_rows)``.
-
-``logits_natural`` is computed once per batch (`natural_logits`), in eval mode and
+A natural-logit target is computed once per batch (`natural_logits`), in eval mode and
 without gradient. The authors' loop recomputes ``model(x_natural)`` at every step; in
 eval mode (no dropout, BatchNorm on running statistics) that recomputation returns the
 same tensor each time, and no gradient with respect to ``x_adv`` flows through it, so
 computing it once changes nothing but the cost.
 """
 import contextlib
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-
-from losses import ikl_loss, kl_loss
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 
@@ -59,40 +54,6 @@ def natural_logits(model: nn.Module, x: torch.Tensor, eval_mode: bool = True) ->
     """``model(x)`` in attack mode and without gradient: the fixed target of KL/IKL attacks."""
     with attack_mode(model, eval_mode), torch.no_grad():
         return model(x)
-
-
-def ce_objective(targets: torch.Tensor) -> Objective:
-    """Cross-entropy with the true labels: the objective of PGD-AT and of PGD-20 evaluation."""
-    return lambda logits: F.cross_entropy(logits, targets)
-
-
-def kl_objective(logits_natural: torch.Tensor) -> Objective:
-    """TRADES' inner maximisation: KL(softmax(logits_natural) || softmax(logits_adv)).
-
-    `kl_loss` is the batch mean where TRADES sums over the batch. The factor 1/B does not
-    move the attack: an l_inf step only uses the sign of the gradient, and an l_2 step
-    normalises each sample's gradient to unit norm, so both are invariant to a positive
-    scale of the objective.
-    """
-    target = logits_natural.detach()
-    return lambda logits: kl_loss(logits, target)
-
-
-def ikl_objective(
-    logits_natural: torch.Tensor,
-    *,
-    alpha: float,
-    beta: float,
-    weights: Optional[torch.Tensor],
-    gamma: float = 1.0,
-) -> Objective:
-    """IKL-AT's inner maximisation: ``ikl_loss(logits_adv, logits_natural, ...)``.
-
-    ``weights`` are the class-prior rows of the batch (``ClassPrior.rows(targets)``), or
-    None for per-sample softmax weights. The authors attack with alpha = beta = gamma = 1.
-    """
-    target = logits_natural.detach()
-    return lambda logits: ikl_loss(logits, target, alpha=alpha, beta=beta, gamma=gamma, weights=weights)
 
 
 def _per_sample_norm(tensor: torch.Tensor) -> torch.Tensor:
@@ -149,8 +110,8 @@ def pgd(
       for l2 (it ignores ``--step-size`` there); pass that as ``step_size`` to match it.
 
     Args:
-        objective: maps the logits of ``x_adv`` to a scalar to maximise (see the builders
-            above). It must treat each sample independently up to a positive batch-wide
+        objective: maps the logits of ``x_adv`` to a scalar to maximise (the methods'
+            objectives in `adv_training.methods`). It must treat each sample independently up to a positive batch-wide
             factor, as every batch-mean loss does.
         random_start: ``"normal"``: ``x + init_std * randn`` (TRADES and the reference);
             ``"uniform"``: a uniform point of the l_inf ball, or for l2 a random direction

@@ -10,7 +10,7 @@ them all.
 from dataclasses import dataclass
 from typing import List, Literal, Optional
 
-from engine.config import ConfigError, knob, require_non_negative, require_positive, section
+from engine.config import ConfigError, knob, require_choice, require_non_negative, require_positive, section
 
 
 @dataclass
@@ -58,6 +58,11 @@ class IKLConfig:
 @dataclass
 class TradesConfig:
     beta: float = knob(6.0, "weight of TRADES' KL term")
+
+
+@dataclass
+class MARTConfig:
+    beta: float = knob(6.0, "weight of MART's misclassification-aware KL term (lambda; MART's own default 6)")
 
 
 @dataclass
@@ -137,8 +142,9 @@ class EvalConfig:
 
 @dataclass
 class ATConfig:
-    method: Literal["ikl", "trades", "pgd", "standard"] = knob(
-        "ikl", "training objective: IKL-AT, TRADES, Madry PGD-AT, or standard (clean CE, no attack)"
+    method: str = knob(
+        "ikl", "training objective, a name in adv_training.methods: ikl (IKL-AT), trades, pgd (Madry PGD-AT), "
+        "mart, or standard (clean CE, no attack)"
     )
     epochs: int = knob(200, "training epochs")
     seed: int = knob(0, "seed of every random number generator (set once, in engine.runtime)")
@@ -154,6 +160,7 @@ class ATConfig:
     model: ModelConfig = section(ModelConfig, "architecture")
     ikl: IKLConfig = section(IKLConfig, "IKL-AT loss (method=ikl)")
     trades: TradesConfig = section(TradesConfig, "TRADES loss (method=trades)")
+    mart: MARTConfig = section(MARTConfig, "MART loss (method=mart)")
     attack: AttackConfig = section(AttackConfig, "inner maximisation during training")
     awp: AWPConfig = section(AWPConfig, "adversarial weight perturbation")
     ema: EMAConfig = section(EMAConfig, "weight averaging during training (every iteration)")
@@ -162,6 +169,9 @@ class ATConfig:
     eval: EvalConfig = section(EvalConfig, "per-epoch evaluation")
 
     def validate(self) -> None:
+        from .methods import available_methods  # here: the registry's modules annotate with this schema
+
+        require_choice("method", self.method, available_methods())
         require_positive({
             "epochs": self.epochs,
             "data.batch_size": self.data.batch_size,

@@ -1,101 +1,258 @@
-"""The training objectives: IKL-AT, TRADES, Madry PGD-AT, and standard training.
+r"""The adversarial-training methods: one class each, in one registry.
 
-Each method is two small functions: the objective its attack maximises, and the loss
-the model minimises. The same loss function is used for the training step and for the
-AWP proxy step, so "the method's own loss" means exactly one piece of code.
+A method holds everything that differs between training objectives:
+
+* ``attacks``: whether it has an inner maximisation (standard training has none: x_adv = x);
+* ``attack_needs_natural_logits``: whether its attack pulls away from the natural
+  prediction (computed once per batch, in eval mode) rather than from the label;
+* ``forwards_natural``: whether its training loss also sees the clean images;
+* ``uses_prior`` and ``prior_temperature``: whether it reads, and updates, the class prior
+  (IKL's global weights), and the temperature of the softmax that prior averages;
+* `Method.attack_objective`: what PGD maximises;
+* `Method.natural_loss` and `Method.robust_loss`: the two parts of its training loss.
+
+`Method.loss` assembles the parts the same way for every method, from two forwards as the
+reference does; the same loss serves the training step and AWP's proxy step. The trainer
+asks the method and never tests its name.
 
 Dual-view batches (data.augment = autoaug | cutout) hold the basic view in the first
-``basic_size`` rows and the augmented view after it. The natural CE always covers both
+``basic_size`` rows and the augmented view after it. The natural loss always covers both
 views. The training step weights the augmented view's robust term by data.aug_weight;
 AWP's proxy step takes one robust term over the whole doubled batch, i.e. its batch mean
 (basic + augmented) / 2, and no aug_weight, as the reference's AWP code does.
+
+Adding a method (see `MART` at the end, and the README): subclass `Method`, register it
+with ``@register("name")``, give its knobs a section in `ATConfig` if it has any, and add a
+YAML file under configs/adv_training/.
 """
-from typing import Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
+from engine.registry import Registry
 from losses import ikl_loss, trades_kl_loss
 
-from .attacks import ce_objective, ikl_objective, kl_objective
-from .config import ATConfig
+from .attacks import Objective
+
+if TYPE_CHECKING:  # only for annotations: the config module imports this registry
+    from .config import ATConfig
 
 
-def attacks(method: str) -> bool:
-    """Standard training is the one method without an inner maximisation (its x_adv is x)."""
-    return method != "standard"
+# --- attack objectives -----------------------------------------------------------------------
+
+def cross_entropy_objective(targets: torch.Tensor) -> Objective:
+    """Cross-entropy with the true labels: the objective of PGD-AT, MART and the PGD-20 monitor."""
+    return lambda logits: F.cross_entropy(logits, targets)
 
 
-def needs_natural_logits(method: str) -> bool:
-    """IKL and TRADES attack the distance to the natural prediction; PGD-AT attacks the label."""
-    return method in ("ikl", "trades")
+def kl_objective(logits_natural: torch.Tensor) -> Objective:
+    """TRADES' inner maximisation: KL(softmax(logits_natural) || softmax(logits_adv)).
 
-
-def attack_objective(
-    cfg: ATConfig, logits_natural: Optional[torch.Tensor], targets: torch.Tensor, prior_rows: Optional[torch.Tensor]
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    if cfg.method == "ikl":
-        # The reference attacks with gamma = 1 whatever the training gamma is.
-        return ikl_objective(logits_natural, alpha=cfg.attack.alpha, beta=cfg.attack.beta, weights=prior_rows)
-    if cfg.method == "trades":
-        return kl_objective(logits_natural)
-    return ce_objective(targets)
-
-
-def _robust_term(cfg: ATConfig, logits_adv, logits_nat, targets, prior_rows) -> torch.Tensor:
-    if cfg.method == "ikl":
-        return ikl_loss(
-            logits_adv,
-            logits_nat,
-            alpha=cfg.ikl.alpha,
-            beta=cfg.ikl.beta,
-            gamma=cfg.ikl.gamma,
-            temperature=cfg.ikl.temperature,
-            weights=prior_rows,
-        )
-    if cfg.method == "trades":
-        return cfg.trades.beta * trades_kl_loss(logits_adv, logits_nat)
-    return F.cross_entropy(logits_adv, targets)  # PGD-AT; standard training, where x_adv is x
-
-
-def training_loss(
-    cfg: ATConfig,
-    model: torch.nn.Module,
-    x_natural: torch.Tensor,
-    x_adv: torch.Tensor,
-    targets: torch.Tensor,
-    prior_rows: Optional[torch.Tensor],
-    basic_size: int,
-    *,
-    split_views: bool = True,
-) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """The loss to minimise and its parts (detached), from two forwards as the reference does.
-
-    ``split_views=False`` is AWP's proxy loss: on dual-view batches, one robust term over
-    both views instead of basic + aug_weight * augmented (the same on single-view batches).
-
-    Returns ``loss`` and ``parts`` with ``natural`` (CE on clean inputs; 0 for PGD-AT),
-    ``robust`` (the method's robust term), ``logits_adv`` and ``logits_nat`` (None for PGD-AT).
+    `trades_kl_loss` is the batch mean where TRADES sums over the batch. The factor 1/B does
+    not move the attack: an l_inf step only uses the sign of the gradient, and an l_2 step
+    normalises each sample's gradient to unit norm, so both are invariant to a positive
+    scale of the objective.
     """
-    logits_adv = model(x_adv)
-    logits_nat = model(x_natural) if needs_natural_logits(cfg.method) else None
+    target = logits_natural.detach()
+    return lambda logits: trades_kl_loss(logits, target)
 
-    def robust_term(rows: slice) -> torch.Tensor:
-        def part(tensor):
-            return None if tensor is None else tensor[rows]
 
-        return _robust_term(cfg, logits_adv[rows], part(logits_nat), targets[rows], part(prior_rows))
+def ikl_objective(
+    logits_natural: torch.Tensor,
+    *,
+    alpha: float,
+    beta: float,
+    weights: Optional[torch.Tensor],
+    gamma: float = 1.0,
+) -> Objective:
+    """IKL-AT's inner maximisation: ``ikl_loss(logits_adv, logits_natural, ...)``.
 
-    if split_views and basic_size < len(targets):
-        robust = robust_term(slice(0, basic_size)) + cfg.data.aug_weight * robust_term(slice(basic_size, None))
-    else:
-        robust = robust_term(slice(None))
-    natural = F.cross_entropy(logits_nat, targets) if logits_nat is not None else robust.new_zeros(())
-    loss = natural + robust
-    parts = {
-        "natural": natural.detach(),
-        "robust": robust.detach(),
-        "logits_adv": logits_adv.detach(),
-        "logits_nat": logits_nat.detach() if logits_nat is not None else None,
-    }
-    return loss, parts
+    ``weights`` are the class-prior rows of the batch (``ClassPrior.rows(targets)``), or
+    None for per-sample softmax weights. The authors attack with alpha = beta = gamma = 1
+    on CIFAR-100 and with beta = 0 on CIFAR-10.
+    """
+    target = logits_natural.detach()
+    return lambda logits: ikl_loss(logits, target, alpha=alpha, beta=beta, gamma=gamma, weights=weights)
+
+
+# --- the methods -------------------------------------------------------------------------------
+
+class Method:
+    """The base of every method; subclasses set the flags and override the losses they change."""
+
+    name = ""
+    attacks = True
+    attack_needs_natural_logits = False
+    forwards_natural = True
+    uses_prior = False
+    prior_temperature = 1.0  # the temperature of the softmax the class prior averages
+
+    def __init__(self, cfg: "ATConfig"):
+        self.aug_weight = cfg.data.aug_weight
+
+    def attack_objective(
+        self, logits_natural: Optional[torch.Tensor], targets: torch.Tensor, prior_rows: Optional[torch.Tensor]
+    ) -> Objective:
+        return cross_entropy_objective(targets)
+
+    def natural_loss(self, logits_nat: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The clean-image term (only for methods that forward the clean images)."""
+        return F.cross_entropy(logits_nat, targets)
+
+    def robust_loss(
+        self,
+        logits_adv: torch.Tensor,
+        logits_nat: Optional[torch.Tensor],
+        targets: torch.Tensor,
+        prior_rows: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        """The adversarial term of one view (batch mean)."""
+        raise NotImplementedError
+
+    def loss(
+        self,
+        model: nn.Module,
+        x_natural: torch.Tensor,
+        x_adv: torch.Tensor,
+        targets: torch.Tensor,
+        prior_rows: Optional[torch.Tensor],
+        basic_size: int,
+        *,
+        split_views: bool = True,
+    ) -> Tuple[torch.Tensor, Dict[str, Optional[torch.Tensor]]]:
+        """The loss to minimise and its parts (detached), from two forwards as the reference does.
+
+        ``split_views=False`` is AWP's proxy loss: on dual-view batches, one robust term over
+        both views instead of basic + aug_weight * augmented (the same on single-view batches).
+
+        Returns ``loss`` and ``parts`` with ``natural`` (0 without a natural term), ``robust``,
+        ``logits_adv`` and ``logits_nat`` (None when the clean images are not forwarded).
+        """
+        logits_adv = model(x_adv)
+        logits_nat = model(x_natural) if self.forwards_natural else None
+
+        def robust_term(rows: slice) -> torch.Tensor:
+            def part(tensor):
+                return None if tensor is None else tensor[rows]
+
+            return self.robust_loss(logits_adv[rows], part(logits_nat), targets[rows], part(prior_rows))
+
+        if split_views and basic_size < len(targets):
+            robust = robust_term(slice(0, basic_size)) + self.aug_weight * robust_term(slice(basic_size, None))
+        else:
+            robust = robust_term(slice(None))
+        natural = self.natural_loss(logits_nat, targets) if logits_nat is not None else robust.new_zeros(())
+        loss = natural + robust
+        parts = {
+            "natural": natural.detach(),
+            "robust": robust.detach(),
+            "logits_adv": logits_adv.detach(),
+            "logits_nat": logits_nat.detach() if logits_nat is not None else None,
+        }
+        return loss, parts
+
+
+METHODS = Registry("method")
+register = METHODS.register  # class decorator: ``@register("name")`` makes ``method: name`` available
+
+
+def available_methods() -> List[str]:
+    return METHODS.names()
+
+
+def build_method(cfg: "ATConfig") -> Method:
+    """The method ``cfg.method`` names, with its settings from ``cfg``."""
+    return METHODS[cfg.method](cfg)
+
+
+@register("ikl")
+class IKL(Method):
+    r"""IKL-AT: :math:`\mathrm{CE}(o_{nat}, y) + \mathrm{IKL}(o_{adv}, o_{nat};\, w = \text{class prior})`.
+
+    The attack maximises the IKL term with the attack's own alpha and beta (the authors' 1
+    and 1 on CIFAR-100, 1 and 0 on CIFAR-10) and gamma 1 whatever the training gamma.
+    """
+
+    attack_needs_natural_logits = True
+    uses_prior = True
+
+    def __init__(self, cfg: "ATConfig"):
+        super().__init__(cfg)
+        self.settings = cfg.ikl
+        self.prior_temperature = cfg.ikl.prior_temperature
+        self.attack_alpha, self.attack_beta = cfg.attack.alpha, cfg.attack.beta
+
+    def attack_objective(self, logits_natural, targets, prior_rows):
+        return ikl_objective(logits_natural, alpha=self.attack_alpha, beta=self.attack_beta, weights=prior_rows)
+
+    def robust_loss(self, logits_adv, logits_nat, targets, prior_rows):
+        s = self.settings
+        return ikl_loss(logits_adv, logits_nat, alpha=s.alpha, beta=s.beta, gamma=s.gamma,
+                        temperature=s.temperature, weights=prior_rows)
+
+
+@register("trades")
+class TRADES(Method):
+    r"""TRADES (Zhang et al., 2019): :math:`\mathrm{CE}(o_{nat}, y) + \beta\, \mathrm{KL}(o_{nat} \| o_{adv})`."""
+
+    attack_needs_natural_logits = True
+
+    def __init__(self, cfg: "ATConfig"):
+        super().__init__(cfg)
+        self.beta = cfg.trades.beta
+
+    def attack_objective(self, logits_natural, targets, prior_rows):
+        return kl_objective(logits_natural)
+
+    def robust_loss(self, logits_adv, logits_nat, targets, prior_rows):
+        return self.beta * trades_kl_loss(logits_adv, logits_nat)
+
+
+@register("pgd")
+class PGDAT(Method):
+    r"""Madry et al.'s PGD-AT: :math:`\mathrm{CE}(o_{adv}, y)` on PGD examples of the CE loss."""
+
+    forwards_natural = False
+
+    def robust_loss(self, logits_adv, logits_nat, targets, prior_rows):
+        return F.cross_entropy(logits_adv, targets)
+
+
+@register("standard")
+class Standard(PGDAT):
+    """Standard training: CE on the clean images (no attack, so x_adv is x)."""
+
+    attacks = False
+
+
+@register("mart")
+class MART(Method):
+    r"""MART (Wang et al., ICLR 2020), the worked example of adding a method:
+
+    .. math::
+
+        \mathrm{BCE}(p', y) + \lambda\, \mathrm{KL}(p \,\|\, p')\, (1 - p_y),
+        \qquad \mathrm{BCE}(p', y) = -\log p'_y - \log\big(1 - \max_{k \ne y} p'_k\big)
+
+    with :math:`p = \mathrm{softmax}(o_{nat})`, :math:`p' = \mathrm{softmax}(o_{adv})`, batch
+    means, gradients through both branches; the attack maximises CE on the label. The clamp
+    of :math:`1 - \max p'` at 1e-12 only guards the log (the authors add 1e-4 and 1e-12).
+    """
+
+    def __init__(self, cfg: "ATConfig"):
+        super().__init__(cfg)
+        self.beta = cfg.mart.beta
+
+    def natural_loss(self, logits_nat, targets):
+        return logits_nat.new_zeros(())  # MART has no separate clean-image term
+
+    def robust_loss(self, logits_adv, logits_nat, targets, prior_rows):
+        log_p_adv = F.log_softmax(logits_adv, dim=1)
+        p_adv_wrong = log_p_adv.exp().scatter(1, targets[:, None], 0.0)  # the label's probability removed
+        bce = F.nll_loss(log_p_adv, targets) - torch.log((1 - p_adv_wrong.amax(dim=1)).clamp_min(1e-12)).mean()
+        log_p_nat = F.log_softmax(logits_nat, dim=1)
+        kl = (log_p_nat.exp() * (log_p_nat - log_p_adv)).sum(dim=1)
+        p_nat_true = log_p_nat.exp().gather(1, targets[:, None]).squeeze(1)
+        return bce + self.beta * (kl * (1 - p_nat_true)).mean()

@@ -32,7 +32,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
-from engine.checkpoint import PathLike, atomic_save, load_file
+from engine.file_io import PathLike, atomic_save, load_file
 from engine.ema import EpochAverage
 from engine.errors import UserError
 

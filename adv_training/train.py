@@ -1,11 +1,12 @@
-"""Adversarial training: IKL-AT, TRADES, PGD-AT (+AWP, +EMA) on CIFAR, and standard training.
+"""Adversarial training: IKL-AT, TRADES, PGD-AT, MART (+AWP, +EMA) on CIFAR, and standard training.
 
     python -m adv_training.train --config configs/adv_training/cifar100_ikl_a4b20t4.yaml [key=value ...]
     python -m adv_training.train --config ... --print-config      # resolved config with every knob
 
-One step (see shared/DESIGN.md): class-prior rows for the batch; natural logits once
-in eval mode; PGD on the method's objective; AWP on the method's loss; two forwards in
-train mode; CE + robust term; SGD step; EMA update; class-prior update. Each epoch ends
+One step, asking the method (`methods.build_method`) what differs: class-prior rows for
+the batch (IKL); natural logits once in eval mode (IKL, TRADES); PGD on the method's
+objective; AWP on the method's loss; two forwards in train mode; natural + robust loss;
+SGD step; EMA update; class-prior update. Each epoch ends
 with the prior step, the epoch average (the reference's swa.py, kept as the run goes),
 clean and PGD-20 accuracy of the model and its EMA, one line of metrics.jsonl, and an
 atomically written last.pt from which ``resume=true`` continues. The last epoch of the
@@ -23,12 +24,12 @@ import torch
 from tqdm import tqdm
 
 from engine import data as data_lib
-from engine.checkpoint import atomic_save
+from engine.file_io import atomic_save
 from engine.cli import config_main
 from engine.config import to_yaml
-from engine.distributed import is_main_process, log, reduce_sum
+from engine.distributed import is_main_process, log
 from engine.ema import EpochAverage, ModelEMA
-from engine.errors import UserError
+from engine.metrics import RunningSums
 from engine.plot import plot_run
 from engine.run import RunLogger, prepare_run_dir, raise_if_not_finite, resume_training_state, training_state
 from engine.runtime import autocast, environment_info, prepare_runtime
@@ -39,8 +40,8 @@ from models import build_model
 from .attacks import natural_logits, pgd
 from .awp import AdversarialWeightPerturbation
 from .config import ATConfig, AttackConfig
-from .evaluate import evaluate
-from .methods import attack_objective, attacks, needs_natural_logits, training_loss
+from .methods import Method, build_method
+from .pgd_monitor import clean_and_pgd_accuracy
 from .swa import output_path as swa_output_path
 
 PROGRESS_EVERY = 20  # batches between progress-bar updates (each one synchronises with the GPU)
@@ -88,6 +89,7 @@ def _to_device(batch, device, channels_last: bool):
 
 def train_one_epoch(
     cfg: ATConfig,
+    method: Method,
     epoch: int,
     model: torch.nn.Module,
     loader,
@@ -100,20 +102,19 @@ def train_one_epoch(
     eps_t, step_size, steps = attack_budget(cfg.attack, epoch, cfg.epochs)
     use_awp = awp is not None and epoch >= cfg.awp.warmup
     # Sums stay on the device and are read every PROGRESS_EVERY batches, not every batch.
-    sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss, natural, robust, adv correct, clean correct
-    samples = 0
+    sums = RunningSums(("loss", "natural", "robust", "adv_correct", "clean_correct"), device)
     bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None if is_main_process() else True)
     for batch_index, batch in enumerate(bar):
         x_natural, targets, basic_size = _to_device(batch, device, cfg.channels_last)
-        prior_rows = prior.rows(targets) if cfg.method == "ikl" else None
+        prior_rows = prior.rows(targets) if method.uses_prior else None
 
         x_adv = x_natural
-        if attacks(cfg.method):
+        if method.attacks:
             with autocast(device, cfg.precision):
                 logits_natural = None
-                if needs_natural_logits(cfg.method):
+                if method.attack_needs_natural_logits:
                     logits_natural = natural_logits(model, x_natural, eval_mode=cfg.attack.eval_mode).float()
-                objective = attack_objective(cfg, logits_natural, targets, prior_rows)
+                objective = method.attack_objective(logits_natural, targets, prior_rows)
                 x_adv = pgd(
                     model, x_natural, objective, eps=eps_t, step_size=step_size, steps=steps,
                     norm=cfg.attack.norm, random_start=cfg.attack.random_start, eval_mode=cfg.attack.eval_mode,
@@ -123,8 +124,8 @@ def train_one_epoch(
 
         def method_loss(network, split_views=True):
             with autocast(device, cfg.precision):
-                return training_loss(cfg, network, x_natural, x_adv, targets, prior_rows, basic_size,
-                                     split_views=split_views)
+                return method.loss(network, x_natural, x_adv, targets, prior_rows, basic_size,
+                                   split_views=split_views)
 
         perturbation = awp.compute(lambda proxy: method_loss(proxy, split_views=False)[0]) if use_awp else None
         with awp.perturbed(perturbation) if use_awp else contextlib.nullcontext():
@@ -135,39 +136,40 @@ def train_one_epoch(
 
         if ema is not None:
             ema.update(model, epoch)
-        if cfg.method == "ikl":
+        if method.uses_prior:
             prior.update(parts["logits_nat"][:basic_size], targets[:basic_size])
 
         batch_size = targets.numel()
         clean_correct = (parts["logits_nat"].argmax(1) == targets).sum() if parts["logits_nat"] is not None else loss.new_zeros(())
-        sums += torch.stack([
-            loss.detach().double() * batch_size,
-            parts["natural"].double() * batch_size,
-            parts["robust"].double() * batch_size,
-            (parts["logits_adv"].argmax(1) == targets).sum().double(),
-            clean_correct.double(),
-        ])
-        samples += batch_size
+        sums.add(
+            batch_size,
+            loss=loss.detach().double() * batch_size,
+            natural=parts["natural"].double() * batch_size,
+            robust=parts["robust"].double() * batch_size,
+            adv_correct=(parts["logits_adv"].argmax(1) == targets).sum(),
+            clean_correct=clean_correct,
+        )
         if (batch_index + 1) % PROGRESS_EVERY == 0 or batch_index + 1 == len(loader):
-            mean_loss = sums[0].item() / samples
+            running = sums.totals()
+            mean_loss = running["loss"] / running["count"]
             raise_if_not_finite(mean_loss, epoch=epoch, batch=batch_index + 1,
                                 advice="Lower optim.lr, use precision=fp32, or check the data.")
-            bar.set_postfix(loss=f"{mean_loss:.4f}", adv_acc=f"{100 * sums[3].item() / samples:.1f}")
+            bar.set_postfix(loss=f"{mean_loss:.4f}", adv_acc=f"{100 * running['adv_correct'] / running['count']:.1f}")
 
-    totals = reduce_sum(torch.cat([sums, sums.new_tensor([samples])])).tolist()
-    count = max(totals[5], 1)
+    totals = sums.totals(across_processes=True)
+    count = max(totals["count"], 1)
     summary = {
-        "train_loss": totals[0] / count,
-        "train_loss_natural": totals[1] / count,
-        "train_loss_robust": totals[2] / count,
-        "train_adv_acc": 100 * totals[3] / count,
-        "eps": eps_t if attacks(cfg.method) else 0.0,
+        "train_loss": totals["loss"] / count,
+        "train_loss_natural": totals["natural"] / count,
+        "train_loss_robust": totals["robust"] / count,
+        "train_adv_acc": 100 * totals["adv_correct"] / count,
+        "eps": eps_t if method.attacks else 0.0,
         "attack_step_size": step_size,
-        "attack_steps": steps if attacks(cfg.method) else 0,
+        "attack_steps": steps if method.attacks else 0,
         "awp": use_awp,
     }
-    if needs_natural_logits(cfg.method):  # PGD-AT never sees the clean training images
-        summary["train_clean_acc"] = 100 * totals[4] / count
+    if method.forwards_natural:  # PGD-AT never sees the clean training images
+        summary["train_clean_acc"] = 100 * totals["clean_correct"] / count
     return summary
 
 
@@ -203,6 +205,7 @@ def train(cfg: ATConfig) -> Dict[str, object]:
         seed=cfg.seed, pin_memory=device.type == "cuda",
     )
 
+    method = build_method(cfg)
     model = build_model(cfg.model.arch, num_classes, dataset=cfg.data.dataset, **cfg.model.build_kwargs()).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -210,12 +213,13 @@ def train(cfg: ATConfig) -> Dict[str, object]:
         model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
         weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov,
     )
-    prior = ClassPrior(num_classes, temperature=cfg.ikl.prior_temperature).to(device)
+    prior = ClassPrior(num_classes, temperature=method.prior_temperature).to(device)
     ema = ModelEMA(model, tau=cfg.ema.tau, start_epoch=cfg.ema.start_epoch) if cfg.ema.enabled else None
     awp = AdversarialWeightPerturbation(model, gamma=cfg.awp.gamma, proxy_lr=cfg.awp.proxy_lr) if cfg.awp.enabled else None
     swa = EpochAverage(cfg.swa.tau) if cfg.swa.enabled else None
     swa_end = cfg.swa.last_epoch(cfg.epochs)
 
+    saved_states = {"prior": prior, "ema": ema, "awp": awp, "swa": swa}  # besides model and optimizer
     last_path = run_dir / "last.pt"
     if is_main_process():
         prepare_run_dir(
@@ -224,20 +228,8 @@ def train(cfg: ATConfig) -> Dict[str, object]:
         )
     start_epoch, best = 1, {"robust_acc": -1.0, "epoch": 0}
     if cfg.resume:
-        state = resume_training_state(last_path, cfg, model, optimizer, prior, device=device, log=log,
+        state = resume_training_state(last_path, cfg, model, optimizer, saved_states, device=device, log=log,
                                       describe=f"model.arch={cfg.model.arch} with {cfg.data.dataset}")
-        if ema is not None:
-            if state["ema"] is None:
-                raise UserError(f"{last_path} was written with ema.enabled=false; resume with the same setting")
-            ema.load_state_dict(state["ema"])
-        if awp is not None and state["awp"] is not None:
-            awp.load_state_dict(state["awp"])
-        if swa is not None:
-            if state.get("swa") is None and state["epoch"] >= cfg.swa.start:
-                raise UserError(f"{last_path} holds no epoch average (written with swa.enabled=false); "
-                                f"resume with swa.enabled=false, or average saved epochs with adv_training.swa")
-            if state.get("swa") is not None:
-                swa.load_state_dict(state["swa"])
         best, start_epoch = state["best"], state["epoch"] + 1
         log(f"Resumed {run_dir} after epoch {state['epoch']}")
         del state
@@ -247,8 +239,11 @@ def train(cfg: ATConfig) -> Dict[str, object]:
     log(f"Training {cfg.method} on {cfg.data.dataset} with {cfg.model.arch} on {device} -> {run_dir}")
 
     eval_eps = cfg.eval.epsilon if cfg.eval.epsilon is not None else cfg.attack.epsilon
-    eval_kwargs = dict(eps=eval_eps, step_size=cfg.eval.step_size, steps=cfg.eval.pgd_steps,
-                       norm=cfg.attack.norm, channels_last=cfg.channels_last)
+
+    def monitor(prefix: str, network: torch.nn.Module) -> Dict[str, float]:
+        accuracy = clean_and_pgd_accuracy(network, test_loader, device, eps=eval_eps, step_size=cfg.eval.step_size,
+                                          steps=cfg.eval.pgd_steps, norm=cfg.attack.norm, channels_last=cfg.channels_last)
+        return {f"{prefix}_{key}": value for key, value in accuracy.items()}
     metrics: Dict[str, object] = {}
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
@@ -260,19 +255,19 @@ def train(cfg: ATConfig) -> Dict[str, object]:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             data_lib.set_epoch(train_loader, epoch)
-            metrics = {"lr": lr, **train_one_epoch(cfg, epoch, model, train_loader, optimizer, prior, ema, awp, device)}
+            metrics = {"lr": lr, **train_one_epoch(cfg, method, epoch, model, train_loader, optimizer, prior, ema, awp, device)}
             prior.step()
             if swa is not None and cfg.swa.start <= epoch <= swa_end:
                 swa.add(model.state_dict())
             metrics["train_seconds"] = time.perf_counter() - started
 
             if epoch % cfg.eval.every == 0 or epoch == cfg.epochs:
-                metrics.update({f"test_{k}": v for k, v in evaluate(model, test_loader, device, **eval_kwargs).items()})
+                metrics.update(monitor("test", model))
                 if ema is not None and ema.started:
-                    metrics.update({f"ema_test_{k}": v for k, v in evaluate(ema.module, test_loader, device, **eval_kwargs).items()})
+                    metrics.update(monitor("ema_test", ema.module))
             if swa is not None and epoch == swa_end:
                 swa_model = averaged_model(model, swa.average)
-                metrics.update({f"swa_test_{k}": v for k, v in evaluate(swa_model, test_loader, device, **eval_kwargs).items()})
+                metrics.update(monitor("swa_test", swa_model))
                 del swa_model
             metrics["epoch_seconds"] = time.perf_counter() - started
             logger.log_epoch(epoch, metrics)
@@ -298,10 +293,7 @@ def train(cfg: ATConfig) -> Dict[str, object]:
                 if swa is not None and epoch == swa_end:
                     path = atomic_save(swa.average, swa_output_path(run_dir, cfg.swa.tau, cfg.swa.start, swa_end))
                     log(f"wrote the epoch average of epochs {cfg.swa.start}-{swa_end}: {path}")
-                extras = {"ema": ema.state_dict() if ema is not None else None,
-                          "awp": awp.state_dict() if awp is not None else None,
-                          "swa": swa.state_dict() if swa is not None else None}
-                atomic_save(training_state(cfg, epoch, model, optimizer, prior, best, **extras), last_path)
+                atomic_save(training_state(cfg, epoch, model, optimizer, best, saved_states), last_path)
     finally:
         logger.close()
 

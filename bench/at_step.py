@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from adv_training.awp import AdversarialWeightPerturbation  # noqa: E402
 from adv_training.config import ATConfig  # noqa: E402
+from adv_training.methods import build_method  # noqa: E402
 from adv_training.train import train_one_epoch  # noqa: E402
 from engine.ema import ModelEMA  # noqa: E402
 from engine.runtime import configure_precision, resolve_device  # noqa: E402
@@ -53,7 +54,7 @@ def time_iterations(method, args, precision, device):
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        train_one_epoch(cfg, EPOCHS, model, batches, optimizer, prior, ema, awp, device)
+        train_one_epoch(cfg, build_method(cfg), EPOCHS, model, batches, optimizer, prior, ema, awp, device)
         if device.type == "cuda":
             torch.cuda.synchronize()
         return (time.perf_counter() - start) / args.iterations

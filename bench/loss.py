@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from losses import wmse_loss  # noqa: E402
-from losses.reference import wmse_loss_pairwise  # noqa: E402
+from losses.pairwise_oracle import wmse_loss_pairwise  # noqa: E402
 
 FORMS = {"closed": wmse_loss, "pairwise": wmse_loss_pairwise}
 DEFAULT_SIZES = ["128x10", "128x100", "128x1000", "512x1000"]

@@ -5,6 +5,7 @@ one-line description (``--print-config`` shows all three). Loading is strict:
 
 * an unknown key, in a YAML file or on the command line, is an error that names the key
   and the closest valid one (``optim.lr_sheduler`` -> did you mean ``optim.lr_schedule``?);
+* a key that was renamed (listed in the schema's ``RENAMED_KEYS``) is an error naming the new key;
 * a value of the wrong type is an error naming the key, the expected type and the value;
 * ints are accepted where floats are expected, and a float knob also takes a fraction
   written as ``8/255``, because that is how attack budgets are quoted.
@@ -71,6 +72,10 @@ def valid_keys(schema, prefix: str = "") -> List[str]:
 
 
 def _unknown_key_error(key: str, schema_root, where: str) -> ConfigError:
+    renamed = getattr(schema_root, "RENAMED_KEYS", {})
+    if key in renamed:
+        return ConfigError(f"config key '{key}' ({where}) is now called '{renamed[key]}'; "
+                           f"write {renamed[key]} instead (same meaning)")
     candidates = valid_keys(schema_root)
     close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
     if not close:  # a misspelt last component under the right section
@@ -250,6 +255,15 @@ def require_positive(values: Dict[str, float]) -> None:
     for key, value in values.items():
         if not value > 0:
             raise ConfigError(f"config key '{key}' must be positive, got {value}")
+
+
+def require_choice(key: str, value: str, choices: Iterable[str]) -> None:
+    """For a schema's ``validate``: ``value`` must be one of ``choices`` (e.g. a registry's names)."""
+    choices = list(choices)
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}, got '{value}'{hint}")
 
 
 def require_non_negative(values: Dict[str, float]) -> None:

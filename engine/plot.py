@@ -29,9 +29,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .checkpoint import PathLike, _write_atomically
+from .file_io import PathLike, write_atomically
 from .errors import UserError
-from .run import METRICS
+from .metrics import METRICS_FILE
 
 CURVES = "curves.png"
 FIGSIZE = (10, 3.2)  # inches; at DPI this is a 1000×320 pixel PNG
@@ -53,11 +53,11 @@ Series = Tuple[List[int], List[float]]
 def read_run(run_dir: PathLike) -> List[Dict[str, Any]]:
     """The records of ``run_dir/metrics.jsonl``, sorted by epoch; UserError if there are none."""
     run_dir = Path(run_dir)
-    path = run_dir / METRICS
+    path = run_dir / METRICS_FILE
     if not run_dir.is_dir():
-        raise UserError(f"{run_dir} is not a folder; pass a run folder (one that holds {METRICS})")
+        raise UserError(f"{run_dir} is not a folder; pass a run folder (one that holds {METRICS_FILE})")
     if not path.is_file():
-        raise UserError(f"{run_dir} has no {METRICS}; is it a run folder, and has its first epoch finished?")
+        raise UserError(f"{run_dir} has no {METRICS_FILE}; is it a run folder, and has its first epoch finished?")
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     records = []
     for number, line in enumerate(lines, start=1):
@@ -190,7 +190,7 @@ def _render(figure: Figure, output: Path) -> Path:
     buffer = io.BytesIO()
     figure.savefig(buffer, format=fmt)
     data = buffer.getvalue()
-    return _write_atomically(output, "wb", lambda stream: stream.write(data))
+    return write_atomically(output, "wb", lambda stream: stream.write(data))
 
 
 def _run_name(run_dir: PathLike) -> str:
@@ -207,7 +207,7 @@ def plot_run(run_dir: PathLike, output: Optional[PathLike] = None) -> Path:
     # eps alone has no lr axis to sit beside; it is drawn only as lr's companion.
     panels = {panel: keys for panel, keys in _keys_by_panel(records).items() if keys and keys != ["eps"]}
     if not panels:
-        raise UserError(f"{Path(run_dir) / METRICS} holds no loss, accuracy or lr values to plot")
+        raise UserError(f"{Path(run_dir) / METRICS_FILE} holds no loss, accuracy or lr values to plot")
     figure, axes = _new_figure(len(panels), _run_name(run_dir))
     for ax, (panel, keys) in zip(axes, panels.items()):
         legend_ax = None

@@ -12,15 +12,14 @@ One training run writes one folder::
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
-from .checkpoint import atomic_write_text, load_file
+from .file_io import atomic_write_text, load_file
 from .config import changed_keys, to_dict
 from .errors import NonFiniteLossError, UserError
+from .metrics import METRICS_FILE, read_metrics
+from .plot import plot_run
 from .runtime import capture_rng_state, restore_rng_state
-
-METRICS = "metrics.jsonl"
-
 
 def prepare_run_dir(run_dir: Path, *, config_yaml: str, environment: Dict[str, Any], resume: bool) -> Path:
     """Create (or, when resuming, reuse) the run folder and record config and environment.
@@ -47,13 +46,6 @@ def prepare_run_dir(run_dir: Path, *, config_yaml: str, environment: Dict[str, A
     return run_dir
 
 
-def read_metrics(run_dir: Path) -> List[Dict[str, Any]]:
-    path = Path(run_dir) / METRICS
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 class RunLogger:
     """Per-epoch metrics to metrics.jsonl and TensorBoard; inert on non-zero ranks.
 
@@ -69,7 +61,7 @@ class RunLogger:
         if not enabled:
             return
         kept = [m for m in read_metrics(self.run_dir) if m.get("epoch", 0) <= completed_epochs]
-        atomic_write_text("".join(json.dumps(m) + "\n" for m in kept), self.run_dir / METRICS)
+        atomic_write_text("".join(json.dumps(m) + "\n" for m in kept), self.run_dir / METRICS_FILE)
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=completed_epochs + 1)
@@ -78,7 +70,7 @@ class RunLogger:
         if not self.enabled:
             return
         record = {"epoch": epoch, **metrics}
-        with open(self.run_dir / METRICS, "a", encoding="utf-8") as stream:
+        with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as stream:
             stream.write(json.dumps(record) + "\n")
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
@@ -95,8 +87,6 @@ class RunLogger:
         if not self.enabled:
             return
         self.write_results(results)
-        from .plot import plot_run  # here, not at the top: engine.plot imports this module
-
         plot_run(self.run_dir)
         print(f"Done. Results in {self.run_dir / 'results.json'}, curves in {self.run_dir / 'curves.png'}", flush=True)
 
@@ -111,29 +101,31 @@ class RunLogger:
 CHECKPOINT_FORMAT = 1
 
 
-def training_state(cfg, epoch: int, model, optimizer, prior, best: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
-    """What ``last.pt`` holds: model, optimizer, class prior, best-so-far, RNG states and the
-    config, plus the task's own entries (``extra``, e.g. the EMA and AWP states)."""
+def training_state(cfg, epoch: int, model, optimizer, best: Dict[str, Any],
+                   states: Mapping[str, Optional[Any]]) -> Dict[str, Any]:
+    """What ``last.pt`` holds: model, optimizer, best-so-far, RNG states and the config, plus the
+    state of every object in ``states`` (anything with ``state_dict()``: the class prior, the
+    EMA, AWP, the epoch average, ...), or None for the ones a run does not use."""
     return {
         "format": CHECKPOINT_FORMAT,
         "task": type(cfg).__name__,
         "epoch": epoch,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "prior": prior.state_dict(),
         "best": best,
         "rng": capture_rng_state(),
         "config": to_dict(cfg),
-        **extra,
+        **{name: (obj.state_dict() if obj is not None else None) for name, obj in states.items()},
     }
 
 
-def resume_training_state(path: Path, cfg, model, optimizer, prior, *, device, describe: str,
-                          log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """Load ``last.pt`` into model, optimizer, prior and the RNGs; return it for the task's extras.
+def resume_training_state(path: Path, cfg, model, optimizer, states: Mapping[str, Optional[Any]], *, device,
+                          describe: str, log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Load ``last.pt`` into model, optimizer, every object of ``states`` and the RNGs; return it.
 
     Settings that differ from the ones the run was started with are listed (the user may
-    mean it, e.g. more epochs); a checkpoint of another task or architecture is a `UserError`.
+    mean it, e.g. more epochs); a checkpoint of another task or architecture, or one without
+    the state of an object this run uses (started with it switched off), is a `UserError`.
     """
     state = load_file(path, map_location=device)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or state.get("task") != type(cfg).__name__:
@@ -148,7 +140,13 @@ def resume_training_state(path: Path, cfg, model, optimizer, prior, *, device, d
             f"{path} does not fit {describe}: {str(error).splitlines()[0]}; resume with the config the run was started with"
         ) from None
     optimizer.load_state_dict(state["optimizer"])
-    prior.load_state_dict(state["prior"])
+    for name, obj in states.items():
+        if obj is None:
+            continue
+        if state.get(name) is None:
+            raise UserError(f"{path} holds no {name} state: the run was started with {name} switched off; "
+                            f"resume with the settings it was started with")
+        obj.load_state_dict(state[name])
     restore_rng_state(state["rng"])
     return state
 

@@ -4,12 +4,12 @@ The defaults are mdistiller's CIFAR-100 recipe (240 epochs, batch 64, SGD lr 0.0
 decays at 150/180/210, weight decay 5e-4) with the authors' IKL-KD settings (CE weight 1,
 T 4, T2 100, no class prior, warm-up 20 epochs). One YAML file per teacher/student pair
 states the pair, its learning rate and each distiller's pair-specific weights, so that
-``distiller=kd`` or ``distiller=dkd`` on the command line switches method on the same pair.
+``method=kd`` or ``method=dkd`` on the command line switches method on the same pair.
 """
 from dataclasses import dataclass
-from typing import List, Literal
+from typing import ClassVar, Dict, List, Literal
 
-from engine.config import ConfigError, knob, require_non_negative, require_positive, section
+from engine.config import ConfigError, knob, require_choice, require_non_negative, require_positive, section
 
 
 @dataclass
@@ -62,7 +62,10 @@ class IKLLossConfig:
     alpha: float = knob(1.0, "weight of the soft-label CE term of IKL")
     beta: float = knob(8.0, "weight of the wMSE term of IKL")
     temperature: float = knob(4.0, "temperature of the soft-label CE term (no T^2)")
-    weight_temperature: float = knob(100.0, "T2: temperature of the teacher softmax that weights wMSE")
+    prior_temperature: float = knob(
+        100.0, "T2: temperature of the teacher softmax that weights wMSE (averaged per class with class_prior, "
+        "else per sample); the same key as adversarial training's class-prior temperature"
+    )
     gamma: float = knob(1.0, "exponent on the wMSE weights")
     class_prior: bool = knob(False, "weights = previous epoch's class-wise mean of softmax(teacher / T2), else per sample")
     warmup: int = knob(20, "the IKL term ramps linearly to full weight over this many epochs")
@@ -86,7 +89,10 @@ class KDEvalConfig:
 
 @dataclass
 class KDConfig:
-    distiller: Literal["vanilla", "kd", "dkd", "ikl"] = knob("ikl", "vanilla = CE only; kd = Hinton; dkd = Zhao et al.; ikl = IKL-KD")
+    method: str = knob(
+        "ikl", "distiller, a name in knowledge_distillation.distillers: vanilla = CE only; kd = Hinton; "
+        "dkd = Zhao et al.; ikl = IKL-KD"
+    )
     epochs: int = knob(240, "training epochs")
     seed: int = knob(0, "seed of every random number generator (set once, in engine.runtime)")
     deterministic: bool = knob(False, "deterministic kernels (slower; needed for bit-exact resume on GPU)")
@@ -94,18 +100,24 @@ class KDConfig:
     precision: Literal["fp32", "tf32", "bf16"] = knob("fp32", "bf16 autocasts the forward passes; evaluation is fp32")
     channels_last: bool = knob(False, "NHWC memory format (faster convolutions on recent GPUs)")
     out_dir: str = knob("runs", "parent folder of run folders")
-    name: str = knob("", "run folder name under out_dir; empty = <dataset>_<distiller>_<teacher>_<student>_seed<seed>")
+    name: str = knob("", "run folder name under out_dir; empty = <dataset>_<method>_<teacher>_<student>_seed<seed>")
     resume: bool = knob(False, "continue from <run folder>/last.pt")
     data: KDDataConfig = section(KDDataConfig, "dataset and loaders")
     teacher: TeacherConfig = section(TeacherConfig, "the frozen teacher")
     student: StudentConfig = section(StudentConfig, "the student being trained")
-    kd: KDLossConfig = section(KDLossConfig, "Hinton KD (distiller=kd), mdistiller's defaults")
-    dkd: DKDLossConfig = section(DKDLossConfig, "DKD (distiller=dkd), mdistiller's defaults")
-    ikl: IKLLossConfig = section(IKLLossConfig, "IKL-KD (distiller=ikl)")
+    kd: KDLossConfig = section(KDLossConfig, "Hinton KD (method=kd), mdistiller's defaults")
+    dkd: DKDLossConfig = section(DKDLossConfig, "DKD (method=dkd), mdistiller's defaults")
+    ikl: IKLLossConfig = section(IKLLossConfig, "IKL-KD (method=ikl)")
     optim: KDOptimConfig = section(KDOptimConfig, "optimiser and step schedule")
     eval: KDEvalConfig = section(KDEvalConfig, "validation")
 
+    # Keys of earlier versions: loading one is an error that names its new name.
+    RENAMED_KEYS: ClassVar[Dict[str, str]] = {"distiller": "method", "ikl.weight_temperature": "ikl.prior_temperature"}
+
     def validate(self) -> None:
+        from .distillers import DISTILLERS  # here: the registry's module annotates with this schema
+
+        require_choice("method", self.method, sorted(DISTILLERS))
         require_positive({
             "epochs": self.epochs,
             "data.batch_size": self.data.batch_size,
@@ -115,16 +127,16 @@ class KDConfig:
             "kd.temperature": self.kd.temperature,
             "dkd.temperature": self.dkd.temperature,
             "ikl.temperature": self.ikl.temperature,
-            "ikl.weight_temperature": self.ikl.weight_temperature,
+            "ikl.prior_temperature": self.ikl.prior_temperature,
         })
         require_non_negative({"dkd.warmup": self.dkd.warmup, "ikl.warmup": self.ikl.warmup,
                               "ikl.gamma": self.ikl.gamma, "data.num_workers": self.data.num_workers})
-        if not self.teacher.arch and self.distiller != "vanilla":
-            raise ConfigError(f"distiller={self.distiller} needs a teacher: set teacher.arch and teacher.checkpoint")
+        if not self.teacher.arch and DISTILLERS[self.method].needs_teacher:
+            raise ConfigError(f"method={self.method} needs a teacher: set teacher.arch and teacher.checkpoint")
         if self.data.dataset == "digits" and self.data.normalize:
             raise ConfigError("data.normalize=true is not available for digits (pixels stay in [0, 1]); set data.normalize=false")
 
     def run_name(self) -> str:
         pair = f"{self.teacher.arch}_{self.student.arch}" if self.teacher.arch else self.student.arch
-        return self.name or f"{self.data.dataset}_{self.distiller}_{pair}_seed{self.seed}"
+        return self.name or f"{self.data.dataset}_{self.method}_{pair}_seed{self.seed}"
 

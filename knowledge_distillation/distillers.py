@@ -1,8 +1,4 @@
-"""The distillation objectives: vanilla CE, Hinton KD, DKD and IKL-KD.
-
-One function, `distillation_loss`, maps the student's and the (frozen) teacher's logits
-to the loss and its two parts; the losses themselves live in `losses` and are never
-re-implemented here.
+r"""The distillation methods: vanilla CE, Hinton KD, DKD and IKL-KD, one class each, in one registry.
 
     vanilla: CE(s, y)
     kd:      ce_weight * CE(s, y) + kd_weight * KD(s, t; T)                      (T^2 inside KD)
@@ -10,17 +6,26 @@ re-implemented here.
     ikl:     ce_weight * CE(s, y) + warmup(e) * IKL(s, t; alpha, beta, T, gamma, w)
 
 with warmup(e) = min(e / warmup, 1) for the 1-based epoch e, and for IKL the wMSE weights
-w = the previous epoch's class-wise mean of softmax(t / T2) (``class_prior: true``) or the
-per-sample softmax(t / T2).
+w = the previous epoch's class-wise mean of softmax(t / T2) (``ikl.class_prior: true``) or
+the per-sample softmax(t / T2), T2 = ``ikl.prior_temperature``.
+
+A distiller owns its loss, its warm-up and its use of the class prior; the trainer asks it
+(`build_distiller`) and never tests its name. As mdistiller's ``distiller_dict``, without
+wrapping the student: the trainer keeps the models, a distiller only maps logits to a loss.
+The losses themselves live in `losses` and are never re-implemented here.
 """
-from typing import Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from engine.registry import Registry
 from losses import ClassPrior, dkd_loss, ikl_loss, kd_loss
 
-from .config import KDConfig
+if TYPE_CHECKING:  # only for annotations: the config module imports this registry
+    from .config import KDConfig
+
+Parts = Dict[str, torch.Tensor]
 
 
 def loss_warmup(epoch: int, warmup: int) -> float:
@@ -28,41 +33,103 @@ def loss_warmup(epoch: int, warmup: int) -> float:
     return 1.0 if warmup <= 0 else min(epoch / warmup, 1.0)
 
 
-def uses_class_prior(cfg: KDConfig) -> bool:
-    return cfg.distiller == "ikl" and cfg.ikl.class_prior
+class Distiller:
+    """The base of every distiller: its flags and ``loss``."""
+
+    name = ""
+    needs_teacher = True
+    uses_prior = False
+    prior_temperature = 1.0  # the temperature of the teacher softmax the class prior averages
+
+    def __init__(self, cfg: "KDConfig"):
+        pass
+
+    def loss(
+        self,
+        logits_student: torch.Tensor,
+        logits_teacher: Optional[torch.Tensor],
+        targets: torch.Tensor,
+        epoch: int,
+        prior: Optional[ClassPrior] = None,
+    ) -> Tuple[torch.Tensor, Parts]:
+        """The loss to minimise and its parts ``ce`` and ``kd`` (the weighted terms, detached)."""
+        raise NotImplementedError
 
 
-def distillation_loss(
-    cfg: KDConfig,
-    logits_student: torch.Tensor,
-    logits_teacher: torch.Tensor,
-    targets: torch.Tensor,
-    epoch: int,
-    prior: Optional[ClassPrior] = None,
-) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """The loss to minimise and its parts ``ce`` and ``kd`` (the weighted terms, detached).
+DISTILLERS = Registry("distiller")
+register = DISTILLERS.register  # class decorator: ``@register("name")`` makes ``method: name`` available
 
-    ``logits_teacher`` may be None for ``vanilla`` (training a model without a teacher).
-    """
-    ce = F.cross_entropy(logits_student, targets)
-    if cfg.distiller == "vanilla":
+
+def available_distillers() -> List[str]:
+    return DISTILLERS.names()
+
+
+def build_distiller(cfg: "KDConfig") -> Distiller:
+    """The distiller ``cfg.method`` names, with its settings from ``cfg``."""
+    return DISTILLERS[cfg.method](cfg)
+
+
+@register("vanilla")
+class Vanilla(Distiller):
+    """CE with the labels only: a student (or a teacher) trained alone."""
+
+    needs_teacher = False
+
+    def loss(self, logits_student, logits_teacher, targets, epoch, prior=None):
+        ce = F.cross_entropy(logits_student, targets)
         return ce, {"ce": ce.detach(), "kd": torch.zeros_like(ce.detach())}
-    logits_teacher = logits_teacher.detach()
-    if cfg.distiller == "kd":
-        ce = cfg.kd.ce_weight * ce
-        distill = cfg.kd.kd_weight * kd_loss(logits_student, logits_teacher, cfg.kd.temperature)
-    elif cfg.distiller == "dkd":
-        ce = cfg.dkd.ce_weight * ce
-        distill = loss_warmup(epoch, cfg.dkd.warmup) * dkd_loss(
-            logits_student, logits_teacher, targets,
-            alpha=cfg.dkd.alpha, beta=cfg.dkd.beta, temperature=cfg.dkd.temperature,
+
+
+@register("kd")
+class KD(Distiller):
+    """Hinton et al.'s KD with mdistiller's weights (T^2 inside `kd_loss`)."""
+
+    def __init__(self, cfg: "KDConfig"):
+        super().__init__(cfg)
+        self.settings = cfg.kd
+
+    def loss(self, logits_student, logits_teacher, targets, epoch, prior=None):
+        s = self.settings
+        ce = s.ce_weight * F.cross_entropy(logits_student, targets)
+        distill = s.kd_weight * kd_loss(logits_student, logits_teacher.detach(), s.temperature)
+        return ce + distill, {"ce": ce.detach(), "kd": distill.detach()}
+
+
+@register("dkd")
+class DKD(Distiller):
+    """Zhao et al.'s decoupled KD, ramped in over ``dkd.warmup`` epochs (T^2 inside `dkd_loss`)."""
+
+    def __init__(self, cfg: "KDConfig"):
+        super().__init__(cfg)
+        self.settings = cfg.dkd
+
+    def loss(self, logits_student, logits_teacher, targets, epoch, prior=None):
+        s = self.settings
+        ce = s.ce_weight * F.cross_entropy(logits_student, targets)
+        distill = loss_warmup(epoch, s.warmup) * dkd_loss(
+            logits_student, logits_teacher.detach(), targets, alpha=s.alpha, beta=s.beta, temperature=s.temperature,
         )
-    else:
-        ce = cfg.ikl.ce_weight * ce
-        weights = prior.rows(targets) if uses_class_prior(cfg) else None
-        distill = loss_warmup(epoch, cfg.ikl.warmup) * ikl_loss(
-            logits_student, logits_teacher,
-            alpha=cfg.ikl.alpha, beta=cfg.ikl.beta, temperature=cfg.ikl.temperature,
-            gamma=cfg.ikl.gamma, weights=weights, weight_temperature=cfg.ikl.weight_temperature,
+        return ce + distill, {"ce": ce.detach(), "kd": distill.detach()}
+
+
+@register("ikl")
+class IKL(Distiller):
+    """IKL-KD, ramped in over ``ikl.warmup`` epochs; wMSE weighted by the class prior
+    (``ikl.class_prior``) or by the teacher's per-sample softmax(t / T2)."""
+
+    def __init__(self, cfg: "KDConfig"):
+        super().__init__(cfg)
+        self.settings = cfg.ikl
+        self.uses_prior = cfg.ikl.class_prior
+        self.prior_temperature = cfg.ikl.prior_temperature
+
+    def loss(self, logits_student, logits_teacher, targets, epoch, prior=None):
+        s = self.settings
+        ce = s.ce_weight * F.cross_entropy(logits_student, targets)
+        weights = prior.rows(targets) if self.uses_prior else None
+        distill = loss_warmup(epoch, s.warmup) * ikl_loss(
+            logits_student, logits_teacher.detach(),
+            alpha=s.alpha, beta=s.beta, temperature=s.temperature,
+            gamma=s.gamma, weights=weights, weight_temperature=s.prior_temperature,
         )
-    return ce + distill, {"ce": ce.detach(), "kd": distill.detach()}
+        return ce + distill, {"ce": ce.detach(), "kd": distill.detach()}

@@ -1,11 +1,12 @@
 """Knowledge distillation: IKL-KD and the KD / DKD baselines, on CIFAR-100 and ImageNet.
 
     python -m knowledge_distillation.train --config configs/knowledge_distillation/cifar100/res32x4_res8x4.yaml
-    python -m knowledge_distillation.train --config ... distiller=dkd          # same pair, another method
+    python -m knowledge_distillation.train --config ... method=dkd          # same pair, another method
 
-One step: the frozen teacher's logits (eval mode, no gradient); the student's logits;
-CE + the distiller's term (`distillers.distillation_loss`); SGD step; with IKL's class
-prior, the teacher's softmax(logits / T2) is accumulated per class for the next epoch.
+One step, asking the distiller (`distillers.build_distiller`) what differs: the frozen
+teacher's logits (eval mode, no gradient); the student's logits; CE + the distiller's term;
+SGD step; with IKL's class prior, the teacher's softmax(logits / T2) is accumulated per
+class for the next epoch.
 Each epoch ends with top-1/top-5 on the validation set, one line of metrics.jsonl,
 TensorBoard scalars and an atomically written last.pt from which ``resume=true`` continues.
 Training speed is reported per iteration, data loading and compute separately, as the
@@ -20,10 +21,11 @@ import torch
 from tqdm import tqdm
 
 from engine import data as data_lib
-from engine.checkpoint import atomic_save
+from engine.file_io import atomic_save
 from engine.cli import config_main
 from engine.config import to_yaml
 from engine.distributed import is_main_process, log, reduce_sum
+from engine.metrics import RunningSums
 from engine.errors import UserError
 from engine.plot import plot_run
 from engine.run import RunLogger, prepare_run_dir, raise_if_not_finite, resume_training_state, training_state
@@ -33,7 +35,7 @@ from losses import ClassPrior
 from models import build_model, load_weights
 
 from .config import KDConfig
-from .distillers import distillation_loss, uses_class_prior
+from .distillers import Distiller, build_distiller
 
 PROGRESS_EVERY = 20  # batches between progress-bar updates (each one synchronises with the GPU)
 TEACHERS_URL = "https://github.com/megvii-research/mdistiller/releases/tag/checkpoints"
@@ -104,6 +106,7 @@ def evaluate_topk(model: torch.nn.Module, loader, device: torch.device, channels
 
 def train_one_epoch(
     cfg: KDConfig,
+    distiller: Distiller,
     epoch: int,
     student: torch.nn.Module,
     teacher: Optional[torch.nn.Module],
@@ -113,8 +116,8 @@ def train_one_epoch(
     device: torch.device,
 ) -> Dict[str, float]:
     student.train()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, ce, kd, correct
-    samples, data_seconds = 0, 0.0
+    sums = RunningSums(("loss", "ce", "kd", "correct"), device)
+    data_seconds = 0.0
     started = waiting_since = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None if is_main_process() else True)
     for batch_index, (images, targets) in enumerate(bar):
@@ -129,39 +132,40 @@ def train_one_epoch(
                 with torch.no_grad():
                     logits_teacher = teacher(images).float()
             logits_student = student(images)
-            loss, parts = distillation_loss(cfg, logits_student, logits_teacher, targets, epoch, prior)
+            loss, parts = distiller.loss(logits_student, logits_teacher, targets, epoch, prior)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if uses_class_prior(cfg):
+        if distiller.uses_prior:
             prior.update(logits_teacher, targets)
 
         batch_size = targets.numel()
-        sums += torch.stack([
-            loss.detach().double() * batch_size,
-            parts["ce"].double() * batch_size,
-            parts["kd"].double() * batch_size,
-            (logits_student.detach().argmax(1) == targets).sum().double(),
-        ])
-        samples += batch_size
+        sums.add(
+            batch_size,
+            loss=loss.detach().double() * batch_size,
+            ce=parts["ce"].double() * batch_size,
+            kd=parts["kd"].double() * batch_size,
+            correct=(logits_student.detach().argmax(1) == targets).sum(),
+        )
         if (batch_index + 1) % PROGRESS_EVERY == 0 or batch_index + 1 == len(loader):
-            mean_loss = sums[0].item() / samples
+            running = sums.totals()
+            mean_loss = running["loss"] / running["count"]
             raise_if_not_finite(mean_loss, epoch=epoch, batch=batch_index + 1,
                                 advice="Lower optim.lr, use precision=fp32, or check the data and the teacher.")
-            bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{100 * sums[3].item() / samples:.1f}")
+            bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{100 * running['correct'] / running['count']:.1f}")
         waiting_since = time.perf_counter()
 
     if device.type == "cuda":
         torch.cuda.synchronize()
     total_seconds = time.perf_counter() - started
     iterations = max(len(loader), 1)
-    totals = reduce_sum(torch.cat([sums, sums.new_tensor([samples])])).tolist()
-    count = max(totals[4], 1)
+    totals = sums.totals(across_processes=True)
+    count = max(totals["count"], 1)
     return {
-        "train_loss": totals[0] / count,
-        "train_loss_ce": totals[1] / count,
-        "train_loss_kd": totals[2] / count,
-        "train_acc": 100 * totals[3] / count,
+        "train_loss": totals["loss"] / count,
+        "train_loss_ce": totals["ce"] / count,
+        "train_loss_kd": totals["kd"] / count,
+        "train_acc": 100 * totals["correct"] / count,
         "sec_per_iter": total_seconds / iterations,
         "data_sec_per_iter": data_seconds / iterations,
         "compute_sec_per_iter": (total_seconds - data_seconds) / iterations,
@@ -184,6 +188,7 @@ def train(cfg: KDConfig) -> Dict[str, object]:
     val_loader = data_lib.make_loader(val_set, batch_size=cfg.data.test_batch_size, shuffle=False,
                                       num_workers=cfg.data.num_workers, seed=cfg.seed, pin_memory=pin)
 
+    distiller = build_distiller(cfg)
     teacher = load_teacher(cfg, num_classes, device)
     student = build_model(cfg.student.arch, num_classes, dataset=cfg.data.dataset).to(device)
     if cfg.channels_last:
@@ -192,7 +197,7 @@ def train(cfg: KDConfig) -> Dict[str, object]:
             teacher = teacher.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(student.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                 weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
-    prior = ClassPrior(num_classes, temperature=cfg.ikl.weight_temperature).to(device)
+    prior = ClassPrior(num_classes, temperature=distiller.prior_temperature).to(device)
 
     last_path = run_dir / "last.pt"
     if is_main_process():
@@ -200,7 +205,7 @@ def train(cfg: KDConfig) -> Dict[str, object]:
                         environment={"seed": cfg.seed, **environment_info(), "device": str(device)})
     start_epoch, best = 1, {"top1": -1.0, "epoch": 0}
     if cfg.resume:
-        state = resume_training_state(last_path, cfg, student, optimizer, prior, device=device, log=log,
+        state = resume_training_state(last_path, cfg, student, optimizer, {"prior": prior}, device=device, log=log,
                                       describe=f"student.arch={cfg.student.arch}")
         best, start_epoch = state["best"], state["epoch"] + 1
         log(f"Resumed {run_dir} after epoch {state['epoch']}")
@@ -214,7 +219,7 @@ def train(cfg: KDConfig) -> Dict[str, object]:
     if cfg.resume and is_main_process() and start_epoch > 1:
         plot_run(run_dir)  # the picture of what the interrupted run had done
     source = f"{cfg.teacher.arch} -> " if teacher is not None else ""
-    log(f"Training {source}{cfg.student.arch} with {cfg.distiller} on {cfg.data.dataset} ({device}) -> {run_dir}")
+    log(f"Training {source}{cfg.student.arch} with {cfg.method} on {cfg.data.dataset} ({device}) -> {run_dir}")
 
     metrics: Dict[str, object] = {}
     try:
@@ -226,7 +231,8 @@ def train(cfg: KDConfig) -> Dict[str, object]:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             data_lib.set_epoch(train_loader, epoch)
-            metrics = {"lr": lr, **train_one_epoch(cfg, epoch, student, teacher, train_loader, optimizer, prior, device)}
+            metrics = {"lr": lr, **train_one_epoch(cfg, distiller, epoch, student, teacher, train_loader, optimizer,
+                                                   prior, device)}
             prior.step()
             if epoch % cfg.eval.every == 0 or epoch == cfg.epochs:
                 metrics.update({f"test_{k}": v for k, v in evaluate_topk(student, val_loader, device, cfg.channels_last).items()})
@@ -242,7 +248,7 @@ def train(cfg: KDConfig) -> Dict[str, object]:
                 if "test_top1" in metrics and metrics["test_top1"] > best["top1"]:
                     best = {"top1": metrics["test_top1"], "epoch": epoch}
                     atomic_save({"model": student.state_dict(), "epoch": epoch, "top1": best["top1"]}, run_dir / "best.pt")
-                atomic_save(training_state(cfg, epoch, student, optimizer, prior, best), last_path)
+                atomic_save(training_state(cfg, epoch, student, optimizer, best, {"prior": prior}), last_path)
     finally:
         logger.close()
 
@@ -251,7 +257,7 @@ def train(cfg: KDConfig) -> Dict[str, object]:
         "epochs": cfg.epochs,
         "teacher": cfg.teacher.arch,
         "student": cfg.student.arch,
-        "distiller": cfg.distiller,
+        "method": cfg.method,
         "teacher_accuracy": teacher_accuracy,
         "best_epoch": best["epoch"],
         "best_test_top1": best["top1"],

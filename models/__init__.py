@@ -14,7 +14,7 @@ from . import wide_resnet, dm_wide_resnet, preact_resnet  # noqa: F401, I001
 from . import cifar_resnet, cifar_wrn, vgg, mobilenetv2, shufflenet  # noqa: F401, I001
 from . import imagenet  # noqa: F401
 from . import small_cnn  # noqa: F401
-from .checkpoint import (
+from .weights import (
     CheckpointError,
     CheckpointMismatchError,
     UnsafeCheckpointError,

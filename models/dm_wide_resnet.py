@@ -40,7 +40,7 @@ DATASET_STATS = {
 _BN_MOMENTUM = 0.01
 
 
-class _Block(nn.Module):
+class Block(nn.Module):
     def __init__(self, in_planes: int, out_planes: int, stride: int, activation=nn.SiLU):
         super().__init__()
         if stride not in (1, 2):
@@ -65,12 +65,12 @@ class _Block(nn.Module):
         return shortcut + out
 
 
-class _BlockGroup(nn.Module):
+class BlockGroup(nn.Module):
     def __init__(self, num_blocks: int, in_planes: int, out_planes: int, stride: int, activation=nn.SiLU):
         super().__init__()
         self.block = nn.Sequential(
             *[
-                _Block(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1, activation)
+                Block(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1, activation)
                 for i in range(num_blocks)
             ]
         )
@@ -98,9 +98,9 @@ class DMWideResNet(nn.Module):
         channels = [16, 16 * width, 32 * width, 64 * width]
         self.init_conv = nn.Conv2d(3, channels[0], 3, 1, padding=1, bias=False)
         self.layer = nn.Sequential(
-            _BlockGroup(num_blocks, channels[0], channels[1], 1, activation),
-            _BlockGroup(num_blocks, channels[1], channels[2], 2, activation),
-            _BlockGroup(num_blocks, channels[2], channels[3], 2, activation),
+            BlockGroup(num_blocks, channels[0], channels[1], 1, activation),
+            BlockGroup(num_blocks, channels[1], channels[2], 2, activation),
+            BlockGroup(num_blocks, channels[2], channels[3], 2, activation),
         )
         self.batchnorm = nn.BatchNorm2d(channels[3], momentum=_BN_MOMENTUM)
         self.relu = activation()

@@ -3,7 +3,7 @@
 # pairs named as arguments (names of configs/knowledge_distillation/cifar100/*.yaml):
 #   bash sh/kd_cifar100_ikl.sh                                  # all 11 pairs, one after another
 #   bash sh/kd_cifar100_ikl.sh res32x4_res8x4 vgg13_mv2 seed=1  # two pairs, with an override
-#   bash sh/kd_cifar100_ikl.sh res32x4_res8x4 distiller=dkd     # the same pair with DKD
+#   bash sh/kd_cifar100_ikl.sh res32x4_res8x4 method=dkd     # the same pair with DKD
 # key=value arguments are config overrides for every run; --print-config prints the resolved
 # configs instead of training. Teachers: mdistiller's cifar_teachers.tar extracted into
 # ./download_ckpts (see the README). Runs from any directory; outputs go to ./runs.

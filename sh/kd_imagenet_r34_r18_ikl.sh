@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Paper: IKL-KD on ImageNet, ResNet34 -> ResNet18 (100 epochs, batch 512; torchvision's teacher weights).
 # Expects data/imagenet/{train,val}/<class folders> (or data.root=...). Extra arguments are
-# config overrides, e.g. distiller=dkd or data.root=/datasets/imagenet; --print-config prints
+# config overrides, e.g. method=dkd or data.root=/datasets/imagenet; --print-config prints
 # the resolved config instead of training. Runs from any directory; outputs go to ./runs.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"

@@ -1,5 +1,5 @@
-"""Shared fixtures: small CIFAR-10/100 datasets written in the official on-disk format, and
-small ImageNet-style ImageFolder trees of PNG files.
+"""Shared fixtures: small CIFAR-10/100 datasets written in the official on-disk format, small
+ImageNet-style ImageFolder trees of PNG files, and small models and batches for unit tests.
 
 The CIFAR files are what torchvision's real CIFAR classes read (only the MD5 sums differ, so
 load them with ``verify_checksum=False``); the ImageFolder trees are what torchvision's
@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torch.nn as nn
 from PIL import Image
 
 CIFAR10_LABEL_NAMES = ["airplane", "automobile", "bird", "cat", "deer",
@@ -154,3 +156,31 @@ def image_folder_writer():
 def imagenet_root(tmp_path_factory) -> Path:
     """An ImageFolder tree with 3 classes, 4 training and 2 validation 40x30 PNGs each. Read-only."""
     return write_image_folder(tmp_path_factory.mktemp("imagenet"))
+
+
+def _small_model(seed: int = 0, *, side: int = 4, classes: int = 3, dropout: bool = False) -> nn.Module:
+    torch.manual_seed(seed)
+    layers = [nn.Conv2d(1, 4, kernel_size=3, padding=1), nn.BatchNorm2d(4), nn.ReLU()]
+    if dropout:
+        layers.append(nn.Dropout(0.5))
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(4 * side * side, classes))
+
+
+def _image_batch(seed: int = 0, *, size: int = 8, side: int = 4, classes: int = 3):
+    generator = torch.Generator().manual_seed(seed + 100)
+    x = torch.rand(size, 1, side, side, generator=generator)
+    y = torch.randint(0, classes, (size,), generator=generator)
+    return x, y
+
+
+@pytest.fixture(scope="session")
+def small_model():
+    """``small_model(seed=0, *, side=4, classes=3, dropout=False)``: Conv + BatchNorm (+ dropout)
+    + linear on 1 x side x side images, seeded: every mode-dependent layer kind is present."""
+    return _small_model
+
+
+@pytest.fixture(scope="session")
+def image_batch():
+    """``image_batch(seed=0, *, size=8, side=4, classes=3)``: seeded images in [0, 1] and labels."""
+    return _image_batch

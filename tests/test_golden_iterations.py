@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from engine.checkpoint import atomic_save, load_file
+from engine.file_io import atomic_save, load_file
 from models import build_model
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -55,7 +55,7 @@ from adv_training.auto_attacks.resumable import (  # noqa: E402
 )
 from adv_training.config import ATConfig  # noqa: E402
 from adv_training.swa import OUTPUT_FILE as SWA_OUTPUT  # noqa: E402
-from engine.checkpoint import CheckpointNotFoundError, atomic_save, atomic_write_text  # noqa: E402
+from engine.file_io import CheckpointNotFoundError, atomic_save, atomic_write_text  # noqa: E402
 from engine.data import build_test_set, first_examples  # noqa: E402
 from engine.data import num_classes as data_num_classes  # noqa: E402
 from engine.errors import UserError  # noqa: E402

@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from engine.checkpoint import atomic_save, load_file
+from engine.file_io import atomic_save, load_file
 from engine.errors import UserError
 
 ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")

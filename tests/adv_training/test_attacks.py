@@ -4,43 +4,34 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from adv_training.attacks import attack_mode, ce_objective, ikl_objective, kl_objective, natural_logits, pgd
-from losses import ikl_loss, kl_loss
+from adv_training.attacks import attack_mode, natural_logits, pgd
+from adv_training.methods import ikl_objective
+from losses import ikl_loss
 
 CLASSES = 3
 
 
-def small_model(seed=0):
-    """Conv + BatchNorm + dropout on 1x4x4 inputs: every mode-dependent layer is present."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(1, 4, kernel_size=3, padding=1),
-        nn.BatchNorm2d(4),
-        nn.ReLU(),
-        nn.Dropout(0.5),
-        nn.Flatten(),
-        nn.Linear(4 * 4 * 4, CLASSES),
-    )
+@pytest.fixture
+def trained_model(small_model, image_batch):
+    """``trained_model(seed=0)``: `small_model` with dropout after a few SGD steps, so that the
+    logits are not near-constant and the BatchNorm statistics are not trivial."""
+    def make(seed=0):
+        model = small_model(seed, dropout=True)
+        x, y = image_batch(seed)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(5):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return model
+
+    return make
 
 
-def trained_model(seed=0):
-    """A few SGD steps so that the logits are not near-constant and the BatchNorm stats are not trivial."""
-    model = small_model(seed)
-    x, y = batch(seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    for _ in range(5):
-        optimizer.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return model
-
-
-def batch(seed=0, size=8):
-    generator = torch.Generator().manual_seed(seed + 100)
-    x = torch.rand(size, 1, 4, 4, generator=generator)
-    y = torch.randint(0, CLASSES, (size,), generator=generator)
-    return x, y
+def ce_objective(targets):
+    """The objective of these tests: PGD itself knows no loss."""
+    return lambda logits: F.cross_entropy(logits, targets)
 
 
 def per_sample_l2(tensor):
@@ -48,9 +39,9 @@ def per_sample_l2(tensor):
 
 
 @pytest.mark.parametrize("random_start", ["normal", "uniform", "none"])
-def test_linf_stays_in_ball_and_box(random_start):
+def test_linf_stays_in_ball_and_box(random_start, trained_model, image_batch):
     model = trained_model()
-    x, y = batch()
+    x, y = image_batch()
     eps = 8 / 255
     x_adv = pgd(model, x, ce_objective(y), eps=eps, step_size=2 / 255, steps=5, random_start=random_start)
     assert (x_adv - x).abs().max() <= eps + 1e-6
@@ -59,9 +50,9 @@ def test_linf_stays_in_ball_and_box(random_start):
 
 
 @pytest.mark.parametrize("random_start", ["normal", "uniform", "none"])
-def test_l2_stays_in_ball_and_box(random_start):
+def test_l2_stays_in_ball_and_box(random_start, trained_model, image_batch):
     model = trained_model()
-    x, y = batch()
+    x, y = image_batch()
     eps = 0.5
     x_adv = pgd(model, x, ce_objective(y), eps=eps, step_size=0.3, steps=5, norm="l2", random_start=random_start)
     assert per_sample_l2(x_adv - x).max() <= eps + 1e-5
@@ -71,9 +62,9 @@ def test_l2_stays_in_ball_and_box(random_start):
 
 
 @pytest.mark.parametrize("norm,eps,step", [("linf", 0.1, 0.03), ("l2", 1.0, 0.3)])
-def test_attack_increases_objective(norm, eps, step):
+def test_attack_increases_objective(norm, eps, step, trained_model, image_batch):
     model = trained_model()
-    x, y = batch()
+    x, y = image_batch()
     model.eval()
     objective = ce_objective(y)
     with torch.no_grad():
@@ -93,9 +84,9 @@ def gradient_at(model, x, objective):
     return x.grad
 
 
-def test_linf_single_step_by_hand():
+def test_linf_single_step_by_hand(trained_model, image_batch):
     model = trained_model()
-    x, y = batch()
+    x, y = image_batch()
     eps, step = 0.05, 0.08  # step > eps so the projection matters
     objective = ce_objective(y)
     x_adv = pgd(model, x, objective, eps=eps, step_size=step, steps=1, random_start="none")
@@ -104,9 +95,9 @@ def test_linf_single_step_by_hand():
     torch.testing.assert_close(x_adv, expected, rtol=0, atol=1e-7)
 
 
-def test_l2_single_step_by_hand():
+def test_l2_single_step_by_hand(trained_model, image_batch):
     model = trained_model()
-    x, y = batch()
+    x, y = image_batch()
     objective = ce_objective(y)
     grad = gradient_at(model, x, objective)
     for eps, step in [(10.0, 0.2), (0.1, 0.2)]:  # inside the ball, then cut back to it
@@ -121,9 +112,9 @@ def test_l2_single_step_by_hand():
         torch.testing.assert_close(x_adv, expected, rtol=0, atol=1e-5)
 
 
-def test_l2_zero_gradient_gives_no_nan():
+def test_l2_zero_gradient_gives_no_nan(trained_model, image_batch):
     model = trained_model()
-    x, _ = batch()
+    x, _ = image_batch()
     zero_objective = lambda logits: 0 * logits.sum()
     for start in ["none", "normal", "uniform"]:
         x_adv = pgd(model, x, zero_objective, eps=0.5, step_size=0.1, steps=3, norm="l2", random_start=start)
@@ -132,9 +123,9 @@ def test_l2_zero_gradient_gives_no_nan():
     assert torch.equal(x_adv, x)
 
 
-def test_attack_mode_restores_mixed_flags_even_on_error():
+def test_attack_mode_restores_mixed_flags_even_on_error(trained_model, image_batch):
     model = trained_model()
-    x, y = batch()
+    x, y = image_batch()
     model.train()
     model[1].eval()  # BatchNorm frozen by the user
     flags = [m.training for m in model.modules()]
@@ -157,10 +148,10 @@ def test_attack_mode_restores_mixed_flags_even_on_error():
         assert [m.training for m in model.modules()] == flags
 
 
-def test_no_side_effects_on_batchnorm_or_parameter_grads():
+def test_no_side_effects_on_batchnorm_or_parameter_grads(trained_model, image_batch):
     model = trained_model()
     model.train()
-    x, y = batch()
+    x, y = image_batch()
     buffers = {k: v.clone() for k, v in model.state_dict().items()}
     x_adv = pgd(model, x, ce_objective(y), eps=0.1, step_size=0.02, steps=3)
     for key, value in model.state_dict().items():
@@ -170,27 +161,15 @@ def test_no_side_effects_on_batchnorm_or_parameter_grads():
     assert x_adv.shape == x.shape
 
 
-def test_works_under_no_grad_and_eps_zero_returns_input():
+def test_works_under_no_grad_and_eps_zero_returns_input(trained_model, image_batch):
     model = trained_model()
-    x, y = batch()
+    x, y = image_batch()
     with torch.no_grad():
         x_adv = pgd(model, x, ce_objective(y), eps=0.1, step_size=0.02, steps=2, random_start="none")
     assert not torch.equal(x_adv, x)
     for eps, steps in [(0.0, 3), (0.1, 0)]:
         same = pgd(model, x, ce_objective(y), eps=eps, step_size=0.02, steps=steps)
         assert torch.equal(same, x) and same is not x
-
-
-def test_objective_builders_match_losses():
-    torch.manual_seed(0)
-    logits_adv, logits_nat = torch.randn(6, CLASSES), torch.randn(6, CLASSES)
-    targets = torch.randint(0, CLASSES, (6,))
-    rows = torch.softmax(torch.randn(6, CLASSES), dim=1)
-    ikl = ikl_objective(logits_nat, alpha=1.0, beta=1.0, weights=rows, gamma=0.5)
-    direct = ikl_loss(logits_adv, logits_nat, alpha=1.0, beta=1.0, weights=rows, gamma=0.5)
-    torch.testing.assert_close(ikl(logits_adv), direct)
-    torch.testing.assert_close(kl_objective(logits_nat)(logits_adv), kl_loss(logits_adv, logits_nat))
-    torch.testing.assert_close(ce_objective(targets)(logits_adv), F.cross_entropy(logits_adv, targets))
 
 
 def reference_loop(model, x, rows, eps, step, steps):
@@ -207,10 +186,10 @@ def reference_loop(model, x, rows, eps, step, steps):
     return x_adv
 
 
-def test_natural_logits_once_equals_recomputing_each_step():
+def test_natural_logits_once_equals_recomputing_each_step(trained_model, image_batch):
     model = trained_model()
     model.train()
-    x, y = batch()
+    x, y = image_batch()
     rows = torch.softmax(torch.randn(len(x), CLASSES, generator=torch.Generator().manual_seed(3)), dim=1)
     eps, step, steps = 8 / 255, 2 / 255, 5
 
@@ -225,9 +204,9 @@ def test_natural_logits_once_equals_recomputing_each_step():
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-7)
 
 
-def test_bad_arguments():
+def test_bad_arguments(small_model, image_batch):
     model = small_model()
-    x, y = batch()
+    x, y = image_batch()
     with pytest.raises(ValueError, match="norm"):
         pgd(model, x, ce_objective(y), eps=0.1, step_size=0.1, steps=1, norm="l1")
     with pytest.raises(ValueError, match="random_start"):

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import adv_training.auto_attacks.resumable as resumable
 from adv_training.auto_attacks.eval import main, pick_run_file, preprocessing
-from engine.checkpoint import load_file
+from engine.file_io import load_file
 from engine.data import build_test_set, build_train_set
 from models import build_model
 

@@ -9,29 +9,13 @@ from adv_training.awp import AdversarialWeightPerturbation
 CLASSES = 3
 
 
-def small_model(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(1, 4, kernel_size=3, padding=1),
-        nn.BatchNorm2d(4),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(4 * 2 * 2, CLASSES),
-    )
-
-
-def batch(size=6):
-    generator = torch.Generator().manual_seed(7)
-    return torch.rand(size, 1, 2, 2, generator=generator), torch.randint(0, CLASSES, (size,), generator=generator)
-
-
 def ce_loss_fn(x, y):
     return lambda net: F.cross_entropy(net(x), y)
 
 
-def test_diff_covers_multidim_weights_with_their_norms():
-    model = small_model()
-    x, y = batch()
+def test_diff_covers_multidim_weights_with_their_norms(small_model, image_batch):
+    model = small_model(side=2)
+    x, y = image_batch(size=6, side=2)
     diff = AdversarialWeightPerturbation(model, gamma=0.01).compute(ce_loss_fn(x, y))
     assert set(diff) == {"0.weight", "4.weight"}  # not BN's weight, not any bias
     parameters = dict(model.named_parameters())
@@ -40,10 +24,10 @@ def test_diff_covers_multidim_weights_with_their_norms():
         torch.testing.assert_close(delta.norm(), parameters[name].detach().norm())
 
 
-def test_compute_leaves_model_untouched():
-    model = small_model()
+def test_compute_leaves_model_untouched(small_model, image_batch):
+    model = small_model(side=2)
     model.train()
-    x, y = batch()
+    x, y = image_batch(size=6, side=2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     AdversarialWeightPerturbation(model, gamma=0.01).compute(ce_loss_fn(x, y))
     for key, value in model.state_dict().items():
@@ -51,9 +35,9 @@ def test_compute_leaves_model_untouched():
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_perturbed_adds_and_restores_even_on_error():
-    model = small_model()
-    x, y = batch()
+def test_perturbed_adds_and_restores_even_on_error(small_model, image_batch):
+    model = small_model(side=2)
+    x, y = image_batch(size=6, side=2)
     gamma = 0.05
     awp = AdversarialWeightPerturbation(model, gamma=gamma)
     diff = awp.compute(ce_loss_fn(x, y))
@@ -72,9 +56,9 @@ def test_perturbed_adds_and_restores_even_on_error():
         torch.testing.assert_close(parameter.detach(), original[name])
 
 
-def test_optimizer_step_inside_perturbation_is_kept():
-    model = small_model()
-    x, y = batch()
+def test_optimizer_step_inside_perturbation_is_kept(small_model, image_batch):
+    model = small_model(side=2)
+    x, y = image_batch(size=6, side=2)
     awp = AdversarialWeightPerturbation(model, gamma=0.05)
     diff = awp.compute(ce_loss_fn(x, y))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -88,13 +72,15 @@ def test_optimizer_step_inside_perturbation_is_kept():
         torch.testing.assert_close(parameter.detach(), original[name] - 0.1 * grads[name])
 
 
-def test_proxy_lr_cancels():
-    x, y = batch()
-    first = AdversarialWeightPerturbation(small_model(), gamma=0.01, proxy_lr=0.01).compute(ce_loss_fn(x, y))
-    second = AdversarialWeightPerturbation(small_model(), gamma=0.01, proxy_lr=1.0).compute(ce_loss_fn(x, y))
+def test_proxy_lr_cancels(small_model, image_batch):
+    # float64: the proxy step w + lr * g - w loses float32 digits at small lr, which is not the point
+    x, y = image_batch(size=6, side=2)
+    x = x.double()
+    first = AdversarialWeightPerturbation(small_model(side=2).double(), gamma=0.01, proxy_lr=0.01).compute(ce_loss_fn(x, y))
+    second = AdversarialWeightPerturbation(small_model(side=2).double(), gamma=0.01, proxy_lr=1.0).compute(ce_loss_fn(x, y))
     assert set(first) == set(second)
     for name in first:
-        torch.testing.assert_close(first[name], second[name], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(first[name], second[name], rtol=1e-9, atol=1e-12)
 
 
 def test_direction_is_the_loss_gradient_on_a_linear_layer():
@@ -111,12 +97,12 @@ def test_direction_is_the_loss_gradient_on_a_linear_layer():
     torch.testing.assert_close(diff["weight"], expected, rtol=1e-4, atol=1e-6)
 
 
-def test_zero_proxy_lr_gives_no_perturbation_and_state_round_trip():
-    x, y = batch()
-    diff = AdversarialWeightPerturbation(small_model(), gamma=0.01, proxy_lr=0.0).compute(ce_loss_fn(x, y))
+def test_zero_proxy_lr_gives_no_perturbation_and_state_round_trip(small_model, image_batch):
+    x, y = image_batch(size=6, side=2)
+    diff = AdversarialWeightPerturbation(small_model(side=2), gamma=0.01, proxy_lr=0.0).compute(ce_loss_fn(x, y))
     assert all(torch.equal(d, torch.zeros_like(d)) for d in diff.values())
 
-    awp = AdversarialWeightPerturbation(small_model(), gamma=0.01, proxy_lr=0.3)
-    other = AdversarialWeightPerturbation(small_model(), gamma=0.01, proxy_lr=0.01)
+    awp = AdversarialWeightPerturbation(small_model(side=2), gamma=0.01, proxy_lr=0.3)
+    other = AdversarialWeightPerturbation(small_model(side=2), gamma=0.01, proxy_lr=0.01)
     other.load_state_dict(awp.state_dict())
     assert other.proxy_optimizer.param_groups[0]["lr"] == 0.3

@@ -1,12 +1,17 @@
-"""Each method's training loss, and AWP's proxy loss, against hand computations."""
+"""Each adversarial-training method: its flags, attack objective, training loss and AWP's proxy
+loss, against hand computations written from the papers' formulas."""
+import math
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from adv_training.config import ATConfig
-from adv_training.methods import training_loss
-from losses.reference import wmse_loss_pairwise
+from adv_training.methods import METHODS, MART, Method, available_methods, build_method, register
+from engine.config import ConfigError, load_config
+from losses.pairwise_oracle import wmse_loss_pairwise
 
 NUM_CLASSES = 5
 BASIC = 6  # images per view
@@ -25,8 +30,21 @@ def trades_by_hand(logits_adv, logits_nat, beta):
     return beta * F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_nat, dim=1), reduction="batchmean")
 
 
+def mart_by_hand(logits_adv, logits_nat, targets, beta):
+    """MART (Wang et al., 2020, eq. 7), one sample at a time with Python loops over classes."""
+    total = 0.0
+    for b, y in enumerate(targets.tolist()):
+        p_adv, p_nat = F.softmax(logits_adv[b], dim=0), F.softmax(logits_nat[b], dim=0)
+        wrong = max(p_adv[k] for k in range(NUM_CLASSES) if k != y)
+        bce = -torch.log(p_adv[y]) - torch.log(1 - wrong)
+        kl = sum(p_nat[k] * (torch.log(p_nat[k]) - torch.log(p_adv[k])) for k in range(NUM_CLASSES))
+        total = total + bce + beta * kl * (1 - p_nat[y])
+    return total / len(targets)
+
+
 @pytest.fixture
 def dual_view_batch():
+    """A linear model on 3 features, float64; two views of BASIC images sharing their labels."""
     generator = torch.Generator().manual_seed(0)
     x_natural = torch.rand(2 * BASIC, 3, generator=generator, dtype=torch.float64)
     x_adv = x_natural + 0.1 * torch.randn(2 * BASIC, 3, generator=generator, dtype=torch.float64)
@@ -38,23 +56,86 @@ def dual_view_batch():
     return model, x_natural, x_adv, targets, prior[targets]
 
 
-def config(method, aug_weight):
-    cfg = ATConfig(method=method)
-    cfg.data.aug_weight = aug_weight
-    return cfg
+def method(name, **overrides):
+    cfg = ATConfig(method=name)
+    for key, value in overrides.items():
+        section, knob = key.split(".")
+        setattr(getattr(cfg, section), knob, value)
+    return build_method(cfg)
 
 
-@pytest.mark.parametrize("method", ["ikl", "trades"])
-def test_dual_view_training_loss_weights_the_augmented_view_and_awp_averages_both(method, dual_view_batch):
+def test_the_registry_holds_every_method_and_the_config_accepts_exactly_those():
+    assert available_methods() == ["ikl", "mart", "pgd", "standard", "trades"]
+    for name in available_methods():
+        assert load_config(ATConfig, None, [f"method={name}"]).method == name
+        assert type(method(name)) is METHODS[name] and METHODS[name].name == name
+    with pytest.raises(ConfigError, match="'method' must be one of ikl, mart, pgd, standard, trades, got 'ilk'; did you mean 'ikl'"):
+        load_config(ATConfig, None, ["method=ilk"])
+
+
+def test_flags_say_what_each_method_needs():
+    flags = {name: (m.attacks, m.attack_needs_natural_logits, m.forwards_natural, m.uses_prior)
+             for name, m in ((name, method(name)) for name in available_methods())}
+    assert flags == {
+        "ikl": (True, True, True, True),
+        "trades": (True, True, True, False),
+        "pgd": (True, False, False, False),
+        "mart": (True, False, True, False),
+        "standard": (False, False, False, False),
+    }
+    assert method("ikl", **{"ikl.prior_temperature": 2.5}).prior_temperature == 2.5
+
+
+def test_attack_objectives_by_hand(dual_view_batch):
     model, x_natural, x_adv, targets, rows = dual_view_batch
-    cfg = config(method, aug_weight=0.3)
+    logits_adv, logits_nat = model(x_adv), model(x_natural)
+    ikl = method("ikl", **{"attack.alpha": 1.0, "attack.beta": 1.0, "ikl.gamma": 0.4}).attack_objective(logits_nat, targets, rows)
+    # the attack uses gamma 1 whatever the training gamma, as the reference
+    assert ikl(logits_adv).item() == pytest.approx(ikl_by_hand(logits_adv, logits_nat, rows, 1.0, 1.0).item(), rel=1e-12)
+    cifar10 = method("ikl", **{"attack.beta": 0.0}).attack_objective(logits_nat, targets, rows)
+    assert cifar10(logits_adv).item() == pytest.approx(soft_ce(logits_adv, logits_nat).item(), rel=1e-12)
+    trades = method("trades").attack_objective(logits_nat, targets, None)
+    assert trades(logits_adv).item() == pytest.approx(trades_by_hand(logits_adv, logits_nat, 1.0).item(), rel=1e-12)
+    for name in ("pgd", "mart"):
+        ce = method(name).attack_objective(None, targets, None)
+        assert ce(logits_adv).item() == pytest.approx(F.cross_entropy(logits_adv, targets).item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["ikl", "trades", "pgd", "standard", "mart"])
+def test_single_view_training_loss_by_hand(name, dual_view_batch):
+    model, x_natural, x_adv, targets, rows = dual_view_batch
+    x_adv = x_natural if name == "standard" else x_adv  # what the trainer passes without an attack
+    logits_adv, logits_nat = model(x_adv), model(x_natural)
+    expected = {
+        "ikl": lambda: F.cross_entropy(logits_nat, targets) + ikl_by_hand(logits_adv, logits_nat, rows, 4.0, 20.0),
+        "trades": lambda: F.cross_entropy(logits_nat, targets) + trades_by_hand(logits_adv, logits_nat, 6.0),
+        "pgd": lambda: F.cross_entropy(logits_adv, targets),
+        "standard": lambda: F.cross_entropy(logits_nat, targets),
+        "mart": lambda: mart_by_hand(logits_adv, logits_nat, targets, 6.0),
+    }[name]()
+    rows = rows if name == "ikl" else None
+    loss, parts = method(name).loss(model, x_natural, x_adv, targets, rows, len(targets))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+    awp_loss, _ = method(name).loss(model, x_natural, x_adv, targets, rows, len(targets), split_views=False)
+    assert awp_loss.item() == loss.item()
+    # gradients with respect to the weights agree with the hand formula's too
+    (ours,) = torch.autograd.grad(loss, [model.weight])
+    (theirs,) = torch.autograd.grad(expected, [model.weight])
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    assert (parts["logits_nat"] is None) == (name in ("pgd", "standard"))
+
+
+@pytest.mark.parametrize("name", ["ikl", "trades"])
+def test_dual_view_training_loss_weights_the_augmented_view_and_awp_averages_both(name, dual_view_batch):
+    model, x_natural, x_adv, targets, rows = dual_view_batch
+    chosen = method(name, **{"data.aug_weight": 0.3})
     logits_adv, logits_nat = model(x_adv), model(x_natural)
     basic, augmented = slice(0, BASIC), slice(BASIC, None)
 
     def robust(view):
-        if method == "ikl":
+        if name == "ikl":
             return ikl_by_hand(logits_adv[view], logits_nat[view], rows[view], alpha=4.0, beta=20.0)
-        return trades_by_hand(logits_adv[view], logits_nat[view], beta=cfg.trades.beta)
+        return trades_by_hand(logits_adv[view], logits_nat[view], beta=6.0)
 
     natural = F.cross_entropy(logits_nat, targets)  # both views, unweighted
     expected_training = natural + robust(basic) + 0.3 * robust(augmented)
@@ -63,17 +144,50 @@ def test_dual_view_training_loss_weights_the_augmented_view_and_awp_averages_bot
     # the two views because both views carry the same labels, hence the same prior rows.
     assert robust(slice(None)).item() == pytest.approx(0.5 * (robust(basic) + robust(augmented)).item(), rel=1e-12)
 
-    training, parts = training_loss(cfg, model, x_natural, x_adv, targets, rows, BASIC)
-    awp, _ = training_loss(cfg, model, x_natural, x_adv, targets, rows, BASIC, split_views=False)
+    rows = rows if name == "ikl" else None
+    training, parts = chosen.loss(model, x_natural, x_adv, targets, rows, BASIC)
+    awp, _ = chosen.loss(model, x_natural, x_adv, targets, rows, BASIC, split_views=False)
     assert training.item() == pytest.approx(expected_training.item(), rel=1e-12)
     assert awp.item() == pytest.approx(expected_awp.item(), rel=1e-12)
     assert parts["natural"].item() == pytest.approx(natural.item(), rel=1e-12)
 
 
-def test_single_view_batches_have_one_loss_for_training_and_awp(dual_view_batch):
-    model, x_natural, x_adv, targets, rows = dual_view_batch
-    cfg = config("ikl", aug_weight=0.3)  # ignored without a second view
-    training, _ = training_loss(cfg, model, x_natural, x_adv, targets, rows, len(targets))
-    awp, _ = training_loss(cfg, model, x_natural, x_adv, targets, rows, len(targets), split_views=False)
-    expected = F.cross_entropy(model(x_natural), targets) + ikl_by_hand(model(x_adv), model(x_natural), rows, 4.0, 20.0)
-    assert training.item() == awp.item() == pytest.approx(expected.item(), rel=1e-12)
+def test_mart_matches_its_paper_on_a_hand_computed_case():
+    # Two classes, one sample: p' = softmax(0, ln 3) = (1/4, 3/4), p = softmax(0, 0) = (1/2, 1/2), y = 0.
+    logits_adv = torch.tensor([[0.0, math.log(3.0)]], dtype=torch.float64)
+    logits_nat = torch.zeros(1, 2, dtype=torch.float64)
+    targets = torch.tensor([0])
+    bce = -math.log(1 / 4) - math.log(1 - 3 / 4)
+    kl = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    expected = bce + 6.0 * kl * (1 - 0.5)
+    assert method("mart").robust_loss(logits_adv, logits_nat, targets, None).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_new_method_is_one_registered_class():
+    """What the README's "adding a method" shows, done here in a test: register, configure, run."""
+    @register("ce_on_both")
+    class CEOnBoth(Method):
+        def robust_loss(self, logits_adv, logits_nat, targets, prior_rows):
+            return F.cross_entropy(logits_adv, targets)
+
+    try:
+        cfg = load_config(ATConfig, None, ["method=ce_on_both"])
+        chosen = build_method(cfg)
+        assert isinstance(chosen, CEOnBoth) and chosen.name == "ce_on_both"
+        with pytest.raises(ValueError, match="registered twice"):
+            register("ce_on_both")(CEOnBoth)
+    finally:
+        del METHODS["ce_on_both"]
+    assert MART.name == "mart"
+
+
+def test_the_readme_example_is_the_code_of_methods_py():
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Adding a method", 1)[1]
+    block = section.split("```python\n", 1)[1].split("```", 1)[0]
+    shown = [line for line in block.splitlines() if line.strip()]
+    source = iter((root / "adv_training" / "methods.py").read_text(encoding="utf-8").splitlines())
+    missing = [line for line in shown if not any(line == candidate for candidate in source)]
+    assert not missing, f"README lines not in methods.py, in order: {missing}"
+    assert len(shown) >= 15

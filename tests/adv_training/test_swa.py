@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from adv_training.swa import average_checkpoints, output_path
-from engine.checkpoint import atomic_save, load_file
+from engine.file_io import atomic_save, load_file
 from engine.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,9 +13,10 @@ import yaml
 
 import adv_training.train as train_module
 from adv_training.config import ATConfig, AttackConfig
+from adv_training.methods import Method
 from adv_training.swa import average_checkpoints
 from adv_training.train import attack_budget, main
-from engine.checkpoint import load_file
+from engine.file_io import load_file
 from engine.config import load_config
 from losses import ClassPrior
 from models import build_model, load_weights
@@ -38,7 +39,7 @@ def read_jsonl(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
-@pytest.mark.parametrize("method", ["ikl", "trades", "pgd"])
+@pytest.mark.parametrize("method", ["ikl", "trades", "pgd", "mart"])
 def test_two_epochs_with_awp_and_ema_write_a_complete_run_folder(method, cifar10_root, tmp_path):
     assert main(tiny_run(cifar10_root, tmp_path, f"method={method}")) == 0
     run = tmp_path / "run"
@@ -133,22 +134,22 @@ def test_a_fresh_start_never_overwrites_an_existing_run(cifar10_root, tmp_path, 
 
 
 def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(cifar10_root, tmp_path, monkeypatch, capsys):
-    real_loss = train_module.training_loss
+    real_loss = Method.loss
 
-    def poisoned(cfg, model, x_natural, x_adv, targets, prior_rows, basic_size, **kwargs):
-        loss, parts = real_loss(cfg, model, x_natural, x_adv, targets, prior_rows, basic_size, **kwargs)
+    def poisoned(self, *args, **kwargs):
+        loss, parts = real_loss(self, *args, **kwargs)
         if torch.is_grad_enabled() and poisoned.epoch == 2:
             loss = loss * float("nan")
         return loss, parts
 
     real_epoch = train_module.train_one_epoch
 
-    def tracking_epoch(cfg, epoch, *args):
+    def tracking_epoch(cfg, method, epoch, *args):
         poisoned.epoch = epoch
-        return real_epoch(cfg, epoch, *args)
+        return real_epoch(cfg, method, epoch, *args)
 
     poisoned.epoch = 0
-    monkeypatch.setattr(train_module, "training_loss", poisoned)
+    monkeypatch.setattr(Method, "loss", poisoned)
     monkeypatch.setattr(train_module, "train_one_epoch", tracking_epoch)
     assert main(tiny_run(cifar10_root, tmp_path)) == 2
     error = capsys.readouterr().err
@@ -158,20 +159,25 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint
     assert not (tmp_path / "run" / "results.json").exists()
 
 
-def test_high_budget_is_five_steps_of_half_the_ramped_epsilon(cifar10_root, tmp_path, monkeypatch):
-    attack = AttackConfig()
+def test_attack_budget_by_hand():
+    attack = AttackConfig()  # high: 5 steps of eps_t / 2 at every epoch, eps_t ramped linearly
     for epoch in (1, 37, 120, 200):
         eps_t = 8 / 255 * epoch / 200
         assert attack_budget(attack, epoch, 200) == pytest.approx((eps_t, eps_t / 2, 5))
     low = AttackConfig(budget="low")
     assert attack_budget(low, 50, 200) == pytest.approx((2 / 255, 2 / 255, 2))
     piecewise = AttackConfig(budget="high_piecewise")
-    steps = [attack_budget(piecewise, e, 200)[2] for e in (50, 51, 100, 101, 150, 151, 200)]
-    assert steps == [2, 3, 3, 4, 4, 5, 5]
+    budgets = [attack_budget(piecewise, e, 200) for e in (50, 51, 100, 101, 150, 151, 200)]
+    assert [steps for _, _, steps in budgets] == [2, 3, 3, 4, 4, 5, 5]
+    assert budgets[1][1] == pytest.approx(2 * (8 / 255 * 51 / 200) / 3)
+    assert attack_budget(piecewise, 25, 100)[2] == 2 and attack_budget(piecewise, 26, 100)[2] == 3  # scaled
     no_ramp = AttackConfig(eps_ramp=False)
     assert attack_budget(no_ramp, 1, 200) == pytest.approx((8 / 255, 4 / 255, 5))
+    fixed = AttackConfig(budget="fixed", eps_ramp=False, steps=10, step_size=2 / 255)
+    assert attack_budget(fixed, 3, 200) == pytest.approx((8 / 255, 2 / 255, 10))
 
-    # ... and the training loop attacks with exactly that budget.
+
+def test_the_training_loop_attacks_with_the_budget_of_each_epoch(cifar10_root, tmp_path, monkeypatch):
     seen = []
     real_pgd = train_module.pgd
 
@@ -203,11 +209,11 @@ def test_dual_view_modes_train_and_update_the_prior_from_the_basic_view(augment,
 
 def test_awp_proxy_takes_the_joint_dual_view_loss_and_the_step_the_weighted_one(cifar10_root, tmp_path, monkeypatch):
     calls = []
-    real_loss = train_module.training_loss
+    real_loss = Method.loss
 
-    def recording_loss(cfg, network, *args, split_views=True):
+    def recording_loss(self, network, *args, split_views=True):
         calls.append((network is awp_proxies[0] if awp_proxies else None, split_views))
-        return real_loss(cfg, network, *args, split_views=split_views)
+        return real_loss(self, network, *args, split_views=split_views)
 
     awp_proxies = []
     real_init = train_module.AdversarialWeightPerturbation.__init__
@@ -216,7 +222,7 @@ def test_awp_proxy_takes_the_joint_dual_view_loss_and_the_step_the_weighted_one(
         real_init(self, *args, **kwargs)
         awp_proxies.append(self.proxy)
 
-    monkeypatch.setattr(train_module, "training_loss", recording_loss)
+    monkeypatch.setattr(Method, "loss", recording_loss)
     monkeypatch.setattr(train_module.AdversarialWeightPerturbation, "__init__", recording_init)
     assert main(tiny_run(cifar10_root, tmp_path, "epochs=1", "data.augment=autoaug", "data.aug_weight=0.3")) == 0
     assert calls and set(calls) == {(True, False), (False, True)}  # proxy: joint views; model: split
@@ -391,14 +397,14 @@ def test_standard_training_never_attacks(cifar10_root, tmp_path, monkeypatch):
 def test_bf16_autocast_and_channels_last_run_and_evaluate_in_fp32(cifar10_root, tmp_path, monkeypatch):
     # On the CPU this exercises the same autocast and memory-format code as on a GPU.
     dtypes = []
-    real_loss = train_module.training_loss
+    real_loss = Method.loss
 
-    def recording_loss(cfg, model, *args, **kwargs):
-        loss, parts = real_loss(cfg, model, *args, **kwargs)
+    def recording_loss(self, *args, **kwargs):
+        loss, parts = real_loss(self, *args, **kwargs)
         dtypes.append(parts["logits_adv"].dtype)
         return loss, parts
 
-    monkeypatch.setattr(train_module, "training_loss", recording_loss)
+    monkeypatch.setattr(Method, "loss", recording_loss)
     args = tiny_run(cifar10_root, tmp_path, "epochs=1", "precision=bf16", "channels_last=true", "awp.enabled=false")
     assert main(args) == 0
     assert set(dtypes) == {torch.bfloat16}

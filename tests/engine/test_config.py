@@ -128,5 +128,5 @@ def test_schema_validation_names_the_key():
         load_config(ATConfig, None, ["epochs=0"])
     with pytest.raises(ConfigError, match="config key 'ikl.gamma' must be >= 0"):
         load_config(KDConfig, None, ["ikl.gamma=-1"])
-    with pytest.raises(ConfigError, match="distiller=kd needs a teacher"):
-        load_config(KDConfig, None, ["distiller=kd", "teacher.arch="])
+    with pytest.raises(ConfigError, match="method=kd needs a teacher"):
+        load_config(KDConfig, None, ["method=kd", "teacher.arch="])

@@ -3,13 +3,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.checkpoint import atomic_save, load_file
+from engine.file_io import atomic_save, load_file
 from engine.ema import ModelEMA
-
-
-def small_model(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(1, 2, kernel_size=2), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2, 3))
 
 
 def train_step(model, optimizer, seed):
@@ -26,8 +21,8 @@ def snapshot(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def test_before_start_nothing_then_copy_then_recursion():
-    model = small_model()
+def test_before_start_nothing_then_copy_then_recursion(small_model):
+    model = small_model(side=2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     ema = ModelEMA(model, tau=0.5, start_epoch=2)
     initial = snapshot(ema.module)
@@ -62,12 +57,12 @@ def test_before_start_nothing_then_copy_then_recursion():
     for key, value in expected.items():
         torch.testing.assert_close(averaged[key], value, rtol=1e-6, atol=1e-7)
     # The average differs from the current weights (the recursion really averaged).
-    assert not torch.allclose(averaged["3.weight"], model.state_dict()["3.weight"])
+    assert not torch.allclose(averaged["4.weight"], model.state_dict()["4.weight"])
     assert not torch.allclose(averaged["1.running_mean"], model.state_dict()["1.running_mean"])
 
 
-def test_state_dict_round_trip_resumes_identically(tmp_path):
-    model = small_model()
+def test_state_dict_round_trip_resumes_identically(tmp_path, small_model):
+    model = small_model(side=2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     ema = ModelEMA(model, tau=0.9, start_epoch=0)
     for seed, epoch in [(0, 0), (1, 1)]:
@@ -75,7 +70,7 @@ def test_state_dict_round_trip_resumes_identically(tmp_path):
         ema.update(model, epoch)
 
     path = atomic_save(ema.state_dict(), tmp_path / "ema.pt")
-    resumed = ModelEMA(small_model(seed=5), tau=0.9, start_epoch=0)
+    resumed = ModelEMA(small_model(seed=5, side=2), tau=0.9, start_epoch=0)
     resumed.load_state_dict(load_file(path))
     assert resumed.started
 
@@ -87,9 +82,9 @@ def test_state_dict_round_trip_resumes_identically(tmp_path):
         assert torch.equal(value, resumed.module.state_dict()[key]), key
 
 
-def test_first_update_after_start_without_copy_copies():
-    model = small_model()
-    ema = ModelEMA(small_model(seed=3), tau=0.9, start_epoch=1)
+def test_first_update_after_start_without_copy_copies(small_model):
+    model = small_model(side=2)
+    ema = ModelEMA(small_model(seed=3, side=2), tau=0.9, start_epoch=1)
     ema.update(model, epoch=4)
     assert ema.started
     for key, value in ema.module.state_dict().items():

@@ -7,13 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import knowledge_distillation.train as train_module
-from engine.checkpoint import atomic_save, load_file
+from engine.file_io import atomic_save, load_file
 from engine.config import load_config
 from knowledge_distillation.config import KDConfig
-from knowledge_distillation.distillers import distillation_loss, loss_warmup
+from knowledge_distillation.distillers import IKL, build_distiller
 from knowledge_distillation.train import main
-from losses import ClassPrior, dkd_loss, ikl_loss, kd_loss
+from losses import ClassPrior
 from models import build_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,11 +55,11 @@ def read_metrics(run_dir):
 
 
 @pytest.mark.parametrize(
-    "distiller,extra",
-    [("vanilla", []), ("kd", []), ("dkd", []), ("ikl", []), ("ikl", ["ikl.class_prior=true", "ikl.weight_temperature=1"])],
+    "method,extra",
+    [("vanilla", []), ("kd", []), ("dkd", []), ("ikl", []), ("ikl", ["ikl.class_prior=true", "ikl.prior_temperature=1"])],
 )
-def test_each_distiller_runs_and_writes_a_run_folder(distiller, extra, cifar100_root, cifar_teacher, tmp_path):
-    args = cifar_run(cifar100_root, cifar_teacher, tmp_path, f"distiller={distiller}", "epochs=1", *extra)
+def test_each_distiller_runs_and_writes_a_run_folder(method, extra, cifar100_root, cifar_teacher, tmp_path):
+    args = cifar_run(cifar100_root, cifar_teacher, tmp_path, f"method={method}", "epochs=1", *extra)
     assert main([f"--config={CONFIGS / 'cifar100' / 'res32x4_res8x4.yaml'}", *args]) == 0
     run = tmp_path / "run"
     for name in ("config.yaml", "environment.json", "metrics.jsonl", "last.pt", "best.pt", "results.json"):
@@ -69,11 +68,11 @@ def test_each_distiller_runs_and_writes_a_run_folder(distiller, extra, cifar100_
     for key in ("train_loss", "train_loss_ce", "train_loss_kd", "test_top1", "test_top5",
                 "sec_per_iter", "data_sec_per_iter", "compute_sec_per_iter"):
         assert math.isfinite(record[key]), key
-    assert record["train_loss_kd"] == 0.0 if distiller == "vanilla" else record["train_loss_kd"] > 0
+    assert record["train_loss_kd"] == 0.0 if method == "vanilla" else record["train_loss_kd"] > 0
     assert 0 <= record["test_top1"] <= record["test_top5"] <= 100
     assert record["data_sec_per_iter"] + record["compute_sec_per_iter"] == pytest.approx(record["sec_per_iter"])
     results = json.loads((run / "results.json").read_text())
-    assert results["teacher_accuracy"]["top1"] >= 0 and results["distiller"] == distiller
+    assert results["teacher_accuracy"]["top1"] >= 0 and results["method"] == method
 
 
 def test_imagenet_folder_run(imagenet_root, tmp_path):
@@ -92,15 +91,15 @@ def test_imagenet_folder_run(imagenet_root, tmp_path):
 
 def test_class_prior_is_the_previous_epochs_mean_of_the_teachers_softmax(cifar100_root, cifar_teacher, tmp_path, monkeypatch):
     calls = []
-    real_loss = train_module.distillation_loss
+    real_loss = IKL.loss
 
-    def recording_loss(cfg, logits_student, logits_teacher, targets, epoch, prior):
+    def recording_loss(self, logits_student, logits_teacher, targets, epoch, prior):
         calls.append((epoch, logits_teacher.detach().clone(), targets.clone(), prior.rows(targets).clone()))
-        return real_loss(cfg, logits_student, logits_teacher, targets, epoch, prior)
+        return real_loss(self, logits_student, logits_teacher, targets, epoch, prior)
 
-    monkeypatch.setattr(train_module, "distillation_loss", recording_loss)
-    weight_temperature = 2.0
-    args = cifar_run(cifar100_root, cifar_teacher, tmp_path, "ikl.class_prior=true", f"ikl.weight_temperature={weight_temperature}")
+    monkeypatch.setattr(IKL, "loss", recording_loss)
+    prior_temperature = 2.0
+    args = cifar_run(cifar100_root, cifar_teacher, tmp_path, "ikl.class_prior=true", f"ikl.prior_temperature={prior_temperature}")
     assert main([f"--config={CONFIGS / 'cifar100' / 'res32x4_res8x4.yaml'}", *args]) == 0
 
     epoch1 = [c for c in calls if c[0] == 1]
@@ -109,7 +108,7 @@ def test_class_prior_is_the_previous_epochs_mean_of_the_teachers_softmax(cifar10
         torch.testing.assert_close(rows, torch.full_like(rows, 1 / 100))
     sums, counts = torch.zeros(100, 100), torch.zeros(100)
     for _, logits, targets, _ in epoch1:
-        probabilities = torch.exp(logits / weight_temperature)
+        probabilities = torch.exp(logits / prior_temperature)
         probabilities = probabilities / probabilities.sum(1, keepdim=True)
         for row, target in zip(probabilities, targets.tolist()):
             sums[target] += row
@@ -119,59 +118,23 @@ def test_class_prior_is_the_previous_epochs_mean_of_the_teachers_softmax(cifar10
         torch.testing.assert_close(rows, expected, rtol=1e-5, atol=1e-7)
 
 
-def test_distillation_loss_composes_the_library_losses():
-    torch.manual_seed(0)
-    student, teacher = torch.randn(6, 10, requires_grad=True), torch.randn(6, 10)
-    targets = torch.randint(0, 10, (6,))
-    cfg = KDConfig()
-    ce = F.cross_entropy(student, targets)
-
-    cfg.distiller = "kd"
-    loss, parts = distillation_loss(cfg, student, teacher, targets, epoch=1)
-    torch.testing.assert_close(loss, 0.1 * ce + 0.9 * kd_loss(student, teacher, 4.0))
-
-    cfg.distiller = "dkd"
-    loss, _ = distillation_loss(cfg, student, teacher, targets, epoch=5)  # warm-up 20: factor 5/20
-    torch.testing.assert_close(loss, ce + 0.25 * dkd_loss(student, teacher, targets, alpha=1.0, beta=8.0, temperature=4.0))
-
-    cfg.distiller = "ikl"
-    loss, parts = distillation_loss(cfg, student, teacher, targets, epoch=30)
-    expected = ikl_loss(student, teacher, alpha=1.0, beta=8.0, temperature=4.0, weight_temperature=100.0)
-    torch.testing.assert_close(loss, ce + expected)
-    torch.testing.assert_close(parts["kd"], expected.detach())
-
-    cfg.ikl.class_prior = True
-    prior = ClassPrior(10, temperature=100.0)
-    prior.update(teacher, targets)
-    prior.step()
-    loss, _ = distillation_loss(cfg, student, teacher, targets, epoch=10, prior=prior)
-    torch.testing.assert_close(
-        loss, ce + 0.5 * ikl_loss(student, teacher, alpha=1.0, beta=8.0, temperature=4.0, weights=prior.rows(targets))
-    )
-
-
-def test_warmup_factor():
-    assert [loss_warmup(e, 20) for e in (1, 10, 20, 21, 240)] == [0.05, 0.5, 1.0, 1.0, 1.0]
-    assert loss_warmup(1, 1) == 1.0 and loss_warmup(3, 0) == 1.0
-
-
 def test_interrupted_and_resumed_run_ends_with_the_same_student(cifar100_root, cifar_teacher, tmp_path, monkeypatch):
     base = [f"--config={CONFIGS / 'cifar100' / 'res32x4_res8x4.yaml'}", "ikl.class_prior=true"]
     assert main(base + cifar_run(cifar100_root, cifar_teacher, tmp_path, name="straight")) == 0
 
-    real_loss, calls = train_module.distillation_loss, {"epoch2": 0}
+    real_loss, calls = IKL.loss, {"epoch2": 0}
 
-    def crashing_loss(cfg, logits_student, logits_teacher, targets, epoch, prior):
+    def crashing_loss(self, logits_student, logits_teacher, targets, epoch, prior):
         if epoch == 2:
             calls["epoch2"] += 1
             if calls["epoch2"] == 3:
                 raise RuntimeError("simulated crash")
-        return real_loss(cfg, logits_student, logits_teacher, targets, epoch, prior)
+        return real_loss(self, logits_student, logits_teacher, targets, epoch, prior)
 
-    monkeypatch.setattr(train_module, "distillation_loss", crashing_loss)
+    monkeypatch.setattr(IKL, "loss", crashing_loss)
     with pytest.raises(RuntimeError, match="simulated crash"):
         main(base + cifar_run(cifar100_root, cifar_teacher, tmp_path, name="interrupted"))
-    monkeypatch.setattr(train_module, "distillation_loss", real_loss)
+    monkeypatch.setattr(IKL, "loss", real_loss)
     assert main(base + cifar_run(cifar100_root, cifar_teacher, tmp_path, "resume=true", name="interrupted")) == 0
 
     straight, resumed = load_file(tmp_path / "straight" / "last.pt"), load_file(tmp_path / "interrupted" / "last.pt")
@@ -204,19 +167,19 @@ def paper_configs():
 @pytest.mark.parametrize("path", paper_configs(), ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_paper_config_resolves_and_takes_a_step(path):
     cfg = load_config(KDConfig, path)
-    assert cfg.distiller == "ikl"
+    assert cfg.method == "ikl"
     imagenet = cfg.data.dataset == "imagenet"
     size, classes = (224, 1000) if imagenet else (32, 100)
     torch.manual_seed(0)
     teacher = build_model(cfg.teacher.arch, classes, dataset=cfg.data.dataset).eval()
     student = build_model(cfg.student.arch, classes, dataset=cfg.data.dataset)
     images, targets = torch.randn(2, 3, size, size), torch.randint(0, classes, (2,))
-    prior = ClassPrior(classes, temperature=cfg.ikl.weight_temperature)
+    prior = ClassPrior(classes, temperature=cfg.ikl.prior_temperature)
     with torch.no_grad():
         logits_teacher = teacher(images)
-    for distiller in ("ikl", "kd", "dkd"):
-        cfg.distiller = distiller
-        loss, _ = distillation_loss(cfg, student(images), logits_teacher, targets, epoch=1, prior=prior)
+    for name in ("ikl", "kd", "dkd"):
+        cfg.method = name
+        loss, _ = build_distiller(cfg).loss(student(images), logits_teacher, targets, epoch=1, prior=prior)
         loss.backward()
         assert math.isfinite(loss.item())
     assert all(p.grad is not None for p in student.parameters() if p.requires_grad)

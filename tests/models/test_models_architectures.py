@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from models import build_model, load_weights
-from models.dm_wide_resnet import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, DMWideResNet, _Block, dataset_stats
+from models.dm_wide_resnet import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, DMWideResNet, Block, dataset_stats
 from models.registry import entries
 
 # Measured with mdistiller's own definitions (cifar-kd, 100 classes), RobustBench's
@@ -202,7 +202,7 @@ def test_dm_wrn_same_padding():
     # stride 1 pads to 34 -> 32; stride 2 pads only bottom/right: 33 -> 16, 17 -> 8
     assert seen == [(34, 32), (33, 16), (17, 8)]
 
-    block = _Block(4, 8, stride=2).eval()
+    block = Block(4, 8, stride=2).eval()
     x = torch.randn(1, 4, 8, 8)
     pre = block.relu_0(block.batchnorm_0(x))
     captured = {}

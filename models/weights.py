@@ -4,7 +4,7 @@ Handles the wrappers the reference code bases save: a plain state dict,
 ``{"model": sd}`` (mdistiller), ``{"state_dict": sd}`` (RobustBench, TRADES
 derivatives), ``{"model_state_dict": sd}`` (Wang et al. 2023), and the
 ``module.`` / ``module.0.`` prefixes of ``nn.DataParallel`` (around an
-``nn.Sequential``).  Files are read by `engine.checkpoint.load_file`
+``nn.Sequential``).  Files are read by `engine.file_io.load_file`
 (``weights_only=True``): a pickle that would run code is refused, never executed.
 """
 
@@ -17,7 +17,7 @@ from typing import Dict, Mapping, Union
 import torch
 import torch.nn as nn
 
-from engine.checkpoint import CheckpointError, UnsafeCheckpointError, load_file
+from engine.file_io import CheckpointError, UnsafeCheckpointError, load_file
 
 _WRAPPER_KEYS = ("model_state_dict", "state_dict", "model")
 _PREFIXES = ("module.0.", "module.")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from models import CheckpointMismatchError, UnsafeCheckpointError, build_model, load_weights
-from models.checkpoint import CheckpointError
+from models.weights import CheckpointError
 from models.dm_wide_resnet import DMWideResNet
 from models.registry import entries
 

@@ -13,7 +13,7 @@ from .errors import UserError
 PathLike = Union[str, os.PathLike]
 
 
-def _write_atomically(path: PathLike, mode: str, write: Callable[[Any], None], **open_kwargs) -> Path:
+def write_atomically(path: PathLike, mode: str, write: Callable[[Any], None], **open_kwargs) -> Path:
     """Write to a temporary file in the same folder, flush it to disk, then rename it into place.
 
     A crash or a full disk during the write leaves the previous file intact: readers see
@@ -35,13 +35,13 @@ def _write_atomically(path: PathLike, mode: str, write: Callable[[Any], None], *
 
 
 def atomic_save(obj: Any, path: PathLike) -> Path:
-    """``torch.save`` with the write-then-rename guarantee (see `_write_atomically`)."""
-    return _write_atomically(path, "wb", lambda stream: torch.save(obj, stream))
+    """``torch.save`` with the write-then-rename guarantee (see `write_atomically`)."""
+    return write_atomically(path, "wb", lambda stream: torch.save(obj, stream))
 
 
 def atomic_write_text(text: str, path: PathLike) -> Path:
     """A text file (JSON, YAML) with the same write-then-rename guarantee."""
-    return _write_atomically(path, "w", lambda stream: stream.write(text), encoding="utf-8")
+    return write_atomically(path, "w", lambda stream: stream.write(text), encoding="utf-8")
 
 
 class CheckpointError(UserError, ValueError):

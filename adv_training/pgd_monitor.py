@@ -1,14 +1,19 @@
-"""Per-epoch evaluation: clean accuracy and PGD robust accuracy, always in float32 and eval mode."""
+"""The per-epoch monitor: clean and PGD accuracy on a test subset, in float32 and eval mode.
+
+It tracks training and picks best.pt; the robustness number to report is AutoAttack's
+(`adv_training.auto_attacks`).
+"""
 from typing import Dict
 
 import torch
 
 from engine.distributed import reduce_sum
 
-from .attacks import attack_mode, ce_objective, pgd
+from .attacks import attack_mode, pgd
+from .methods import cross_entropy_objective
 
 
-def evaluate(
+def clean_and_pgd_accuracy(
     model: torch.nn.Module,
     loader,
     device: torch.device,
@@ -35,7 +40,7 @@ def evaluate(
                 correct_clean += (model(images).argmax(1) == targets).sum()
             if steps > 0:
                 adversarial = pgd(
-                    model, images, ce_objective(targets), eps=eps, step_size=step_size, steps=steps,
+                    model, images, cross_entropy_objective(targets), eps=eps, step_size=step_size, steps=steps,
                     norm=norm, random_start="uniform",
                 )
                 with torch.no_grad():

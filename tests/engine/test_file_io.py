@@ -4,7 +4,7 @@ import pickle
 import pytest
 import torch
 
-from engine.checkpoint import (
+from engine.file_io import (
     CheckpointError,
     CheckpointNotFoundError,
     UnsafeCheckpointError,
