@@ -1,1 +1,1 @@
-"""Adversarial training with IKL (IKL-AT) and its baselines (TRADES, TRADES+AWP, PGD-AT)."""
+"""Adversarial training with IKL (IKL-AT) and its baselines (TRADES, TRADES+AWP, PGD-AT, MART, standard training)."""

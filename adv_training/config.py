@@ -10,7 +10,21 @@ them all.
 from dataclasses import dataclass
 from typing import List, Literal, Optional
 
-from engine.config import ConfigError, knob, require_choice, require_non_negative, require_positive, section
+from engine.config import (
+    BATCH,
+    EPOCHS,
+    NON_NEGATIVE,
+    POSITIVE,
+    SEED,
+    ConfigError,
+    Range,
+    knob,
+    require_choice,
+    require_increasing,
+    require_model,
+    require_plain_name,
+    section,
+)
 
 
 @dataclass
@@ -29,18 +43,19 @@ class DataConfig:
         "weight of the augmented view's robust term in the training loss (dual-view modes; DKLv1's "
         "autoaug launcher calls it --gamma, 0.3; DKLv2's --aug_weight, 0.5). AWP's proxy step ignores it, "
         "as the reference: one robust term over both views",
+        valid=NON_NEGATIVE,
     )
-    batch_size: int = knob(128, "training batch size (per view)")
+    batch_size: int = knob(128, "training batch size (per view)", valid=BATCH)
     drop_last: bool = knob(False, "drop the last incomplete training batch (the reference's TRADES script does)")
-    test_batch_size: int = knob(256, "evaluation batch size")
-    num_workers: int = knob(4, "DataLoader worker processes")
+    test_batch_size: int = knob(256, "evaluation batch size", valid=BATCH)
+    num_workers: int = knob(4, "DataLoader worker processes", valid=Range(0, 256))
 
 
 @dataclass
 class ModelConfig:
     arch: str = knob("WideResNet34_10", "name in the model zoo (models.available_models())")
-    depth: Optional[int] = knob(None, "depth of the generic `WideResNet` arch (null = the architecture's own)")
-    widen_factor: Optional[int] = knob(None, "width of the generic `WideResNet` arch (null = the architecture's own)")
+    depth: Optional[int] = knob(None, "depth of the generic `WideResNet` arch (null = the architecture's own)", valid=Range(10, 1000))
+    widen_factor: Optional[int] = knob(None, "width of the generic `WideResNet` arch (null = the architecture's own)", valid=Range(1, 64))
 
     def build_kwargs(self) -> dict:
         return {k: v for k, v in (("depth", self.depth), ("widen_factor", self.widen_factor)) if v is not None}
@@ -48,56 +63,56 @@ class ModelConfig:
 
 @dataclass
 class IKLConfig:
-    alpha: float = knob(4.0, "weight of the soft-label CE term of IKL (the paper's beta)")
-    beta: float = knob(20.0, "weight of the wMSE term of IKL (the paper's alpha)")
-    gamma: float = knob(1.0, "exponent on the class-prior weights (GKL uses 0.4 on CIFAR-100, 0.2 on CIFAR-10)")
-    temperature: float = knob(1.0, "temperature of the IKL soft-label CE term")
-    prior_temperature: float = knob(4.0, "temperature of the softmax averaged into the class prior")
+    alpha: float = knob(4.0, "weight of the soft-label CE term of IKL (the paper's beta)", valid=NON_NEGATIVE)
+    beta: float = knob(20.0, "weight of the wMSE term of IKL (the paper's alpha)", valid=NON_NEGATIVE)
+    gamma: float = knob(1.0, "exponent on the class-prior weights (GKL uses 0.4 on CIFAR-100, 0.2 on CIFAR-10)", valid=NON_NEGATIVE)
+    temperature: float = knob(1.0, "temperature of the IKL soft-label CE term", valid=POSITIVE)
+    prior_temperature: float = knob(4.0, "temperature of the softmax averaged into the class prior", valid=POSITIVE)
 
 
 @dataclass
 class TradesConfig:
-    beta: float = knob(6.0, "weight of TRADES' KL term")
+    beta: float = knob(6.0, "weight of TRADES' KL term", valid=NON_NEGATIVE)
 
 
 @dataclass
 class MARTConfig:
-    beta: float = knob(6.0, "weight of MART's misclassification-aware KL term (lambda; MART's own default 6)")
+    beta: float = knob(6.0, "weight of MART's misclassification-aware KL term (lambda; MART's own default 6)", valid=NON_NEGATIVE)
 
 
 @dataclass
 class AttackConfig:
     norm: Literal["linf", "l2"] = knob("linf", "threat model of the training attack")
-    epsilon: float = knob(8 / 255, "perturbation budget (accepts fractions such as 8/255)")
+    epsilon: float = knob(8 / 255, "perturbation budget (accepts fractions such as 8/255)", valid=POSITIVE)
     eps_ramp: bool = knob(True, "ramp the training epsilon linearly: eps_t = eps * epoch / epochs")
     budget: Literal["low", "high", "high_piecewise", "fixed"] = knob(
         "high",
         "low: 2 steps of eps_t; high: 5 steps of eps_t/2 (what the reference runs); "
         "high_piecewise: the 2/3/4/5-step schedule the reference intended; fixed: `steps` of `step_size`",
     )
-    steps: int = knob(10, "number of steps for budget=fixed")
-    step_size: float = knob(2 / 255, "step size for budget=fixed")
+    steps: int = knob(10, "number of steps for budget=fixed", valid=Range(0, 10000))
+    step_size: float = knob(2 / 255, "step size for budget=fixed", valid=NON_NEGATIVE)
     random_start: Literal["normal", "uniform", "none"] = knob(
         "normal", "normal: x + 0.001*N(0,1) (TRADES/reference); uniform: U(-eps, eps) (Madry PGD-AT)"
     )
-    alpha: float = knob(1.0, "IKL inner objective: CE weight (reference: 1 on CIFAR-100 and CIFAR-10)")
-    beta: float = knob(1.0, "IKL inner objective: wMSE weight (reference: 1 on CIFAR-100, 0 on CIFAR-10)")
+    alpha: float = knob(1.0, "IKL inner objective: CE weight (reference: 1 on CIFAR-100 and CIFAR-10)", valid=NON_NEGATIVE)
+    beta: float = knob(1.0, "IKL inner objective: wMSE weight (reference: 1 on CIFAR-100, 0 on CIFAR-10)", valid=NON_NEGATIVE)
     eval_mode: bool = knob(True, "model in eval mode (BN running statistics) while attacking")
 
 
 @dataclass
 class AWPConfig:
     enabled: bool = knob(True, "adversarial weight perturbation (Wu et al. 2020)")
-    gamma: float = knob(0.005, "relative size of the weight perturbation")
-    warmup: int = knob(10, "first epoch with AWP")
-    proxy_lr: float = knob(0.01, "proxy SGD step (cancels out of the per-layer normalised perturbation)")
+    gamma: float = knob(0.005, "relative size of the weight perturbation", valid=NON_NEGATIVE)
+    warmup: int = knob(10, "first epoch with AWP", valid=NON_NEGATIVE)
+    proxy_lr: float = knob(0.01, "proxy SGD step (cancels out of the per-layer normalised perturbation)", valid=POSITIVE)
 
 
 @dataclass
 class EMAConfig:
     enabled: bool = knob(True, "keep an exponential moving average of weights and BN buffers")
-    tau: float = knob(0.9996, "EMA decay per iteration")
-    start_epoch: int = knob(150, "epoch at which the average starts from a copy of the model")
+    tau: float = knob(0.9996, "EMA decay per iteration", valid=Range(0, 1, high_open=True))
+    start_epoch: int = knob(150, "epoch at which the average starts from a copy of the model", valid=NON_NEGATIVE)
 
 
 @dataclass
@@ -107,9 +122,9 @@ class SWAConfig:
         "average the end-of-epoch weights as the reference's `swa.py TAU START END` (run after every launcher "
         "run) and write ours-model-epoch-SWA{tau}{start}{end}.pt; the released models are this average",
     )
-    tau: float = knob(0.9, "weight of the running average: avg = (1 - tau) * epoch weights + tau * avg")
-    start: int = knob(1, "first epoch of the average (its weights start the average)")
-    end: Optional[int] = knob(None, "last epoch of the average; null = the last epoch of the run")
+    tau: float = knob(0.9, "weight of the running average: avg = (1 - tau) * epoch weights + tau * avg", valid=Range(0, 1, high_open=True))
+    start: int = knob(1, "first epoch of the average (its weights start the average)", valid=Range(1))
+    end: Optional[int] = knob(None, "last epoch of the average; null = the last epoch of the run", valid=Range(1))
 
     def last_epoch(self, epochs: int) -> int:
         return self.end if self.end is not None else epochs
@@ -117,27 +132,27 @@ class SWAConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = knob(0.2, "peak learning rate of SGD")
-    momentum: float = knob(0.9, "SGD momentum")
-    weight_decay: float = knob(5e-4, "L2 weight decay")
+    lr: float = knob(0.2, "peak learning rate of SGD", valid=POSITIVE)
+    momentum: float = knob(0.9, "SGD momentum", valid=Range(0, 1, high_open=True))
+    weight_decay: float = knob(5e-4, "L2 weight decay", valid=NON_NEGATIVE)
     nesterov: bool = knob(False, "Nesterov momentum")
     schedule: Literal["cosine", "cosine_trades", "step"] = knob(
         "cosine",
         "cosine: lr*(1+cos(pi*(e-w)/(E-w+1)))/2 after w warmup epochs (the DKL scripts); "
         "cosine_trades: lr*(1+cos(pi*(e-1)/E))/2 (the reference's TRADES script); step: decays at milestones",
     )
-    warmup_epochs: int = knob(0, "linear warmup epochs: lr*e/w for e < w")
-    milestones: List[int] = knob([100, 150], "epochs at which the step schedule multiplies lr by decay")
-    decay: float = knob(0.1, "step schedule factor")
+    warmup_epochs: int = knob(0, "linear warmup epochs: lr*e/w for e < w", valid=NON_NEGATIVE)
+    milestones: List[int] = knob([100, 150], "epochs at which the step schedule multiplies lr by decay", valid=Range(1))
+    decay: float = knob(0.1, "step schedule factor", valid=Range(0, 1, low_open=True))
 
 
 @dataclass
 class EvalConfig:
-    num_examples: Optional[int] = knob(1000, "first N test images evaluated each epoch; null = the whole test set")
-    pgd_steps: int = knob(20, "steps of the per-epoch PGD evaluation (CE objective, uniform random start)")
-    step_size: float = knob(2 / 255, "step size of the per-epoch PGD evaluation")
-    epsilon: Optional[float] = knob(None, "evaluation budget; null = attack.epsilon")
-    every: int = knob(1, "evaluate every N epochs (the last epoch always)")
+    num_examples: Optional[int] = knob(1000, "first N test images evaluated each epoch; null = the whole test set", valid=Range(1))
+    pgd_steps: int = knob(20, "steps of the per-epoch PGD evaluation (CE objective, uniform random start)", valid=Range(0, 10000))
+    step_size: float = knob(2 / 255, "step size of the per-epoch PGD evaluation", valid=NON_NEGATIVE)
+    epsilon: Optional[float] = knob(None, "evaluation budget; null = attack.epsilon", valid=POSITIVE)
+    every: int = knob(1, "evaluate every N epochs (the last epoch always)", valid=Range(1))
 
 
 @dataclass
@@ -146,8 +161,8 @@ class ATConfig:
         "ikl", "training objective, a name in adv_training.methods: ikl (IKL-AT), trades, pgd (Madry PGD-AT), "
         "mart, or standard (clean CE, no attack)"
     )
-    epochs: int = knob(200, "training epochs")
-    seed: int = knob(0, "seed of every random number generator (set once, in engine.runtime)")
+    epochs: int = knob(200, "training epochs", valid=EPOCHS)
+    seed: int = knob(0, "seed of every random number generator (set once, in engine.runtime)", valid=SEED)
     deterministic: bool = knob(False, "deterministic kernels (slower; needed for bit-exact resume on GPU)")
     device: str = knob("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     precision: Literal["fp32", "tf32", "bf16"] = knob("fp32", "bf16 autocasts training and attacks; evaluation is fp32")
@@ -155,7 +170,7 @@ class ATConfig:
     out_dir: str = knob("runs", "parent folder of run folders")
     name: str = knob("", "run folder name under out_dir; empty = <dataset>_<method>_<arch>_seed<seed>")
     resume: bool = knob(False, "continue from <run folder>/last.pt")
-    save_every: int = knob(0, "also write ours-model-epoch{N}.pt every N epochs (plain state dict, for swa.py); 0 = never")
+    save_every: int = knob(0, "also write ours-model-epoch{N}.pt every N epochs (plain state dict, for swa.py); 0 = never", valid=NON_NEGATIVE)
     data: DataConfig = section(DataConfig, "dataset, augmentation and loaders")
     model: ModelConfig = section(ModelConfig, "architecture")
     ikl: IKLConfig = section(IKLConfig, "IKL-AT loss (method=ikl)")
@@ -169,41 +184,27 @@ class ATConfig:
     eval: EvalConfig = section(EvalConfig, "per-epoch evaluation")
 
     def validate(self) -> None:
+        """What involves several knobs (each knob's own range is checked from its declaration)."""
         from .methods import available_methods  # here: the registry's modules annotate with this schema
 
         require_choice("method", self.method, available_methods())
-        require_positive({
-            "epochs": self.epochs,
-            "data.batch_size": self.data.batch_size,
-            "data.test_batch_size": self.data.test_batch_size,
-            "attack.epsilon": self.attack.epsilon,
-            "optim.lr": self.optim.lr,
-            "eval.every": self.eval.every,
-            "ikl.temperature": self.ikl.temperature,
-            "ikl.prior_temperature": self.ikl.prior_temperature,
-        })
-        require_non_negative({
-            "save_every": self.save_every,
-            "data.num_workers": self.data.num_workers,
-            "optim.warmup_epochs": self.optim.warmup_epochs,
-            "ikl.gamma": self.ikl.gamma,
-            "attack.steps": self.attack.steps,
-            "eval.pgd_steps": self.eval.pgd_steps,
-        })
-        if not 0 <= self.ema.tau < 1:
-            raise ConfigError(f"config key 'ema.tau' must lie in [0, 1), got {self.ema.tau}")
-        if not 0 <= self.swa.tau < 1:
-            raise ConfigError(f"config key 'swa.tau' must lie in [0, 1), got {self.swa.tau}")
+        require_plain_name("name", self.name)
+        require_model("model.arch", self.model.arch, self.data.dataset, self.model.build_kwargs())
+        require_increasing("optim.milestones", self.optim.milestones)
+        if self.attack.norm == "linf":
+            for key, eps in (("attack.epsilon", self.attack.epsilon), ("eval.epsilon", self.eval.epsilon)):
+                if eps is not None and eps > 1:
+                    raise ConfigError(f"config key '{key}' must be at most 1 for linf (images lie in [0, 1]), "
+                                      f"got {eps}; write 8/255, not 8")
         swa_end = self.swa.last_epoch(self.epochs)
-        if not 1 <= self.swa.start <= swa_end <= self.epochs:
+        if not self.swa.start <= swa_end <= self.epochs:
             raise ConfigError(
                 f"config keys 'swa.start' ({self.swa.start}) and 'swa.end' ({self.swa.end}) must satisfy "
                 f"1 <= start <= end <= epochs ({self.epochs})"
             )
-        if self.eval.num_examples is not None and self.eval.num_examples <= 0:
-            raise ConfigError("config key 'eval.num_examples' must be positive or null (the whole test set)")
         if self.optim.warmup_epochs >= self.epochs and self.optim.warmup_epochs > 0:
-            raise ConfigError(f"optim.warmup_epochs ({self.optim.warmup_epochs}) must be smaller than epochs ({self.epochs})")
+            raise ConfigError(f"config key 'optim.warmup_epochs' ({self.optim.warmup_epochs}) must be smaller "
+                              f"than epochs ({self.epochs})")
 
     def run_name(self) -> str:
         return self.name or f"{self.data.dataset}_{self.method}_{self.model.arch}_seed{self.seed}"

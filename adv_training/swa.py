@@ -32,7 +32,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
-from engine.file_io import PathLike, atomic_save, load_file
+from engine.file_io import PathLike, atomic_save, load_file, require_finite
 from engine.ema import EpochAverage
 from engine.errors import UserError
 
@@ -82,8 +82,10 @@ def average_checkpoints(
     average = EpochAverage(tau)
     for path in paths:
         log(f"reading {path}")
+        state = _state_dict(load_file(path, map_location="cpu"), path)
+        require_finite(state, path)
         try:
-            average.add(_state_dict(load_file(path, map_location="cpu"), path))
+            average.add(state)
         except ValueError as error:
             raise UserError(f"{path} does not fit the earlier epochs ({error}); were they saved from the same model?") from None
 

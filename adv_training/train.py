@@ -30,7 +30,6 @@ from engine.config import to_yaml
 from engine.distributed import is_main_process, log
 from engine.ema import EpochAverage, ModelEMA
 from engine.metrics import RunningSums
-from engine.plot import plot_run
 from engine.run import RunLogger, prepare_run_dir, raise_if_not_finite, resume_training_state, training_state
 from engine.runtime import autocast, environment_info, prepare_runtime
 from engine.schedule import learning_rate
@@ -234,8 +233,8 @@ def train(cfg: ATConfig) -> Dict[str, object]:
         log(f"Resumed {run_dir} after epoch {state['epoch']}")
         del state
     logger = RunLogger(run_dir, enabled=is_main_process(), completed_epochs=start_epoch - 1)
-    if cfg.resume and is_main_process() and start_epoch > 1:
-        plot_run(run_dir)  # the picture of what the interrupted run had done
+    if cfg.resume and start_epoch > 1:
+        logger.plot()  # the picture of what the interrupted run had done
     log(f"Training {cfg.method} on {cfg.data.dataset} with {cfg.model.arch} on {device} -> {run_dir}")
 
     eval_eps = cfg.eval.epsilon if cfg.eval.epsilon is not None else cfg.attack.epsilon
@@ -244,7 +243,6 @@ def train(cfg: ATConfig) -> Dict[str, object]:
         accuracy = clean_and_pgd_accuracy(network, test_loader, device, eps=eval_eps, step_size=cfg.eval.step_size,
                                           steps=cfg.eval.pgd_steps, norm=cfg.attack.norm, channels_last=cfg.channels_last)
         return {f"{prefix}_{key}": value for key, value in accuracy.items()}
-    metrics: Dict[str, object] = {}
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
             started = time.perf_counter()
@@ -302,7 +300,9 @@ def train(cfg: ATConfig) -> Dict[str, object]:
         "epochs": cfg.epochs,
         "best_epoch": best["epoch"],
         "best_test_robust_acc": best["robust_acc"],
-        "final": {k: v for k, v in metrics.items() if k.startswith(("test_", "ema_test_", "swa_test_"))},
+        # From the last epoch's record, so that resuming a finished run (or one killed after its
+        # last checkpoint) rebuilds the same results.
+        "final": {k: v for k, v in (logger.last_record or {}).items() if k.startswith(("test_", "ema_test_", "swa_test_"))},
     }
     if swa is not None:
         results["swa_file"] = swa_output_path(run_dir, cfg.swa.tau, cfg.swa.start, swa_end).name
@@ -313,7 +313,8 @@ def train(cfg: ATConfig) -> Dict[str, object]:
 def main(argv: Optional[List[str]] = None) -> int:
     return config_main(
         ATConfig, train, prog="python -m adv_training.train", argv=argv,
-        description="Adversarial training with IKL, TRADES or PGD-AT. Settings: --config FILE, then key=value overrides.",
+        description="Adversarial training with IKL, TRADES, PGD-AT, MART or standard training. "
+        "Settings: --config FILE, then key=value overrides.",
     )
 
 

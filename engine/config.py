@@ -15,6 +15,8 @@ relative to itself) < command-line ``key=value`` overrides (values parsed as YAM
 """
 import dataclasses
 import difflib
+import inspect
+import math
 import re
 import types
 import typing
@@ -26,6 +28,7 @@ import yaml
 from .errors import UserError
 
 T = TypeVar("T")
+_FLOAT = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
 _FRACTION = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?)\s*/\s*(\d+(?:\.\d*)?)\s*$")
 
 
@@ -33,11 +36,57 @@ class ConfigError(UserError):
     """A configuration that does not fit the schema."""
 
 
-def knob(default: Any, help: str, **kwargs) -> Any:
-    """A schema field with its description; mutable defaults (lists) are copied per instance."""
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a number knob admits: bounds (None = unbounded), and NaN/inf always refused."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False  # low itself excluded
+    high_open: bool = False
+
+    def admits(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            return False
+        return True
+
+    def __str__(self) -> str:
+        def number(x: float) -> str:
+            return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{number(self.low)}, {number(self.high)}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {number(self.low)}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {number(self.high)}"
+        return "a finite number"
+
+
+BATCH = Range(1, 2**20)
+EPOCHS = Range(1, 100_000)
+SEED = Range(0, 2**32 - 1)
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+FRACTION = Range(0, 1)  # [0, 1]
+FINITE = Range()
+
+
+def knob(default: Any, help: str, *, valid: Optional[Range] = None, **kwargs) -> Any:
+    """A schema field with its description and, for numbers, the `Range` it admits.
+
+    Mutable defaults (lists) are copied per instance. Float knobs admit any finite number
+    unless ``valid`` says more; every value is checked when a config is loaded, before the
+    schema's own ``validate`` (which checks what involves several knobs).
+    """
+    metadata = {"help": help, "valid": valid}
     if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
-    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
 
 
 def section(cls: Type[T], help: str) -> T:
@@ -140,6 +189,9 @@ def _convert(value: Any, field_type, key: str) -> Any:
     if field_type is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _FLOAT.match(value):
+            # YAML 1.1 reads 1e-3 and 5e-4 (no dot) as strings; they are numbers.
+            return float(value)
         if isinstance(value, str) and _FRACTION.match(value):
             numerator, denominator = _FRACTION.match(value).groups()
             if float(denominator) == 0:
@@ -211,13 +263,17 @@ def _read_yaml(path: Path, seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
         raise ConfigError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
     base = data.pop("base", None)
     if base is None:
         return data
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"'base:' in {path} must be the file name of the config it extends, got {base!r}")
     merged = _read_yaml(path.parent / base, seen + (path,))
     _deep_update(merged, data)
     return merged
@@ -244,17 +300,32 @@ def load_config(schema: Type[T], path: Optional[Union[str, Path]] = None, overri
             raise ConfigError(f"command-line override '{override}' must look like key=value, e.g. optim.lr=0.1")
         key, raw_value = override.split("=", 1)
         _set_dotted(config, key.strip(), raw_value.strip(), schema)
+    check_ranges(config)
     validate = getattr(config, "validate", None)
     if callable(validate):
         validate()
     return config
 
 
-def require_positive(values: Dict[str, float]) -> None:
-    """For a schema's ``validate``: each ``{dotted key: value}`` must be > 0."""
-    for key, value in values.items():
-        if not value > 0:
-            raise ConfigError(f"config key '{key}' must be positive, got {value}")
+def check_ranges(config, prefix: str = "") -> None:
+    """Every number knob lies in its declared `Range` (floats: finite at least); lists item by item."""
+    for name, field in _fields(config).items():
+        value, key = getattr(config, name), prefix + name
+        if _is_section(field.type):
+            check_ranges(value, key + ".")
+            continue
+        valid = field.metadata.get("valid") or (FINITE if _admits_float(field.type) else None)
+        if valid is None:
+            continue
+        for index, item in enumerate(value if isinstance(value, list) else [value]):
+            if isinstance(item, (int, float)) and not isinstance(item, bool) and not valid.admits(item):
+                where = f"{key}[{index}]" if isinstance(value, list) else key
+                raise ConfigError(f"config key '{where}' must be {valid}, got {item!r}")
+
+
+def _admits_float(field_type) -> bool:
+    options = typing.get_args(field_type) if typing.get_origin(field_type) in (Union, types.UnionType) else (field_type,)
+    return float in options
 
 
 def require_choice(key: str, value: str, choices: Iterable[str]) -> None:
@@ -266,11 +337,45 @@ def require_choice(key: str, value: str, choices: Iterable[str]) -> None:
         raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}, got '{value}'{hint}")
 
 
-def require_non_negative(values: Dict[str, float]) -> None:
-    """For a schema's ``validate``: each ``{dotted key: value}`` must be >= 0."""
-    for key, value in values.items():
-        if value < 0:
-            raise ConfigError(f"config key '{key}' must be >= 0, got {value}")
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._=+,-]*$")
+
+
+def require_plain_name(key: str, value: str) -> None:
+    """A folder name inside out_dir: no path separators, no '..', nothing hidden."""
+    if value and (not _PLAIN_NAME.match(value) or value in (".", "..") or ".." in value):
+        raise ConfigError(
+            f"config key '{key}' must be a plain folder name (letters, digits and . _ - = + ,; no '/' or '..'), "
+            f"got {value!r}"
+        )
+
+
+def require_increasing(key: str, values: List[int]) -> None:
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise ConfigError(f"config key '{key}' must list epochs in increasing order, got {values}")
+
+
+def require_model(arch_key: str, arch: str, dataset: str, kwargs: Dict[str, Any]) -> None:
+    """``arch`` is in the model zoo, takes ``dataset``'s images, and accepts the keyword arguments given."""
+    from models.registry import available_models, resolve  # here: engine does not need models otherwise
+
+    try:
+        entry = resolve(arch, dataset)
+    except ValueError as error:
+        raise ConfigError(f"config key '{arch_key}' names no usable model: {error}") from None
+    if dataset not in entry.datasets:
+        raise ConfigError(
+            f"config key '{arch_key}': {arch} takes {'x'.join(map(str, entry.input_size))} images "
+            f"({', '.join(entry.datasets)}), not {dataset}'s; choose a model of that family "
+            f"(models.available_models() lists {len(available_models())})"
+        )
+    section = arch_key.rsplit(".", 1)[0]
+    for name in kwargs:
+        if name not in inspect.signature(entry.builder).parameters:
+            raise ConfigError(f"config key '{section}.{name}' does not apply to {arch}; set it to null "
+                              f"(only the generic WideResNet takes depth and widen_factor)")
+    depth = kwargs.get("depth")
+    if depth is not None and (depth - 4) % 6 != 0:
+        raise ConfigError(f"config key '{section}.depth' must be 6n + 4 (10, 16, 22, 28, 34, ...), got {depth}")
 
 
 def get_value(config, key: str) -> Any:
@@ -325,4 +430,6 @@ def _describe(config, lines: List[str], indent: str) -> None:
         else:
             rendered = yaml.safe_dump(value, default_flow_style=True).strip()
             rendered = rendered.removesuffix("\n...").removesuffix("...").strip()
-            lines.append(f"{indent}{name}: {rendered}  # {help_text} [{_type_name(field.type)}]")
+            valid = field.metadata.get("valid")
+            allowed = _type_name(field.type) + (f", {valid}" if valid is not None else "")
+            lines.append(f"{indent}{name}: {rendered}  # {help_text} [{allowed}]")

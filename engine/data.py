@@ -48,6 +48,7 @@ it draws from the loader's generator at the start of each epoch; as `set_epoch` 
 that generator, the augmentations of epoch ``e`` then depend only on (seed, epoch,
 num_workers), like the shuffle order.
 """
+import contextlib
 import functools
 import os
 import pickle
@@ -58,6 +59,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
+from torchvision.datasets import cifar as cifar_module
 
 from .errors import UserError
 
@@ -142,6 +144,52 @@ class _CIFAR100FilesOnly(datasets.CIFAR100):
     meta = {**datasets.CIFAR100.meta, "md5": None}
 
 
+class _CIFARBatchUnpickler(pickle.Unpickler):
+    """Builds only what the official CIFAR python batches hold: dicts, lists, strings, bytes,
+    numbers and numpy arrays. Any other global a file asks for (a crafted file's os.system,
+    say) is refused before anything is built, naming the file."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("_codecs", "encode"),  # how Python 3's pickle protocol 2 writes bytes
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        source = getattr(self._file, "name", "a CIFAR batch file")
+        raise UserError(f"refused to read {source}: it asks for {module}.{name}, which official CIFAR batches "
+                        f"never hold (a crafted or foreign file?); replace it with the official file")
+
+    def __init__(self, file, **kwargs):
+        super().__init__(file, **kwargs)
+        self._file = file
+
+
+class _RestrictedPickle:
+    """Stands in for the ``pickle`` module inside torchvision's CIFAR reader (see `_restricted_cifar_reads`)."""
+
+    UnpicklingError = pickle.UnpicklingError
+
+    @staticmethod
+    def load(file, **kwargs):
+        return _CIFARBatchUnpickler(file, **kwargs).load()
+
+
+@contextlib.contextmanager
+def _restricted_cifar_reads():
+    """torchvision reads CIFAR batches with plain ``pickle.load``; files whose MD5 is not checked
+    (data.verify_checksum=false) are read with `_CIFARBatchUnpickler` instead, through the
+    same torchvision code."""
+    previous = cifar_module.pickle
+    cifar_module.pickle = _RestrictedPickle
+    try:
+        yield
+    finally:
+        cifar_module.pickle = previous
+
+
 _CLASSES = {
     ("cifar10", True): datasets.CIFAR10,
     ("cifar10", False): _CIFAR10FilesOnly,
@@ -163,7 +211,8 @@ def _open(dataset: str, root: PathLike, *, train: bool, transform: Callable, dow
     folder = root / cls.base_folder
     unreadable = f"the {name} files in {folder} could not be read as CIFAR python batches"
     try:
-        return cls(root, train=train, transform=transform, download=download)
+        with contextlib.nullcontext() if verify_checksum else _restricted_cifar_reads():
+            return cls(root, train=train, transform=transform, download=download)
     except (RuntimeError, OSError) as error:  # urllib's URLError is an OSError
         cause = error
     except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as error:
@@ -398,11 +447,13 @@ AUTOAUGMENT_FILL = [128, 128, 128]
 def autoaugment_cifar() -> transforms.AutoAugment:
     """torchvision's AutoAugment with the CIFAR-10 policy and the reference's grey fill.
 
-    It works on the PIL image, before the conversion to a tensor. The 25 sub-policies,
-    their probabilities and magnitude bins are the reference's. What still differs from
-    the reference's own implementation: it shears with bicubic resampling (torchvision:
-    nearest); it always rotates counter-clockwise (torchvision: a random sign); and it draws
-    from Python's unseeded ``random`` (torchvision: torch's RNG, which the seed controls).
+    It works on the PIL image, before the conversion to a tensor. The 25 sub-policies and
+    their probabilities are the reference's. What still differs from the reference's own
+    implementation: it shears with bicubic resampling (torchvision: nearest); it always
+    rotates counter-clockwise (torchvision: a random sign); its solarize thresholds are
+    linspace(256, 0) (torchvision: linspace(255, 0)); torchvision rounds translations to whole
+    pixels; and it draws from Python's unseeded ``random`` (torchvision: torch's RNG, which
+    the seed controls).
     """
     return transforms.AutoAugment(transforms.AutoAugmentPolicy.CIFAR10, fill=AUTOAUGMENT_FILL)
 

@@ -1,10 +1,12 @@
 """Reading and writing files that hold tensors: atomically, and never executing code."""
+import contextlib
+import errno
 import os
 import pickle
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Iterator, List, Union
 
 import torch
 
@@ -13,25 +15,70 @@ from .errors import UserError
 PathLike = Union[str, os.PathLike]
 
 
+class WriteError(UserError, OSError):
+    """A file or folder could not be written (full disk, read-only file system, no permission)."""
+
+
+_CAUSES = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
+           errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
+
+
+@contextlib.contextmanager
+def writing(path: PathLike) -> Iterator[None]:
+    """Turn an OSError raised while writing ``path`` into one `WriteError` line naming it and the cause."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as error:
+        cause = _CAUSES.get(error.errno, error.strerror or type(error).__name__)
+        raise WriteError(
+            f"could not write {path}: {cause}; free space or choose a writable out_dir, then run again "
+            f"(with resume=true if the run had started: the previous files are intact)"
+        ) from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # `write_atomically`'s names: .NAME.XXXXXXXX.tmp
+
+
 def write_atomically(path: PathLike, mode: str, write: Callable[[Any], None], **open_kwargs) -> Path:
     """Write to a temporary file in the same folder, flush it to disk, then rename it into place.
 
     A crash or a full disk during the write leaves the previous file intact: readers see
-    either the old file or the new one, never half of one.
+    either the old file or the new one, never half of one. The file gets the permissions a
+    plain write would give it (the umask's), not the temporary file's private ones. A
+    temporary file left by a killed process is removed by `remove_stale_temporaries`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, mode, **open_kwargs) as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(handle, mode, **open_kwargs) as stream:
+                write(stream)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.chmod(temporary, 0o666 & ~_umask())
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
     return path
+
+
+def remove_stale_temporaries(folder: PathLike) -> List[Path]:
+    """Delete the temporary files a killed `write_atomically` left in ``folder``; return them."""
+    folder = Path(folder)
+    stale = [p for p in folder.iterdir() if p.is_file() and TEMPORARY.match(p.name)] if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_save(obj: Any, path: PathLike) -> Path:
@@ -84,3 +131,24 @@ def load_file(path: PathLike, map_location: Any = "cpu") -> Any:
         ) from None
     except Exception as error:  # torch raises many types for a truncated or foreign file
         raise CheckpointError(f"{path} could not be read as a PyTorch checkpoint: {error}") from None
+
+
+def require_finite(state: Any, source: PathLike) -> None:
+    """Refuse a state dict (or a nest of them) holding NaN or inf, naming ``source`` and the first bad entry.
+
+    A run that diverged can save such weights; loading them would only produce NaN later,
+    far from the cause.
+    """
+    def entries(obj, prefix=""):
+        if isinstance(obj, torch.Tensor):
+            yield prefix, obj
+        elif isinstance(obj, dict):
+            for key, value in obj.items():
+                yield from entries(value, f"{prefix}.{key}" if prefix else str(key))
+
+    for key, tensor in entries(state):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(
+                f"{source}: entry {key!r} holds NaN or inf, so these weights are unusable (saved from a diverged "
+                f"run?); use an earlier checkpoint"
+            )

@@ -19,7 +19,6 @@ pyplot, so importing this module changes no global matplotlib state (backend, rc
 """
 import argparse
 import io
-import json
 import math
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ from matplotlib.ticker import MaxNLocator
 
 from .file_io import PathLike, write_atomically
 from .errors import UserError
-from .metrics import METRICS_FILE
+from .metrics import METRICS_FILE, read_metrics
 
 CURVES = "curves.png"
 FIGSIZE = (10, 3.2)  # inches; at DPI this is a 1000×320 pixel PNG
@@ -58,17 +57,7 @@ def read_run(run_dir: PathLike) -> List[Dict[str, Any]]:
         raise UserError(f"{run_dir} is not a folder; pass a run folder (one that holds {METRICS_FILE})")
     if not path.is_file():
         raise UserError(f"{run_dir} has no {METRICS_FILE}; is it a run folder, and has its first epoch finished?")
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    records = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            if number == len(lines):  # a running trainer may be appending this very line
-                break
-            raise UserError(f"{path}, line {number}, is not JSON ({error.msg})") from None
-        if isinstance(record, dict) and isinstance(record.get("epoch"), (int, float)):
-            records.append(record)
+    records = read_metrics(run_dir)
     if not records:
         raise UserError(f"{path} holds no epochs yet; plot the run once its first epoch has finished")
     return sorted(records, key=lambda record: record["epoch"])

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional
 
-from .file_io import atomic_write_text, load_file
+from .file_io import atomic_write_text, load_file, remove_stale_temporaries, writing
 from .config import changed_keys, to_dict
 from .errors import NonFiniteLossError, UserError
 from .metrics import METRICS_FILE, read_metrics
@@ -36,14 +36,21 @@ def prepare_run_dir(run_dir: Path, *, config_yaml: str, environment: Dict[str, A
             f"{run_dir} already holds a run (last.pt); pass resume=true to continue it, "
             f"or choose another folder with name=..."
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with writing(run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(run_dir)
     if resume and (run_dir / "config.yaml").is_file():
         saved = (run_dir / "config.yaml").read_text(encoding="utf-8")
-        if saved != config_yaml:
+        if _without_resume(saved) != _without_resume(config_yaml):
             atomic_write_text(saved, run_dir / "config.previous.yaml")
     atomic_write_text(config_yaml, run_dir / "config.yaml")
     atomic_write_text(json.dumps(environment, indent=2) + "\n", run_dir / "environment.json")
     return run_dir
+
+
+def _without_resume(config_yaml: str) -> str:
+    """The config text minus its ``resume:`` line, which differs between a start and its resume."""
+    return "\n".join(line for line in config_yaml.splitlines() if not line.startswith("resume:"))
 
 
 class RunLogger:
@@ -58,20 +65,24 @@ class RunLogger:
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.writer = None
+        self.last_record: Optional[Dict[str, Any]] = None  # the newest epoch's metrics, logged or read back
         if not enabled:
             return
-        kept = [m for m in read_metrics(self.run_dir) if m.get("epoch", 0) <= completed_epochs]
+        kept = [m for m in read_metrics(self.run_dir, log=print) if m.get("epoch", 0) <= completed_epochs]
         atomic_write_text("".join(json.dumps(m) + "\n" for m in kept), self.run_dir / METRICS_FILE)
+        self.last_record = kept[-1] if kept else None
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=completed_epochs + 1)
+        with writing(self.run_dir / "tensorboard"):
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=completed_epochs + 1)
 
     def log_epoch(self, epoch: int, metrics: Dict[str, Any]) -> None:
         if not self.enabled:
             return
         record = {"epoch": epoch, **metrics}
-        with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as stream:
+        with writing(self.run_dir / METRICS_FILE), open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as stream:
             stream.write(json.dumps(record) + "\n")
+        self.last_record = record
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 self.writer.add_scalar(key, value, epoch)
@@ -87,8 +98,19 @@ class RunLogger:
         if not self.enabled:
             return
         self.write_results(results)
-        plot_run(self.run_dir)
-        print(f"Done. Results in {self.run_dir / 'results.json'}, curves in {self.run_dir / 'curves.png'}", flush=True)
+        curves = self.plot()
+        where = f", curves in {curves}" if curves is not None else ""
+        print(f"Done. Results in {self.run_dir / 'results.json'}{where}", flush=True)
+
+    def plot(self) -> Optional[Path]:
+        """curves.png of the run so far; a run whose metrics.jsonl is gone goes on without it."""
+        if not self.enabled:
+            return None
+        try:
+            return plot_run(self.run_dir)
+        except UserError as error:
+            print(f"note: no curves.png ({error})", flush=True)
+            return None
 
     def close(self) -> None:
         if self.writer is not None:
@@ -106,6 +128,9 @@ def training_state(cfg, epoch: int, model, optimizer, best: Dict[str, Any],
     """What ``last.pt`` holds: model, optimizer, best-so-far, RNG states and the config, plus the
     state of every object in ``states`` (anything with ``state_dict()``: the class prior, the
     EMA, AWP, the epoch average, ...), or None for the ones a run does not use."""
+    reserved = {"format", "task", "epoch", "model", "optimizer", "best", "rng", "config"} & set(states)
+    if reserved:
+        raise ValueError(f"extra states may not be named {sorted(reserved)}: last.pt uses those keys itself")
     return {
         "format": CHECKPOINT_FORMAT,
         "task": type(cfg).__name__,
@@ -143,7 +168,10 @@ def resume_training_state(path: Path, cfg, model, optimizer, states: Mapping[str
     for name, obj in states.items():
         if obj is None:
             continue
-        if state.get(name) is None:
+        if name not in state:
+            raise UserError(f"{path} holds no {name} state: it was written by an earlier version of this code "
+                            f"that had none; resume with {name} switched off, or start a new run")
+        if state[name] is None:
             raise UserError(f"{path} holds no {name} state: the run was started with {name} switched off; "
                             f"resume with the settings it was started with")
         obj.load_state_dict(state[name])
@@ -154,7 +182,9 @@ def resume_training_state(path: Path, cfg, model, optimizer, states: Mapping[str
 def raise_if_not_finite(mean_loss: float, *, epoch: int, batch: int, advice: str) -> None:
     """Stop a run whose running mean loss is NaN or infinite; last.pt (the previous epoch) stays."""
     if not math.isfinite(mean_loss):
+        kept = (f"last.pt still holds epoch {epoch - 1} (resume=true continues from it)" if epoch > 1
+                else "no epoch had finished, so there is no last.pt: start again")
         raise NonFiniteLossError(
             f"the training loss became {mean_loss} in epoch {epoch} (by batch {batch}); "
-            f"the run stopped and last.pt still holds epoch {epoch - 1}. {advice}"
+            f"the run stopped and {kept}. {advice}"
         )

@@ -9,7 +9,21 @@ states the pair, its learning rate and each distiller's pair-specific weights, s
 from dataclasses import dataclass
 from typing import ClassVar, Dict, List, Literal
 
-from engine.config import ConfigError, knob, require_choice, require_non_negative, require_positive, section
+from engine.config import (
+    BATCH,
+    EPOCHS,
+    NON_NEGATIVE,
+    POSITIVE,
+    SEED,
+    ConfigError,
+    Range,
+    knob,
+    require_choice,
+    require_increasing,
+    require_model,
+    require_plain_name,
+    section,
+)
 
 
 @dataclass
@@ -19,14 +33,14 @@ class KDDataConfig:
     download: bool = knob(False, "download CIFAR-100 into `root` when missing (ImageNet cannot be downloaded)")
     verify_checksum: bool = knob(True, "check CIFAR's official MD5 sums; false only for locally written test data")
     normalize: bool = knob(True, "mean/std normalisation in the data pipeline, as mdistiller (the teachers expect it)")
-    batch_size: int = knob(64, "training batch size")
-    test_batch_size: int = knob(128, "validation batch size")
-    num_workers: int = knob(4, "DataLoader worker processes")
+    batch_size: int = knob(64, "training batch size", valid=BATCH)
+    test_batch_size: int = knob(128, "validation batch size", valid=BATCH)
+    num_workers: int = knob(4, "DataLoader worker processes", valid=Range(0, 256))
 
 
 @dataclass
 class TeacherConfig:
-    arch: str = knob("resnet32x4", "teacher architecture (models.available_models()); empty = none (distiller=vanilla only)")
+    arch: str = knob("resnet32x4", "teacher architecture (models.available_models()); empty = none (method=vanilla only)")
     checkpoint: str = knob(
         "download_ckpts/cifar_teachers/resnet32x4_vanilla/ckpt_epoch_240.pth",
         "teacher weights: a file (mdistiller {'model': ...}, a plain state dict, ...), or "
@@ -42,49 +56,50 @@ class StudentConfig:
 
 @dataclass
 class KDLossConfig:
-    ce_weight: float = knob(0.1, "weight of the cross-entropy with the labels")
-    kd_weight: float = knob(0.9, "weight of the KD term")
-    temperature: float = knob(4.0, "softmax temperature (the KD term carries T^2)")
+    ce_weight: float = knob(0.1, "weight of the cross-entropy with the labels", valid=NON_NEGATIVE)
+    kd_weight: float = knob(0.9, "weight of the KD term", valid=NON_NEGATIVE)
+    temperature: float = knob(4.0, "softmax temperature (the KD term carries T^2)", valid=POSITIVE)
 
 
 @dataclass
 class DKDLossConfig:
-    ce_weight: float = knob(1.0, "weight of the cross-entropy with the labels")
-    alpha: float = knob(1.0, "weight of TCKD (target-class KD)")
-    beta: float = knob(8.0, "weight of NCKD (non-target-class KD); mdistiller tunes it per pair")
-    temperature: float = knob(4.0, "softmax temperature (DKD carries T^2)")
-    warmup: int = knob(20, "the DKD term ramps linearly to full weight over this many epochs")
+    ce_weight: float = knob(1.0, "weight of the cross-entropy with the labels", valid=NON_NEGATIVE)
+    alpha: float = knob(1.0, "weight of TCKD (target-class KD)", valid=NON_NEGATIVE)
+    beta: float = knob(8.0, "weight of NCKD (non-target-class KD); mdistiller tunes it per pair", valid=NON_NEGATIVE)
+    temperature: float = knob(4.0, "softmax temperature (DKD carries T^2)", valid=POSITIVE)
+    warmup: int = knob(20, "the DKD term ramps linearly to full weight over this many epochs", valid=NON_NEGATIVE)
 
 
 @dataclass
 class IKLLossConfig:
-    ce_weight: float = knob(1.0, "weight of the cross-entropy with the labels")
-    alpha: float = knob(1.0, "weight of the soft-label CE term of IKL")
-    beta: float = knob(8.0, "weight of the wMSE term of IKL")
-    temperature: float = knob(4.0, "temperature of the soft-label CE term (no T^2)")
+    ce_weight: float = knob(1.0, "weight of the cross-entropy with the labels", valid=NON_NEGATIVE)
+    alpha: float = knob(1.0, "weight of the soft-label CE term of IKL", valid=NON_NEGATIVE)
+    beta: float = knob(8.0, "weight of the wMSE term of IKL", valid=NON_NEGATIVE)
+    temperature: float = knob(4.0, "temperature of the soft-label CE term (no T^2)", valid=POSITIVE)
     prior_temperature: float = knob(
         100.0, "T2: temperature of the teacher softmax that weights wMSE (averaged per class with class_prior, "
-        "else per sample); the same key as adversarial training's class-prior temperature"
+        "else per sample); the same key as adversarial training's class-prior temperature",
+        valid=POSITIVE,
     )
-    gamma: float = knob(1.0, "exponent on the wMSE weights")
+    gamma: float = knob(1.0, "exponent on the wMSE weights", valid=NON_NEGATIVE)
     class_prior: bool = knob(False, "weights = previous epoch's class-wise mean of softmax(teacher / T2), else per sample")
-    warmup: int = knob(20, "the IKL term ramps linearly to full weight over this many epochs")
+    warmup: int = knob(20, "the IKL term ramps linearly to full weight over this many epochs", valid=NON_NEGATIVE)
 
 
 @dataclass
 class KDOptimConfig:
-    lr: float = knob(0.05, "learning rate of SGD (mdistiller: 0.05, or 0.01 for ShuffleNet/MobileNet students)")
-    momentum: float = knob(0.9, "SGD momentum")
-    weight_decay: float = knob(5e-4, "L2 weight decay")
+    lr: float = knob(0.05, "learning rate of SGD (mdistiller: 0.05, or 0.01 for ShuffleNet/MobileNet students)", valid=POSITIVE)
+    momentum: float = knob(0.9, "SGD momentum", valid=Range(0, 1, high_open=True))
+    weight_decay: float = knob(5e-4, "L2 weight decay", valid=NON_NEGATIVE)
     nesterov: bool = knob(False, "Nesterov momentum")
-    milestones: List[int] = knob([150, 180, 210], "epochs after which lr is multiplied by decay (LR_DECAY_STAGES)")
-    decay: float = knob(0.1, "step decay factor (LR_DECAY_RATE)")
-    warmup_epochs: int = knob(0, "linear learning-rate warm-up epochs")
+    milestones: List[int] = knob([150, 180, 210], "epochs after which lr is multiplied by decay (LR_DECAY_STAGES)", valid=Range(1))
+    decay: float = knob(0.1, "step decay factor (LR_DECAY_RATE)", valid=Range(0, 1, low_open=True))
+    warmup_epochs: int = knob(0, "linear learning-rate warm-up epochs", valid=NON_NEGATIVE)
 
 
 @dataclass
 class KDEvalConfig:
-    every: int = knob(1, "evaluate every N epochs (the last epoch always)")
+    every: int = knob(1, "evaluate every N epochs (the last epoch always)", valid=Range(1))
 
 
 @dataclass
@@ -93,8 +108,8 @@ class KDConfig:
         "ikl", "distiller, a name in knowledge_distillation.distillers: vanilla = CE only; kd = Hinton; "
         "dkd = Zhao et al.; ikl = IKL-KD"
     )
-    epochs: int = knob(240, "training epochs")
-    seed: int = knob(0, "seed of every random number generator (set once, in engine.runtime)")
+    epochs: int = knob(240, "training epochs", valid=EPOCHS)
+    seed: int = knob(0, "seed of every random number generator (set once, in engine.runtime)", valid=SEED)
     deterministic: bool = knob(False, "deterministic kernels (slower; needed for bit-exact resume on GPU)")
     device: str = knob("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     precision: Literal["fp32", "tf32", "bf16"] = knob("fp32", "bf16 autocasts the forward passes; evaluation is fp32")
@@ -118,19 +133,14 @@ class KDConfig:
         from .distillers import DISTILLERS  # here: the registry's module annotates with this schema
 
         require_choice("method", self.method, sorted(DISTILLERS))
-        require_positive({
-            "epochs": self.epochs,
-            "data.batch_size": self.data.batch_size,
-            "data.test_batch_size": self.data.test_batch_size,
-            "optim.lr": self.optim.lr,
-            "eval.every": self.eval.every,
-            "kd.temperature": self.kd.temperature,
-            "dkd.temperature": self.dkd.temperature,
-            "ikl.temperature": self.ikl.temperature,
-            "ikl.prior_temperature": self.ikl.prior_temperature,
-        })
-        require_non_negative({"dkd.warmup": self.dkd.warmup, "ikl.warmup": self.ikl.warmup,
-                              "ikl.gamma": self.ikl.gamma, "data.num_workers": self.data.num_workers})
+        require_plain_name("name", self.name)
+        require_model("student.arch", self.student.arch, self.data.dataset, {})
+        if self.teacher.arch:
+            require_model("teacher.arch", self.teacher.arch, self.data.dataset, {})
+        require_increasing("optim.milestones", self.optim.milestones)
+        if self.optim.warmup_epochs >= self.epochs and self.optim.warmup_epochs > 0:
+            raise ConfigError(f"config key 'optim.warmup_epochs' ({self.optim.warmup_epochs}) must be smaller "
+                              f"than epochs ({self.epochs})")
         if not self.teacher.arch and DISTILLERS[self.method].needs_teacher:
             raise ConfigError(f"method={self.method} needs a teacher: set teacher.arch and teacher.checkpoint")
         if self.data.dataset == "digits" and self.data.normalize:

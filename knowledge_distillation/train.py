@@ -12,6 +12,8 @@ TensorBoard scalars and an atomically written last.pt from which ``resume=true``
 Training speed is reported per iteration, data loading and compute separately, as the
 paper's KD table compares methods by it.
 """
+import hashlib
+import re
 import sys
 import time
 from pathlib import Path
@@ -27,7 +29,6 @@ from engine.config import to_yaml
 from engine.distributed import is_main_process, log, reduce_sum
 from engine.metrics import RunningSums
 from engine.errors import UserError
-from engine.plot import plot_run
 from engine.run import RunLogger, prepare_run_dir, raise_if_not_finite, resume_training_state, training_state
 from engine.runtime import autocast, environment_info, prepare_runtime
 from engine.schedule import learning_rate
@@ -42,8 +43,14 @@ TEACHERS_URL = "https://github.com/megvii-research/mdistiller/releases/tag/check
 
 
 
-def _torchvision_state_dict(arch: str, weights_name: str):
-    """The state dict of torchvision's pretrained ``arch`` (downloaded into torch's hub cache)."""
+def torchvision_weights_file(arch: str, weights_name: str) -> Path:
+    """torchvision's published ``arch`` weights as a file in torch's hub cache, its hash checked.
+
+    The file is fetched when missing, and its sha256 is compared with the prefix torchvision
+    publishes in the file name whether or not it was just fetched, so that a replaced file in
+    the cache is refused. It is then read like every checkpoint, by the safe reader
+    (``weights_only``), never by torchvision's own loader (which unpickles freely).
+    """
     import torchvision
 
     try:
@@ -53,13 +60,32 @@ def _torchvision_state_dict(arch: str, weights_name: str):
             f"teacher.checkpoint=torchvision:{weights_name} is not a torchvision weight of {arch}; "
             f"use e.g. torchvision:IMAGENET1K_V1 with ResNet18/34/50"
         ) from None
-    try:
-        return weights.get_state_dict(progress=is_main_process())
-    except Exception as error:  # no network, proxy, disk full: all end the same way
-        raise UserError(
-            f"could not fetch torchvision's {arch} {weights_name} weights ({type(error).__name__}: {error}); "
-            f"download {weights.url} yourself and set teacher.checkpoint=<that file>"
-        ) from None
+    filename = weights.url.rsplit("/", 1)[-1]
+    published = re.search(r"-([a-f0-9]{8,})\.", filename)
+    path = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    if not path.is_file():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(weights.url, str(path), hash_prefix=published and published.group(1),
+                                           progress=is_main_process())
+        except Exception as error:  # no network, proxy, disk full, wrong hash: all end the same way
+            raise UserError(
+                f"could not fetch torchvision's {arch} {weights_name} weights ({type(error).__name__}: {error}); "
+                f"download {weights.url} yourself and set teacher.checkpoint=<that file>"
+            ) from None
+    if published is not None:
+        require_sha256_prefix(path, published.group(1))
+    return path
+
+
+def require_sha256_prefix(path: Path, prefix: str) -> None:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    if not digest.hexdigest().startswith(prefix):
+        raise UserError(f"{path} does not match its published sha256 (which starts with {prefix}): the file "
+                        f"was replaced or damaged; delete it and run again to fetch it anew")
 
 
 def load_teacher(cfg: KDConfig, num_classes: int, device: torch.device) -> Optional[torch.nn.Module]:
@@ -69,7 +95,7 @@ def load_teacher(cfg: KDConfig, num_classes: int, device: torch.device) -> Optio
     teacher = build_model(cfg.teacher.arch, num_classes, dataset=cfg.data.dataset)
     source = cfg.teacher.checkpoint
     if source.startswith("torchvision:"):
-        load_weights(teacher, _torchvision_state_dict(cfg.teacher.arch, source.split(":", 1)[1]))
+        load_weights(teacher, torchvision_weights_file(cfg.teacher.arch, source.split(":", 1)[1]))
     elif not source or not Path(source).is_file():
         raise UserError(
             f"teacher checkpoint not found: '{source}'. mdistiller publishes the CIFAR-100 teachers as "
@@ -83,6 +109,23 @@ def load_teacher(cfg: KDConfig, num_classes: int, device: torch.device) -> Optio
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
     return teacher
+
+
+def require_finite_teacher_output(logits_teacher: torch.Tensor, cfg: KDConfig) -> None:
+    """Stop with a message about the teacher when it outputs NaN or inf.
+
+    Checked at once on the CPU; queued on the device elsewhere (as the losses' own checks),
+    so that no step waits for the host.
+    """
+    message = (f"the teacher ({cfg.teacher.arch}, {cfg.teacher.checkpoint}) outputs NaN or inf: its weights do "
+               f"not fit these inputs; check teacher.checkpoint and data.normalize (mdistiller's teachers expect "
+               f"normalised images)")
+    finite = torch.isfinite(logits_teacher).all()
+    if finite.device.type == "cpu":
+        if not bool(finite):
+            raise UserError(message)
+    else:
+        torch._assert_async(finite, message)
 
 
 @torch.no_grad()
@@ -131,6 +174,7 @@ def train_one_epoch(
             if teacher is not None:
                 with torch.no_grad():
                     logits_teacher = teacher(images).float()
+                require_finite_teacher_output(logits_teacher, cfg)
             logits_student = student(images)
             loss, parts = distiller.loss(logits_student, logits_teacher, targets, epoch, prior)
         optimizer.zero_grad(set_to_none=True)
@@ -216,12 +260,11 @@ def train(cfg: KDConfig) -> Dict[str, object]:
         teacher_accuracy = evaluate_topk(teacher, val_loader, device, cfg.channels_last)
         log(f"Teacher {cfg.teacher.arch}: top-1 {teacher_accuracy['top1']:.2f}%  top-5 {teacher_accuracy['top5']:.2f}%")
     logger = RunLogger(run_dir, enabled=is_main_process(), completed_epochs=start_epoch - 1)
-    if cfg.resume and is_main_process() and start_epoch > 1:
-        plot_run(run_dir)  # the picture of what the interrupted run had done
+    if cfg.resume and start_epoch > 1:
+        logger.plot()  # the picture of what the interrupted run had done
     source = f"{cfg.teacher.arch} -> " if teacher is not None else ""
     log(f"Training {source}{cfg.student.arch} with {cfg.method} on {cfg.data.dataset} ({device}) -> {run_dir}")
 
-    metrics: Dict[str, object] = {}
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
             started = time.perf_counter()
@@ -261,7 +304,9 @@ def train(cfg: KDConfig) -> Dict[str, object]:
         "teacher_accuracy": teacher_accuracy,
         "best_epoch": best["epoch"],
         "best_test_top1": best["top1"],
-        "final": {k: v for k, v in metrics.items() if k.startswith("test_") or k.endswith("sec_per_iter")},
+        # From the last epoch's record, so that resuming a finished run (or one killed after its
+        # last checkpoint) rebuilds the same results.
+        "final": {k: v for k, v in (logger.last_record or {}).items() if k.startswith("test_") or k.endswith("sec_per_iter")},
     }
     logger.finish(results)
     return results

@@ -17,7 +17,7 @@ from typing import Dict, Mapping, Union
 import torch
 import torch.nn as nn
 
-from engine.file_io import CheckpointError, UnsafeCheckpointError, load_file
+from engine.file_io import CheckpointError, UnsafeCheckpointError, load_file, require_finite
 
 _WRAPPER_KEYS = ("model_state_dict", "state_dict", "model")
 _PREFIXES = ("module.0.", "module.")
@@ -87,8 +87,19 @@ def _listing(label: str, items) -> str:
 
 def load_weights(model: nn.Module, path_or_state: Union[str, os.PathLike, Mapping]) -> nn.Module:
     """Load a checkpoint file or state dict into ``model`` strictly; return it."""
-    obj = path_or_state if isinstance(path_or_state, Mapping) else load_file(path_or_state, map_location="cpu")
-    state = extract_state_dict(obj)
+    if isinstance(path_or_state, Mapping):
+        source, obj = "the given state dict", path_or_state
+    else:
+        source, obj = str(path_or_state), load_file(path_or_state, map_location="cpu")
+    try:
+        return _load_state(model, extract_state_dict(obj), source)
+    except CheckpointError as error:
+        if source in str(error):
+            raise
+        raise type(error)(f"{source}: {error}") from None
+
+
+def _load_state(model: nn.Module, state: Dict[str, torch.Tensor], source: str) -> nn.Module:
     arch = _describe(model)
     expected = model.state_dict()
     state = _strip_prefix(state, expected.keys())
@@ -104,7 +115,7 @@ def load_weights(model: nn.Module, path_or_state: Union[str, os.PathLike, Mappin
         if k in state and state[k].shape != v.shape
     ]
     if missing or unexpected or shapes:
-        message = f"checkpoint does not fit {arch}:"
+        message = f"{source} does not fit {arch}:"
         if missing:
             message += _listing("missing key(s)", missing)
         if unexpected:
@@ -113,5 +124,6 @@ def load_weights(model: nn.Module, path_or_state: Union[str, os.PathLike, Mappin
             message += _listing("shape mismatch(es)", shapes)
         message += "\nCheck that --arch, num_classes and dataset match the checkpoint."
         raise CheckpointMismatchError(message)
+    require_finite(state, source)
     model.load_state_dict(state, strict=True)
     return model

@@ -54,7 +54,7 @@ from adv_training.auto_attacks.resumable import (  # noqa: E402
     run_autoattack,
 )
 from adv_training.config import ATConfig  # noqa: E402
-from adv_training.swa import OUTPUT_FILE as SWA_OUTPUT  # noqa: E402
+from adv_training.swa import output_path as swa_output_path  # noqa: E402
 from engine.file_io import CheckpointNotFoundError, atomic_save, atomic_write_text  # noqa: E402
 from engine.data import build_test_set, first_examples  # noqa: E402
 from engine.data import num_classes as data_num_classes  # noqa: E402
@@ -128,7 +128,7 @@ def _run_swa_file(run_dir: Path) -> Optional[Path]:
     try:
         config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
         swa, epochs = config.get("swa") or {}, config.get("epochs")
-        named = run_dir / SWA_OUTPUT.format(float(swa["tau"]), int(swa["start"]), int(swa.get("end") or epochs))
+        named = swa_output_path(run_dir, swa["tau"], swa["start"], swa.get("end") or epochs)
         if named.is_file():
             return named
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError):

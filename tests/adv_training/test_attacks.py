@@ -1,7 +1,6 @@
 """PGD with pluggable objectives: constraints, single steps by hand, modes and side effects."""
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from adv_training.attacks import attack_mode, natural_logits, pgd

@@ -337,7 +337,7 @@ def test_a_checkpoint_of_another_architecture_gives_the_zoos_readable_error(cifa
     torch.save(build_model("WideResNet", 100, depth=10, widen_factor=1).state_dict(), checkpoint)
     code, log_path, _ = evaluate(tmp_path, checkpoint, cifar10_root)
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("error: checkpoint does not fit WideResNet")
+    assert code == 2 and err.startswith(f"error: {checkpoint} does not fit WideResNet")  # names the file
     assert "shape mismatch" in err and "Traceback" not in err
     assert not log_path.exists()  # nothing written for an evaluation that never started
 
@@ -422,3 +422,14 @@ def test_eval_sh_runs_each_released_model_found_and_says_where_to_get_the_others
     result = subprocess.run(["bash", "adv_training/auto_attacks/sh/eval.sh"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "0 of 9 released models evaluated" in result.stdout
+
+
+def test_a_temporary_file_left_beside_the_state_file_is_removed(weights, cifar10_root, tmp_path):
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save(weights, checkpoint)
+    stale = tmp_path / "logs" / ".stale.state.pt.q8w7e6r5.tmp"  # what a kill during a state save leaves
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half a state")
+    code, _, json_path = evaluate(tmp_path, checkpoint, cifar10_root, name="stale", n_ex=4)
+    assert code == 0 and json_path.is_file()
+    assert not stale.exists() and not list((tmp_path / "logs").glob(".*.tmp"))

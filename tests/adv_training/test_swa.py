@@ -118,3 +118,13 @@ def test_clear_errors(tmp_path):
     with pytest.raises(UserError, match="ours-model-epoch3.pt does not fit the earlier epochs .*unexpected"):
         average_checkpoints(tmp_path, 0.5, 1, 3, log=lambda line: None)
     assert not list(tmp_path.glob("*SWA*"))
+
+
+def test_an_epoch_with_nan_weights_is_refused_by_file_and_key(tmp_path):
+    write_epochs(tmp_path, range(1, 3))
+    broken = epoch_state(3)
+    broken["3.weight"][0, 0] = float("nan")
+    atomic_save(broken, tmp_path / "ours-model-epoch3.pt")
+    with pytest.raises(UserError, match=r"ours-model-epoch3.pt: entry '3.weight' holds NaN or inf"):
+        average_checkpoints(tmp_path, 0.9, 1, 3, log=lambda line: None)
+    assert not list(tmp_path.glob("*SWA*"))

@@ -594,3 +594,18 @@ def test_cifar_and_imagenet_need_a_root():
     for name in ("cifar10", "imagenet"):
         with pytest.raises(UserError, match="data.root"):
             build_test_set(name, None)
+
+
+@pytest.mark.parametrize("train, filename", [(True, "data_batch_1"), (False, "test_batch")])
+def test_unchecked_cifar_batches_that_would_run_code_are_refused_by_name(train, filename, cifar_writer, tmp_path):
+    root = cifar_writer(tmp_path, "cifar10", num_train=50, num_test=20)
+    marker = tmp_path / "code-ran"
+    crafted = root / "cifar-10-batches-py" / filename
+    crafted.write_bytes(b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR.")  # a pickle running a shell
+    build = build_train_set if train else build_test_set
+    with pytest.raises(UserError, match=f"refused to read {crafted}: it asks for (os|posix).system"):
+        build("cifar10", root, verify_checksum=False)
+    assert not marker.exists()
+    # The refusal is specific to that file: the official-format batches still read.
+    clean = cifar_writer(tmp_path / "clean", "cifar10", num_train=50, num_test=20)
+    assert len(build("cifar10", clean, verify_checksum=False)) == (50 if train else 20)

@@ -1,10 +1,10 @@
 """ModelEMA: nothing before the start epoch, copies during it, the (1 - tau, tau) recursion after."""
+import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from engine.file_io import atomic_save, load_file
-from engine.ema import ModelEMA
+from engine.ema import EpochAverage, ModelEMA
 
 
 def train_step(model, optimizer, seed):
@@ -89,3 +89,29 @@ def test_first_update_after_start_without_copy_copies(small_model):
     assert ema.started
     for key, value in ema.module.state_dict().items():
         assert torch.equal(value, model.state_dict()[key]), key
+
+
+def test_epoch_average_by_hand_keeps_counters_and_round_trips():
+    first = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}
+    second = {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(7)}
+    average = EpochAverage(0.75)
+    average.add(first)
+    first["w"].add_(100)  # the average holds a copy, not the caller's tensor
+    average.add(second)
+    assert torch.equal(average.average["w"], torch.tensor([0.25 * 3 + 0.75 * 1, 0.25 * 6 + 0.75 * 2]))
+    assert average.average["n"].item() == 7 and average.average["n"].dtype == torch.long  # counters: the latest
+    restored = EpochAverage(0.5)
+    restored.load_state_dict(average.state_dict())
+    assert restored.tau == 0.75 and torch.equal(restored.average["w"], average.average["w"])
+
+
+def test_epoch_average_refuses_other_entries_and_bad_tau():
+    average = EpochAverage(0.9)
+    average.add({"w": torch.zeros(2)})
+    with pytest.raises(ValueError, match="unexpected"):
+        average.add({"w": torch.zeros(2), "extra": torch.zeros(1)})
+    with pytest.raises(ValueError, match="shape"):
+        average.add({"w": torch.zeros(3)})
+    for tau in (1.0, -0.1):
+        with pytest.raises(ValueError, match="tau"):
+            EpochAverage(tau)

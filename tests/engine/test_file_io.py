@@ -1,5 +1,9 @@
 """Atomic writes and safe reads of tensor files."""
+import errno
+import os
 import pickle
+import stat
+import tempfile
 
 import pytest
 import torch
@@ -8,9 +12,12 @@ from engine.file_io import (
     CheckpointError,
     CheckpointNotFoundError,
     UnsafeCheckpointError,
+    WriteError,
     atomic_save,
     atomic_write_text,
     load_file,
+    remove_stale_temporaries,
+    require_finite,
 )
 from engine.errors import UserError
 
@@ -28,13 +35,44 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path, monk
 
     def failing_save(obj, stream):
         stream.write(b"half a checkpoint")
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", failing_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WriteError, match=f"could not write {path}: disk full"):
         atomic_save({"w": torch.ones(2)}, path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+@pytest.mark.parametrize("code, cause", [(errno.EROFS, "read-only file system"), (errno.EACCES, "permission denied"),
+                                         (errno.EDQUOT, "disk quota exceeded"), (errno.EIO, "Input/output error")])
+def test_write_errors_name_the_file_and_the_cause(code, cause, tmp_path, monkeypatch):
+    def refusing(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refusing)
+    with pytest.raises(WriteError, match=f"could not write {tmp_path / 'x.json'}: {cause}"):
+        atomic_write_text("{}", tmp_path / "x.json")
+
+
+def test_written_files_get_the_umask_permissions(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        assert stat.S_IMODE(atomic_write_text("{}", tmp_path / "a.json").stat().st_mode) == 0o644
+        os.umask(0o077)
+        assert stat.S_IMODE(atomic_save({}, tmp_path / "b.pt").stat().st_mode) == 0o600
+    finally:
+        os.umask(previous)
+
+
+def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
+    stale = tmp_path / ".last.pt.k2j4xq_1.tmp"
+    stale.write_bytes(b"half")
+    kept = [tmp_path / "last.pt", tmp_path / ".hidden", tmp_path / "notes.tmp", tmp_path / ".a.b.tmp"]
+    for path in kept:
+        path.write_bytes(b"x")
+    assert remove_stale_temporaries(tmp_path) == [stale]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in kept)
 
 
 class _Payload:
@@ -68,3 +106,9 @@ def test_missing_and_foreign_files_are_user_errors(tmp_path):
     with pytest.raises(CheckpointError, match="could not be read"):
         load_file(tmp_path / "text.pt")
     assert issubclass(CheckpointError, UserError) and issubclass(CheckpointNotFoundError, FileNotFoundError)
+
+
+def test_require_finite_names_the_source_and_the_first_bad_entry():
+    require_finite({"a": torch.ones(2), "n": torch.tensor(3)}, "ok.pt")
+    with pytest.raises(CheckpointError, match=r"bad.pt: entry 'model.b' holds NaN or inf"):
+        require_finite({"model": {"a": torch.ones(2), "b": torch.tensor([1.0, float("inf")])}}, "bad.pt")

@@ -9,6 +9,7 @@ from engine.config import ConfigError, load_config
 from knowledge_distillation.config import KDConfig
 from knowledge_distillation.distillers import DISTILLERS, available_distillers, build_distiller, loss_warmup
 from losses import ClassPrior, dkd_loss, ikl_loss, kd_loss
+from losses.pairwise_oracle import wmse_loss_pairwise
 
 
 @pytest.fixture
@@ -95,3 +96,16 @@ def test_the_teacher_gets_no_gradient(logits):
         loss, _ = distiller(name).loss(student, teacher, targets, epoch=30)
         loss.backward()
         assert teacher.grad is None and math.isfinite(loss.item())
+
+
+def test_ikl_kd_by_hand_with_the_pairwise_oracle(logits):
+    """CE + beta * pairwise wMSE(s, t; softmax(t / T2)) + alpha * soft CE at T, no T^2 (the authors' form)."""
+    student, teacher, targets = logits
+    weights = F.softmax(teacher / 100.0, dim=1)
+    soft = -(F.softmax(teacher / 4.0, dim=1) * F.log_softmax(student / 4.0, dim=1)).sum(1).mean()
+    expected = F.cross_entropy(student, targets) + 8.0 * wmse_loss_pairwise(student, teacher, weights) + 1.0 * soft
+    loss, _ = distiller("ikl").loss(student, teacher, targets, epoch=20)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+    (ours,) = torch.autograd.grad(loss, [student])
+    (theirs,) = torch.autograd.grad(expected, [student])
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)

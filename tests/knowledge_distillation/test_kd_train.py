@@ -157,7 +157,7 @@ def test_a_teacher_of_another_architecture_is_a_readable_error(cifar100_root, ci
     args = cifar_run(cifar100_root, cifar_teacher, tmp_path, "teacher.arch=resnet20")
     assert main(args) == 2
     error = capsys.readouterr().err
-    assert "does not fit" in error and "missing key" in error
+    assert f"{cifar_teacher} does not fit" in error and "missing key" in error  # names the file
 
 
 def paper_configs():

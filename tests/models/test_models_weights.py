@@ -165,3 +165,14 @@ def test_dm_normalisation_in_checkpoint():
     cifar100 = DMWideResNet(10, depth=10, width=1, mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
     with pytest.raises(CheckpointMismatchError, match="mean"):
         load_weights(cifar100, state)
+
+
+def test_weights_with_inf_are_refused_naming_the_file_and_the_key(tmp_path):
+    model = build_model("digits_cnn_small", 10)
+    state = model.state_dict()
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key] = state[key].clone().fill_(float("inf"))
+    path = tmp_path / "diverged.pt"
+    torch.save({"model": state}, path)
+    with pytest.raises(CheckpointError, match=f"{path}: entry '{key}' holds NaN or inf"):
+        load_weights(build_model("digits_cnn_small", 10), path)
