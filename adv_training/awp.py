@@ -38,6 +38,8 @@ from typing import Callable, Dict, Iterator
 import torch
 import torch.nn as nn
 
+from engine.distributed import all_reduce_mean_
+
 # The reference's guard against a zero proxy step (0/0).
 _EPS = 1e-20
 
@@ -86,6 +88,9 @@ class AdversarialWeightPerturbation:
                 raise ValueError(f"the AWP loss must be a scalar, got shape {tuple(loss.shape)}")
             self.proxy_optimizer.zero_grad(set_to_none=True)
             (-loss).backward()
+        # Under several processes every one applies the perturbation of the global batch's
+        # gradient (the proxy is a plain module, so nothing else averages it).
+        all_reduce_mean_(p.grad for p in self.proxy.parameters() if p.grad is not None)
         self.proxy_optimizer.step()
         # The proxy's gradients are not needed until the next compute(): free them.
         self.proxy_optimizer.zero_grad(set_to_none=True)

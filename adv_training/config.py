@@ -167,6 +167,12 @@ class ATConfig:
     device: str = knob("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     precision: Literal["fp32", "tf32", "bf16"] = knob("fp32", "bf16 autocasts training and attacks; evaluation is fp32")
     channels_last: bool = knob(False, "NHWC memory format (faster convolutions on recent GPUs)")
+    sync_bn: bool = knob(False, "several processes: BatchNorm statistics over the global batch (CUDA only); "
+                         "false = per process, as the reference's DataParallel")
+    dist_timeout: float = knob(1800.0, "several processes: seconds a collective waits for the others before the run "
+                               "fails (a dead process never hangs the rest)", valid=POSITIVE)
+    allow_world_size_change: bool = knob(False, "resume last.pt with another number of processes than wrote it "
+                                         "(the data order then differs from an uninterrupted run)")
     out_dir: str = knob("runs", "parent folder of run folders")
     name: str = knob("", "run folder name under out_dir; empty = <dataset>_<method>_<arch>_seed<seed>")
     resume: bool = knob(False, "continue from <run folder>/last.pt")

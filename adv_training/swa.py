@@ -68,8 +68,8 @@ def average_checkpoints(
     run_dir = Path(run_dir)
     if not 0 <= tau < 1:
         raise UserError(f"TAU must be in [0, 1), got {tau}")
-    if start > end:
-        raise UserError(f"START ({start}) must not be after END ({end})")
+    if start < 1 or start > end:
+        raise UserError(f"START ({start}) must be an epoch (1 or more) not after END ({end})")
     paths = [run_dir / EPOCH_FILE.format(epoch) for epoch in range(start, end + 1)]
     missing = [path for path in paths if not path.is_file()]
     if missing:
@@ -108,7 +108,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         average_checkpoints(args.run_dir, args.tau, args.start, args.end)
     except UserError as error:
-        print(error, file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
 

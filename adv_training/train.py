@@ -27,11 +27,11 @@ from engine import data as data_lib
 from engine.file_io import atomic_save
 from engine.cli import config_main
 from engine.config import to_yaml
-from engine.distributed import is_main_process, log
+from engine.distributed import global_batch_share, is_main_process, log, rank, unwrap, world_size, wrap_model
 from engine.ema import EpochAverage, ModelEMA
 from engine.metrics import RunningSums
 from engine.run import RunLogger, prepare_run_dir, raise_if_not_finite, resume_training_state, training_state
-from engine.runtime import autocast, environment_info, prepare_runtime
+from engine.runtime import autocast, environment_info, prepare_runtime, sync_batch_norm
 from engine.schedule import learning_rate
 from losses import ClassPrior
 from models import build_model
@@ -98,6 +98,7 @@ def train_one_epoch(
     awp: Optional[AdversarialWeightPerturbation],
     device: torch.device,
 ) -> Dict[str, float]:
+    network, model = model, unwrap(model)  # the training forwards go through DDP; attacks use the module
     eps_t, step_size, steps = attack_budget(cfg.attack, epoch, cfg.epochs)
     use_awp = awp is not None and epoch >= cfg.awp.warmup
     # Sums stay on the device and are read every PROGRESS_EVERY batches, not every batch.
@@ -119,16 +120,19 @@ def train_one_epoch(
                     norm=cfg.attack.norm, random_start=cfg.attack.random_start, eval_mode=cfg.attack.eval_mode,
                 )
 
-        model.train()
+        network.train()
 
-        def method_loss(network, split_views=True):
+        share = global_batch_share(targets.numel(), device)  # None in one process
+
+        def method_loss(forward, split_views=True):
             with autocast(device, cfg.precision):
-                return method.loss(network, x_natural, x_adv, targets, prior_rows, basic_size,
-                                   split_views=split_views)
+                loss, parts = method.loss(forward, x_natural, x_adv, targets, prior_rows, basic_size,
+                                          split_views=split_views)
+            return (loss if share is None else loss * share), {**parts, "loss": loss.detach()}
 
         perturbation = awp.compute(lambda proxy: method_loss(proxy, split_views=False)[0]) if use_awp else None
         with awp.perturbed(perturbation) if use_awp else contextlib.nullcontext():
-            loss, parts = method_loss(model)
+            loss, parts = method_loss(network)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -142,14 +146,14 @@ def train_one_epoch(
         clean_correct = (parts["logits_nat"].argmax(1) == targets).sum() if parts["logits_nat"] is not None else loss.new_zeros(())
         sums.add(
             batch_size,
-            loss=loss.detach().double() * batch_size,
+            loss=parts["loss"].double() * batch_size,
             natural=parts["natural"].double() * batch_size,
             robust=parts["robust"].double() * batch_size,
             adv_correct=(parts["logits_adv"].argmax(1) == targets).sum(),
             clean_correct=clean_correct,
         )
         if (batch_index + 1) % PROGRESS_EVERY == 0 or batch_index + 1 == len(loader):
-            running = sums.totals()
+            running = sums.totals(across_processes=True)  # a NaN on any process stops every process
             mean_loss = running["loss"] / running["count"]
             raise_if_not_finite(mean_loss, epoch=epoch, batch=batch_index + 1,
                                 advice="Lower optim.lr, use precision=fp32, or check the data.")
@@ -182,7 +186,8 @@ def averaged_model(model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> to
 
 def train(cfg: ATConfig) -> Dict[str, object]:
     """Runs (or resumes) a whole training run; returns what results.json holds."""
-    device = prepare_runtime(device=cfg.device, precision=cfg.precision, seed=cfg.seed, deterministic=cfg.deterministic)
+    device = prepare_runtime(device=cfg.device, precision=cfg.precision, seed=cfg.seed, deterministic=cfg.deterministic,
+                             dist_timeout=cfg.dist_timeout)
     run_dir = Path(cfg.out_dir) / cfg.run_name()
 
     num_classes = data_lib.num_classes(cfg.data.dataset)
@@ -195,19 +200,21 @@ def train(cfg: ATConfig) -> Dict[str, object]:
                                 verify_checksum=cfg.data.verify_checksum),
         cfg.eval.num_examples,
     )
+    shard = dict(rank=rank(), world_size=world_size())  # batch sizes are global: each process takes its share
     train_loader = data_lib.make_loader(
         train_set, batch_size=cfg.data.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
-        drop_last=cfg.data.drop_last, seed=cfg.seed, pin_memory=device.type == "cuda",
+        drop_last=cfg.data.drop_last, seed=cfg.seed, pin_memory=device.type == "cuda", **shard,
     )
     test_loader = data_lib.make_loader(
         test_set, batch_size=cfg.data.test_batch_size, shuffle=False, num_workers=cfg.data.num_workers,
-        seed=cfg.seed, pin_memory=device.type == "cuda",
+        seed=cfg.seed, pin_memory=device.type == "cuda", **shard,
     )
 
     method = build_method(cfg)
     model = build_model(cfg.model.arch, num_classes, dataset=cfg.data.dataset, **cfg.model.build_kwargs()).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    model = sync_batch_norm(model, cfg.sync_bn, device)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
         weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov,
@@ -243,6 +250,7 @@ def train(cfg: ATConfig) -> Dict[str, object]:
         accuracy = clean_and_pgd_accuracy(network, test_loader, device, eps=eval_eps, step_size=cfg.eval.step_size,
                                           steps=cfg.eval.pgd_steps, norm=cfg.attack.norm, channels_last=cfg.channels_last)
         return {f"{prefix}_{key}": value for key, value in accuracy.items()}
+    network = wrap_model(model, device)  # the training forwards average their gradients across processes
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
             started = time.perf_counter()
@@ -253,7 +261,8 @@ def train(cfg: ATConfig) -> Dict[str, object]:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             data_lib.set_epoch(train_loader, epoch)
-            metrics = {"lr": lr, **train_one_epoch(cfg, method, epoch, model, train_loader, optimizer, prior, ema, awp, device)}
+            metrics = {"lr": lr, **train_one_epoch(cfg, method, epoch, network, train_loader, optimizer, prior, ema, awp,
+                                                   device)}
             prior.step()
             if swa is not None and cfg.swa.start <= epoch <= swa_end:
                 swa.add(model.state_dict())

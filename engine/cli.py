@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, List, Optional, Type
 
 from .config import get_value, load_config, to_yaml
+from .distributed import shutdown_distributed
 from .errors import UserError
 
 
@@ -38,4 +39,6 @@ def config_main(schema: Type, run: Callable, *, prog: str, description: str, arg
     except KeyboardInterrupt:
         print("interrupted; rerun the same command with resume=true to continue from last.pt", file=sys.stderr)
         return 130
+    finally:
+        shutdown_distributed()
     return 0

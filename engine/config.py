@@ -28,6 +28,22 @@ import yaml
 from .errors import UserError
 
 T = TypeVar("T")
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 integers: decimal only. YAML 1.1 would read 010 as 8
+    (octal), 1:00 as 60 (base 60) and 0b101 as 5; here they stay text, and a number knob refuses them."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:int"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?(0|[1-9][0-9_]*)$"), list("-+0123456789"))
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
 _FLOAT = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
 _FRACTION = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?)\s*/\s*(\d+(?:\.\d*)?)\s*$")
 
@@ -249,7 +265,7 @@ def _parse_command_line_value(raw_value: str, field_type) -> Any:
             return None
         return raw_value
     try:
-        return yaml.safe_load(raw_value)
+        return _yaml(raw_value)
     except yaml.YAMLError:
         return raw_value
 
@@ -262,7 +278,7 @@ def _read_yaml(path: Path, seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = _yaml(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as error:
         raise ConfigError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
     except yaml.YAMLError as error:

@@ -53,11 +53,11 @@ import functools
 import os
 import pickle
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Callable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler, Subset
 from torchvision import datasets, transforms
 from torchvision.datasets import cifar as cifar_module
 
@@ -215,7 +215,7 @@ def _open(dataset: str, root: PathLike, *, train: bool, transform: Callable, dow
             return cls(root, train=train, transform=transform, download=download)
     except (RuntimeError, OSError) as error:  # urllib's URLError is an OSError
         cause = error
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as error:
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, IndexError) as error:
         # Only reachable with verify_checksum=False: the official files are checked first.
         raise UserError(f"{unreadable} ({type(error).__name__}: {error})") from None
 
@@ -550,20 +550,71 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
+class ShardedBatchSampler(Sampler[List[int]]):
+    """This process's share of every global batch: the global batches are those one process
+    would draw from ``sampler`` (same order), and each is cut into ``world_size`` contiguous,
+    near-equal parts, the ``rank``-th of which is yielded.
+
+    So ``batch_size`` stays the global batch under any number of processes, and N processes
+    see, batch for batch, the images one process sees. A last global batch smaller than the
+    number of processes is dropped (some process would get no image); `shard_sizes` says how
+    many images each process gets.
+    """
+
+    def __init__(self, sampler: Sampler[int], batch_size: int, drop_last: bool, rank: int, world_size: int):
+        self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
+        self.rank, self.world_size = rank, world_size
+
+    def _global_batches(self) -> Iterator[List[int]]:
+        batch: List[int] = []
+        for index in self.sampler:
+            batch.append(index)
+            if len(batch) == self.batch_size:
+                yield batch
+                batch = []
+        if batch and not self.drop_last and len(batch) >= self.world_size:
+            yield batch
+
+    def __iter__(self) -> Iterator[List[int]]:
+        for batch in self._global_batches():
+            start, end = shard_bounds(len(batch), self.rank, self.world_size)
+            yield batch[start:end]
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.sampler), self.batch_size)
+        return full + (1 if rest and not self.drop_last and rest >= self.world_size else 0)
+
+
+def shard_bounds(size: int, rank: int, world_size: int) -> Tuple[int, int]:
+    """[start, end) of process ``rank``'s contiguous part of ``size`` items (sizes differ by at most one)."""
+    base, extra = divmod(size, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
 def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, num_workers: int = 0,
-                drop_last: bool = False, seed: int = 0, pin_memory: bool = False) -> DataLoader:
+                drop_last: bool = False, seed: int = 0, pin_memory: bool = False,
+                rank: int = 0, world_size: int = 1) -> DataLoader:
     """A DataLoader whose shuffle order and worker seeds come from a generator seeded by ``seed``.
 
     The generator starts in the state `set_epoch` gives epoch 0. Call ``set_epoch(loader, e)``
     before each epoch so that epoch ``e`` has the same order whether or not the run was
-    interrupted and resumed before it.
+    interrupted and resumed before it. With ``world_size`` > 1, ``batch_size`` is the global
+    batch and this process gets its share of each (`ShardedBatchSampler`), with the order of
+    one process.
     """
     generator = torch.Generator()
     generator.manual_seed(_epoch_seed(seed, 0))
     # persistent_workers stays off: a worker kept across epochs would not see the reseeding.
-    return SeededDataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                            drop_last=drop_last, pin_memory=pin_memory, generator=generator,
-                            persistent_workers=False, seed=seed)
+    common = dict(num_workers=num_workers, pin_memory=pin_memory, generator=generator, persistent_workers=False, seed=seed)
+    if world_size == 1:
+        return SeededDataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, **common)
+    if batch_size % world_size != 0:
+        raise UserError(f"the batch size {batch_size} is the global batch and must divide by the {world_size} "
+                        f"processes; choose a multiple of {world_size}")
+    order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    sampler = ShardedBatchSampler(order, batch_size, drop_last, rank, world_size)
+    return SeededDataLoader(dataset, batch_sampler=sampler, **common)
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:

@@ -1,10 +1,19 @@
-"""What the training loops need to know about ``torch.distributed`` (single process when not initialised).
+"""What the training loops need to know about ``torch.distributed`` (single process when not started).
 
-Everything that crosses samples goes through these helpers or through `ClassPrior`,
-so running under torchrun only adds process-group set-up and a DistributedSampler.
+Runs start under ``torchrun`` (``python -m torch.distributed.run``), which sets RANK,
+WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; `init_distributed` joins that process
+group (nccl on CUDA, gloo on the CPU) and does nothing in a plain ``python`` run. Everything
+that crosses samples goes through these helpers or through `ClassPrior`, so the loops stay
+the same in one process and in many.
 """
+import datetime
+import os
+from typing import Iterable, Optional
+
 import torch
 import torch.distributed as dist
+
+from .errors import UserError
 
 
 def is_distributed() -> bool:
@@ -14,6 +23,14 @@ def is_distributed() -> bool:
 def is_main_process() -> bool:
     """Only rank 0 writes files and prints progress."""
     return not is_distributed() or dist.get_rank() == 0
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
 
 
 def log(message: str) -> None:
@@ -28,3 +45,74 @@ def reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.clone()
         dist.all_reduce(tensor)
     return tensor
+
+
+def all_reduce_mean_(tensors: Iterable[torch.Tensor]) -> None:
+    """Replace each tensor by its mean over all processes, in place (nothing when not distributed)."""
+    if not is_distributed():
+        return
+    size = dist.get_world_size()
+    for tensor in tensors:
+        dist.all_reduce(tensor)
+        tensor.div_(size)
+
+
+def init_distributed(device: torch.device, timeout_seconds: float) -> torch.device:
+    """Join torchrun's process group when WORLD_SIZE > 1; return this process's device.
+
+    On CUDA each process takes the GPU of its LOCAL_RANK. A process that dies makes the
+    others fail at their next collective within ``timeout_seconds`` instead of waiting forever
+    (torchrun also stops the others when one exits with an error).
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    try:
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_seconds),
+                                device_id=device if device.type == "cuda" else None)
+    except (RuntimeError, ValueError) as error:
+        raise UserError(f"could not join the {backend} process group that torchrun describes "
+                        f"(RANK {os.environ.get('RANK')}, WORLD_SIZE {os.environ.get('WORLD_SIZE')}, MASTER "
+                        f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}): {error}") from None
+    return device
+
+
+def shutdown_distributed() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def wrap_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` inside DistributedDataParallel when several processes train, else ``model`` itself.
+
+    Only the training forwards go through the wrapper (it averages the gradients); attacks,
+    evaluation, AWP's proxy and the averages use the plain module (`unwrap`).
+    """
+    if not is_distributed():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def global_batch_share(local_size: int, device: torch.device) -> Optional[torch.Tensor]:
+    """The factor that makes DDP's average of per-process batch means the mean over the global batch.
+
+    DDP averages gradients over processes; when a global batch is split unevenly (its last
+    batch), process r's mean must count n_r * world_size / N times. The factor is exactly 1
+    for even splits. None when not distributed. One all-reduce of a scalar, no host sync.
+    """
+    if not is_distributed():
+        return None
+    total = torch.tensor(float(local_size), device=device)
+    dist.all_reduce(total)
+    return (local_size * dist.get_world_size()) / total

@@ -6,7 +6,7 @@ import pickle
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Union
+from typing import Any, Callable, Iterator, List, Optional, Union
 
 import torch
 
@@ -30,18 +30,28 @@ def writing(path: PathLike) -> Iterator[None]:
         yield
     except WriteError:
         raise
-    except OSError as error:
-        cause = _CAUSES.get(error.errno, error.strerror or type(error).__name__)
+    except Exception as error:
+        # torch.save's zip writer reports a full disk as a RuntimeError whose context is the OSError.
+        os_error = error
+        while os_error is not None and not isinstance(os_error, OSError):
+            os_error = os_error.__cause__ or os_error.__context__
+        if os_error is None:
+            raise
+        cause = _CAUSES.get(os_error.errno, os_error.strerror or type(os_error).__name__)
         raise WriteError(
             f"could not write {path}: {cause}; free space or choose a writable out_dir, then run again "
             f"(with resume=true if the run had started: the previous files are intact)"
         ) from None
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    # os.umask can only be read by setting it; done once, at import, before any thread writes.
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
 
 
 TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # `write_atomically`'s names: .NAME.XXXXXXXX.tmp
@@ -64,7 +74,7 @@ def write_atomically(path: PathLike, mode: str, write: Callable[[Any], None], **
                 write(stream)
                 stream.flush()
                 os.fsync(stream.fileno())
-            os.chmod(temporary, 0o666 & ~_umask())
+            os.chmod(temporary, 0o666 & ~_UMASK)
             os.replace(temporary, path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
@@ -72,10 +82,17 @@ def write_atomically(path: PathLike, mode: str, write: Callable[[Any], None], **
     return path
 
 
-def remove_stale_temporaries(folder: PathLike) -> List[Path]:
-    """Delete the temporary files a killed `write_atomically` left in ``folder``; return them."""
+def remove_stale_temporaries(folder: PathLike, names: Optional[List[str]] = None) -> List[Path]:
+    """Delete the temporary files a killed `write_atomically` left in ``folder``; return them.
+
+    With ``names``, only the temporaries of those files (a shared folder, where another
+    process may be writing its own files right now); without, every one (a run folder,
+    which belongs to one run).
+    """
     folder = Path(folder)
     stale = [p for p in folder.iterdir() if p.is_file() and TEMPORARY.match(p.name)] if folder.is_dir() else []
+    if names is not None:
+        stale = [p for p in stale if any(p.name.startswith(f".{name}.") for name in names)]
     for path in stale:
         path.unlink(missing_ok=True)
     return stale

@@ -25,7 +25,12 @@ def read_metrics(run_dir: Path, log: Optional[Callable[[str], None]] = None) -> 
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path} is damaged (not UTF-8 at byte {error.start}); cut it after the last good line, "
+                        f"or delete it (the run resumes without it)") from None
+    lines = [line for line in text.splitlines() if line.strip()]
     records = []
     for number, line in enumerate(lines, start=1):
         try:

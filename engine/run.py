@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, Mapping, Optional
 
 from .file_io import atomic_write_text, load_file, remove_stale_temporaries, writing
 from .config import changed_keys, to_dict
+from .distributed import world_size
 from .errors import NonFiniteLossError, UserError
 from .metrics import METRICS_FILE, read_metrics
 from .plot import plot_run
@@ -97,6 +98,9 @@ class RunLogger:
         """The end of a completed run: results.json, curves.png and the line that says where they are."""
         if not self.enabled:
             return
+        if self.last_record is None:
+            print(f"note: {self.run_dir / METRICS_FILE} holds no epoch, so results.json has no final metrics "
+                  f"(the weights and best-so-far are complete)", flush=True)
         self.write_results(results)
         curves = self.plot()
         where = f", curves in {curves}" if curves is not None else ""
@@ -140,6 +144,7 @@ def training_state(cfg, epoch: int, model, optimizer, best: Dict[str, Any],
         "best": best,
         "rng": capture_rng_state(),
         "config": to_dict(cfg),
+        "world_size": world_size(),
         **{name: (obj.state_dict() if obj is not None else None) for name, obj in states.items()},
     }
 
@@ -155,6 +160,11 @@ def resume_training_state(path: Path, cfg, model, optimizer, states: Mapping[str
     state = load_file(path, map_location=device)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or state.get("task") != type(cfg).__name__:
         raise UserError(f"{path} is not a last.pt written by this training entry point; start a new run with another name=...")
+    saved_world = state.get("world_size", 1)
+    if saved_world != world_size() and not getattr(cfg, "allow_world_size_change", False):
+        raise UserError(f"{path} was written by {saved_world} process(es) and this run has {world_size()}: resume "
+                        f"with NPROC={saved_world} (torchrun --nproc_per_node), or pass allow_world_size_change=true "
+                        f"(the data order then differs from an uninterrupted run)")
     changed = [c for c in changed_keys(state["config"], to_dict(cfg)) if not c.startswith("resume:")]
     if changed:
         log("note: resuming with changed settings: " + "; ".join(changed))

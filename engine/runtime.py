@@ -1,5 +1,6 @@
 """Seeds, devices, precision and random-number state: set in one place for every run."""
 import contextlib
+import os
 import platform
 import random
 import subprocess
@@ -10,6 +11,7 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
+from .distributed import init_distributed
 from .errors import UserError
 
 
@@ -27,12 +29,25 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
-def prepare_runtime(*, device: str, precision: str, seed: int, deterministic: bool) -> torch.device:
-    """What every training run does first: pick the device, set precision flags, seed everything."""
-    resolved = resolve_device(device)
+def prepare_runtime(*, device: str, precision: str, seed: int, deterministic: bool,
+                    dist_timeout: float = 1800.0) -> torch.device:
+    """What every training run does first: pick the device, join torchrun's process group when
+    started by torchrun, set precision flags, seed everything (the same seed on every process:
+    the model starts identical everywhere)."""
+    resolved = init_distributed(resolve_device(device), dist_timeout)
     configure_precision(precision)
     seed_everything(seed, deterministic)
     return resolved
+
+
+def sync_batch_norm(model: torch.nn.Module, enabled: bool, device: torch.device) -> torch.nn.Module:
+    """BatchNorm statistics over the global batch (SyncBatchNorm) when ``enabled`` and several
+    processes train; else per process, which is what the reference's DataParallel computes."""
+    if not enabled or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return model
+    if device.type != "cuda":
+        raise UserError("sync_bn=true needs CUDA (SyncBatchNorm runs on GPUs only); use sync_bn=false on the CPU")
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -26,11 +26,11 @@ from engine import data as data_lib
 from engine.file_io import atomic_save
 from engine.cli import config_main
 from engine.config import to_yaml
-from engine.distributed import is_main_process, log, reduce_sum
+from engine.distributed import global_batch_share, is_main_process, log, rank, reduce_sum, world_size, wrap_model
 from engine.metrics import RunningSums
 from engine.errors import UserError
 from engine.run import RunLogger, prepare_run_dir, raise_if_not_finite, resume_training_state, training_state
-from engine.runtime import autocast, environment_info, prepare_runtime
+from engine.runtime import autocast, environment_info, prepare_runtime, sync_batch_norm
 from engine.schedule import learning_rate
 from losses import ClassPrior
 from models import build_model, load_weights
@@ -111,21 +111,26 @@ def load_teacher(cfg: KDConfig, num_classes: int, device: torch.device) -> Optio
     return teacher
 
 
-def require_finite_teacher_output(logits_teacher: torch.Tensor, cfg: KDConfig) -> None:
-    """Stop with a message about the teacher when it outputs NaN or inf.
+def teacher_output_error(cfg: KDConfig) -> UserError:
+    return UserError(f"the teacher ({cfg.teacher.arch}, {cfg.teacher.checkpoint}) outputs NaN or inf: its weights do "
+                     f"not fit these inputs; check teacher.checkpoint and data.normalize (mdistiller's teachers expect "
+                     f"normalised images)")
 
-    Checked at once on the CPU; queued on the device elsewhere (as the losses' own checks),
-    so that no step waits for the host.
+
+def screen_teacher_output(logits_teacher: torch.Tensor, cfg: KDConfig):
+    """(logits safe to feed the losses, 0-dim count of non-finite values) for one batch.
+
+    On the CPU a non-finite output stops at once. On an accelerator a check would stall the
+    host every step, so the bad values are zeroed (the losses' own device-side checks would
+    otherwise abort the process without a message) and counted on the device; the count is
+    read with the progress line, and the run stops there with the teacher's message.
     """
-    message = (f"the teacher ({cfg.teacher.arch}, {cfg.teacher.checkpoint}) outputs NaN or inf: its weights do "
-               f"not fit these inputs; check teacher.checkpoint and data.normalize (mdistiller's teachers expect "
-               f"normalised images)")
-    finite = torch.isfinite(logits_teacher).all()
-    if finite.device.type == "cpu":
-        if not bool(finite):
-            raise UserError(message)
-    else:
-        torch._assert_async(finite, message)
+    bad = (~torch.isfinite(logits_teacher)).sum()
+    if logits_teacher.device.type == "cpu":
+        if bad.item():
+            raise teacher_output_error(cfg)
+        return logits_teacher, bad
+    return torch.nan_to_num(logits_teacher, nan=0.0, posinf=0.0, neginf=0.0), bad
 
 
 @torch.no_grad()
@@ -159,7 +164,7 @@ def train_one_epoch(
     device: torch.device,
 ) -> Dict[str, float]:
     student.train()
-    sums = RunningSums(("loss", "ce", "kd", "correct"), device)
+    sums = RunningSums(("loss", "ce", "kd", "correct", "teacher_nonfinite"), device)
     data_seconds = 0.0
     started = waiting_since = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None if is_main_process() else True)
@@ -170,15 +175,15 @@ def train_one_epoch(
             images = images.contiguous(memory_format=torch.channels_last)
 
         with autocast(device, cfg.precision):
-            logits_teacher = None
+            logits_teacher, teacher_bad = None, torch.zeros((), device=device)
             if teacher is not None:
                 with torch.no_grad():
-                    logits_teacher = teacher(images).float()
-                require_finite_teacher_output(logits_teacher, cfg)
+                    logits_teacher, teacher_bad = screen_teacher_output(teacher(images).float(), cfg)
             logits_student = student(images)
             loss, parts = distiller.loss(logits_student, logits_teacher, targets, epoch, prior)
+        share = global_batch_share(targets.numel(), device)  # None in one process
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if share is None else loss * share).backward()
         optimizer.step()
         if distiller.uses_prior:
             prior.update(logits_teacher, targets)
@@ -190,9 +195,12 @@ def train_one_epoch(
             ce=parts["ce"].double() * batch_size,
             kd=parts["kd"].double() * batch_size,
             correct=(logits_student.detach().argmax(1) == targets).sum(),
+            teacher_nonfinite=teacher_bad,
         )
         if (batch_index + 1) % PROGRESS_EVERY == 0 or batch_index + 1 == len(loader):
-            running = sums.totals()
+            running = sums.totals(across_processes=True)  # a NaN on any process stops every process
+            if running["teacher_nonfinite"]:
+                raise teacher_output_error(cfg)
             mean_loss = running["loss"] / running["count"]
             raise_if_not_finite(mean_loss, epoch=epoch, batch=batch_index + 1,
                                 advice="Lower optim.lr, use precision=fp32, or check the data and the teacher.")
@@ -218,7 +226,8 @@ def train_one_epoch(
 
 def train(cfg: KDConfig) -> Dict[str, object]:
     """Runs (or resumes) a whole distillation run; returns what results.json holds."""
-    device = prepare_runtime(device=cfg.device, precision=cfg.precision, seed=cfg.seed, deterministic=cfg.deterministic)
+    device = prepare_runtime(device=cfg.device, precision=cfg.precision, seed=cfg.seed, deterministic=cfg.deterministic,
+                             dist_timeout=cfg.dist_timeout)
     run_dir = Path(cfg.out_dir) / cfg.run_name()
 
     num_classes = data_lib.num_classes(cfg.data.dataset)
@@ -227,10 +236,11 @@ def train(cfg: KDConfig) -> Dict[str, object]:
     train_set = data_lib.build_train_set(cfg.data.dataset, cfg.data.root, augment=augment, **data_kwargs)
     val_set = data_lib.build_test_set(cfg.data.dataset, cfg.data.root, **data_kwargs)
     pin = device.type == "cuda"
+    shard = dict(rank=rank(), world_size=world_size())  # batch sizes are global: each process takes its share
     train_loader = data_lib.make_loader(train_set, batch_size=cfg.data.batch_size, shuffle=True,
-                                        num_workers=cfg.data.num_workers, seed=cfg.seed, pin_memory=pin)
+                                        num_workers=cfg.data.num_workers, seed=cfg.seed, pin_memory=pin, **shard)
     val_loader = data_lib.make_loader(val_set, batch_size=cfg.data.test_batch_size, shuffle=False,
-                                      num_workers=cfg.data.num_workers, seed=cfg.seed, pin_memory=pin)
+                                      num_workers=cfg.data.num_workers, seed=cfg.seed, pin_memory=pin, **shard)
 
     distiller = build_distiller(cfg)
     teacher = load_teacher(cfg, num_classes, device)
@@ -239,6 +249,7 @@ def train(cfg: KDConfig) -> Dict[str, object]:
         student = student.to(memory_format=torch.channels_last)
         if teacher is not None:
             teacher = teacher.to(memory_format=torch.channels_last)
+    student = sync_batch_norm(student, cfg.sync_bn, device)
     optimizer = torch.optim.SGD(student.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                 weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
     prior = ClassPrior(num_classes, temperature=distiller.prior_temperature).to(device)
@@ -265,6 +276,7 @@ def train(cfg: KDConfig) -> Dict[str, object]:
     source = f"{cfg.teacher.arch} -> " if teacher is not None else ""
     log(f"Training {source}{cfg.student.arch} with {cfg.method} on {cfg.data.dataset} ({device}) -> {run_dir}")
 
+    network = wrap_model(student, device)  # the training forwards average their gradients across processes
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
             started = time.perf_counter()
@@ -274,7 +286,7 @@ def train(cfg: KDConfig) -> Dict[str, object]:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             data_lib.set_epoch(train_loader, epoch)
-            metrics = {"lr": lr, **train_one_epoch(cfg, distiller, epoch, student, teacher, train_loader, optimizer,
+            metrics = {"lr": lr, **train_one_epoch(cfg, distiller, epoch, network, teacher, train_loader, optimizer,
                                                    prior, device)}
             prior.step()
             if epoch % cfg.eval.every == 0 or epoch == cfg.epochs:

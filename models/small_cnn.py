@@ -7,7 +7,10 @@
 
 ``width`` scales the three channel counts: ``digits_cnn`` is width 1.0 (the
 adversarial-training model and KD teacher), ``digits_cnn_small`` width 0.25
-(8/16/32 channels, the KD student). Inputs are images in [0, 1] with no
+(8/16/32 channels, the KD student). ``digits_cnn_plain`` is ``digits_cnn_small``
+without BatchNorm (biased convolutions instead): its outputs do not depend on the
+other images of the batch, which multi-process tests on the CPU need (SyncBatchNorm
+works on GPUs only). Inputs are images in [0, 1] with no
 normalisation inside, as for the CIFAR adversarial-training models, so an
 L∞ budget such as eps=0.2 is measured in pixel units. ``forward`` returns logits.
 """
@@ -21,20 +24,24 @@ BASE_CHANNELS = (32, 64, 128)
 
 
 class DigitsCNN(nn.Module):
-    def __init__(self, num_classes: int = 10, width: float = 1.0, in_channels: int = 1):
+    def __init__(self, num_classes: int = 10, width: float = 1.0, in_channels: int = 1, batch_norm: bool = True):
         super().__init__()
         if width <= 0:
             raise ValueError(f"DigitsCNN width must be positive, got {width}")
         c1, c2, c3 = (max(1, round(c * width)) for c in BASE_CHANNELS)
-        # Bias-free convolutions: the BatchNorm right after each one has its own shift.
-        self.conv1 = nn.Conv2d(in_channels, c1, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c1)
-        self.conv2 = nn.Conv2d(c1, c2, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c2)
+
+        def norm(channels):
+            return nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
+
+        # Bias-free convolutions when a BatchNorm follows: it has its own shift.
+        self.conv1 = nn.Conv2d(in_channels, c1, 3, 1, 1, bias=not batch_norm)
+        self.bn1 = norm(c1)
+        self.conv2 = nn.Conv2d(c1, c2, 3, 1, 1, bias=not batch_norm)
+        self.bn2 = norm(c2)
         # One 2×2 pooling only: an 8×8 image has little resolution to give away.
         self.pool = nn.MaxPool2d(2)
-        self.conv3 = nn.Conv2d(c2, c3, 3, 1, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(c3)
+        self.conv3 = nn.Conv2d(c2, c3, 3, 1, 1, bias=not batch_norm)
+        self.bn3 = norm(c3)
         self.fc = nn.Linear(c3, num_classes)
         self.num_features = c3
         init_he_fan_out(self)
@@ -55,3 +62,8 @@ def digits_cnn(num_classes=10, width=1.0):
 @register_model("digits_cnn_small", family="digits", input_size=(1, 8, 8), default_num_classes=10)
 def digits_cnn_small(num_classes=10):
     return DigitsCNN(num_classes, width=0.25)
+
+
+@register_model("digits_cnn_plain", family="digits", input_size=(1, 8, 8), default_num_classes=10)
+def digits_cnn_plain(num_classes=10):
+    return DigitsCNN(num_classes, width=0.25, batch_norm=False)

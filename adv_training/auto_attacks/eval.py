@@ -31,6 +31,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ from adv_training.auto_attacks.resumable import (  # noqa: E402
 )
 from adv_training.config import ATConfig  # noqa: E402
 from adv_training.swa import output_path as swa_output_path  # noqa: E402
-from engine.file_io import CheckpointNotFoundError, atomic_save, atomic_write_text  # noqa: E402
+from engine.file_io import CheckpointNotFoundError, atomic_save, atomic_write_text, writing  # noqa: E402
 from engine.data import build_test_set, first_examples  # noqa: E402
 from engine.data import num_classes as data_num_classes  # noqa: E402
 from engine.errors import UserError  # noqa: E402
@@ -226,11 +227,12 @@ class EvalLog:
 
     def __init__(self, path: Path):
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        with writing(path.parent):
+            path.parent.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, message: str) -> None:
         print(message, flush=True)
-        with open(self.path, "a", encoding="utf-8") as stream:
+        with writing(self.path), open(self.path, "a", encoding="utf-8") as stream:
             stream.write(message + "\n")
 
 
@@ -323,8 +325,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.n_ex < 1 or args.batch_size < 1:
         parser.error("--n_ex and --batch_size must be positive")
-    if args.epsilon <= 0:
-        parser.error("--epsilon must be positive")
+    if not math.isfinite(args.epsilon) or args.epsilon <= 0:
+        parser.error(f"--epsilon must be a positive number, got {args.epsilon}")
+    if args.norm == "Linf" and args.epsilon > 1:
+        parser.error(f"--epsilon {args.epsilon} is more than 1 for Linf (images lie in [0, 1]); write 8/255, not 8")
     return args
 
 

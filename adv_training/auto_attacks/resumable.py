@@ -132,7 +132,7 @@ def run_autoattack(adversary: Adversary, model: torch.nn.Module, x: torch.Tensor
     fingerprint = dict(fingerprint or {})
     plan = {attack: [attack] for attack in adversary.attacks} if individual else {SEQUENTIAL: adversary.attacks}
     if state_path is not None:
-        remove_stale_temporaries(state_path.parent)  # left by a run killed while saving its state
+        remove_stale_temporaries(state_path.parent, [state_path.name])  # left by a run killed while saving its state
     state = _load_state(state_path, fingerprint, x, y) if state_path is not None and state_path.exists() else None
     resumed = state is not None
     if state is None:

@@ -428,8 +428,19 @@ def test_a_temporary_file_left_beside_the_state_file_is_removed(weights, cifar10
     checkpoint = tmp_path / "tiny.pt"
     torch.save(weights, checkpoint)
     stale = tmp_path / "logs" / ".stale.state.pt.q8w7e6r5.tmp"  # what a kill during a state save leaves
+    other = tmp_path / "logs" / ".other.state.pt.a1b2c3d4.tmp"  # another evaluation's write, in progress
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"half a state")
+    other.write_bytes(b"being written")
     code, _, json_path = evaluate(tmp_path, checkpoint, cifar10_root, name="stale", n_ex=4)
     assert code == 0 and json_path.is_file()
-    assert not stale.exists() and not list((tmp_path / "logs").glob(".*.tmp"))
+    assert not stale.exists() and other.exists()
+
+
+@pytest.mark.parametrize("epsilon, text", [("nan", "positive number"), ("inf", "positive number"), ("-0.1", "positive"),
+                                           ("8", "more than 1 for Linf")])
+def test_a_bad_epsilon_is_refused_before_anything_runs(epsilon, text, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--checkpoint", str(tmp_path / "none.pt"), "--epsilon", epsilon, "--log_path", str(tmp_path / "x.log")])
+    assert exit_info.value.code == 2 and text in capsys.readouterr().err
+    assert not (tmp_path / "x.log").exists()

@@ -110,6 +110,8 @@ def test_clear_errors(tmp_path):
         average_checkpoints(tmp_path, 1.0, 1, 2)
     with pytest.raises(UserError, match="TAU"):
         average_checkpoints(tmp_path, -0.1, 1, 2)
+    with pytest.raises(UserError, match="START .0. must be an epoch"):
+        average_checkpoints(tmp_path, 0.5, 0, 2)
     with pytest.raises(UserError, match="START"):
         average_checkpoints(tmp_path, 0.5, 2, 1)
     other = epoch_state(3)

@@ -48,6 +48,8 @@ AT_BAD = [
     ("name=/tmp/x", "/tmp/x"), ("method=ilk", "ilk"), ("method=TRADES", "TRADES"), ("precision=fp16", "fp16"),
     ("optim.lr_schedule=cosine", "did you mean"), ("attack.epsilom=8/255", "did you mean"), ("awp=1", "is a section"),
     ("epochs", "key=value"),
+    # YAML 1.1 would read these as 8, 60 and 5; here they are refused rather than silently changed
+    ("epochs=010", "'010'"), ("epochs=1:00", "'1:00'"), ("optim.lr=0b101", "'0b101'"), ("seed=0x10", "'0x10'"),
 ]
 KD_BAD = [
     ("epochs=0", "0"), ("epochs=-240", "-240"), ("seed=-3", "-3"),
@@ -78,6 +80,7 @@ YAML_BAD = [  # (file contents, text of the error)
     (b"- epochs\n- 1\n", "must hold a mapping"),
     (b"optim: 0.1\n", "must be a mapping"),
     (b"optim:\n  lr: -1\n", "optim.lr"),
+    (b"epochs: 010\n", "expects int, got '010'"),
 ]
 
 

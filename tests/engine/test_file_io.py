@@ -3,7 +3,10 @@ import errno
 import os
 import pickle
 import stat
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,14 +58,26 @@ def test_write_errors_name_the_file_and_the_cause(code, cause, tmp_path, monkeyp
         atomic_write_text("{}", tmp_path / "x.json")
 
 
-def test_written_files_get_the_umask_permissions(tmp_path):
-    previous = os.umask(0o022)
-    try:
-        assert stat.S_IMODE(atomic_write_text("{}", tmp_path / "a.json").stat().st_mode) == 0o644
-        os.umask(0o077)
-        assert stat.S_IMODE(atomic_save({}, tmp_path / "b.pt").stat().st_mode) == 0o600
-    finally:
-        os.umask(previous)
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_written_files_get_the_umask_permissions(umask, mode, tmp_path):
+    """As a plain open() would, not mkstemp's private 0600 (the umask is read once, at import)."""
+    script = (f"import os; os.umask({umask}); from engine.file_io import atomic_save, atomic_write_text; "
+              f"atomic_write_text('{{}}', {str(tmp_path / 'a.json')!r}); atomic_save({{}}, {str(tmp_path / 'b.pt')!r})")
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).resolve().parents[2])
+    for name in ("a.json", "b.pt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
+
+
+def test_a_real_full_disk_inside_torch_save_is_one_line(tmp_path, monkeypatch):
+    """/dev/full fails every write with ENOSPC, which torch's zip writer reports as a RuntimeError."""
+    path = atomic_save({"w": torch.zeros(2)}, tmp_path / "last.pt")
+    before = path.read_bytes()
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda handle, mode, **kw: (os.close(handle), real_fdopen(
+        os.open("/dev/full", os.O_WRONLY), mode, **kw))[1])
+    with pytest.raises(WriteError, match=f"could not write {path}: disk full"):
+        atomic_save({"w": torch.ones(1000)}, path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
 def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
@@ -71,7 +86,11 @@ def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
     kept = [tmp_path / "last.pt", tmp_path / ".hidden", tmp_path / "notes.tmp", tmp_path / ".a.b.tmp"]
     for path in kept:
         path.write_bytes(b"x")
-    assert remove_stale_temporaries(tmp_path) == [stale]
+    other = tmp_path / ".state.pt.zzzzzzzz.tmp"
+    other.write_bytes(b"being written by someone else")
+    assert remove_stale_temporaries(tmp_path, ["last.pt"]) == [stale]  # only the named files' temporaries
+    assert other.exists()
+    assert remove_stale_temporaries(tmp_path) == [other]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in kept)
 
 

@@ -11,6 +11,7 @@ from models.registry import entries
 PARAMS = {
     ("digits_cnn", "digits"): 94_186,
     ("digits_cnn_small", "digits"): 6_274,
+    ("digits_cnn_plain", "digits"): 6_218,
     ("resnet8", "cifar-kd"): 83_892,
     ("resnet14", "cifar-kd"): 181_108,
     ("resnet20", "cifar-kd"): 278_324,

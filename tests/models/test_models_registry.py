@@ -16,7 +16,7 @@ KD_NAMES = {
     "vgg8", "vgg11", "vgg13", "vgg16", "vgg19", "MobileNetV2", "ShuffleV1", "ShuffleV2",
 }
 IMAGENET_NAMES = {"ResNet18", "ResNet34", "ResNet50", "MobileNetV1"}
-DIGITS_NAMES = {"digits_cnn", "digits_cnn_small"}
+DIGITS_NAMES = {"digits_cnn", "digits_cnn_small", "digits_cnn_plain"}
 
 
 def test_every_required_name_is_registered():

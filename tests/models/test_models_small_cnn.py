@@ -113,7 +113,9 @@ def test_it_can_learn(name):
 
 def test_registry():
     assert {"digits_cnn", "digits_cnn_small"} <= set(available_models())
-    assert available_models("digits") == ["digits_cnn", "digits_cnn_small"]
+    assert available_models("digits") == ["digits_cnn", "digits_cnn_plain", "digits_cnn_small"]
+    plain = build_model("digits_cnn_plain", 10)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
     model = build_model("digits_cnn", 10, dataset="digits")
     assert isinstance(model, DigitsCNN) and model.arch_name == "digits_cnn"
     entry = resolve("digits_cnn_small")

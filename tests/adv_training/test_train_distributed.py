@@ -1,0 +1,126 @@
+"""Several processes (torchrun, gloo on the CPU) train what one process trains, batch for batch.
+
+The comparisons use digits_cnn_plain, a model without BatchNorm: per-process BatchNorm
+statistics (the reference's DataParallel semantics) legitimately differ from one process's,
+and SyncBatchNorm needs CUDA. Attacks start from the clean image (attack.random_start=none):
+random starts are drawn per process. And the comparison attacks with no step (x_adv = x): a
+sign step flips where a gradient component is within rounding of zero, and the summation
+order of two processes differs from one's in the last bits, so attacked runs drift apart
+by design; the attack itself runs under torchrun in the other tests. Everything else (AWP, EMA, the class prior, the epoch
+average, an uneven last batch of 1,347 images in global batches of 128) is as in training.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.file_io import load_file
+
+ROOT = Path(__file__).resolve().parents[2]
+AT_DIGITS = str(ROOT / "configs" / "adv_training" / "digits_ikl.yaml")
+KD_DIGITS = str(ROOT / "configs" / "knowledge_distillation" / "digits_ikl.yaml")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(module, args, nproc, *, timeout=600, torchrun_args=()):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    if nproc == 1 and not torchrun_args:
+        command = [sys.executable, "-m", module, *args]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *torchrun_args,
+                   *([] if torchrun_args else [f"--master_port={free_port()}"]), "-m", module, *args]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def at_args(out_dir, name, *extra):
+    return ["--config", AT_DIGITS, "epochs=2", "model.arch=digits_cnn_plain", "attack.random_start=none",
+            "awp.enabled=true", "awp.warmup=1", "ema.enabled=true", "ema.start_epoch=1", "eval.every=2",
+            "eval.pgd_steps=0", "device=cpu", f"out_dir={out_dir}", f"name={name}", *extra]
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_run(one, two, state_keys, metric_keys):
+    a, b = load_file(Path(one) / "last.pt"), load_file(Path(two) / "last.pt")
+    for key in state_keys:
+        first, second = (a[key], b[key]) if key != "prior" else (a[key]["prior"], b[key]["prior"])
+        if isinstance(first, dict):
+            first = first.get("module", first.get("average", first))
+            second = second.get("module", second.get("average", second))
+            for name in first:
+                torch.testing.assert_close(second[name], first[name], rtol=1e-4, atol=1e-5, msg=f"{key}.{name}")
+        else:
+            torch.testing.assert_close(second, first, rtol=1e-4, atol=1e-6, msg=key)
+    for m1, m2 in zip(metrics(one), metrics(two), strict=True):
+        for key in metric_keys:
+            assert m2[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-4), key
+
+
+def test_ikl_at_with_two_processes_equals_one_process(tmp_path):
+    exact = ("attack.budget=fixed", "attack.steps=0")
+    one = launch("adv_training.train", at_args(tmp_path, "one", *exact), 1)
+    assert one.returncode == 0, one.stderr
+    two = launch("adv_training.train", at_args(tmp_path, "two", *exact), 2)
+    assert two.returncode == 0, two.stderr
+    assert_same_run(tmp_path / "one", tmp_path / "two", ("model", "ema", "swa", "prior"),
+                    ("train_loss", "train_loss_natural", "train_loss_robust", "train_adv_acc", "lr"))
+    assert metrics(tmp_path / "two")[-1]["test_clean_acc"] == metrics(tmp_path / "one")[-1]["test_clean_acc"]
+    assert load_file(tmp_path / "two" / "last.pt")["world_size"] == 2
+    # only rank 0 wrote files: one metrics line per epoch, one results.json
+    assert [m["epoch"] for m in metrics(tmp_path / "two")] == [1, 2]
+
+
+def test_ikl_kd_with_two_processes_equals_one_process(tmp_path):
+    torch.manual_seed(0)
+    from engine.file_io import atomic_save
+    from models import build_model
+
+    teacher = atomic_save(build_model("digits_cnn", 10).state_dict(), tmp_path / "teacher.pt")
+    args = ["--config", KD_DIGITS, "epochs=2", "student.arch=digits_cnn_plain", f"teacher.checkpoint={teacher}",
+            "ikl.class_prior=true", "device=cpu", f"out_dir={tmp_path}"]
+    one = launch("knowledge_distillation.train", [*args, "name=one"], 1)
+    assert one.returncode == 0, one.stderr
+    two = launch("knowledge_distillation.train", [*args, "name=two"], 2)
+    assert two.returncode == 0, two.stderr
+    assert_same_run(tmp_path / "one", tmp_path / "two", ("model", "prior"),
+                    ("train_loss", "train_loss_ce", "train_loss_kd", "train_acc", "test_top1", "test_top5"))
+
+
+def test_resuming_with_another_number_of_processes_is_refused(tmp_path):
+    assert launch("adv_training.train", at_args(tmp_path, "run", "epochs=1"), 1).returncode == 0
+    resumed = launch("adv_training.train", at_args(tmp_path, "run", "epochs=2", "resume=true"), 2)
+    assert resumed.returncode != 0
+    assert "was written by 1 process(es) and this run has 2" in resumed.stderr
+
+
+def test_a_nan_on_any_process_stops_every_process_with_the_same_message(tmp_path):
+    result = launch("adv_training.train", at_args(tmp_path, "nan", "epochs=1", "optim.lr=1e30"), 2)
+    assert result.returncode != 0
+    assert result.stderr.count("error: the training loss became nan in epoch 1") == 2, result.stderr
+
+
+def test_two_nodes_on_localhost_complete_a_run(tmp_path):
+    endpoint = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    nodes = [
+        subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}",
+                          "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}",
+                          "-m", "adv_training.train", *at_args(tmp_path, "nodes", "epochs=1")],
+                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for node in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    assert load_file(tmp_path / "nodes" / "last.pt")["world_size"] == 2
