@@ -176,6 +176,8 @@ class ATConfig:
     out_dir: str = knob("runs", "parent folder of run folders")
     name: str = knob("", "run folder name under out_dir; empty = <dataset>_<method>_<arch>_seed<seed>")
     resume: bool = knob(False, "continue from <run folder>/last.pt")
+    stop_after: int = knob(0, "stop after this epoch and keep last.pt, for job time limits (resume=true "
+                           "continues); 0 = run to the end", valid=NON_NEGATIVE)
     save_every: int = knob(0, "also write ours-model-epoch{N}.pt every N epochs (plain state dict, for swa.py); 0 = never", valid=NON_NEGATIVE)
     data: DataConfig = section(DataConfig, "dataset, augmentation and loaders")
     model: ModelConfig = section(ModelConfig, "architecture")

@@ -30,7 +30,14 @@ from engine.config import to_yaml
 from engine.distributed import global_batch_share, is_main_process, log, rank, unwrap, world_size, wrap_model
 from engine.ema import EpochAverage, ModelEMA
 from engine.metrics import RunningSums
-from engine.run import RunLogger, prepare_run_dir, raise_if_not_finite, resume_training_state, training_state
+from engine.run import (
+    RunLogger,
+    capture_every_rng_state,
+    prepare_run_dir,
+    raise_if_not_finite,
+    resume_training_state,
+    training_state,
+)
 from engine.runtime import autocast, environment_info, prepare_runtime, sync_batch_norm
 from engine.schedule import learning_rate
 from losses import ClassPrior
@@ -288,6 +295,7 @@ def train(cfg: ATConfig) -> Dict[str, object]:
                 + f"  {metrics['epoch_seconds']:.0f}s"
             )
 
+            rng_states = capture_every_rng_state()  # every process takes part; rank 0 writes them
             if is_main_process():
                 robust = metrics.get("test_robust_acc", metrics.get("test_clean_acc"))
                 if robust is not None and robust > best["robust_acc"]:
@@ -300,7 +308,10 @@ def train(cfg: ATConfig) -> Dict[str, object]:
                 if swa is not None and epoch == swa_end:
                     path = atomic_save(swa.average, swa_output_path(run_dir, cfg.swa.tau, cfg.swa.start, swa_end))
                     log(f"wrote the epoch average of epochs {cfg.swa.start}-{swa_end}: {path}")
-                atomic_save(training_state(cfg, epoch, model, optimizer, best, saved_states), last_path)
+                atomic_save(training_state(cfg, epoch, model, optimizer, best, saved_states, rng_states), last_path)
+            if epoch == cfg.stop_after and epoch < cfg.epochs:
+                log(f"Stopped after epoch {epoch} as asked (stop_after={cfg.stop_after}); resume=true continues")
+                return {"run_dir": str(run_dir), "stopped_after": epoch}
     finally:
         logger.close()
 

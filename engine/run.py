@@ -12,11 +12,13 @@ One training run writes one folder::
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+import torch.distributed
 
 from .file_io import atomic_write_text, load_file, remove_stale_temporaries, writing
 from .config import changed_keys, to_dict
-from .distributed import world_size
+from .distributed import is_distributed, rank, world_size
 from .errors import NonFiniteLossError, UserError
 from .metrics import METRICS_FILE, read_metrics
 from .plot import plot_run
@@ -127,8 +129,20 @@ class RunLogger:
 CHECKPOINT_FORMAT = 1
 
 
+def capture_every_rng_state() -> List[Dict[str, Any]]:
+    """Every process's RNG states, by rank (a collective: every process calls it, before rank 0
+    writes last.pt), so that a resumed run draws what an uninterrupted one would on each process."""
+    state = capture_rng_state()
+    if not is_distributed():
+        return [state]
+    states: List[Any] = [None] * world_size()
+    torch.distributed.all_gather_object(states, state)
+    return states
+
+
 def training_state(cfg, epoch: int, model, optimizer, best: Dict[str, Any],
-                   states: Mapping[str, Optional[Any]]) -> Dict[str, Any]:
+                   states: Mapping[str, Optional[Any]], rng_states: Optional[List[Dict[str, Any]]] = None
+                   ) -> Dict[str, Any]:
     """What ``last.pt`` holds: model, optimizer, best-so-far, RNG states and the config, plus the
     state of every object in ``states`` (anything with ``state_dict()``: the class prior, the
     EMA, AWP, the epoch average, ...), or None for the ones a run does not use."""
@@ -142,7 +156,8 @@ def training_state(cfg, epoch: int, model, optimizer, best: Dict[str, Any],
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "best": best,
-        "rng": capture_rng_state(),
+        "rng": rng_states[0] if rng_states else capture_rng_state(),
+        "rng_per_rank": rng_states or None,
         "config": to_dict(cfg),
         "world_size": world_size(),
         **{name: (obj.state_dict() if obj is not None else None) for name, obj in states.items()},
@@ -185,7 +200,8 @@ def resume_training_state(path: Path, cfg, model, optimizer, states: Mapping[str
             raise UserError(f"{path} holds no {name} state: the run was started with {name} switched off; "
                             f"resume with the settings it was started with")
         obj.load_state_dict(state[name])
-    restore_rng_state(state["rng"])
+    per_rank = state.get("rng_per_rank")
+    restore_rng_state(per_rank[rank()] if per_rank and len(per_rank) == world_size() else state["rng"])
     return state
 
 

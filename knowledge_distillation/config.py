@@ -123,6 +123,8 @@ class KDConfig:
     out_dir: str = knob("runs", "parent folder of run folders")
     name: str = knob("", "run folder name under out_dir; empty = <dataset>_<method>_<teacher>_<student>_seed<seed>")
     resume: bool = knob(False, "continue from <run folder>/last.pt")
+    stop_after: int = knob(0, "stop after this epoch and keep last.pt, for job time limits (resume=true "
+                           "continues); 0 = run to the end", valid=NON_NEGATIVE)
     data: KDDataConfig = section(KDDataConfig, "dataset and loaders")
     teacher: TeacherConfig = section(TeacherConfig, "the frozen teacher")
     student: StudentConfig = section(StudentConfig, "the student being trained")

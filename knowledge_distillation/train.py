@@ -29,7 +29,14 @@ from engine.config import to_yaml
 from engine.distributed import global_batch_share, is_main_process, log, rank, reduce_sum, world_size, wrap_model
 from engine.metrics import RunningSums
 from engine.errors import UserError
-from engine.run import RunLogger, prepare_run_dir, raise_if_not_finite, resume_training_state, training_state
+from engine.run import (
+    RunLogger,
+    capture_every_rng_state,
+    prepare_run_dir,
+    raise_if_not_finite,
+    resume_training_state,
+    training_state,
+)
 from engine.runtime import autocast, environment_info, prepare_runtime, sync_batch_norm
 from engine.schedule import learning_rate
 from losses import ClassPrior
@@ -299,11 +306,15 @@ def train(cfg: KDConfig) -> Dict[str, object]:
                 + (f"  val top-1 {metrics['test_top1']:.2f}%  top-5 {metrics['test_top5']:.2f}%" if "test_top1" in metrics else "")
                 + f"  {metrics['sec_per_iter']:.3f} s/iter (data {metrics['data_sec_per_iter']:.3f})"
             )
+            rng_states = capture_every_rng_state()  # every process takes part; rank 0 writes them
             if is_main_process():
                 if "test_top1" in metrics and metrics["test_top1"] > best["top1"]:
                     best = {"top1": metrics["test_top1"], "epoch": epoch}
                     atomic_save({"model": student.state_dict(), "epoch": epoch, "top1": best["top1"]}, run_dir / "best.pt")
-                atomic_save(training_state(cfg, epoch, student, optimizer, best, {"prior": prior}), last_path)
+                atomic_save(training_state(cfg, epoch, student, optimizer, best, {"prior": prior}, rng_states), last_path)
+            if epoch == cfg.stop_after and epoch < cfg.epochs:
+                log(f"Stopped after epoch {epoch} as asked (stop_after={cfg.stop_after}); resume=true continues")
+                return {"run_dir": str(run_dir), "stopped_after": epoch}
     finally:
         logger.close()
 

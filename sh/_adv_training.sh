@@ -6,6 +6,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 #   ends with the reference's epoch average (swa.py RUN 0.9 1 200) when the config asks for it
 #   (swa.enabled), written as ours-model-epoch-SWA0.91200.pt in the run folder.
 #   With --print-config among the arguments it only prints the resolved config (a dry run).
+#   NPROC, NNODES, NODE_RANK and MASTER start it under torchrun (see dkl_run in _venv.sh).
 run_adv_training() {
     local config="$DKL_ROOT/configs/adv_training/$1"
     shift
@@ -13,5 +14,5 @@ run_adv_training() {
     for arg in "$@"; do
         [[ "$arg" == "--print-config" ]] && echo "# ---- $config"
     done
-    "$DKL_PY" -m adv_training.train --config "$config" "$@"
+    dkl_run adv_training.train --config "$config" "$@"
 }

@@ -48,3 +48,32 @@ dkl_python() {
     fi
     export PYTHONPATH="$DKL_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 }
+
+# dkl_run MODULE [ARGS ...]
+#   python -m MODULE ARGS in one process, or under torchrun when NPROC (processes per node) or
+#   NNODES asks for more. Several nodes also need NODE_RANK (0 .. NNODES-1) and MASTER=host:port,
+#   the address of node 0. --print-config and --get never start more than one process.
+dkl_run() {
+    local module="$1"
+    shift
+    local nproc="${NPROC:-1}" nnodes="${NNODES:-1}" arg
+    for arg in "$@"; do
+        if [[ "$arg" == "--print-config" || "$arg" == "--get" ]]; then
+            "$DKL_PY" -m "$module" "$@"
+            return
+        fi
+    done
+    if [[ "$nproc" == 1 && "$nnodes" == 1 ]]; then
+        "$DKL_PY" -m "$module" "$@"
+        return
+    fi
+    local nodes=(--standalone)
+    if [[ "$nnodes" != 1 ]]; then
+        if [[ -z "${MASTER:-}" || -z "${NODE_RANK:-}" || "$MASTER" != *:* ]]; then
+            echo "error: NNODES=$nnodes needs NODE_RANK (0..$((nnodes - 1))) and MASTER=host:port (node 0's address)" >&2
+            return 2
+        fi
+        nodes=(--nnodes="$nnodes" --node_rank="$NODE_RANK" --master_addr="${MASTER%:*}" --master_port="${MASTER##*:}")
+    fi
+    "$DKL_PY" -m torch.distributed.run --nproc_per_node="$nproc" "${nodes[@]}" -m "$module" "$@"
+}

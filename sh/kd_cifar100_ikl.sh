@@ -5,7 +5,7 @@
 #   bash sh/kd_cifar100_ikl.sh res32x4_res8x4 vgg13_mv2 seed=1  # two pairs, with an override
 #   bash sh/kd_cifar100_ikl.sh res32x4_res8x4 method=dkd     # the same pair with DKD
 # key=value arguments are config overrides for every run; --print-config prints the resolved
-# configs instead of training. Teachers: mdistiller's cifar_teachers.tar extracted into
+# configs instead of training; NPROC=N (and NNODES, NODE_RANK, MASTER) run each pair under torchrun. Teachers: mdistiller's cifar_teachers.tar extracted into
 # ./download_ckpts (see the README). Runs from any directory; outputs go to ./runs.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
@@ -35,5 +35,5 @@ for pair in "${pairs[@]}"; do
 done
 for pair in "${pairs[@]}"; do
     [[ " ${overrides[*]-} " == *" --print-config "* ]] && echo "# ---- $pair"
-    "$DKL_PY" -m knowledge_distillation.train --config "$CONFIGS/$pair.yaml" ${overrides[@]+"${overrides[@]}"}
+    dkl_run knowledge_distillation.train --config "$CONFIGS/$pair.yaml" ${overrides[@]+"${overrides[@]}"}
 done

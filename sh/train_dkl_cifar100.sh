@@ -3,7 +3,8 @@
 # augmentation, two runs: alpha 4 / beta 20 / prior T 4, then alpha 5 / beta 20 / prior T 4.
 # (Their first swa.py call lacks its END argument and fails; both runs are averaged here.)
 # Extra arguments are config overrides for every run, e.g. data.root=/datasets device=cuda:1
-# (see python -m adv_training.train --help); --print-config prints the resolved configs instead.
+# (see python -m adv_training.train --help); --print-config prints the resolved configs instead;
+# NPROC=4 trains on 4 GPUs (NNODES, NODE_RANK, MASTER=host:port for several nodes; README).
 # Each run ends with the epoch average ours-model-epoch-SWA0.91200.pt (the reference's
 # swa.py RUN 0.9 1 200), the weights the published numbers come from; AutoAttack's eval.py
 # evaluates it by default. Runs from any directory; outputs go to ./runs.

@@ -2,7 +2,8 @@
 # DKLv1 (NeurIPS IKL-AT): the authors' sh/train_dkl_cifar100_autoaug.sh, CIFAR-100, WRN-34-10,
 # basic + AutoAugment views, alpha 4 / beta 20 / prior T 4, augmented view weighted 0.3.
 # Extra arguments are config overrides for every run, e.g. data.root=/datasets device=cuda:1
-# (see python -m adv_training.train --help); --print-config prints the resolved configs instead.
+# (see python -m adv_training.train --help); --print-config prints the resolved configs instead;
+# NPROC=4 trains on 4 GPUs (NNODES, NODE_RANK, MASTER=host:port for several nodes; README).
 # Each run ends with the epoch average ours-model-epoch-SWA0.91200.pt (the reference's
 # swa.py RUN 0.9 1 200), the weights the published numbers come from; AutoAttack's eval.py
 # evaluates it by default. Runs from any directory; outputs go to ./runs.

@@ -4,7 +4,8 @@
 # script loses the second run's --T 1.0 to a missing line continuation (it ran T 4); this one
 # runs T 1 as written; add ikl.prior_temperature=4 to repeat what theirs ran.
 # Extra arguments are config overrides for every run, e.g. data.root=/datasets device=cuda:1
-# (see python -m adv_training.train --help); --print-config prints the resolved configs instead.
+# (see python -m adv_training.train --help); --print-config prints the resolved configs instead;
+# NPROC=4 trains on 4 GPUs (NNODES, NODE_RANK, MASTER=host:port for several nodes; README).
 # Each run ends with the epoch average ours-model-epoch-SWA0.91200.pt (the reference's
 # swa.py RUN 0.9 1 200), the weights the published numbers come from; AutoAttack's eval.py
 # evaluates it by default. Runs from any directory; outputs go to ./runs.

@@ -410,3 +410,30 @@ def test_bf16_autocast_and_channels_last_run_and_evaluate_in_fp32(cifar10_root, 
     assert set(dtypes) == {torch.bfloat16}
     (record,) = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert math.isfinite(record["train_loss"]) and 0 <= record["test_robust_acc"] <= 100
+
+
+@pytest.mark.parametrize("environment, expected", [
+    ({}, "python -m adv_training.train --config {config} data.root=/d"),
+    ({"NPROC": "4"}, "python -m torch.distributed.run --nproc_per_node=4 --standalone -m adv_training.train "
+                     "--config {config} data.root=/d"),
+    ({"NPROC": "8", "NNODES": "2", "NODE_RANK": "1", "MASTER": "node0:29500"},
+     "python -m torch.distributed.run --nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=node0 "
+     "--master_port=29500 -m adv_training.train --config {config} data.root=/d"),
+])
+def test_launchers_pass_the_process_counts_to_torchrun(environment, expected, tmp_path):
+    fake_python = tmp_path / "python"
+    fake_python.write_text('#!/bin/sh\necho "python $*"\n')
+    fake_python.chmod(0o755)
+    env = {**os.environ, "DKL_PYTHON": str(fake_python), **environment}
+    result = subprocess.run(["bash", str(ROOT / "sh" / "train_dkl_cifar10.sh"), "data.root=/d"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    config = ROOT / "configs" / "adv_training" / "cifar10_ikl_a4b20t4.yaml"
+    assert result.stdout.strip() == expected.format(config=config)
+
+
+def test_several_nodes_need_their_rank_and_the_master_address(tmp_path):
+    env = {**os.environ, "DKL_PYTHON": sys.executable, "NNODES": "2", "NPROC": "1"}
+    result = subprocess.run(["bash", str(ROOT / "sh" / "train_dkl_cifar10.sh")], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "needs NODE_RANK" in result.stderr and "MASTER=host:port" in result.stderr

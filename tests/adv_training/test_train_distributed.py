@@ -11,9 +11,11 @@ average, an uneven last batch of 1,347 images in global batches of 128) is as in
 """
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -124,3 +126,41 @@ def test_two_nodes_on_localhost_complete_a_run(tmp_path):
     outputs = [node.communicate(timeout=600) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs
     assert load_file(tmp_path / "nodes" / "last.pt")["world_size"] == 2
+
+
+def test_a_two_process_run_stopped_and_resumed_ends_bit_equal_to_an_uninterrupted_one(tmp_path):
+    """With random attack starts: every process's RNG state is saved and restored (rng_per_rank)."""
+    noisy = ("attack.random_start=normal",)
+    assert launch("adv_training.train", at_args(tmp_path, "straight", *noisy), 2).returncode == 0
+    first = launch("adv_training.train", at_args(tmp_path, "split", *noisy, "stop_after=1"), 2)
+    assert first.returncode == 0 and "Stopped after epoch 1" in first.stdout, first.stderr
+    assert not (tmp_path / "split" / "results.json").exists()
+    assert launch("adv_training.train", at_args(tmp_path, "split", *noisy, "resume=true"), 2).returncode == 0
+    straight, split = load_file(tmp_path / "straight" / "last.pt"), load_file(tmp_path / "split" / "last.pt")
+    assert len(split["rng_per_rank"]) == 2
+    for key in ("model", "ema", "swa"):
+        a, b = straight[key], split[key]
+        a, b = a.get("module", a.get("average", a)), b.get("module", b.get("average", b))
+        assert all(torch.equal(a[name], b[name]) for name in a), key
+    assert torch.equal(straight["prior"]["prior"], split["prior"]["prior"])
+
+
+def test_a_process_that_dies_stops_the_others_and_leaves_the_last_good_checkpoint(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+         "-m", "adv_training.train", *at_args(tmp_path, "dies", "epochs=50", "dist_timeout=60")],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = tmp_path / "dies" / "last.pt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and time.monotonic() < deadline and runner.poll() is None:
+        time.sleep(0.5)
+    assert last.exists(), "the run never finished an epoch"
+    workers = subprocess.run(["pgrep", "-P", str(runner.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2
+    os.kill(int(workers[-1]), signal.SIGKILL)
+    started = time.monotonic()
+    runner.communicate(timeout=120)  # bounded: torchrun stops the other process, no hang
+    assert runner.returncode != 0 and time.monotonic() - started < 120
+    state = load_file(last)  # still a complete, loadable checkpoint
+    assert state["epoch"] >= 1 and state["world_size"] == 2
