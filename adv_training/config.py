@@ -22,6 +22,7 @@ from engine.config import (
     require_choice,
     require_increasing,
     require_model,
+    require_device,
     require_plain_name,
     section,
 )
@@ -197,6 +198,7 @@ class ATConfig:
 
         require_choice("method", self.method, available_methods())
         require_plain_name("name", self.name)
+        require_device("device", self.device)
         require_model("model.arch", self.model.arch, self.data.dataset, self.model.build_kwargs())
         require_increasing("optim.milestones", self.optim.milestones)
         if self.attack.norm == "linf":
@@ -210,6 +212,11 @@ class ATConfig:
                 f"config keys 'swa.start' ({self.swa.start}) and 'swa.end' ({self.swa.end}) must satisfy "
                 f"1 <= start <= end <= epochs ({self.epochs})"
             )
+        for key, enabled, first in (("awp.warmup", self.awp.enabled, self.awp.warmup),
+                                    ("ema.start_epoch", self.ema.enabled, self.ema.start_epoch)):
+            if enabled and first > self.epochs:
+                raise ConfigError(f"config key '{key}' ({first}) is after the last epoch ({self.epochs}), so it would "
+                                  f"never act; lower it, or switch it off ({key.split('.')[0]}.enabled=false)")
         if self.optim.warmup_epochs >= self.epochs and self.optim.warmup_epochs > 0:
             raise ConfigError(f"config key 'optim.warmup_epochs' ({self.optim.warmup_epochs}) must be smaller "
                               f"than epochs ({self.epochs})")

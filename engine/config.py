@@ -365,6 +365,14 @@ def require_plain_name(key: str, value: str) -> None:
         )
 
 
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def require_device(key: str, value: str) -> None:
+    if not _DEVICE.match(value):
+        raise ConfigError(f"config key '{key}' must be auto, cpu, cuda, cuda:N or mps, got {value!r}")
+
+
 def require_increasing(key: str, values: List[int]) -> None:
     if any(b <= a for a, b in zip(values, values[1:])):
         raise ConfigError(f"config key '{key}' must list epochs in increasing order, got {values}")

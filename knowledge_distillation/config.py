@@ -21,6 +21,7 @@ from engine.config import (
     require_choice,
     require_increasing,
     require_model,
+    require_device,
     require_plain_name,
     section,
 )
@@ -142,6 +143,7 @@ class KDConfig:
 
         require_choice("method", self.method, sorted(DISTILLERS))
         require_plain_name("name", self.name)
+        require_device("device", self.device)
         require_model("student.arch", self.student.arch, self.data.dataset, {})
         if self.teacher.arch:
             require_model("teacher.arch", self.teacher.arch, self.data.dataset, {})

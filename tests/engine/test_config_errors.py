@@ -49,6 +49,8 @@ AT_BAD = [
     ("optim.lr_schedule=cosine", "did you mean"), ("attack.epsilom=8/255", "did you mean"), ("awp=1", "is a section"),
     ("epochs", "key=value"),
     # YAML 1.1 would read these as 8, 60 and 5; here they are refused rather than silently changed
+    ("device=gpu", "'gpu'"), ("device=cuda:x", "'cuda:x'"), ("awp.warmup=300", "never act"),
+    ("ema.start_epoch=201", "never act"),
     ("epochs=010", "'010'"), ("epochs=1:00", "'1:00'"), ("optim.lr=0b101", "'0b101'"), ("seed=0x10", "'0x10'"),
 ]
 KD_BAD = [
@@ -69,7 +71,7 @@ KD_BAD = [
     ("optim.milestones=[-150]", "-150"), ("optim.decay=0", "0"), ("optim.decay=2", "2"), ("optim.warmup_epochs=-1", "-1"),
     ("optim.warmup_epochs=240", "240"), ("eval.every=0", "0"), ("eval.every=-1", "-1"),
     ("name=../../etc", "../../etc"), ("name=runs/x", "runs/x"), ("precision=int8", "int8"),
-    ("teacher.report_accuracy=perhaps", "expects bool"), ("kd.temprature=4", "did you mean"),
+    ("teacher.report_accuracy=perhaps", "expects bool"), ("device=tpu", "'tpu'"), ("kd.temprature=4", "did you mean"),
 ]
 YAML_BAD = [  # (file contents, text of the error)
     (b"\xff\xfeepochs: 1\n", "not UTF-8"),
@@ -85,7 +87,8 @@ YAML_BAD = [  # (file contents, text of the error)
 
 
 def run(main, overrides, tmp_path, capsys):
-    code = main([*overrides, f"out_dir={tmp_path / 'runs'}", "device=cpu"])
+    device = [] if any(o.startswith("device=") for o in overrides) else ["device=cpu"]
+    code = main([*overrides, f"out_dir={tmp_path / 'runs'}", *device])
     error = capsys.readouterr().err
     return code, error
 
