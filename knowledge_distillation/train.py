@@ -172,6 +172,7 @@ def train_one_epoch(
 ) -> Dict[str, float]:
     student.train()
     sums = RunningSums(("loss", "ce", "kd", "correct", "teacher_nonfinite"), device)
+    no_teacher = torch.zeros((), device=device)  # the count of a run without a teacher, allocated once
     data_seconds = 0.0
     started = waiting_since = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None if is_main_process() else True)
@@ -182,7 +183,7 @@ def train_one_epoch(
             images = images.contiguous(memory_format=torch.channels_last)
 
         with autocast(device, cfg.precision):
-            logits_teacher, teacher_bad = None, torch.zeros((), device=device)
+            logits_teacher, teacher_bad = None, no_teacher
             if teacher is not None:
                 with torch.no_grad():
                     logits_teacher, teacher_bad = screen_teacher_output(teacher(images).float(), cfg)
