@@ -3,27 +3,37 @@
     python bench/at_step.py                                   # WRN-34-10, batch 128, on CUDA if present
     python bench/at_step.py --arch WideResNet --depth 10 --widen-factor 1 --batch-size 32   # quick CPU check
     python bench/at_step.py --precisions fp32 bf16 --channels-last
+    python bench/at_step.py --nproc 1 2 4                     # scaling over processes (one GPU each, or CPU)
 
 Times the real training loop (`adv_training.train.train_one_epoch`: natural logits,
 PGD with the `high` budget, AWP, two forwards, backward, SGD, EMA, class prior) on
 random CIFAR-sized batches, for IKL-AT and TRADES side by side in this process, and
 projects the hours of a 200-epoch CIFAR run (391 iterations per epoch at batch 128,
 per-epoch evaluation not included). Prints a Markdown table; asserts nothing.
+
+With ``--nproc N ...`` it times IKL-AT with N processes (DistributedDataParallel: nccl, one
+GPU each, or gloo on the CPU with ``--threads`` each) on the same global batch, and prints
+seconds per global iteration, the speed-up over one process and the scaling efficiency
+(speed-up / N).
 """
 import argparse
 import math
+import os
+import socket
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from adv_training.awp import AdversarialWeightPerturbation  # noqa: E402
 from adv_training.config import ATConfig  # noqa: E402
 from adv_training.methods import build_method  # noqa: E402
 from adv_training.train import train_one_epoch  # noqa: E402
+from engine.distributed import init_distributed, shutdown_distributed, world_size, wrap_model  # noqa: E402
 from engine.ema import ModelEMA  # noqa: E402
 from engine.runtime import configure_precision, resolve_device  # noqa: E402
 from losses import ClassPrior  # noqa: E402
@@ -47,20 +57,67 @@ def time_iterations(method, args, precision, device):
     prior = ClassPrior(100, temperature=4.0).to(device)
     ema = ModelEMA(model, tau=0.9996, start_epoch=1)
     awp = AdversarialWeightPerturbation(model, gamma=0.005)
-    batches = [(torch.rand(args.batch_size, 3, 32, 32), torch.randint(0, 100, (args.batch_size,)))
+    local_batch = args.batch_size // world_size()  # the global batch, shared by the processes
+    batches = [(torch.rand(local_batch, 3, 32, 32), torch.randint(0, 100, (local_batch,)))
                for _ in range(args.iterations)]
+    network = wrap_model(model, device)
 
     def run():
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        train_one_epoch(cfg, build_method(cfg), EPOCHS, model, batches, optimizer, prior, ema, awp, device)
+        train_one_epoch(cfg, build_method(cfg), EPOCHS, network, batches, optimizer, prior, ema, awp, device)
         if device.type == "cuda":
             torch.cuda.synchronize()
         return (time.perf_counter() - start) / args.iterations
 
     run()  # warm-up: allocator, cuDNN autotuning
     return statistics.median(run() for _ in range(args.repeats))
+
+
+def _process(rank, nproc, port, args, precision, queue):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(nproc))
+    torch.set_num_threads(args.threads)
+    device = init_distributed(resolve_device(args.device), 600)
+    try:
+        seconds = time_iterations("ikl", args, precision, device)
+        if rank == 0:
+            queue.put(seconds)
+    finally:
+        shutdown_distributed()
+
+
+def time_processes(nproc, args, precision):
+    """Seconds per global IKL-AT iteration with ``nproc`` processes (spawned, even for one)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    processes = [context.Process(target=_process, args=(rank, nproc, port, args, precision, queue))
+                 for rank in range(nproc)]
+    for process in processes:
+        process.start()
+    seconds = queue.get(timeout=3600)
+    for process in processes:
+        process.join()
+    return seconds
+
+
+def scaling_table(args):
+    print("| precision | processes | s / global iteration | speed-up | efficiency |")
+    print("|---|---:|---:|---:|---:|")
+    for precision in args.precisions:
+        single = None
+        for nproc in args.nproc:
+            if args.batch_size % nproc:
+                raise SystemExit(f"--batch-size {args.batch_size} must divide by {nproc} processes")
+            seconds = time_processes(nproc, args, precision)
+            single = single if single is not None else (seconds if nproc == 1 else None)
+            speedup = f"{single / seconds:.2f}x" if single else "—"
+            efficiency = f"{100 * single / seconds / nproc:.0f}%" if single else "—"
+            print(f"| {precision} | {nproc} | {seconds:.3f} | {speedup} | {efficiency} |", flush=True)
 
 
 def main():
@@ -74,6 +131,9 @@ def main():
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "tf32", "bf16"])
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--nproc", type=int, nargs="+", default=None,
+                        help="time IKL-AT with these numbers of processes instead (list 1 first for the baseline)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process with --nproc on the CPU")
     args = parser.parse_args()
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = True
@@ -81,6 +141,9 @@ def main():
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{args.arch} batch {args.batch_size} on {name}, torch {torch.__version__}; "
           f"budget high (5 PGD steps), AWP and EMA on; median of {args.repeats} x {args.iterations} iterations\n")
+    if args.nproc:
+        scaling_table(args)
+        return
     iterations_per_run = math.ceil(TRAIN_IMAGES / args.batch_size) * EPOCHS
     print("| precision | method | s / iteration | vs TRADES | projected hours, 200 epochs |")
     print("|---|---|---:|---:|---:|")
