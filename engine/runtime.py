@@ -11,7 +11,9 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-from .distributed import init_distributed
+from .distributed import init_distributed, rank
+
+RANK_SEED_STRIDE = 1_000_003  # a prime: the seeds of (seed, rank) pairs do not collide for small seeds
 from .errors import UserError
 
 
@@ -32,11 +34,15 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 def prepare_runtime(*, device: str, precision: str, seed: int, deterministic: bool,
                     dist_timeout: float = 1800.0) -> torch.device:
     """What every training run does first: pick the device, join torchrun's process group when
-    started by torchrun, set precision flags, seed everything (the same seed on every process:
-    the model starts identical everywhere)."""
+    started by torchrun, set precision flags, seed everything.
+
+    Process r is seeded with ``seed + RANK_SEED_STRIDE * r``, so that processes draw different
+    attack starts (rank 0, and so a one-process run, keeps ``seed``). Their models still start
+    identical: DistributedDataParallel copies rank 0's weights to every process.
+    """
     resolved = init_distributed(resolve_device(device), dist_timeout)
     configure_precision(precision)
-    seed_everything(seed, deterministic)
+    seed_everything(seed + RANK_SEED_STRIDE * rank(), deterministic)
     return resolved
 
 

@@ -164,3 +164,24 @@ def test_a_process_that_dies_stops_the_others_and_leaves_the_last_good_checkpoin
     assert runner.returncode != 0 and time.monotonic() - started < 120
     state = load_file(last)  # still a complete, loadable checkpoint
     assert state["epoch"] >= 1 and state["world_size"] == 2
+
+
+def test_processes_draw_different_random_numbers_but_rank_0_keeps_the_seed(tmp_path):
+    script = tmp_path / "draw.py"
+    script.write_text(
+        "import torch\n"
+        "from engine.distributed import rank, shutdown_distributed\n"
+        "from engine.runtime import prepare_runtime\n"
+        "prepare_runtime(device='cpu', precision='fp32', seed=7, deterministic=False)\n"
+        "print(f'rank {rank()} draws {torch.rand(1).item()!r}', flush=True)\n"
+        "shutdown_distributed()\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                             f"--master_port={free_port()}", str(script)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    draws = dict(line.split(" draws ") for line in result.stdout.splitlines() if line.startswith("rank "))
+    torch.manual_seed(7)
+    assert float(draws["rank 0"]) == torch.rand(1).item()  # a one-process run's first draw
+    assert draws["rank 0"] != draws["rank 1"]
