@@ -8,7 +8,7 @@ the same in one process and in many.
 """
 import datetime
 import os
-from typing import Iterable, Optional
+from typing import Any, Iterable, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -45,6 +45,15 @@ def reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.clone()
         dist.all_reduce(tensor)
     return tensor
+
+
+def gather_objects(obj: Any) -> List[Any]:
+    """``obj`` of every process, by rank (``[obj]`` when not distributed); every process must call it."""
+    if not is_distributed():
+        return [obj]
+    gathered: List[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def all_reduce_mean_(tensors: Iterable[torch.Tensor]) -> None:

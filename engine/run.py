@@ -14,11 +14,9 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-import torch.distributed
-
 from .file_io import atomic_write_text, load_file, remove_stale_temporaries, writing
 from .config import changed_keys, to_dict
-from .distributed import is_distributed, rank, world_size
+from .distributed import gather_objects, rank, world_size
 from .errors import NonFiniteLossError, UserError
 from .metrics import METRICS_FILE, read_metrics
 from .plot import plot_run
@@ -132,12 +130,7 @@ CHECKPOINT_FORMAT = 1
 def capture_every_rng_state() -> List[Dict[str, Any]]:
     """Every process's RNG states, by rank (a collective: every process calls it, before rank 0
     writes last.pt), so that a resumed run draws what an uninterrupted one would on each process."""
-    state = capture_rng_state()
-    if not is_distributed():
-        return [state]
-    states: List[Any] = [None] * world_size()
-    torch.distributed.all_gather_object(states, state)
-    return states
+    return gather_objects(capture_rng_state())
 
 
 def training_state(cfg, epoch: int, model, optimizer, best: Dict[str, Any],
