@@ -18,7 +18,7 @@ same tensor each time, and no gradient with respect to ``x_adv`` flows through i
 computing it once changes nothing but the cost.
 """
 import contextlib
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -26,6 +26,7 @@ import torch.nn as nn
 Objective = Callable[[torch.Tensor], torch.Tensor]
 
 NORMS = ("linf", "l2")
+START_SEED_STRIDE = 1_000_003
 RANDOM_STARTS = ("normal", "uniform", "none")
 
 
@@ -62,23 +63,49 @@ def _per_sample_norm(tensor: torch.Tensor) -> torch.Tensor:
     return norms.view(-1, *([1] * (tensor.dim() - 1)))
 
 
-def _random_start(x: torch.Tensor, eps: float, norm: str, random_start: str, init_std: float) -> torch.Tensor:
+def _random_start(x: torch.Tensor, eps: float, norm: str, random_start: str, init_std: float,
+                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
     if random_start == "none":
         return x.clone()
     if random_start == "normal":
         # The TRADES/reference start: tiny Gaussian noise, neither clamped to [0, 1] nor
         # projected (the first step's projection and clamp take care of both).
-        return x + init_std * torch.randn_like(x)
+        return x + init_std * torch.empty_like(x).normal_(generator=generator)
     if norm == "linf":
-        delta = torch.empty_like(x).uniform_(-eps, eps)
+        delta = torch.empty_like(x).uniform_(-eps, eps, generator=generator)
     else:
         # Uniform radius in [0, eps] along a uniformly random direction.
-        direction = torch.randn_like(x)
+        direction = torch.empty_like(x).normal_(generator=generator)
         norms = _per_sample_norm(direction)
         direction = direction / torch.where(norms > 0, norms, torch.ones_like(norms))
-        radius = eps * torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device, dtype=x.dtype)
+        radius = eps * torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device, dtype=x.dtype,
+                                  generator=generator)
         delta = radius * direction
     return (x + delta).clamp(0.0, 1.0)
+
+
+def _keyed_random_start(x: torch.Tensor, keys: torch.Tensor, seed: int, eps: float, norm: str, random_start: str,
+                        init_std: float) -> torch.Tensor:
+    """Each sample's start drawn from its own generator, seeded by (``seed``, its key):
+    ``(seed * START_SEED_STRIDE + key) mod 2**32``.
+
+    So a sample (keyed by its index in the dataset) starts from the same point whatever the
+    batch it comes in, the batch size or the number of processes.
+    """
+    if keys.shape != (x.shape[0],):
+        raise ValueError(f"start_keys must hold one key per sample ({x.shape[0]}), got shape {tuple(keys.shape)}")
+    if seed < 0:
+        raise ValueError(f"start_seed must be non-negative, got {seed}")
+    starts = []
+    for sample, key in zip(x.split(1), keys.tolist()):
+        if not 0 <= key < 2**32:
+            raise ValueError(f"start keys must lie in [0, 2**32), got {key}")
+        generator = torch.Generator(device=x.device)
+        # The CPU generator (MT19937) keeps 32 bits of its seed: distinct keys of one run give
+        # distinct seeds, and the keys of seed s + 1 are those of s shifted by a million.
+        generator.manual_seed((seed * START_SEED_STRIDE + key) % 2**32)
+        starts.append(_random_start(sample, eps, norm, random_start, init_std, generator))
+    return torch.cat(starts)
 
 
 def pgd(
@@ -93,6 +120,8 @@ def pgd(
     random_start: str = "normal",
     init_std: float = 0.001,
     eval_mode: bool = True,
+    start_keys: Optional[torch.Tensor] = None,
+    start_seed: int = 0,
 ) -> torch.Tensor:
     r"""Projected gradient ascent on ``objective(model(x_adv))``; returns a detached ``x_adv``.
 
@@ -117,6 +146,10 @@ def pgd(
             ``"uniform"``: a uniform point of the l_inf ball, or for l2 a random direction
             at a uniform radius in [0, eps], clamped to [0, 1]; ``"none"``: ``x``.
         eval_mode: run the model in eval mode during the attack (`attack_mode`).
+        start_keys: one non-negative integer per sample (its index in the dataset, on the
+            CPU): the random start of a sample is then drawn from a generator seeded by
+            (``start_seed``, key), not from the global RNG, and is the same in any batch and
+            in any process. Without it, starts come from the global RNG.
 
     ``steps == 0`` or ``eps == 0`` returns a detached copy of ``x`` itself, without the
     random start: with no step, the start noise would be an unprojected perturbation (and
@@ -142,7 +175,10 @@ def pgd(
         return x.clone()
 
     with attack_mode(model, eval_mode):
-        x_adv = _random_start(x, eps, norm, random_start, init_std)
+        if start_keys is None:
+            x_adv = _random_start(x, eps, norm, random_start, init_std)
+        else:
+            x_adv = _keyed_random_start(x, start_keys, start_seed, eps, norm, random_start, init_std)
         for _ in range(int(steps)):
             x_adv = x_adv.detach().requires_grad_(True)
             with torch.enable_grad():

@@ -48,7 +48,7 @@ class DataConfig:
     )
     batch_size: int = knob(128, "global training batch size (per view; several processes share it)", valid=BATCH)
     drop_last: bool = knob(False, "drop the last incomplete training batch (the reference's TRADES script does)")
-    test_batch_size: int = knob(256, "global evaluation batch size", valid=BATCH)
+    test_batch_size: int = knob(256, "evaluation batch size of each process (whole batches are dealt to the processes)", valid=BATCH)
     num_workers: int = knob(4, "DataLoader worker processes", valid=Range(0, 256))
 
 

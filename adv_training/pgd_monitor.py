@@ -2,6 +2,13 @@
 
 It tracks training and picks best.pt; the robustness number to report is AutoAttack's
 (`adv_training.auto_attacks`).
+
+The attack's random start of each test image is drawn from a generator seeded by the run's
+seed and the image's index (`adv_training.attacks.pgd`'s ``start_keys``), not from the
+training RNG. So the monitor gives the same number under any number of processes (with the
+batches of `engine.data.make_eval_loader`, each computed as one process computes it), the
+same images start from the same points at every epoch, and evaluating does not move the
+training's random stream.
 """
 from typing import Dict
 
@@ -23,16 +30,20 @@ def clean_and_pgd_accuracy(
     steps: int,
     norm: str = "linf",
     channels_last: bool = False,
+    seed: int = 0,
 ) -> Dict[str, float]:
-    """Clean and PGD-``steps`` accuracy (CE objective, uniform random start) in percent.
+    """Clean and PGD-``steps`` accuracy (CE objective, uniform random start) in percent, summed
+    over processes.
 
-    This is the training-time monitor; the number to report is AutoAttack's.
+    ``loader`` yields ``(images, targets, indices)`` (`engine.data.WithIndices`); image ``i``'s
+    random start depends only on (``seed``, ``i``). This is the training-time monitor; the
+    number to report is AutoAttack's.
     """
     correct_clean = torch.zeros((), dtype=torch.long, device=device)
     correct_robust = torch.zeros((), dtype=torch.long, device=device)
     seen = torch.zeros((), dtype=torch.long, device=device)
     with attack_mode(model, eval_mode=True):
-        for images, targets in loader:
+        for images, targets, indices in loader:
             images, targets = images.to(device), targets.to(device)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -41,7 +52,7 @@ def clean_and_pgd_accuracy(
             if steps > 0:
                 adversarial = pgd(
                     model, images, cross_entropy_objective(targets), eps=eps, step_size=step_size, steps=steps,
-                    norm=norm, random_start="uniform",
+                    norm=norm, random_start="uniform", start_keys=indices, start_seed=seed,
                 )
                 with torch.no_grad():
                     correct_robust += (model(adversarial).argmax(1) == targets).sum()

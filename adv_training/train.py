@@ -207,14 +207,15 @@ def train(cfg: ATConfig) -> Dict[str, object]:
                                 verify_checksum=cfg.data.verify_checksum),
         cfg.eval.num_examples,
     )
-    shard = dict(rank=rank(), world_size=world_size())  # batch sizes are global: each process takes its share
+    shard = dict(rank=rank(), world_size=world_size())  # the training batch is global: each process takes its share
     train_loader = data_lib.make_loader(
         train_set, batch_size=cfg.data.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
         drop_last=cfg.data.drop_last, seed=cfg.seed, pin_memory=device.type == "cuda", **shard,
     )
-    test_loader = data_lib.make_loader(
-        test_set, batch_size=cfg.data.test_batch_size, shuffle=False, num_workers=cfg.data.num_workers,
-        seed=cfg.seed, pin_memory=device.type == "cuda", **shard,
+    # Evaluation deals whole batches to the processes: the counts equal one process's exactly.
+    test_loader = data_lib.make_eval_loader(
+        data_lib.WithIndices(test_set), batch_size=cfg.data.test_batch_size, num_workers=cfg.data.num_workers,
+        pin_memory=device.type == "cuda", **shard,
     )
 
     method = build_method(cfg)
@@ -255,7 +256,8 @@ def train(cfg: ATConfig) -> Dict[str, object]:
 
     def monitor(prefix: str, network: torch.nn.Module) -> Dict[str, float]:
         accuracy = clean_and_pgd_accuracy(network, test_loader, device, eps=eval_eps, step_size=cfg.eval.step_size,
-                                          steps=cfg.eval.pgd_steps, norm=cfg.attack.norm, channels_last=cfg.channels_last)
+                                          steps=cfg.eval.pgd_steps, norm=cfg.attack.norm, channels_last=cfg.channels_last,
+                                          seed=cfg.seed)
         return {f"{prefix}_{key}": value for key, value in accuracy.items()}
     network = wrap_model(model, device)  # the training forwards average their gradients across processes
     try:

@@ -52,6 +52,7 @@ import contextlib
 import functools
 import os
 import pickle
+import random
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Tuple, Union
 
@@ -62,6 +63,7 @@ from torchvision import datasets, transforms
 from torchvision.datasets import cifar as cifar_module
 
 from .errors import UserError
+from .runtime import RANK_SEED_STRIDE
 
 PathLike = Union[str, os.PathLike]
 
@@ -592,21 +594,36 @@ def shard_bounds(size: int, rank: int, world_size: int) -> Tuple[int, int]:
     return start, start + base + (1 if rank < extra else 0)
 
 
+def _seed_worker_for_rank(worker_id: int, rank: int) -> None:
+    """``worker_init_fn`` of process ``rank`` > 0: move its workers' seeds off rank 0's.
+
+    torch seeds worker ``w`` with ``base_seed + w``, and ``base_seed`` comes from the loader's
+    generator, which every process seeds alike (they must agree on the shuffle order). Left
+    so, worker ``w`` of every process would draw the same augmentations (crops, flips,
+    AutoAugment) for its images. Rank 0 keeps torch's seeds, so a one-process run is unchanged.
+    """
+    seed = (torch.initial_seed() + RANK_SEED_STRIDE * rank) % 2**64
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
 def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, num_workers: int = 0,
                 drop_last: bool = False, seed: int = 0, pin_memory: bool = False,
                 rank: int = 0, world_size: int = 1) -> DataLoader:
-    """A DataLoader whose shuffle order and worker seeds come from a generator seeded by ``seed``.
+    """A training DataLoader whose shuffle order and worker seeds come from a generator seeded by ``seed``.
 
     The generator starts in the state `set_epoch` gives epoch 0. Call ``set_epoch(loader, e)``
     before each epoch so that epoch ``e`` has the same order whether or not the run was
     interrupted and resumed before it. With ``world_size`` > 1, ``batch_size`` is the global
     batch and this process gets its share of each (`ShardedBatchSampler`), with the order of
-    one process.
+    one process; its workers draw their own augmentations (`_seed_worker_for_rank`).
     """
     generator = torch.Generator()
     generator.manual_seed(_epoch_seed(seed, 0))
     # persistent_workers stays off: a worker kept across epochs would not see the reseeding.
-    common = dict(num_workers=num_workers, pin_memory=pin_memory, generator=generator, persistent_workers=False, seed=seed)
+    common = dict(num_workers=num_workers, pin_memory=pin_memory, generator=generator, persistent_workers=False, seed=seed,
+                  worker_init_fn=functools.partial(_seed_worker_for_rank, rank=rank) if rank > 0 else None)
     if world_size == 1:
         return SeededDataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, **common)
     if batch_size % world_size != 0:
@@ -617,8 +634,65 @@ def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, num_workers
     return SeededDataLoader(dataset, batch_sampler=sampler, **common)
 
 
+class DealtBatchSampler(Sampler[List[int]]):
+    """Batches of ``batch_size`` consecutive items (the last one may be smaller), dealt in turn:
+    process ``rank`` gets batches ``rank``, ``rank + world_size``, ``rank + 2 * world_size``, ...
+
+    For evaluation. Each batch is exactly one that a single process evaluates, so every
+    image's result, and hence the counts summed over processes, equal one process's bit for
+    bit (a batch cut into smaller parts could take other kernels and differ in the last
+    bits, which a sign step of an attack turns into another answer). No image is padded in
+    or counted twice; a process may get one batch fewer than another, or none.
+    """
+
+    def __init__(self, size: int, batch_size: int, rank: int, world_size: int):
+        self.size, self.batch_size, self.rank, self.world_size = size, batch_size, rank, world_size
+
+    def __iter__(self) -> Iterator[List[int]]:
+        for start in range(self.rank * self.batch_size, self.size, self.world_size * self.batch_size):
+            yield list(range(start, min(start + self.batch_size, self.size)))
+
+    def __len__(self) -> int:
+        batches = -(-self.size // self.batch_size)
+        return len(range(self.rank, batches, self.world_size))
+
+
+def make_eval_loader(dataset: Dataset, *, batch_size: int, num_workers: int = 0, pin_memory: bool = False,
+                     rank: int = 0, world_size: int = 1) -> DataLoader:
+    """An evaluation DataLoader over ``dataset`` in order: whole batches of ``batch_size`` (per
+    process), dealt to the processes (`DealtBatchSampler`). Sum the counts over processes.
+    Iterating it draws nothing from the global random stream."""
+    sampler = DealtBatchSampler(len(dataset), batch_size, rank, world_size)
+    # Its own generator: a DataLoader draws its workers' base seed at every pass, and drawing it
+    # from the global RNG would make evaluating shift the training's random stream.
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
+                      generator=torch.Generator().manual_seed(0))
+
+
+class WithIndices(Dataset):
+    """``dataset``'s items with their index appended: ``(image, target, index)``.
+
+    For randomness tied to the image rather than to the process or batch that sees it (the
+    PGD monitor's attack starts, `adv_training.pgd_monitor`).
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return (*self.dataset[index], index)
+
+
 def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Reseed ``loader``'s generator so that epoch ``epoch`` depends only on (seed, epoch)."""
-    if not isinstance(loader, SeededDataLoader):
-        raise TypeError(f"set_epoch needs a loader built by make_loader, got {type(loader).__name__}")
-    loader.generator.manual_seed(_epoch_seed(loader.seed, epoch))
+    """Make epoch ``epoch`` of ``loader`` depend only on (seed, epoch): reseed the generator of a
+    `make_loader` loader, or tell a sampler that draws by epoch (``sampler.set_epoch``)."""
+    if isinstance(loader, SeededDataLoader):
+        loader.generator.manual_seed(_epoch_seed(loader.seed, epoch))
+    elif callable(getattr(loader.sampler, "set_epoch", None)):
+        loader.sampler.set_epoch(epoch)
+    else:
+        raise TypeError(f"set_epoch needs a loader built by make_loader or a sampler with set_epoch, "
+                        f"got {type(loader).__name__} with {type(loader.sampler).__name__}")

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from .distributed import init_distributed, rank
+from .errors import UserError
 
 RANK_SEED_STRIDE = 1_000_003  # a prime: the seeds of (seed, rank) pairs do not collide for small seeds
-from .errors import UserError
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

@@ -35,7 +35,7 @@ class KDDataConfig:
     verify_checksum: bool = knob(True, "check CIFAR's official MD5 sums; false only for locally written test data")
     normalize: bool = knob(True, "mean/std normalisation in the data pipeline, as mdistiller (the teachers expect it)")
     batch_size: int = knob(64, "global training batch size (several processes share it)", valid=BATCH)
-    test_batch_size: int = knob(128, "global validation batch size", valid=BATCH)
+    test_batch_size: int = knob(128, "validation batch size of each process (whole batches are dealt to the processes)", valid=BATCH)
     num_workers: int = knob(4, "DataLoader worker processes", valid=Range(0, 256))
 
 

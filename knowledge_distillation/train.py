@@ -244,11 +244,12 @@ def train(cfg: KDConfig) -> Dict[str, object]:
     train_set = data_lib.build_train_set(cfg.data.dataset, cfg.data.root, augment=augment, **data_kwargs)
     val_set = data_lib.build_test_set(cfg.data.dataset, cfg.data.root, **data_kwargs)
     pin = device.type == "cuda"
-    shard = dict(rank=rank(), world_size=world_size())  # batch sizes are global: each process takes its share
+    shard = dict(rank=rank(), world_size=world_size())  # the training batch is global: each process takes its share
     train_loader = data_lib.make_loader(train_set, batch_size=cfg.data.batch_size, shuffle=True,
                                         num_workers=cfg.data.num_workers, seed=cfg.seed, pin_memory=pin, **shard)
-    val_loader = data_lib.make_loader(val_set, batch_size=cfg.data.test_batch_size, shuffle=False,
-                                      num_workers=cfg.data.num_workers, seed=cfg.seed, pin_memory=pin, **shard)
+    # Evaluation deals whole batches to the processes: the counts equal one process's exactly.
+    val_loader = data_lib.make_eval_loader(val_set, batch_size=cfg.data.test_batch_size,
+                                           num_workers=cfg.data.num_workers, pin_memory=pin, **shard)
 
     distiller = build_distiller(cfg)
     teacher = load_teacher(cfg, num_classes, device)

@@ -212,3 +212,51 @@ def test_bad_arguments(small_model, image_batch):
         pgd(model, x, ce_objective(y), eps=0.1, step_size=0.1, steps=1, random_start="zeros")
     with pytest.raises(ValueError, match="scalar"):
         pgd(model, x, lambda logits: logits, eps=0.1, step_size=0.1, steps=1)
+
+
+def keyed_start(x, keys, seed, eps, norm="linf", random_start="uniform"):
+    """pgd's start alone: one step of size 0 projects it and moves nothing."""
+    return pgd(torch.nn.Flatten(), x, lambda logits: logits.sum(), eps=eps, step_size=0.0, steps=1, norm=norm,
+               random_start=random_start, start_keys=keys, start_seed=seed)
+
+
+def test_a_keyed_start_is_drawn_from_the_samples_own_generator(image_batch):
+    x, _ = image_batch()
+    keys = torch.arange(100, 100 + len(x))
+    eps = 8 / 255
+    before = torch.get_rng_state()
+    starts = keyed_start(x, keys, seed=3, eps=eps)
+    assert torch.equal(torch.get_rng_state(), before)  # the global stream is left alone
+    for i, key in enumerate(keys.tolist()):
+        generator = torch.Generator().manual_seed(3 * 1_000_003 + key)
+        by_hand = (x[i] + torch.empty_like(x[i]).uniform_(-eps, eps, generator=generator)).clamp(0, 1)
+        assert torch.equal(starts[i], by_hand)
+    generator = torch.Generator().manual_seed(3 * 1_000_003 + 100)
+    normal = keyed_start(x, keys, seed=3, eps=eps, random_start="normal")
+    torch.testing.assert_close(normal[0], (x[0] + 0.001 * torch.empty_like(x[0]).normal_(generator=generator))
+                               .clamp(x[0] - eps, x[0] + eps).clamp(0, 1), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 8 / 255), ("l2", 0.5)])
+def test_a_keyed_start_does_not_depend_on_the_batch(norm, eps, image_batch):
+    x, _ = image_batch()
+    keys = torch.tensor([7, 0, 3, 12, 5, 9, 1, 4])[: len(x)]
+    whole = keyed_start(x, keys, seed=1, eps=eps, norm=norm)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(keyed_start(x[order], keys[order], seed=1, eps=eps, norm=norm), whole[order])
+    halves = [keyed_start(x[part], keys[part], seed=1, eps=eps, norm=norm) for part in (slice(0, 3), slice(3, None))]
+    assert torch.equal(torch.cat(halves), whole)
+    assert not torch.equal(keyed_start(x, keys, seed=2, eps=eps, norm=norm), whole)  # the seed matters
+    assert not torch.equal(whole[0], keyed_start(x[:1], keys[1:2], seed=1, eps=eps, norm=norm)[0])  # so does the key
+    if norm == "l2":
+        assert per_sample_l2(whole - x).max() <= eps + 1e-6 and per_sample_l2(whole - x).min() > 0
+
+
+def test_bad_start_keys(image_batch):
+    x, _ = image_batch()
+    with pytest.raises(ValueError, match="one key per sample"):
+        keyed_start(x, torch.arange(len(x) - 1), seed=0, eps=0.1)
+    with pytest.raises(ValueError, match="keys must lie in"):
+        keyed_start(x, torch.arange(len(x)) - 1, seed=0, eps=0.1)
+    with pytest.raises(ValueError, match="start_seed"):
+        keyed_start(x, torch.arange(len(x)), seed=-1, eps=0.1)

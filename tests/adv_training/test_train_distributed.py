@@ -8,6 +8,8 @@ sign step flips where a gradient component is within rounding of zero, and the s
 order of two processes differs from one's in the last bits, so attacked runs drift apart
 by design; the attack itself runs under torchrun in the other tests. Everything else (AWP, EMA, the class prior, the epoch
 average, an uneven last batch of 1,347 images in global batches of 128) is as in training.
+Evaluation, by contrast, is exact: the same model evaluated by three processes gives one
+process's clean, PGD and top-k numbers to the last digit.
 """
 import json
 import os
@@ -98,6 +100,65 @@ def test_ikl_kd_with_two_processes_equals_one_process(tmp_path):
     assert two.returncode == 0, two.stderr
     assert_same_run(tmp_path / "one", tmp_path / "two", ("model", "prior"),
                     ("train_loss", "train_loss_ce", "train_loss_kd", "train_acc", "test_top1", "test_top5"))
+
+
+EVALUATE = """
+import json, sys
+import torch
+from adv_training.pgd_monitor import clean_and_pgd_accuracy
+from engine import data as data_lib
+from engine.distributed import is_main_process, rank, shutdown_distributed, world_size
+from engine.file_io import load_file
+from engine.runtime import prepare_runtime
+from knowledge_distillation.train import evaluate_topk
+from models import build_model
+
+device = prepare_runtime(device="cpu", precision="fp32", seed=11, deterministic=False)
+model = build_model("digits_cnn_small", 10)
+model.load_state_dict(load_file(sys.argv[1]))
+test_set = data_lib.build_test_set("digits", None)
+shard = dict(rank=rank(), world_size=world_size())
+loader = data_lib.make_eval_loader(data_lib.WithIndices(test_set), batch_size=64, **shard)  # 450 = 7 x 64 + 2
+numbers = clean_and_pgd_accuracy(model, loader, device, eps=0.1, step_size=0.025, steps=10, seed=11)
+numbers.update(evaluate_topk(model, data_lib.make_eval_loader(test_set, batch_size=64, **shard), device))
+numbers["world_size"] = world_size()
+if is_main_process():
+    print("NUMBERS " + json.dumps(numbers), flush=True)
+shutdown_distributed()
+"""
+
+
+def test_evaluation_under_three_processes_gives_one_processs_numbers_exactly(tmp_path):
+    from engine.data import build_train_set, make_loader
+    from engine.file_io import atomic_save
+    from models import build_model
+
+    torch.manual_seed(0)  # a briefly trained model, so that clean and PGD accuracies are neither 0 nor 100
+    model = build_model("digits_cnn_small", 10)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(2):
+        for images, targets in make_loader(build_train_set("digits", None), batch_size=64, shuffle=True):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(images), targets).backward()
+            optimizer.step()
+    weights = atomic_save(model.state_dict(), tmp_path / "model.pt")
+    script = tmp_path / "evaluate.py"
+    script.write_text(EVALUATE)
+
+    def numbers(nproc):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        launcher = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+                     f"--master_port={free_port()}"] if nproc > 1 else [sys.executable])
+        result = subprocess.run([*launcher, str(script), str(weights)], cwd=ROOT, env=env, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        (line,) = [line for line in result.stdout.splitlines() if line.startswith("NUMBERS ")]
+        return json.loads(line[len("NUMBERS "):])
+
+    one, three = numbers(1), numbers(3)
+    assert (one.pop("world_size"), three.pop("world_size")) == (1, 3)
+    assert three == one  # exactly: the same batches, the same attack starts
+    assert 0 < one["robust_acc"] < one["clean_acc"] < 100 and one["top1"] == one["clean_acc"] < one["top5"]
 
 
 def test_resuming_with_another_number_of_processes_is_refused(tmp_path):

@@ -19,11 +19,13 @@ from engine.data import (
     AUGMENTATIONS,
     DATASET_STATS,
     Cutout,
+    WithIndices,
     autoaugment_cifar,
     build_test_set,
     build_train_set,
     dataset_num_classes,
     first_examples,
+    make_eval_loader,
     make_loader,
     num_classes,
     set_epoch,
@@ -296,6 +298,89 @@ def test_worker_randomness_follows_the_loader_seed():
     first = draws(1)
     assert torch.equal(draws(1), first)
     assert not torch.equal(draws(2), first)
+
+
+class Indices(Dataset):
+    def __init__(self, size):
+        self.size = size
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, index):
+        return index
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 4])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_processes_share_each_global_training_batch_of_one_process(world_size, drop_last):
+    size, batch = 51, 12  # a last global batch of 3 images
+    one = make_loader(Indices(size), batch_size=batch, shuffle=True, seed=5, drop_last=drop_last)
+    set_epoch(one, 2)
+    expected = [b.tolist() for b in one]
+    shares = []
+    for rank in range(world_size):
+        loader = make_loader(Indices(size), batch_size=batch, shuffle=True, seed=5, drop_last=drop_last,
+                             rank=rank, world_size=world_size)
+        set_epoch(loader, 2)
+        shares.append([b.tolist() for b in loader])
+        assert len(loader) == len(shares[-1])
+    # a last batch of 3 images is kept for 2 or 3 processes, dropped for 4 (one would get nothing)
+    if not drop_last and world_size == 4:
+        expected = expected[:-1]
+    assert [sum((share[i] for share in shares), []) for i in range(len(shares[0]))] == expected
+    for share in shares:  # contiguous, near-equal parts
+        assert all(abs(len(part) - len(first)) <= 1 for part, first in zip(share, shares[0]))
+
+
+def test_a_global_batch_that_does_not_divide_by_the_processes_is_refused():
+    with pytest.raises(UserError, match="batch size 10 is the global batch.*multiple of 4"):
+        make_loader(Indices(20), batch_size=10, shuffle=True, rank=0, world_size=4)
+
+
+@pytest.mark.parametrize("size, batch, world_size", [(450, 64, 2), (450, 64, 3), (10, 4, 4), (10, 4, 1), (3, 8, 2)])
+def test_evaluation_batches_are_one_process_batches_dealt_in_turn(size, batch, world_size):
+    one = [b.tolist() for b in make_eval_loader(Indices(size), batch_size=batch)]
+    assert one == [list(range(start, min(start + batch, size))) for start in range(0, size, batch)]
+    dealt = {}
+    for rank in range(world_size):
+        loader = make_eval_loader(Indices(size), batch_size=batch, rank=rank, world_size=world_size)
+        batches = [b.tolist() for b in loader]
+        assert len(loader) == len(batches)
+        dealt.update({rank + k * world_size: b for k, b in enumerate(batches)})
+    # every batch is exactly one of one process's batches; no image is missing or repeated
+    assert [dealt[i] for i in range(len(dealt))] == one
+
+
+def test_evaluating_draws_nothing_from_the_global_random_stream():
+    before = torch.get_rng_state()
+    for _ in range(2):
+        list(make_eval_loader(Indices(10), batch_size=4))
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_with_indices_appends_the_index_of_each_item():
+    images = TensorDataset(torch.arange(10.0).view(5, 2), torch.tensor([3, 1, 4, 1, 5]))
+    items = [WithIndices(images)[i] for i in range(5)]
+    assert len(WithIndices(images)) == 5
+    assert [(x.tolist(), int(y), i) for x, y, i in items] == [([2.0 * i, 2.0 * i + 1], t, i)
+                                                               for i, t in enumerate([3, 1, 4, 1, 5])]
+    _, _, indices = next(iter(make_eval_loader(WithIndices(images), batch_size=2, rank=1, world_size=2)))
+    assert indices.tolist() == [2, 3]
+
+
+def test_workers_of_other_processes_draw_other_augmentations():
+    def draws(rank, world_size):
+        loader = make_loader(RandomDraws(), batch_size=4, shuffle=True, num_workers=1, seed=7,
+                             rank=rank, world_size=world_size)
+        set_epoch(loader, 1)
+        return torch.cat([b.flatten() for b in loader])
+
+    one, rank0, rank1 = draws(0, 1), draws(0, 2), draws(1, 2)
+    # rank 0 keeps the worker seeds of one process: its draws are the first ones of that stream
+    assert torch.equal(rank0, one[:len(rank0)])
+    assert len(rank1) == len(rank0) and not torch.equal(rank1, rank0)
+    assert torch.equal(draws(1, 2), rank1)  # still reproducible
 
 
 def test_set_epoch_needs_a_loader_from_make_loader():
