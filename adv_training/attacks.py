@@ -22,6 +22,7 @@ from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 
@@ -31,7 +32,7 @@ RANDOM_STARTS = ("normal", "uniform", "none")
 
 
 @contextlib.contextmanager
-def attack_mode(model: nn.Module, eval_mode: bool = True) -> Iterator[None]:
+def attack_mode(model: nn.Module, eval_mode: bool = True, freeze_bn_stats: bool = False) -> Iterator[None]:
     """Put ``model`` in eval mode for an attack, then restore every submodule's mode.
 
     Eval mode makes BatchNorm use (and not update) its running statistics and turns
@@ -39,21 +40,31 @@ def attack_mode(model: nn.Module, eval_mode: bool = True) -> Iterator[None]:
     Saving the ``training`` flag of each submodule, rather than calling ``model.train()``
     afterwards, keeps models whose parts are deliberately frozen in eval mode (a frozen
     backbone, a teacher inside a wrapper) exactly as they were; the flags are restored
-    even when the attack raises. With ``eval_mode=False`` nothing is changed.
+    even when the attack raises. With ``eval_mode=False`` nothing is changed, unless
+    ``freeze_bn_stats``: then BatchNorm layers in training mode normalise with the batch's
+    statistics without updating their running ones (``track_running_stats`` off for the
+    attack: Wang et al.'s ``track_bn_stats(False)`` around their TRADES attack).
     """
     previous = [(module, module.training) for module in model.modules()]
+    frozen = [(module, module.track_running_stats) for module in model.modules()
+              if isinstance(module, _BatchNorm)] if freeze_bn_stats and not eval_mode else []
     try:
         if eval_mode:
             model.eval()
+        for module, _ in frozen:
+            module.track_running_stats = False
         yield
     finally:
         for module, was_training in previous:
             module.training = was_training
+        for module, tracked in frozen:
+            module.track_running_stats = tracked
 
 
-def natural_logits(model: nn.Module, x: torch.Tensor, eval_mode: bool = True) -> torch.Tensor:
+def natural_logits(model: nn.Module, x: torch.Tensor, eval_mode: bool = True,
+                   freeze_bn_stats: bool = False) -> torch.Tensor:
     """``model(x)`` in attack mode and without gradient: the fixed target of KL/IKL attacks."""
-    with attack_mode(model, eval_mode), torch.no_grad():
+    with attack_mode(model, eval_mode, freeze_bn_stats), torch.no_grad():
         return model(x)
 
 
@@ -120,6 +131,7 @@ def pgd(
     random_start: str = "normal",
     init_std: float = 0.001,
     eval_mode: bool = True,
+    freeze_bn_stats: bool = False,
     start_keys: Optional[torch.Tensor] = None,
     start_seed: int = 0,
 ) -> torch.Tensor:
@@ -146,6 +158,8 @@ def pgd(
             ``"uniform"``: a uniform point of the l_inf ball, or for l2 a random direction
             at a uniform radius in [0, eps], clamped to [0, 1]; ``"none"``: ``x``.
         eval_mode: run the model in eval mode during the attack (`attack_mode`).
+        freeze_bn_stats: with ``eval_mode=False``, BatchNorm does not update its running
+            statistics during the attack (`attack_mode`).
         start_keys: one non-negative integer per sample (its index in the dataset, on the
             CPU): the random start of a sample is then drawn from a generator seeded by
             (``start_seed``, key), not from the global RNG, and is the same in any batch and
@@ -174,7 +188,7 @@ def pgd(
     if steps == 0 or eps == 0:
         return x.clone()
 
-    with attack_mode(model, eval_mode):
+    with attack_mode(model, eval_mode, freeze_bn_stats):
         if start_keys is None:
             x_adv = _random_start(x, eps, norm, random_start, init_std)
         else:

@@ -13,6 +13,7 @@ from typing import List, Literal, Optional
 from engine.config import (
     BATCH,
     EPOCHS,
+    FRACTION,
     NON_NEGATIVE,
     POSITIVE,
     SEED,
@@ -49,7 +50,26 @@ class DataConfig:
     batch_size: int = knob(128, "global training batch size (per view; several processes share it)", valid=BATCH)
     drop_last: bool = knob(False, "drop the last incomplete training batch (the reference's TRADES script does)")
     test_batch_size: int = knob(256, "evaluation batch size of each process (whole batches are dealt to the processes)", valid=BATCH)
+    validation_size: int = knob(0, "hold the first N real training images out of training as a validation set (test "
+                                "transform; Wang et al.: 1024, for eval.split=validation); 0 = none", valid=NON_NEGATIVE)
     num_workers: int = knob(4, "DataLoader worker processes", valid=Range(0, 256))
+
+
+@dataclass
+class GeneratedConfig:
+    path: str = knob("", "folder written by `python -m adv_training.prepare_generated` from Wang et al.'s generated "
+                     "images, mixed into every batch; empty = the real training set only")
+    unsup_fraction: float = knob(
+        0.7, "share of generated images in every batch, int(fraction * batch_size) of them, drawn with replacement; "
+        "the rest real images without replacement (Wang et al.'s --unsup-fraction, 0.7 in their README's 1M "
+        "command)", valid=Range(0, 1, high_open=True))
+    epoch_images: int = knob(
+        50_000, "an epoch is ceil(epoch_images / batch_size) batches whatever the amount of generated data (Wang "
+        "et al.'s semisup.py: the 50,000 real CIFAR training images)", valid=Range(1))
+    verify_hashes: bool = knob(False, "recompute the prepared files' sha256 before training (reads them all once)")
+    rotate_degrees: float = knob(0.0, "after crop and flip, rotate every training image by an angle uniform in "
+                                 "[-d, d] degrees, nearest neighbour, zero fill (Wang et al.'s CIFAR-100 loader: "
+                                 "RandomRotation(15)); 0 = none", valid=Range(0, 180))
 
 
 @dataclass
@@ -99,6 +119,8 @@ class AttackConfig:
     alpha: float = knob(1.0, "IKL inner objective: CE weight (reference: 1 on CIFAR-100 and CIFAR-10)", valid=NON_NEGATIVE)
     beta: float = knob(1.0, "IKL inner objective: wMSE weight (reference: 1 on CIFAR-100, 0 on CIFAR-10)", valid=NON_NEGATIVE)
     eval_mode: bool = knob(True, "model in eval mode (BN running statistics) while attacking")
+    freeze_bn_stats: bool = knob(False, "with eval_mode=false: BatchNorm normalises with the batch's statistics but "
+                                 "does not update its running ones while attacking (Wang et al.'s TRADES attack)")
 
 
 @dataclass
@@ -114,6 +136,12 @@ class EMAConfig:
     enabled: bool = knob(True, "keep an exponential moving average of weights and BN buffers")
     tau: float = knob(0.9996, "EMA decay per iteration", valid=Range(0, 1, high_open=True))
     start_epoch: int = knob(150, "epoch at which the average starts from a copy of the model", valid=NON_NEGATIVE)
+    warmup_fraction: float = knob(
+        0.0, "0 = the DKL reference (copy through start_epoch, then tau); > 0 = Wang et al.'s weight average: copy "
+        "for the first warmup_fraction * epochs * batches-per-epoch updates, then decay min(tau, (1+d)/(10+d)) d "
+        "updates later (theirs: 0.025, tau 0.995, from epoch 1)", valid=FRACTION)
+    average_buffers: bool = knob(True, "average the BatchNorm statistics too (the DKL reference); false = copy the "
+                                 "model's (Wang et al.'s average shares them)")
 
 
 @dataclass
@@ -136,11 +164,15 @@ class OptimConfig:
     lr: float = knob(0.2, "peak learning rate of SGD", valid=POSITIVE)
     momentum: float = knob(0.9, "SGD momentum", valid=Range(0, 1, high_open=True))
     weight_decay: float = knob(5e-4, "L2 weight decay", valid=NON_NEGATIVE)
+    batchnorm_weight_decay: bool = knob(True, "apply weight_decay to BatchNorm weights and biases too (the DKL "
+                                        "scripts); false = none on them (Wang et al.'s watrain.py)")
     nesterov: bool = knob(False, "Nesterov momentum")
-    schedule: Literal["cosine", "cosine_trades", "step"] = knob(
+    schedule: Literal["cosine", "cosine_trades", "step", "cosinew"] = knob(
         "cosine",
         "cosine: lr*(1+cos(pi*(e-w)/(E-w+1)))/2 after w warmup epochs (the DKL scripts); "
-        "cosine_trades: lr*(1+cos(pi*(e-1)/E))/2 (the reference's TRADES script); step: decays at milestones",
+        "cosine_trades: lr*(1+cos(pi*(e-1)/E))/2 (the reference's TRADES script); step: decays at milestones; "
+        "cosinew: Wang et al.'s OneCycleLR per epoch (lr/25 rising to lr at 2.5% of the epochs, then falling to "
+        "lr/2.5e5; momentum cycles 0.95 -> 0.85 -> 0.95 and replaces optim.momentum)",
     )
     warmup_epochs: int = knob(0, "linear warmup epochs: lr*e/w for e < w", valid=NON_NEGATIVE)
     milestones: List[int] = knob([100, 150], "epochs at which the step schedule multiplies lr by decay", valid=Range(1))
@@ -154,6 +186,14 @@ class EvalConfig:
     step_size: float = knob(2 / 255, "step size of the per-epoch PGD evaluation", valid=NON_NEGATIVE)
     epsilon: Optional[float] = knob(None, "evaluation budget; null = attack.epsilon", valid=POSITIVE)
     every: int = knob(1, "evaluate every N epochs (the last epoch always)", valid=Range(1))
+    split: Literal["test", "validation"] = knob(
+        "test", "the set the per-epoch PGD monitor attacks: test = the first num_examples test images; validation = "
+        "the data.validation_size held-out training images (Wang et al.), with clean accuracy on the test set too")
+    objective: Literal["ce", "margin"] = knob(
+        "ce", "the monitor's attack loss: ce, or margin = -max(o_y - max_{k!=y} o_k, 0) (Carlini-Wagner's, Wang et "
+        "al.'s PGD-40 on the validation set)")
+    select: Literal["model", "ema"] = knob("model", "whose monitored robust accuracy picks best.pt, which then holds "
+                                           "that model's weights (Wang et al.: their weight average, ema)")
 
 
 @dataclass
@@ -180,7 +220,12 @@ class ATConfig:
     stop_after: int = knob(0, "stop after this epoch and keep last.pt, for job time limits (resume=true "
                            "continues); 0 = run to the end", valid=NON_NEGATIVE)
     save_every: int = knob(0, "also write ours-model-epoch{N}.pt every N epochs (plain state dict, for swa.py); 0 = never", valid=NON_NEGATIVE)
+    label_smoothing: float = knob(
+        0.0, "label smoothing of the clean-image CE term of ikl and trades, (1-ls)*CE + ls*mean_k(-log p_k) (Wang "
+        "et al.'s --ls 0.1 in their generated-data runs); 0 = none, as the DKL scripts", valid=Range(0, 1, high_open=True))
     data: DataConfig = section(DataConfig, "dataset, augmentation and loaders")
+    generated: GeneratedConfig = section(GeneratedConfig, "generated images mixed into the training batches "
+                                         "(Wang et al. 2023)")
     model: ModelConfig = section(ModelConfig, "architecture")
     ikl: IKLConfig = section(IKLConfig, "IKL-AT loss (method=ikl)")
     trades: TradesConfig = section(TradesConfig, "TRADES loss (method=trades)")
@@ -217,6 +262,19 @@ class ATConfig:
             if enabled and first > self.epochs:
                 raise ConfigError(f"config key '{key}' ({first}) is after the last epoch ({self.epochs}), so it would "
                                   f"never act; lower it, or switch it off ({key.split('.')[0]}.enabled=false)")
+        if self.eval.split == "validation" and self.data.validation_size == 0:
+            raise ConfigError("config key 'eval.split' is validation but data.validation_size is 0: hold some "
+                              "training images out (Wang et al.: data.validation_size=1024) or use eval.split=test")
+        if self.eval.select == "ema" and not self.ema.enabled:
+            raise ConfigError("config key 'eval.select' is ema but ema.enabled is false: enable the average or "
+                              "select by the model (eval.select=model)")
+        if self.generated.path:
+            if self.data.dataset not in ("cifar10", "cifar100"):
+                raise ConfigError(f"config key 'generated.path' needs data.dataset cifar10 or cifar100 (32x32 RGB "
+                                  f"images), got {self.data.dataset}")
+            if self.data.augment not in ("basic", "none"):
+                raise ConfigError(f"config key 'data.augment' must be basic or none with generated.path (the mixing "
+                                  f"loader crops and flips whole batches), got {self.data.augment}")
         if self.optim.warmup_epochs >= self.epochs and self.optim.warmup_epochs > 0:
             raise ConfigError(f"config key 'optim.warmup_epochs' ({self.optim.warmup_epochs}) must be smaller "
                               f"than epochs ({self.epochs})")

@@ -59,6 +59,17 @@ def kl_objective(logits_natural: torch.Tensor) -> Objective:
     return lambda logits: trades_kl_loss(logits, target)
 
 
+def margin_objective(targets: torch.Tensor) -> Objective:
+    """Carlini-Wagner's margin, as Wang et al.'s ``CWLoss`` (confidence 0): the sum over the batch
+    of ``-max(o_y - max_{k != y} o_k, 0)``. A sample already misclassified has no gradient."""
+    def objective(logits: torch.Tensor) -> torch.Tensor:
+        true = logits.gather(1, targets[:, None]).squeeze(1)
+        other = logits.scatter(1, targets[:, None], float("-inf")).amax(dim=1)
+        return -(true - other).clamp_min(0).sum()
+
+    return objective
+
+
 def ikl_objective(
     logits_natural: torch.Tensor,
     *,
@@ -91,6 +102,7 @@ class Method:
 
     def __init__(self, cfg: "ATConfig"):
         self.aug_weight = cfg.data.aug_weight
+        self.label_smoothing = cfg.label_smoothing
 
     def attack_objective(
         self, logits_natural: Optional[torch.Tensor], targets: torch.Tensor, prior_rows: Optional[torch.Tensor]
@@ -98,8 +110,9 @@ class Method:
         return cross_entropy_objective(targets)
 
     def natural_loss(self, logits_nat: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The clean-image term (only for methods that forward the clean images)."""
-        return F.cross_entropy(logits_nat, targets)
+        """The clean-image term (only for methods that forward the clean images), label-smoothed
+        by ``label_smoothing``: (1 - ls) CE + ls mean_k(-log p_k), Wang et al.'s smooth CE."""
+        return F.cross_entropy(logits_nat, targets, label_smoothing=self.label_smoothing)
 
     def robust_loss(
         self,

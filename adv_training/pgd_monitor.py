@@ -17,7 +17,10 @@ import torch
 from engine.distributed import reduce_sum
 
 from .attacks import attack_mode, pgd
-from .methods import cross_entropy_objective
+from .methods import cross_entropy_objective, margin_objective
+
+
+OBJECTIVES = {"ce": cross_entropy_objective, "margin": margin_objective}
 
 
 def clean_and_pgd_accuracy(
@@ -31,9 +34,10 @@ def clean_and_pgd_accuracy(
     norm: str = "linf",
     channels_last: bool = False,
     seed: int = 0,
+    objective: str = "ce",
 ) -> Dict[str, float]:
-    """Clean and PGD-``steps`` accuracy (CE objective, uniform random start) in percent, summed
-    over processes.
+    """Clean and PGD-``steps`` accuracy (``objective`` ce or margin, uniform random start) in
+    percent, summed over processes.
 
     ``loader`` yields ``(images, targets, indices)`` (`engine.data.WithIndices`); image ``i``'s
     random start depends only on (``seed``, ``i``). This is the training-time monitor; the
@@ -51,7 +55,7 @@ def clean_and_pgd_accuracy(
                 correct_clean += (model(images).argmax(1) == targets).sum()
             if steps > 0:
                 adversarial = pgd(
-                    model, images, cross_entropy_objective(targets), eps=eps, step_size=step_size, steps=steps,
+                    model, images, OBJECTIVES[objective](targets), eps=eps, step_size=step_size, steps=steps,
                     norm=norm, random_start="uniform", start_keys=indices, start_seed=seed,
                 )
                 with torch.no_grad():

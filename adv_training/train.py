@@ -21,13 +21,24 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import torch
+from torch.utils.data import Subset
 from tqdm import tqdm
 
 from engine import data as data_lib
+from engine.errors import UserError
 from engine.file_io import atomic_save
 from engine.cli import config_main
 from engine.config import to_yaml
-from engine.distributed import global_batch_share, is_main_process, log, rank, unwrap, world_size, wrap_model
+from engine.distributed import (
+    broadcast_buffers_,
+    global_batch_share,
+    is_main_process,
+    log,
+    rank,
+    unwrap,
+    world_size,
+    wrap_model,
+)
 from engine.ema import EpochAverage, ModelEMA
 from engine.metrics import RunningSums
 from engine.run import (
@@ -39,7 +50,8 @@ from engine.run import (
     training_state,
 )
 from engine.runtime import autocast, environment_info, prepare_runtime, sync_batch_norm
-from engine.schedule import learning_rate
+from engine.optim import weight_decay_groups
+from engine.schedule import learning_rate, momentum
 from losses import ClassPrior
 from models import build_model
 
@@ -47,6 +59,7 @@ from .attacks import natural_logits, pgd
 from .awp import AdversarialWeightPerturbation
 from .config import ATConfig, AttackConfig
 from .methods import Method, build_method
+from .generated_data import as_float_images, make_mixed_loader, open_generated
 from .pgd_monitor import clean_and_pgd_accuracy
 from .swa import output_path as swa_output_path
 
@@ -87,7 +100,7 @@ def _to_device(batch, device, channels_last: bool):
         targets = torch.cat([targets, targets], dim=0)
     else:
         basic_size = images.shape[0]
-    images = images.to(device, non_blocking=True)
+    images = as_float_images(images.to(device, non_blocking=True))  # generated-data batches come as uint8
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     return images, targets.to(device, non_blocking=True), basic_size
@@ -114,17 +127,20 @@ def train_one_epoch(
     for batch_index, batch in enumerate(bar):
         x_natural, targets, basic_size = _to_device(batch, device, cfg.channels_last)
         prior_rows = prior.rows(targets) if method.uses_prior else None
+        broadcast_buffers_(model)  # every process attacks with rank 0's BatchNorm statistics, as DataParallel
 
         x_adv = x_natural
         if method.attacks:
             with autocast(device, cfg.precision):
                 logits_natural = None
                 if method.attack_needs_natural_logits:
-                    logits_natural = natural_logits(model, x_natural, eval_mode=cfg.attack.eval_mode).float()
+                    logits_natural = natural_logits(model, x_natural, eval_mode=cfg.attack.eval_mode,
+                                                    freeze_bn_stats=cfg.attack.freeze_bn_stats).float()
                 objective = method.attack_objective(logits_natural, targets, prior_rows)
                 x_adv = pgd(
                     model, x_natural, objective, eps=eps_t, step_size=step_size, steps=steps,
                     norm=cfg.attack.norm, random_start=cfg.attack.random_start, eval_mode=cfg.attack.eval_mode,
+                    freeze_bn_stats=cfg.attack.freeze_bn_stats,
                 )
 
         network.train()
@@ -207,16 +223,39 @@ def train(cfg: ATConfig) -> Dict[str, object]:
                                 verify_checksum=cfg.data.verify_checksum),
         cfg.eval.num_examples,
     )
+    held_out = cfg.data.validation_size
+    if held_out >= len(train_set):
+        raise UserError(f"data.validation_size={held_out} leaves no training image: the training set has "
+                        f"{len(train_set)}")
     shard = dict(rank=rank(), world_size=world_size())  # the training batch is global: each process takes its share
-    train_loader = data_lib.make_loader(
-        train_set, batch_size=cfg.data.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
-        drop_last=cfg.data.drop_last, seed=cfg.seed, pin_memory=device.type == "cuda", **shard,
-    )
+    if cfg.generated.path:
+        generated = open_generated(cfg.generated.path, num_classes, verify_hashes=cfg.generated.verify_hashes)
+        train_loader = make_mixed_loader(
+            train_set.data[held_out:], train_set.targets[held_out:], generated, batch_size=cfg.data.batch_size,
+            unsup_fraction=cfg.generated.unsup_fraction, seed=cfg.seed, epoch_images=cfg.generated.epoch_images,
+            num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda", augment=cfg.data.augment == "basic",
+            rotate_degrees=cfg.generated.rotate_degrees,
+            **shard,
+        )
+    else:
+        train_loader = data_lib.make_loader(
+            Subset(train_set, range(held_out, len(train_set))) if held_out else train_set,
+            batch_size=cfg.data.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
+            drop_last=cfg.data.drop_last, seed=cfg.seed, pin_memory=device.type == "cuda", **shard,
+        )
+
     # Evaluation deals whole batches to the processes: the counts equal one process's exactly.
-    test_loader = data_lib.make_eval_loader(
-        data_lib.WithIndices(test_set), batch_size=cfg.data.test_batch_size, num_workers=cfg.data.num_workers,
-        pin_memory=device.type == "cuda", **shard,
-    )
+    def eval_loader(dataset):
+        return data_lib.make_eval_loader(data_lib.WithIndices(dataset), batch_size=cfg.data.test_batch_size,
+                                         num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda", **shard)
+
+    test_loader = eval_loader(test_set)
+    if cfg.eval.split == "validation":  # the held-out images, without augmentation, as Wang et al.
+        validation_set = data_lib.build_train_set(cfg.data.dataset, cfg.data.root, augment="none",
+                                                  verify_checksum=cfg.data.verify_checksum)
+        monitor_loader, monitor_set = eval_loader(Subset(validation_set, range(held_out))), "val"
+    else:
+        monitor_loader, monitor_set = test_loader, "test"
 
     method = build_method(cfg)
     model = build_model(cfg.model.arch, num_classes, dataset=cfg.data.dataset, **cfg.model.build_kwargs()).to(device)
@@ -224,11 +263,14 @@ def train(cfg: ATConfig) -> Dict[str, object]:
         model = model.to(memory_format=torch.channels_last)
     model = sync_batch_norm(model, cfg.sync_bn, device)
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-        weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov,
+        weight_decay_groups(model, cfg.optim.weight_decay, cfg.optim.batchnorm_weight_decay), lr=cfg.optim.lr,
+        momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov,
     )
     prior = ClassPrior(num_classes, temperature=method.prior_temperature).to(device)
-    ema = ModelEMA(model, tau=cfg.ema.tau, start_epoch=cfg.ema.start_epoch) if cfg.ema.enabled else None
+    ema = ModelEMA(
+        model, tau=cfg.ema.tau, start_epoch=cfg.ema.start_epoch, average_buffers=cfg.ema.average_buffers,
+        warmup_steps=cfg.ema.warmup_fraction * cfg.epochs * len(train_loader),
+    ) if cfg.ema.enabled else None
     awp = AdversarialWeightPerturbation(model, gamma=cfg.awp.gamma, proxy_lr=cfg.awp.proxy_lr) if cfg.awp.enabled else None
     swa = EpochAverage(cfg.swa.tau) if cfg.swa.enabled else None
     swa_end = cfg.swa.last_epoch(cfg.epochs)
@@ -255,10 +297,20 @@ def train(cfg: ATConfig) -> Dict[str, object]:
     eval_eps = cfg.eval.epsilon if cfg.eval.epsilon is not None else cfg.attack.epsilon
 
     def monitor(prefix: str, network: torch.nn.Module) -> Dict[str, float]:
-        accuracy = clean_and_pgd_accuracy(network, test_loader, device, eps=eval_eps, step_size=cfg.eval.step_size,
-                                          steps=cfg.eval.pgd_steps, norm=cfg.attack.norm, channels_last=cfg.channels_last,
-                                          seed=cfg.seed)
-        return {f"{prefix}_{key}": value for key, value in accuracy.items()}
+        """Clean and PGD accuracy on the monitored set (and clean test accuracy when that is the
+        validation set), as ``{prefix}_{set}_{clean,robust}_acc``."""
+        accuracy = clean_and_pgd_accuracy(
+            network, monitor_loader, device, eps=eval_eps, step_size=cfg.eval.step_size, steps=cfg.eval.pgd_steps,
+            norm=cfg.attack.norm, channels_last=cfg.channels_last, seed=cfg.seed, objective=cfg.eval.objective)
+        numbers = {f"{prefix}{monitor_set}_{key}": value for key, value in accuracy.items()}
+        if monitor_set != "test":
+            clean = clean_and_pgd_accuracy(network, test_loader, device, eps=eval_eps, step_size=0.0, steps=0,
+                                           channels_last=cfg.channels_last)
+            numbers[f"{prefix}test_clean_acc"] = clean["clean_acc"]
+        return numbers
+
+    selected = ("ema_" if cfg.eval.select == "ema" else "") + monitor_set  # whose numbers pick best.pt
+    robust_key = f"{monitor_set}_robust_acc"
     network = wrap_model(model, device)  # the training forwards average their gradients across processes
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
@@ -267,23 +319,28 @@ def train(cfg: ATConfig) -> Dict[str, object]:
                 epoch, base_lr=cfg.optim.lr, epochs=cfg.epochs, schedule=cfg.optim.schedule,
                 warmup_epochs=cfg.optim.warmup_epochs, milestones=cfg.optim.milestones, decay=cfg.optim.decay,
             )
+            sgd_momentum = momentum(epoch, base_momentum=cfg.optim.momentum, epochs=cfg.epochs,
+                                    schedule=cfg.optim.schedule)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"], group["momentum"] = lr, sgd_momentum
             data_lib.set_epoch(train_loader, epoch)
             metrics = {"lr": lr, **train_one_epoch(cfg, method, epoch, network, train_loader, optimizer, prior, ema, awp,
                                                    device)}
             prior.step()
+            for module in (model, ema.module if ema is not None else None):
+                if module is not None:
+                    broadcast_buffers_(module)  # one model on every process: evaluated, averaged and saved alike
             if swa is not None and cfg.swa.start <= epoch <= swa_end:
                 swa.add(model.state_dict())
             metrics["train_seconds"] = time.perf_counter() - started
 
             if epoch % cfg.eval.every == 0 or epoch == cfg.epochs:
-                metrics.update(monitor("test", model))
+                metrics.update(monitor("", model))
                 if ema is not None and ema.started:
-                    metrics.update(monitor("ema_test", ema.module))
+                    metrics.update(monitor("ema_", ema.module))
             if swa is not None and epoch == swa_end:
                 swa_model = averaged_model(model, swa.average)
-                metrics.update(monitor("swa_test", swa_model))
+                metrics.update(monitor("swa_", swa_model))
                 del swa_model
             metrics["epoch_seconds"] = time.perf_counter() - started
             logger.log_epoch(epoch, metrics)
@@ -291,18 +348,19 @@ def train(cfg: ATConfig) -> Dict[str, object]:
                 f"epoch {epoch}/{cfg.epochs}  lr {lr:.4f}  eps {metrics['eps'] * 255:.2f}/255  "
                 f"loss {metrics['train_loss']:.4f}  train adv {metrics['train_adv_acc']:.2f}%"
                 + (f"  test clean {metrics['test_clean_acc']:.2f}%" if "test_clean_acc" in metrics else "")
-                + (f"  PGD-{cfg.eval.pgd_steps} {metrics['test_robust_acc']:.2f}%" if "test_robust_acc" in metrics else "")
-                + (f"  (EMA {metrics['ema_test_robust_acc']:.2f}%)" if "ema_test_robust_acc" in metrics else "")
-                + (f"  (epoch average {metrics['swa_test_robust_acc']:.2f}%)" if "swa_test_robust_acc" in metrics else "")
+                + (f"  {monitor_set} PGD-{cfg.eval.pgd_steps} {metrics[robust_key]:.2f}%" if robust_key in metrics else "")
+                + (f"  (EMA {metrics['ema_' + robust_key]:.2f}%)" if "ema_" + robust_key in metrics else "")
+                + (f"  (epoch average {metrics['swa_' + robust_key]:.2f}%)" if "swa_" + robust_key in metrics else "")
                 + f"  {metrics['epoch_seconds']:.0f}s"
             )
 
             rng_states = capture_every_rng_state()  # every process takes part; rank 0 writes them
             if is_main_process():
-                robust = metrics.get("test_robust_acc", metrics.get("test_clean_acc"))
-                if robust is not None and robust > best["robust_acc"]:
+                robust = metrics.get(f"{selected}_robust_acc", metrics.get(f"{selected}_clean_acc"))
+                if robust is not None and robust > best["robust_acc"]:  # ties keep the earlier epoch
                     best = {"robust_acc": robust, "epoch": epoch}
-                    atomic_save({"model": model.state_dict(), "epoch": epoch, "robust_acc": robust}, run_dir / "best.pt")
+                    chosen = ema.module if cfg.eval.select == "ema" else model
+                    atomic_save({"model": chosen.state_dict(), "epoch": epoch, "robust_acc": robust}, run_dir / "best.pt")
                 if ema is not None and ema.started:
                     atomic_save({"model": ema.module.state_dict(), "epoch": epoch}, run_dir / "ema.pt")
                 if cfg.save_every and epoch % cfg.save_every == 0:
@@ -321,10 +379,12 @@ def train(cfg: ATConfig) -> Dict[str, object]:
         "run_dir": str(run_dir),
         "epochs": cfg.epochs,
         "best_epoch": best["epoch"],
-        "best_test_robust_acc": best["robust_acc"],
+        "best_metric": f"{selected}_robust_acc" if cfg.eval.pgd_steps > 0 else f"{selected}_clean_acc",
+        "best_value": best["robust_acc"],
         # From the last epoch's record, so that resuming a finished run (or one killed after its
         # last checkpoint) rebuilds the same results.
-        "final": {k: v for k, v in (logger.last_record or {}).items() if k.startswith(("test_", "ema_test_", "swa_test_"))},
+        "final": {k: v for k, v in (logger.last_record or {}).items()
+                  if k.startswith(tuple(f"{owner}{split}_" for owner in ("", "ema_", "swa_") for split in ("test", "val")))},
     }
     if swa is not None:
         results["swa_file"] = swa_output_path(run_dir, cfg.swa.tau, cfg.swa.start, swa_end).name

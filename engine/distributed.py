@@ -66,6 +66,28 @@ def all_reduce_mean_(tensors: Iterable[torch.Tensor]) -> None:
         tensor.div_(size)
 
 
+def broadcast_buffers_(module: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) into every process's ``module``.
+
+    Parameters stay equal across processes by themselves (DDP averages the gradients), but
+    each process's BatchNorm layers update their running statistics with its own share of
+    the batch. The trainers make rank 0's the statistics of all, as DataParallel's replicas
+    all use device 0's: before each attack (it runs in eval mode, on those statistics) and
+    at the end of every epoch, so that evaluation, the averages and a resumed run see one
+    model. One broadcast per dtype; nothing when not distributed.
+    """
+    if not is_distributed():
+        return
+    by_dtype = {}
+    for buffer in module.buffers():
+        by_dtype.setdefault(buffer.dtype, []).append(buffer)
+    for buffers in by_dtype.values():
+        flat = torch.cat([buffer.detach().reshape(-1) for buffer in buffers])
+        dist.broadcast(flat, src=0)
+        for buffer, value in zip(buffers, flat.split([buffer.numel() for buffer in buffers])):
+            buffer.copy_(value.view_as(buffer))
+
+
 def init_distributed(device: torch.device, timeout_seconds: float) -> torch.device:
     """Join torchrun's process group when WORLD_SIZE > 1; return this process's device.
 

@@ -26,7 +26,16 @@ from engine import data as data_lib
 from engine.file_io import atomic_save
 from engine.cli import config_main
 from engine.config import to_yaml
-from engine.distributed import global_batch_share, is_main_process, log, rank, reduce_sum, world_size, wrap_model
+from engine.distributed import (
+    broadcast_buffers_,
+    global_batch_share,
+    is_main_process,
+    log,
+    rank,
+    reduce_sum,
+    world_size,
+    wrap_model,
+)
 from engine.metrics import RunningSums
 from engine.errors import UserError
 from engine.run import (
@@ -298,6 +307,7 @@ def train(cfg: KDConfig) -> Dict[str, object]:
             metrics = {"lr": lr, **train_one_epoch(cfg, distiller, epoch, network, teacher, train_loader, optimizer,
                                                    prior, device)}
             prior.step()
+            broadcast_buffers_(student)  # rank 0's BatchNorm statistics everywhere: evaluated and saved alike
             if epoch % cfg.eval.every == 0 or epoch == cfg.epochs:
                 metrics.update({f"test_{k}": v for k, v in evaluate_topk(student, val_loader, device, cfg.channels_last).items()})
             metrics["epoch_seconds"] = time.perf_counter() - started

@@ -16,3 +16,16 @@ run_adv_training() {
     done
     dkl_run adv_training.train --config "$config" "$@"
 }
+
+# run_generated_row DATASET "SIZE ..." SIZE [key=value ...]
+#   trains configs/adv_training/DATASET_ikl_SIZE.yaml, one of the generated-data rows; SIZE must
+#   be one of the listed sizes.
+run_generated_row() {
+    local dataset="$1" sizes="$2" size="${3:-}"
+    if [[ -z "$size" || " $sizes " != *" $size "* ]]; then
+        echo "usage: bash sh/train_dkl_${dataset}_generated.sh {${sizes// /|}} [key=value ...] (the amount of generated data)" >&2
+        exit 2
+    fi
+    shift 3
+    run_adv_training "${dataset}_ikl_${size}.yaml" "$@"
+}

@@ -260,3 +260,25 @@ def test_bad_start_keys(image_batch):
         keyed_start(x, torch.arange(len(x)) - 1, seed=0, eps=0.1)
     with pytest.raises(ValueError, match="start_seed"):
         keyed_start(x, torch.arange(len(x)), seed=-1, eps=0.1)
+
+
+def test_a_train_mode_attack_with_frozen_bn_stats_uses_batch_statistics_and_updates_nothing(trained_model, image_batch):
+    model = trained_model()
+    x, y = image_batch()
+    model.train()
+    batchnorms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert batchnorms
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(0)
+    frozen = natural_logits(model, x, eval_mode=False, freeze_bn_stats=True)
+    pgd(model, x, ce_objective(y), eps=8 / 255, step_size=2 / 255, steps=3, eval_mode=False, freeze_bn_stats=True)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key  # running statistics and counters untouched
+    assert all(m.track_running_stats and m.training for m in batchnorms)  # restored
+    # the batch's statistics, i.e. what a training-mode forward computes (which does update them)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        updating = model(x)
+    torch.testing.assert_close(frozen, updating, rtol=0, atol=0)
+    assert not torch.equal(model.state_dict()[next(k for k in before if k.endswith("running_mean"))],
+                           before[next(k for k in before if k.endswith("running_mean"))])

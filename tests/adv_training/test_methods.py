@@ -125,6 +125,27 @@ def test_single_view_training_loss_by_hand(name, dual_view_batch):
     assert (parts["logits_nat"] is None) == (name in ("pgd", "standard"))
 
 
+def smooth_ce_by_hand(logits, targets, smoothing):
+    """Wang et al.'s SmoothCrossEntropyLoss: (1 - ls) * NLL + ls * mean over classes of -log p."""
+    log_p = F.log_softmax(logits, dim=1)
+    nll = -log_p.gather(1, targets[:, None]).squeeze(1)
+    return ((1 - smoothing) * nll + smoothing * (-log_p.mean(dim=1))).mean()
+
+
+@pytest.mark.parametrize("name", ["ikl", "trades"])
+def test_label_smoothing_smooths_the_clean_term_only(name, dual_view_batch):
+    model, x_natural, x_adv, targets, rows = dual_view_batch
+    logits_adv, logits_nat = model(x_adv), model(x_natural)
+    robust = (ikl_by_hand(logits_adv, logits_nat, rows, 4.0, 20.0) if name == "ikl"
+              else trades_by_hand(logits_adv, logits_nat, 6.0))
+    cfg = ATConfig(method=name, label_smoothing=0.1)
+    loss, parts = build_method(cfg).loss(model, x_natural, x_adv, targets, rows if name == "ikl" else None,
+                                         len(targets))
+    assert parts["natural"].item() == pytest.approx(smooth_ce_by_hand(logits_nat, targets, 0.1).item(), rel=1e-12)
+    assert parts["robust"].item() == pytest.approx(robust.item(), rel=1e-12)
+    assert parts["natural"].item() != pytest.approx(F.cross_entropy(logits_nat, targets).item(), rel=1e-3)
+
+
 @pytest.mark.parametrize("name", ["ikl", "trades"])
 def test_dual_view_training_loss_weights_the_augmented_view_and_awp_averages_both(name, dual_view_batch):
     model, x_natural, x_adv, targets, rows = dual_view_batch

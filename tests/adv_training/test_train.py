@@ -346,7 +346,8 @@ def test_released_model_configs_resolve_to_their_log_names(config, run):
 
 
 def test_launchers_are_exactly_the_listed_ones():
-    shipped = {path.name for path in (ROOT / "sh").glob("train_*.sh")}
+    # the generated-data launchers are checked in test_train_generated.py
+    shipped = {path.name for path in (ROOT / "sh").glob("train_*.sh") if not path.name.endswith("_generated.sh")}
     assert shipped == set(LAUNCHERS)
 
 

@@ -1,8 +1,10 @@
 """Strict, typed configuration: defaults < YAML (< its base) < key=value."""
+import math
 from dataclasses import dataclass
 from typing import List, Literal, Optional
 
 import pytest
+import torch
 import yaml
 
 from engine.config import ConfigError, from_dict, knob, load_config, section, to_dict, to_yaml, valid_keys
@@ -105,8 +107,6 @@ def test_round_trip_through_dict_and_yaml():
 
 
 def test_cosine_schedule_matches_the_reference_formula():
-    import math
-
     # reference: lr * 0.5 * (1 + cos(pi * (epoch - w) / (epochs - w + 1))), epochs counted from 1
     for epoch in (1, 50, 200):
         expected = 0.2 * 0.5 * (1 + math.cos(math.pi * epoch / 201))
@@ -118,6 +118,35 @@ def test_cosine_schedule_matches_the_reference_formula():
 def test_step_schedule_decays_after_each_milestone():
     lrs = [learning_rate(e, base_lr=0.05, epochs=240, schedule="step", milestones=[150, 180, 210]) for e in (150, 151, 181, 211)]
     assert lrs == pytest.approx([0.05, 0.005, 0.0005, 0.00005])
+
+
+@pytest.mark.parametrize("epochs", [400, 2400, 97, 7, 2])
+def test_cosinew_is_torchs_one_cycle_stepped_once_per_epoch(epochs):
+    """Wang et al.'s scheduler: OneCycleLR(max_lr, pct_start=0.025, total_steps=epochs), one step per epoch."""
+    from engine.schedule import momentum
+
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=0.2, momentum=0.9, nesterov=True)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.2, pct_start=0.025, total_steps=epochs)
+    for epoch in range(1, epochs + 1):
+        group = optimizer.param_groups[0]
+        assert learning_rate(epoch, base_lr=0.2, epochs=epochs, schedule="cosinew") == pytest.approx(group["lr"],
+                                                                                                     rel=1e-12)
+        assert momentum(epoch, base_momentum=0.9, epochs=epochs, schedule="cosinew") == pytest.approx(
+            group["momentum"], rel=1e-12)
+        if epoch < epochs:
+            optimizer.step()  # no gradient: nothing moves, but the scheduler sees the usual order
+            scheduler.step()
+    assert momentum(3, base_momentum=0.9, epochs=epochs, schedule="cosine") == 0.9
+
+
+def test_cosinew_by_hand_for_400_epochs():
+    # warm-up over epochs 1..10 from 0.2/25 to 0.2, then down to 0.2/25/1e4 at epoch 400
+    assert learning_rate(1, base_lr=0.2, epochs=400, schedule="cosinew") == pytest.approx(0.008)
+    assert learning_rate(10, base_lr=0.2, epochs=400, schedule="cosinew") == pytest.approx(0.2)
+    assert learning_rate(400, base_lr=0.2, epochs=400, schedule="cosinew") == pytest.approx(0.2 / 25 / 1e4)
+    middle = 0.2 / 25 / 1e4 + (0.2 - 0.2 / 25 / 1e4) / 2 * (1 + math.cos(math.pi * 195 / 390))
+    assert learning_rate(205, base_lr=0.2, epochs=400, schedule="cosinew") == pytest.approx(middle)
 
 
 def test_schema_validation_names_the_key():

@@ -91,6 +91,36 @@ def test_first_update_after_start_without_copy_copies(small_model):
         assert torch.equal(value, model.state_dict()[key]), key
 
 
+def wang_ema_update(average, model, global_step, warmup_steps, tau):
+    """DM-Improves-AT's watrain.py ema_update, restated: parameters only."""
+    factor = int(global_step >= warmup_steps)
+    delta = global_step - warmup_steps
+    decay = min(tau, (1.0 + delta) / (10.0 + delta)) * factor
+    for p_average, p in zip(average.parameters(), model.parameters()):
+        p_average.data.mul_(decay).add_(p.data, alpha=1 - decay)
+
+
+def test_wang_et_als_weight_average_with_warmup_dynamic_decay_and_copied_buffers(small_model):
+    model = small_model(side=2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    ema = ModelEMA(model, tau=0.3, start_epoch=1, warmup_steps=2.5, average_buffers=False)
+    theirs = small_model(seed=9, side=2)
+    decays = []
+    for step in range(1, 9):
+        train_step(model, optimizer, step)
+        ema.update(model, epoch=1 + step // 4)
+        decays.append(ema.decay(1))
+        wang_ema_update(theirs, model, step, 2.5, 0.3)
+        for (name, value), theirs_value in zip(ema.module.named_parameters(), theirs.parameters()):
+            torch.testing.assert_close(value, theirs_value, rtol=1e-6, atol=1e-7, msg=name)
+        for name, buffer in ema.module.named_buffers():  # the model's BatchNorm statistics, not averaged
+            assert torch.equal(buffer, dict(model.named_buffers())[name]), name
+    # copies for t < 2.5, then (1 + d) / (10 + d) with d = t - 2.5, capped at tau = 0.3
+    assert decays == pytest.approx([0, 0, 1.5 / 10.5, 2.5 / 11.5, 3.5 / 12.5, 0.3, 0.3, 0.3])
+    assert ema.steps == 8 and ema.state_dict()["steps"] == 8
+    assert not torch.allclose(ema.module.state_dict()["4.weight"], model.state_dict()["4.weight"])
+
+
 def test_epoch_average_by_hand_keeps_counters_and_round_trips():
     first = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}
     second = {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(7)}

@@ -1,0 +1,525 @@
+r"""Generated training images (Wang et al. 2023's diffusion data) mixed with real CIFAR images.
+
+**On disk.** Wang et al. publish their generated images as ``.npz`` archives holding
+``image`` (N x 32 x 32 x 3, uint8, HWC) and ``label`` (N integers); 20M and 50M come in
+parts. `prepare_generated` converts them once into a folder of plain NumPy files,
+
+* ``images.npy``: all images, N x 32 x 32 x 3 uint8, the parts in the order given;
+* ``labels.npy``: N labels (uint8 for up to 256 classes);
+* ``manifest.json``: the count, the classes, the per-class counts, the size and sha256 of
+  both files and of every source part. It is written last: a folder with a manifest is
+  complete.
+
+It streams each part in chunks, so memory does not grow with N (a 20M part is 30 GB);
+every file is written to a temporary name and renamed. `open_generated` checks the folder
+against its manifest and opens ``images.npy`` with ``np.load(mmap_mode="r")``: training
+reads only the images it draws, and memory stays flat for 50M images (154 GB).
+
+**Mixing** (`MixedBatchSampler`, Wang et al.'s ``SemiSupervisedSampler``): every batch of
+``B`` holds ``int(unsup_fraction * B)`` generated images, drawn with replacement, and the rest
+real images, taken in turn from a random permutation of the real set (a new permutation
+when one runs out, a batch cut short there being topped up with generated images); an
+epoch is ``ceil(50,000 / B)`` batches whatever N, so training time does not grow with the
+data. The draws depend only on (seed, epoch): an epoch resumed after a stop is the epoch an
+uninterrupted run trains. Under several processes every process draws the same global
+batch, shuffles it (as the reference shuffles each batch) and takes its contiguous share.
+
+**Augmentation** (`crop_flip`): the reference's ``RandomCrop(32, padding=4)`` and
+``RandomHorizontalFlip`` on real and generated images alike (and for CIFAR-100 its
+``RandomRotation(15)`` after them, `rotate_nearest`), done on a whole uint8 batch by
+one gather, with a generator seeded by (seed, epoch, batch): the same batch gets the same
+crops whichever DataLoader worker builds it and however many processes share it. Batches come out as uint8 NCHW tensors (a
+quarter of float32's bytes to copy to the GPU); `as_float_images` turns them into [0, 1]
+floats, the values ``ToTensor`` gives.
+"""
+import hashlib
+import json
+import math
+import mmap
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from engine.data import shard_bounds
+from engine.errors import UserError
+from engine.file_io import atomic_write_text, remove_stale_temporaries, write_atomically
+
+PathLike = Union[str, Path]
+
+IMAGE_SHAPE = (32, 32, 3)
+MANIFEST, IMAGES, LABELS = "manifest.json", "images.npy", "labels.npy"
+FORMAT_VERSION = 1
+REFERENCE_EPOCH_IMAGES = 50_000  # Wang et al.: an epoch is ceil(50,000 / batch) batches
+CHUNK_IMAGES = 16_384  # images converted at a time (48 MiB)
+HASH_BLOCK = 1 << 20  # bytes hashed at a time
+_PREPARE_HINT = "python -m adv_training.prepare_generated --out DIR PART.npz [PART.npz ...]"
+
+
+# --- reading the published .npz parts ----------------------------------------------------
+
+def _npy_header(stream: BinaryIO) -> Tuple[Tuple[int, ...], bool, np.dtype]:
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(stream)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(stream)
+    raise ValueError(f"unsupported .npy version {version}")
+
+
+@dataclass
+class _Part:
+    path: Path
+    count: int
+    image_dtype: np.dtype
+
+
+def _member(archive: zipfile.ZipFile, key: str, path: Path) -> str:
+    name = f"{key}.npy"
+    if name not in archive.namelist():
+        found = ", ".join(sorted(n[:-4] for n in archive.namelist() if n.endswith(".npy"))) or "nothing"
+        raise UserError(f"{path} holds no '{key}' array (found: {found}); Wang et al.'s files hold 'image' and "
+                        f"'label'")
+    return name
+
+
+def _inspect_part(path: Path) -> _Part:
+    """Check one part's arrays from their headers alone (no image is read)."""
+    if not path.is_file():
+        raise UserError(f"generated-data part {path} not found")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            with archive.open(_member(archive, "image", path)) as stream:
+                image_shape, image_fortran, image_dtype = _npy_header(stream)
+            with archive.open(_member(archive, "label", path)) as stream:
+                label_shape, _, label_dtype = _npy_header(stream)
+    except (zipfile.BadZipFile, EOFError, ValueError, zlib.error, OSError) as error:
+        raise UserError(f"{path} is not a readable .npz archive (truncated or damaged?): {error}") from None
+    if len(image_shape) != 4 or tuple(image_shape[1:]) != IMAGE_SHAPE:
+        raise UserError(f"{path}: 'image' has shape {tuple(image_shape)}; expected (N, 32, 32, 3) (HWC images)")
+    if image_dtype != np.uint8:
+        raise UserError(f"{path}: 'image' has dtype {image_dtype}; expected uint8 pixels in 0..255")
+    if image_fortran:
+        raise UserError(f"{path}: 'image' is stored in Fortran order; expected C order")
+    if not np.issubdtype(label_dtype, np.integer) or tuple(label_shape) != (image_shape[0],):
+        raise UserError(f"{path}: 'label' has shape {tuple(label_shape)} and dtype {label_dtype}; expected "
+                        f"{image_shape[0]} integers, one per image")
+    return _Part(path, int(image_shape[0]), image_dtype)
+
+
+def _read_labels(part: _Part, num_classes: int) -> np.ndarray:
+    try:
+        with zipfile.ZipFile(part.path) as archive, archive.open("label.npy") as stream:
+            labels = np.lib.format.read_array(stream)
+    except (zipfile.BadZipFile, EOFError, ValueError, zlib.error, OSError) as error:
+        raise UserError(f"{part.path}: its labels could not be read (truncated or damaged?): {error}") from None
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise UserError(f"{part.path}: labels range over {labels.min()}..{labels.max()}, outside 0..{num_classes - 1} "
+                        f"({num_classes} classes): is this the data of another dataset?")
+    return labels
+
+
+def _stream_images(part: _Part, chunk_images: int) -> Iterator[bytes]:
+    """The raw bytes of ``part``'s images, ``chunk_images`` images at a time."""
+    image_bytes = int(np.prod(IMAGE_SHAPE))
+    try:
+        with zipfile.ZipFile(part.path) as archive, archive.open("image.npy") as stream:
+            _npy_header(stream)
+            left = part.count
+            while left:
+                wanted = min(left, chunk_images) * image_bytes
+                chunk = stream.read(wanted)
+                if len(chunk) != wanted:
+                    raise EOFError(f"{part.count - left + len(chunk) // image_bytes} of {part.count} images present")
+                left -= wanted // image_bytes
+                yield chunk
+    except (zipfile.BadZipFile, EOFError, ValueError, zlib.error, OSError) as error:
+        raise UserError(f"{part.path}: its images could not be read to the end (truncated or damaged?): "
+                        f"{error}") from None
+
+
+def _sha256(path: Path, progress) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(HASH_BLOCK), b""):
+            digest.update(block)
+            progress.update(len(block))
+    return digest.hexdigest()
+
+
+class _HashingWriter:
+    """A write-only stream that also hashes and counts what passes through it."""
+
+    def __init__(self, stream: BinaryIO):
+        self.stream, self.digest, self.size = stream, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.stream.write(data)
+
+
+def _label_dtype(num_classes: int) -> np.dtype:
+    return np.dtype(np.uint8) if num_classes <= 256 else np.dtype(np.int64)
+
+
+def prepare_generated(parts: Sequence[PathLike], out_dir: PathLike, num_classes: int, *,
+                      chunk_images: int = CHUNK_IMAGES, show_progress: bool = True) -> dict:
+    """Validate the ``.npz`` ``parts`` and write them as one prepared folder; return its manifest.
+
+    Every part is checked (arrays, shapes, dtypes, label range) before anything is written.
+    Memory holds one chunk of images and the labels (one byte per image), never a whole part.
+    """
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    if not parts:
+        raise UserError("no generated-data part given")
+    if (out_dir / MANIFEST).exists():
+        raise UserError(f"{out_dir} already holds a prepared set ({MANIFEST}); choose another --out or delete it")
+    paths = [Path(p) for p in parts]
+    if len(set(p.resolve() for p in paths)) != len(paths):
+        raise UserError("a part is given twice")
+    inspected = [_inspect_part(p) for p in paths]
+    count = sum(part.count for part in inspected)
+    if count == 0:
+        raise UserError("the parts hold no image")
+    labels = np.concatenate([_read_labels(part, num_classes).astype(_label_dtype(num_classes)) for part in inspected])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir, [IMAGES, LABELS, MANIFEST])
+
+    total_bytes = sum(p.stat().st_size for p in paths) + count * int(np.prod(IMAGE_SHAPE))
+    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="preparing", disable=not show_progress) as bar:
+        sources = [{"file": p.name, "bytes": p.stat().st_size, "sha256": _sha256(p, bar), "count": part.count}
+                   for p, part in zip(paths, inspected)]
+        images_record = {}
+
+        def write_images(stream):
+            writer = _HashingWriter(stream)
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                      "shape": (count, *IMAGE_SHAPE)}
+            np.lib.format.write_array_header_1_0(writer, header)
+            for part in inspected:
+                for chunk in _stream_images(part, chunk_images):
+                    writer.write(chunk)
+                    bar.update(len(chunk))
+            images_record.update(file=IMAGES, bytes=writer.size, sha256=writer.digest.hexdigest())
+
+        write_atomically(out_dir / IMAGES, "wb", write_images)
+        labels_record = {}
+
+        def write_labels(stream):
+            writer = _HashingWriter(stream)
+            np.lib.format.write_array(writer, labels, allow_pickle=False)
+            labels_record.update(file=LABELS, bytes=writer.size, sha256=writer.digest.hexdigest(),
+                                 dtype=str(labels.dtype))
+
+        write_atomically(out_dir / LABELS, "wb", write_labels)
+    manifest = {
+        "format": FORMAT_VERSION, "count": count, "num_classes": num_classes, "image_shape": list(IMAGE_SHAPE),
+        "class_counts": np.bincount(labels, minlength=num_classes).tolist(),
+        "images": images_record, "labels": labels_record, "sources": sources,
+    }
+    atomic_write_text(json.dumps(manifest, indent=1) + "\n", out_dir / MANIFEST)
+    return manifest
+
+
+# --- the prepared folder -------------------------------------------------------------------
+
+def memory_map_images(path: PathLike) -> np.ndarray:
+    """``np.load(path, mmap_mode="r")``, advised for random access.
+
+    Training reads scattered images. Left to its default, the kernel reads ahead around every
+    page fault (tens of pages for one 3 KB image): drawing 358 random images from a 20M-image
+    map took 2.3 s instead of 2.5 ms with MADV_RANDOM (measured with bench/generated_loader.py's
+    sparse file).
+    """
+    images = np.load(path, mmap_mode="r", allow_pickle=False)
+    mapping = getattr(images, "_mmap", None)  # np.memmap's mmap object
+    if mapping is not None and hasattr(mmap, "MADV_RANDOM"):
+        mapping.madvise(mmap.MADV_RANDOM)
+    return images
+
+
+@dataclass
+class GeneratedSet:
+    """A prepared folder, opened: ``images`` is a read-only memory map, ``labels`` in memory.
+
+    Pickled (a DataLoader worker started by spawn) it travels as its folder and reopens the
+    map, rather than copying the images.
+    """
+
+    folder: Path
+    images: np.ndarray
+    labels: np.ndarray
+    manifest: dict
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getstate__(self) -> dict:
+        return {"folder": self.folder, "labels": self.labels, "manifest": self.manifest,
+                "images_file": Path(self.images.filename)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.folder, self.labels, self.manifest = state["folder"], state["labels"], state["manifest"]
+        self.images = memory_map_images(state["images_file"])
+
+
+def open_generated(folder: PathLike, num_classes: int, verify_hashes: bool = False) -> GeneratedSet:
+    """Open a folder written by `prepare_generated`, checked against its manifest.
+
+    Sizes, shapes and the number of classes are always checked (cheap); ``verify_hashes``
+    also recomputes both files' sha256 (reads everything once).
+    """
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        why = "not found" if not folder.is_dir() else f"holds no {MANIFEST} (not prepared, or preparing stopped)"
+        raise UserError(f"generated data {folder} {why}: prepare Wang et al.'s .npz files first with {_PREPARE_HINT}")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        count, classes = int(manifest["count"]), int(manifest["num_classes"])
+        files = {key: manifest[key] for key in ("images", "labels")}
+        if manifest["format"] != FORMAT_VERSION:
+            raise ValueError(f"format {manifest['format']}, this code reads {FORMAT_VERSION}")
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{manifest_path} is not a readable manifest ({error}): prepare the data again with "
+                        f"{_PREPARE_HINT}") from None
+    if classes != num_classes:
+        raise UserError(f"the generated data in {folder} has {classes} classes and this run's dataset "
+                        f"{num_classes}: point data.generated.path at the set generated for this dataset")
+    for key, record in files.items():
+        path = folder / record["file"]
+        size = path.stat().st_size if path.is_file() else None
+        if size != record["bytes"]:
+            found = "it is missing" if size is None else f"it has {size}"
+            raise UserError(f"{path} does not match {MANIFEST} ({record['bytes']} bytes expected, {found}): "
+                            f"prepare the data again with {_PREPARE_HINT}")
+        if verify_hashes:
+            digest = hashlib.sha256()
+            with open(path, "rb") as stream:
+                for block in iter(lambda: stream.read(HASH_BLOCK), b""):
+                    digest.update(block)
+            if digest.hexdigest() != record["sha256"]:
+                raise UserError(f"{path} does not match the sha256 in {MANIFEST}: prepare the data again")
+    images = memory_map_images(folder / IMAGES)
+    labels = np.load(folder / LABELS, allow_pickle=False)
+    if images.shape != (count, *IMAGE_SHAPE) or images.dtype != np.uint8 or labels.shape != (count,):
+        raise UserError(f"{folder}: images {images.shape} {images.dtype} and labels {labels.shape} do not match "
+                        f"{MANIFEST} ({count} images): prepare the data again")
+    return GeneratedSet(folder, images, labels, manifest)
+
+
+# --- mixing real and generated images ------------------------------------------------------
+
+def _generator(*keys: int) -> torch.Generator:
+    """A CPU generator for the tuple ``keys`` (seed, epoch, ...). The CPU generator keeps 32 bits
+    of its seed, so the tuple is hashed into them."""
+    digest = hashlib.blake2b(repr(tuple(int(k) for k in keys)).encode(), digest_size=4).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little"))
+
+
+class MixedBatchSampler(Sampler["BatchKey"]):
+    """Per epoch, ``epoch_batches`` global batches of ``batch_size`` indices: real images are
+    ``0 .. num_real - 1``, generated ones ``num_real .. num_real + num_generated - 1``.
+
+    Yields a `BatchKey` per batch: this process's indices and where they lie in the global
+    batch. See the module's docstring.
+    """
+
+    def __init__(self, num_real: int, num_generated: int, *, batch_size: int, unsup_fraction: float,
+                 epoch_batches: int, seed: int, rank: int = 0, world_size: int = 1):
+        if not 0 <= unsup_fraction < 1:
+            raise UserError(f"unsup_fraction must lie in [0, 1), got {unsup_fraction}")
+        if batch_size % world_size:
+            raise UserError(f"the batch size {batch_size} is the global batch and must divide by the {world_size} "
+                            f"processes; choose a multiple of {world_size}")
+        self.generated_per_batch = int(batch_size * unsup_fraction)  # the reference's int(): a floor
+        if num_generated == 0 or num_real == 0:
+            raise UserError(f"mixing needs real and generated images; got {num_real} real and {num_generated} "
+                            f"generated")
+        self.num_real, self.num_generated = num_real, num_generated
+        self.batch_size, self.epoch_batches, self.seed = batch_size, epoch_batches, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def global_batches(self) -> Iterator[torch.Tensor]:
+        """This epoch's global batches, every process alike."""
+        generator = _generator(self.seed, self.epoch)
+        real_per_batch = self.batch_size - self.generated_per_batch
+        order, position = torch.randperm(self.num_real, generator=generator), 0
+        for _ in range(self.epoch_batches):
+            if position >= self.num_real:
+                order, position = torch.randperm(self.num_real, generator=generator), 0
+            real = order[position:position + real_per_batch]
+            position += len(real)
+            generated = self.num_real + torch.randint(self.num_generated, (self.batch_size - len(real),),
+                                                      generator=generator)
+            batch = torch.cat([real, generated])
+            yield batch[torch.randperm(self.batch_size, generator=generator)]
+
+    def __iter__(self) -> Iterator["BatchKey"]:
+        start, end = shard_bounds(self.batch_size, self.rank, self.world_size)
+        for number, batch in enumerate(self.global_batches()):
+            yield BatchKey(self.epoch, number, self.batch_size, start, batch[start:end].tolist())
+
+    def __len__(self) -> int:
+        return self.epoch_batches
+
+
+@dataclass(frozen=True)
+class BatchKey:
+    """This process's part of global batch ``number`` of ``epoch``: ``indices``, which are the
+    global batch's positions ``start ..`` of ``global_size``."""
+
+    epoch: int
+    number: int
+    global_size: int
+    start: int
+    indices: List[int]
+
+
+def draw_crop_flip(count: int, generator: torch.Generator, padding: int = 4) -> Tuple[torch.Tensor, ...]:
+    """Per image: the top and left of the crop in the padded image, uniform over
+    ``0 .. 2 * padding``, and whether to mirror it (probability 1/2), as torchvision draws them."""
+    top = torch.randint(2 * padding + 1, (count,), generator=generator)
+    left = torch.randint(2 * padding + 1, (count,), generator=generator)
+    flip = torch.rand(count, generator=generator) < 0.5
+    return top, left, flip
+
+
+def crop_flip(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor,
+              padding: int = 4, angles: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``RandomCrop(size, padding)`` then ``RandomHorizontalFlip()`` of a uint8 NHWC batch with the
+    drawn corners and flips (`draw_crop_flip`), and with ``angles`` then `rotate_nearest`, all in
+    one gather; returns NCHW."""
+    count, height, width, _ = images.shape
+    padded = torch.nn.functional.pad(images, (0, 0, padding, padding, padding, padding))
+    if angles is None:
+        rows = torch.arange(height).expand(count, height)[:, :, None]  # [count, h, 1]
+        columns = torch.arange(width).expand(count, width)[:, None, :]  # [count, 1, w]
+        inside = None
+    else:  # the cropped-and-flipped pixel each rotated pixel takes
+        rows, columns, inside = _rotation_sources(angles, height, width)
+    columns = torch.where(flip[:, None, None], width - 1 - columns, columns)
+    batch = torch.arange(count)[:, None, None]
+    out = padded[batch, top[:, None, None] + rows, left[:, None, None] + columns]  # [count, h, w, C]
+    if inside is not None:
+        out = torch.where(inside[..., None], out, torch.zeros((), dtype=out.dtype))
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def draw_rotations(count: int, generator: torch.Generator, degrees: float) -> torch.Tensor:
+    """Per image an angle uniform in [-degrees, degrees], as ``RandomRotation(degrees)`` draws it."""
+    return torch.empty(count, dtype=torch.float64).uniform_(-degrees, degrees, generator=generator)
+
+
+def _rotation_sources(angles: torch.Tensor, height: int, width: int) -> Tuple[torch.Tensor, ...]:
+    """For each image and output pixel of a rotation by ``angles`` (degrees, counter-clockwise,
+    about the centre): the source row and column (clamped into the image) and whether the
+    source lies inside it. PIL's inverse map: output pixel (x, y) takes the input pixel that
+    holds M (x + 1/2, y + 1/2) + t."""
+    theta = -torch.deg2rad(angles.to(torch.float64))
+    cos = torch.round(torch.cos(theta) * 1e15)[:, None, None] / 1e15  # PIL rounds the matrix to 15 decimals
+    sin = torch.round(torch.sin(theta) * 1e15)[:, None, None] / 1e15
+    centre_x, centre_y = width / 2.0, height / 2.0
+    shift_x = cos * -centre_x + sin * -centre_y + centre_x
+    shift_y = -sin * -centre_x + cos * -centre_y + centre_y
+    xs = (torch.arange(width, dtype=torch.float64) + 0.5)[None, None, :]
+    ys = (torch.arange(height, dtype=torch.float64) + 0.5)[None, :, None]
+    source_x = torch.floor(cos * xs + sin * ys + shift_x).long()
+    source_y = torch.floor(-sin * xs + cos * ys + shift_y).long()
+    inside = (source_x >= 0) & (source_x < width) & (source_y >= 0) & (source_y < height)
+    return source_y.clamp(0, height - 1), source_x.clamp(0, width - 1), inside
+
+
+def rotate_nearest(images: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate each image of an NCHW batch counter-clockwise by its angle (degrees) about the
+    image centre, nearest neighbour, zero fill: PIL's ``Image.rotate(angle, NEAREST)``, which is
+    what ``RandomRotation`` does to the PIL images of Wang et al.'s CIFAR-100 loader. Computed
+    in float64 where PIL uses fixed point, so a point falling on a pixel border may pick the
+    neighbour."""
+    count, _, height, width = images.shape
+    rows, columns, inside = _rotation_sources(angles, height, width)
+    rotated = images.permute(0, 2, 3, 1)[torch.arange(count)[:, None, None], rows, columns]  # [count, h, w, C]
+    return torch.where(inside[..., None], rotated, torch.zeros((), dtype=images.dtype)).permute(0, 3, 1, 2).contiguous()
+
+
+def as_float_images(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels to float32 in [0, 1] (``x / 255``, the value ``ToTensor`` gives); floats pass."""
+    return batch.float().div_(255) if batch.dtype == torch.uint8 else batch
+
+
+class MixedBatches(Dataset):
+    """Indexed by the sampler's `BatchKey`: the augmented uint8 batch (NCHW) and its labels.
+
+    The crops and flips of a global batch are drawn from a generator seeded by (seed, epoch,
+    batch number), and each process applies its slice of them: N processes feed the model
+    the very images one process would.
+    """
+
+    def __init__(self, real_images: np.ndarray, real_labels: Sequence[int], generated: GeneratedSet,
+                 *, seed: int, augment: bool = True, rotate_degrees: float = 0.0):
+        self.real_images, self.real_labels = real_images, np.asarray(real_labels, dtype=np.int64)
+        self.generated, self.seed, self.augment = generated, seed, augment
+        self.rotate_degrees = rotate_degrees
+
+    def __getitem__(self, key: BatchKey):
+        indices = np.asarray(key.indices, dtype=np.int64)
+        is_real = indices < len(self.real_images)
+        images = np.empty((len(indices), *IMAGE_SHAPE), dtype=np.uint8)
+        labels = np.empty(len(indices), dtype=np.int64)
+        images[is_real] = self.real_images[indices[is_real]]
+        labels[is_real] = self.real_labels[indices[is_real]]
+        positions = indices[~is_real] - len(self.real_images)
+        if len(positions):
+            order = np.argsort(positions, kind="stable")  # ascending reads from the memory map
+            gathered = np.empty((len(positions), *IMAGE_SHAPE), dtype=np.uint8)
+            gathered[order] = self.generated.images[positions[order]]
+            images[~is_real] = gathered
+            labels[~is_real] = self.generated.labels[positions]
+        images, labels = torch.from_numpy(images), torch.from_numpy(labels)
+        if not self.augment:
+            return images.permute(0, 3, 1, 2).contiguous(), labels
+        generator = _generator(self.seed, key.epoch, key.number)
+        drawn = draw_crop_flip(key.global_size, generator)
+        part = slice(key.start, key.start + len(indices))
+        angles = None
+        if self.rotate_degrees:  # after crop and flip, as Wang et al.'s CIFAR-100 transform
+            angles = draw_rotations(key.global_size, generator, self.rotate_degrees)[part]
+        return crop_flip(images, *(values[part] for values in drawn), angles=angles), labels
+
+    def __len__(self) -> int:
+        raise TypeError("MixedBatches has no length: MixedBatchSampler's keys say what is drawn")
+
+
+def epoch_batches(num_reference_images: int, batch_size: int) -> int:
+    """Batches per epoch: ``ceil(num_reference_images / batch_size)`` (Wang et al.: the real
+    training set's 50,000, whatever the amount of generated data)."""
+    return math.ceil(num_reference_images / batch_size)
+
+
+def make_mixed_loader(real_images: np.ndarray, real_labels: Sequence[int], generated: GeneratedSet, *,
+                      batch_size: int, unsup_fraction: float, seed: int, epoch_images: int = REFERENCE_EPOCH_IMAGES,
+                      num_workers: int = 0, pin_memory: bool = False, rank: int = 0, world_size: int = 1,
+                      augment: bool = True, rotate_degrees: float = 0.0) -> DataLoader:
+    """The training loader of a generated-data run: uint8 batches, this process's share of each
+    global batch. Call ``loader.sampler.set_epoch(e)`` (or `engine.data.set_epoch`) before each epoch."""
+    sampler = MixedBatchSampler(len(real_images), len(generated),
+                                batch_size=batch_size, unsup_fraction=unsup_fraction,
+                                epoch_batches=epoch_batches(epoch_images, batch_size), seed=seed, rank=rank,
+                                world_size=world_size)
+    dataset = MixedBatches(real_images, real_labels, generated, seed=seed, augment=augment,
+                           rotate_degrees=rotate_degrees)
+    # batch_size=None: the sampler's keys are whole batches; the generator only feeds worker seeds.
+    return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
+                      generator=torch.Generator().manual_seed(seed))
