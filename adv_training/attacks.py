@@ -101,7 +101,8 @@ def _keyed_random_start(x: torch.Tensor, keys: torch.Tensor, seed: int, eps: flo
     ``(seed * START_SEED_STRIDE + key) mod 2**32``.
 
     So a sample (keyed by its index in the dataset) starts from the same point whatever the
-    batch it comes in, the batch size or the number of processes.
+    batch it comes in, the batch size, the number of processes or the memory format (the
+    device's generator draws: a CUDA run's starts differ from a CPU run's).
     """
     if keys.shape != (x.shape[0],):
         raise ValueError(f"start_keys must hold one key per sample ({x.shape[0]}), got shape {tuple(keys.shape)}")
@@ -115,8 +116,10 @@ def _keyed_random_start(x: torch.Tensor, keys: torch.Tensor, seed: int, eps: flo
         # The CPU generator (MT19937) keeps 32 bits of its seed: distinct keys of one run give
         # distinct seeds, and the keys of seed s + 1 are those of s shifted by a million.
         generator.manual_seed((seed * START_SEED_STRIDE + key) % 2**32)
-        starts.append(_random_start(sample, eps, norm, random_start, init_std, generator))
-    return torch.cat(starts)
+        # Drawn in the standard layout: a channels_last sample would take the same numbers in
+        # another order (the draws follow memory), and so another start.
+        starts.append(_random_start(sample.contiguous(), eps, norm, random_start, init_std, generator))
+    return torch.empty_like(x).copy_(torch.cat(starts))  # back in x's memory format
 
 
 def pgd(

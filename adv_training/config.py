@@ -275,6 +275,18 @@ class ATConfig:
             if self.data.augment not in ("basic", "none"):
                 raise ConfigError(f"config key 'data.augment' must be basic or none with generated.path (the mixing "
                                   f"loader crops and flips whole batches), got {self.data.augment}")
+            if self.data.augment == "none" and self.generated.rotate_degrees > 0:
+                raise ConfigError("config key 'generated.rotate_degrees' rotates after crop and flip, and "
+                                  "data.augment is none: use data.augment=basic or generated.rotate_degrees=0")
+            if self.data.drop_last:
+                raise ConfigError("config key 'data.drop_last' has no meaning with generated.path (every mixed batch "
+                                  "is full): set data.drop_last=false")
+        elif self.generated.rotate_degrees > 0:
+            raise ConfigError("config key 'generated.rotate_degrees' acts on the mixing loader only: set "
+                              "generated.path, or generated.rotate_degrees=0")
+        if self.optim.schedule == "cosinew" and self.optim.warmup_epochs > 0:
+            raise ConfigError("config key 'optim.warmup_epochs' does not apply to optim.schedule=cosinew (it warms "
+                              "up by itself over 2.5% of the epochs): set optim.warmup_epochs=0")
         if self.optim.warmup_epochs >= self.epochs and self.optim.warmup_epochs > 0:
             raise ConfigError(f"config key 'optim.warmup_epochs' ({self.optim.warmup_epochs}) must be smaller "
                               f"than epochs ({self.epochs})")

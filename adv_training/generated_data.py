@@ -96,6 +96,7 @@ def _inspect_part(path: Path) -> _Part:
         with zipfile.ZipFile(path) as archive:
             with archive.open(_member(archive, "image", path)) as stream:
                 image_shape, image_fortran, image_dtype = _npy_header(stream)
+                image_data = archive.getinfo("image.npy").file_size - stream.tell()
             with archive.open(_member(archive, "label", path)) as stream:
                 label_shape, _, label_dtype = _npy_header(stream)
     except (zipfile.BadZipFile, EOFError, ValueError, zlib.error, OSError) as error:
@@ -106,6 +107,10 @@ def _inspect_part(path: Path) -> _Part:
         raise UserError(f"{path}: 'image' has dtype {image_dtype}; expected uint8 pixels in 0..255")
     if image_fortran:
         raise UserError(f"{path}: 'image' is stored in Fortran order; expected C order")
+    image_bytes = int(np.prod(IMAGE_SHAPE))
+    if image_data != image_shape[0] * image_bytes:
+        raise UserError(f"{path}: 'image' holds {image_data // image_bytes:,} of the {image_shape[0]:,} images its "
+                        f"header declares (an incomplete file?)")
     if not np.issubdtype(label_dtype, np.integer) or tuple(label_shape) != (image_shape[0],):
         raise UserError(f"{path}: 'label' has shape {tuple(label_shape)} and dtype {label_dtype}; expected "
                         f"{image_shape[0]} integers, one per image")
@@ -180,6 +185,8 @@ def prepare_generated(parts: Sequence[PathLike], out_dir: PathLike, num_classes:
     out_dir = Path(out_dir)
     if not parts:
         raise UserError("no generated-data part given")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file; give a folder")
     if (out_dir / MANIFEST).exists():
         raise UserError(f"{out_dir} already holds a prepared set ({MANIFEST}); choose another --out or delete it")
     paths = [Path(p) for p in parts]
@@ -285,31 +292,34 @@ def open_generated(folder: PathLike, num_classes: int, verify_hashes: bool = Fal
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         count, classes = int(manifest["count"]), int(manifest["num_classes"])
-        files = {key: manifest[key] for key in ("images", "labels")}
         if manifest["format"] != FORMAT_VERSION:
             raise ValueError(f"format {manifest['format']}, this code reads {FORMAT_VERSION}")
+        files = {key: (folder / manifest[key]["file"], int(manifest[key]["bytes"]), manifest[key]["sha256"])
+                 for key in ("images", "labels")}
     except (ValueError, KeyError, TypeError) as error:
         raise UserError(f"{manifest_path} is not a readable manifest ({error}): prepare the data again with "
                         f"{_PREPARE_HINT}") from None
     if classes != num_classes:
         raise UserError(f"the generated data in {folder} has {classes} classes and this run's dataset "
                         f"{num_classes}: point data.generated.path at the set generated for this dataset")
-    for key, record in files.items():
-        path = folder / record["file"]
+    for path, expected_bytes, expected_sha256 in files.values():
         size = path.stat().st_size if path.is_file() else None
-        if size != record["bytes"]:
+        if size != expected_bytes:
             found = "it is missing" if size is None else f"it has {size}"
-            raise UserError(f"{path} does not match {MANIFEST} ({record['bytes']} bytes expected, {found}): "
+            raise UserError(f"{path} does not match {MANIFEST} ({expected_bytes} bytes expected, {found}): "
                             f"prepare the data again with {_PREPARE_HINT}")
         if verify_hashes:
             digest = hashlib.sha256()
             with open(path, "rb") as stream:
                 for block in iter(lambda: stream.read(HASH_BLOCK), b""):
                     digest.update(block)
-            if digest.hexdigest() != record["sha256"]:
+            if digest.hexdigest() != expected_sha256:
                 raise UserError(f"{path} does not match the sha256 in {MANIFEST}: prepare the data again")
-    images = memory_map_images(folder / IMAGES)
-    labels = np.load(folder / LABELS, allow_pickle=False)
+    try:
+        images = memory_map_images(files["images"][0])
+        labels = np.load(files["labels"][0], allow_pickle=False)
+    except ValueError as error:  # a damaged .npy header
+        raise UserError(f"{folder}: the prepared files could not be read ({error}): prepare the data again") from None
     if images.shape != (count, *IMAGE_SHAPE) or images.dtype != np.uint8 or labels.shape != (count,):
         raise UserError(f"{folder}: images {images.shape} {images.dtype} and labels {labels.shape} do not match "
                         f"{MANIFEST} ({count} images): prepare the data again")

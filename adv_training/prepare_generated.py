@@ -46,7 +46,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         manifest = prepare_generated(args.parts, args.out, num_classes(args.dataset), show_progress=not args.quiet)
-    except UserError as error:
+    except (UserError, OSError) as error:  # OSError: an unreadable part, an unwritable --out
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {manifest['count']:,} images of {manifest['num_classes']} classes to {args.out}")

@@ -229,7 +229,9 @@ def train(cfg: ATConfig) -> Dict[str, object]:
                         f"{len(train_set)}")
     shard = dict(rank=rank(), world_size=world_size())  # the training batch is global: each process takes its share
     if cfg.generated.path:
-        generated = open_generated(cfg.generated.path, num_classes, verify_hashes=cfg.generated.verify_hashes)
+        # Rank 0 rehashes (reading 154 GB once, not once per process); a mismatch stops it, and torchrun the rest.
+        generated = open_generated(cfg.generated.path, num_classes,
+                                   verify_hashes=cfg.generated.verify_hashes and is_main_process())
         train_loader = make_mixed_loader(
             train_set.data[held_out:], train_set.targets[held_out:], generated, batch_size=cfg.data.batch_size,
             unsup_fraction=cfg.generated.unsup_fraction, seed=cfg.seed, epoch_images=cfg.generated.epoch_images,

@@ -39,7 +39,7 @@ PANELS = ("losses", "accuracy", "schedule")
 # The few curves a comparison draws per run, so that its legend stays readable.
 MAIN_CURVES = {
     "losses": ("train_loss",),
-    "accuracy": ("test_clean_acc", "test_robust_acc", "test_top1"),
+    "accuracy": ("test_clean_acc", "test_robust_acc", "val_robust_acc", "test_top1"),
     "schedule": ("lr",),
 }
 # More points than this and markers would hide the lines; fewer, and a point
@@ -232,7 +232,7 @@ def plot_runs(run_dirs: Sequence[PathLike], output: PathLike) -> Path:
     figure, axes = _new_figure(len(panels), title)
     colours = [f"C{index % 10}" for index in range(len(runs))]
     # Within a run's colour, the metric is told apart by the line style.
-    styles = {"test_clean_acc": "-", "test_top1": "-", "test_robust_acc": "--"}
+    styles = {"test_clean_acc": "-", "test_top1": "-", "test_robust_acc": "--", "val_robust_acc": ":"}
     for ax, (panel, keys) in zip(axes, panels.items()):
         legend_ax = None
         if panel == "schedule":

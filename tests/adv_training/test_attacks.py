@@ -282,3 +282,13 @@ def test_a_train_mode_attack_with_frozen_bn_stats_uses_batch_statistics_and_upda
     torch.testing.assert_close(frozen, updating, rtol=0, atol=0)
     assert not torch.equal(model.state_dict()[next(k for k in before if k.endswith("running_mean"))],
                            before[next(k for k in before if k.endswith("running_mean"))])
+
+
+def test_a_keyed_start_does_not_depend_on_the_memory_format(image_batch):
+    x, _ = image_batch()
+    x = x.expand(-1, 3, -1, -1).contiguous()  # channels_last needs a 4-d image with channels
+    keys = torch.arange(len(x))
+    plain = keyed_start(x, keys, seed=5, eps=8 / 255)
+    channels_last = keyed_start(x.contiguous(memory_format=torch.channels_last), keys, seed=5, eps=8 / 255)
+    assert torch.equal(channels_last, plain)
+    assert channels_last.is_contiguous(memory_format=torch.channels_last)

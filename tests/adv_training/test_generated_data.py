@@ -3,6 +3,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import pickle
 import tracemalloc
 import zipfile
@@ -117,6 +118,15 @@ def test_the_command_line_explains_the_layout_and_prepares(parts, tmp_path, caps
     assert prepare_main([*paths, "--out", str(tmp_path / "cli"), "--dataset", "cifar10", "--quiet"]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and "already holds a prepared set" in error and error.count("\n") == 1
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked").chmod(0o500)  # an unwritable --out: one line, not a traceback
+    try:
+        code = prepare_main([*paths, "--out", str(tmp_path / "locked" / "out"), "--dataset", "cifar10", "--quiet"])
+    finally:
+        (tmp_path / "locked").chmod(0o700)
+    error = capsys.readouterr().err
+    if os.geteuid() != 0:  # root writes anyway
+        assert code == 2 and error.startswith("error: ") and error.count("\n") == 1, error
 
 
 def truncated_images_npz(path, claimed, present):
@@ -167,7 +177,7 @@ BAD_PARTS = {
     "float labels": "expected 4 integers, one per image",
     "no label": "holds no 'label' array (found: image)",
     "truncated file": "not a readable .npz archive",
-    "truncated images": "could not be read to the end",
+    "truncated images": "'image' holds 25 of the 40 images its header declares",
     "not an npz": "not a readable .npz archive",
     "missing": "not found",
 }
@@ -185,6 +195,9 @@ def test_a_bad_part_is_one_clear_error_and_nothing_is_left_behind(kind, parts, t
 
 def test_preparing_refuses_no_part_a_repeated_part_and_a_prepared_folder(parts, tmp_path):
     paths = parts[0]
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(UserError, match="is a file; give a folder"):
+        prepare_generated(paths, tmp_path / "a_file", 10, show_progress=False)
     with pytest.raises(UserError, match="no generated-data part"):
         prepare_generated([], tmp_path / "out", 10, show_progress=False)
     with pytest.raises(UserError, match="given twice"):
@@ -217,6 +230,11 @@ def test_a_folder_that_does_not_match_its_manifest_is_refused(parts, tmp_path):
         open_generated(out, 10, verify_hashes=True)
     (out / LABELS).unlink()
     with pytest.raises(UserError, match="labels.npy does not match manifest.json .* it is missing"):
+        open_generated(out, 10)
+    manifest = json.loads((out / MANIFEST).read_text())
+    del manifest["images"]["bytes"]
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="not a readable manifest"):
         open_generated(out, 10)
     (out / MANIFEST).write_text("{not json")
     with pytest.raises(UserError, match="not a readable manifest"):

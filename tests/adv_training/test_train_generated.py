@@ -99,12 +99,16 @@ def test_two_processes_train_a_generated_data_run_and_resume_it_exactly(cifar10_
     ("data.dataset=cifar100", "has 10 classes and this run's dataset 100"),
     ("data.augment=autoaug", "'data.augment' must be basic or none with generated.path"),
     ("generated.unsup_fraction=1", "'generated.unsup_fraction'"),
+    ("data.drop_last=true", "'data.drop_last' has no meaning with generated.path"),
+    ("generated.rotate_degrees=15 data.augment=none", "'generated.rotate_degrees' rotates after crop and flip"),
+    ("generated.path= generated.rotate_degrees=15", "'generated.rotate_degrees' acts on the mixing loader only"),
+    ("optim.schedule=cosinew optim.warmup_epochs=2", "'optim.warmup_epochs' does not apply to optim.schedule=cosinew"),
 ])
 def test_bad_generated_data_settings_end_in_one_message(override, message, cifar10_root, cifar100_root,
                                                         generated_root, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     root = cifar100_root if "cifar100" in override else cifar10_root
-    args = generated_run(root, generated_root, tmp_path, override.format(empty=tmp_path / "empty"))
+    args = generated_run(root, generated_root, tmp_path, *override.format(empty=tmp_path / "empty").split())
     assert main(args) == 2
     error = capsys.readouterr().err.strip()
     assert message in error and error.count("\n") == 0, error
