@@ -148,12 +148,13 @@ def _stream_images(part: _Part, chunk_images: int) -> Iterator[bytes]:
                         f"{error}") from None
 
 
-def _sha256(path: Path, progress) -> str:
+def _sha256(path: Path, progress=None) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(HASH_BLOCK), b""):
             digest.update(block)
-            progress.update(len(block))
+            if progress is not None:
+                progress.update(len(block))
     return digest.hexdigest()
 
 
@@ -309,11 +310,7 @@ def open_generated(folder: PathLike, num_classes: int, verify_hashes: bool = Fal
             raise UserError(f"{path} does not match {MANIFEST} ({expected_bytes} bytes expected, {found}): "
                             f"prepare the data again with {_PREPARE_HINT}")
         if verify_hashes:
-            digest = hashlib.sha256()
-            with open(path, "rb") as stream:
-                for block in iter(lambda: stream.read(HASH_BLOCK), b""):
-                    digest.update(block)
-            if digest.hexdigest() != expected_sha256:
+            if _sha256(path) != expected_sha256:
                 raise UserError(f"{path} does not match the sha256 in {MANIFEST}: prepare the data again")
     try:
         images = memory_map_images(files["images"][0])
