@@ -53,6 +53,10 @@ class DataConfig:
     validation_size: int = knob(0, "hold the first N real training images out of training as a validation set (test "
                                 "transform; Wang et al.: 1024, for eval.split=validation); 0 = none", valid=NON_NEGATIVE)
     num_workers: int = knob(4, "DataLoader worker processes", valid=Range(0, 256))
+    loader: Literal["auto", "workers", "device"] = knob(
+        "auto", "device: the whole CIFAR training set on the device as uint8, shuffled, cropped and flipped there a "
+        "batch at a time (RandomCrop(32, padding=4) + flip's distribution, no workers; augment basic or none, no "
+        "generated data); workers: DataLoader worker processes; auto: device on CUDA where it applies, else workers")
 
 
 @dataclass
@@ -167,6 +171,9 @@ class OptimConfig:
     batchnorm_weight_decay: bool = knob(True, "apply weight_decay to BatchNorm weights and biases too (the DKL "
                                         "scripts); false = none on them (Wang et al.'s watrain.py)")
     nesterov: bool = knob(False, "Nesterov momentum")
+    implementation: Literal["auto", "fused", "foreach", "for_loop"] = knob(
+        "auto", "SGD's update kernel: fused (one kernel for all parameters), foreach, for_loop; the same update "
+        "to 1e-6; auto = fused on CUDA, torch's default elsewhere")
     schedule: Literal["cosine", "cosine_trades", "step", "cosinew"] = knob(
         "cosine",
         "cosine: lr*(1+cos(pi*(e-w)/(E-w+1)))/2 after w warmup epochs (the DKL scripts); "
@@ -208,6 +215,8 @@ class ATConfig:
     device: str = knob("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     precision: Literal["fp32", "tf32", "bf16"] = knob("fp32", "bf16 autocasts training and attacks; evaluation is fp32")
     channels_last: bool = knob(False, "NHWC memory format (faster convolutions on recent GPUs)")
+    compile: bool = knob(False, "torch.compile the model for the attack and training forwards (the first epoch "
+                         "compiles, reported as compile_seconds; a last smaller batch runs uncompiled)")
     sync_bn: bool = knob(False, "several processes: BatchNorm statistics over the global batch (CUDA only); "
                          "false = per process, as the reference's DataParallel")
     dist_timeout: float = knob(1800.0, "several processes: seconds a collective waits for the others before the run "
@@ -281,9 +290,17 @@ class ATConfig:
             if self.data.drop_last:
                 raise ConfigError("config key 'data.drop_last' has no meaning with generated.path (every mixed batch "
                                   "is full): set data.drop_last=false")
+            if self.data.loader == "device":
+                raise ConfigError("config key 'data.loader' is device, but generated.path mixes generated images in "
+                                  "with its own loader: use data.loader=auto or workers")
         elif self.generated.rotate_degrees > 0:
             raise ConfigError("config key 'generated.rotate_degrees' acts on the mixing loader only: set "
                               "generated.path, or generated.rotate_degrees=0")
+        if self.data.loader == "device" and (self.data.dataset not in ("cifar10", "cifar100")
+                                             or self.data.augment not in ("basic", "none")):
+            raise ConfigError(f"config key 'data.loader' is device, which holds CIFAR images and crops and flips "
+                              f"them (augment basic or none); got data.dataset={self.data.dataset} and "
+                              f"data.augment={self.data.augment}: use data.loader=workers")
         if self.optim.schedule == "cosinew" and self.optim.warmup_epochs > 0:
             raise ConfigError("config key 'optim.warmup_epochs' does not apply to optim.schedule=cosinew (it warms "
                               "up by itself over 2.5% of the epochs): set optim.warmup_epochs=0")

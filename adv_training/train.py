@@ -49,8 +49,18 @@ from engine.run import (
     resume_training_state,
     training_state,
 )
-from engine.runtime import autocast, environment_info, prepare_runtime, sync_batch_norm
-from engine.optim import weight_decay_groups
+from engine.augment import as_float_images
+from engine.device_data import DeviceBatches
+from engine.runtime import (
+    autocast,
+    compile_model,
+    compile_seconds,
+    eager,
+    environment_info,
+    prepare_runtime,
+    sync_batch_norm,
+)
+from engine.optim import sgd, weight_decay_groups
 from engine.schedule import learning_rate, momentum
 from losses import ClassPrior
 from models import build_model
@@ -59,7 +69,7 @@ from .attacks import natural_logits, pgd
 from .awp import AdversarialWeightPerturbation
 from .config import ATConfig, AttackConfig
 from .methods import Method, build_method
-from .generated_data import as_float_images, make_mixed_loader, open_generated
+from .generated_data import make_mixed_loader, open_generated
 from .pgd_monitor import clean_and_pgd_accuracy
 from .swa import output_path as swa_output_path
 
@@ -117,8 +127,13 @@ def train_one_epoch(
     ema: Optional[ModelEMA],
     awp: Optional[AdversarialWeightPerturbation],
     device: torch.device,
+    attack_model: Optional[torch.nn.Module] = None,
 ) -> Dict[str, float]:
+    """One epoch over ``loader``. ``model`` makes the training forwards (the module, or it under
+    DDP and/or torch.compile); attacks use ``attack_model`` (default: the plain module)."""
     network, model = model, unwrap(model)  # the training forwards go through DDP; attacks use the module
+    attacked = attack_model if attack_model is not None else model
+    full_size = None
     eps_t, step_size, steps = attack_budget(cfg.attack, epoch, cfg.epochs)
     use_awp = awp is not None and epoch >= cfg.awp.warmup
     # Sums stay on the device and are read every PROGRESS_EVERY batches, not every batch.
@@ -126,6 +141,10 @@ def train_one_epoch(
     bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None if is_main_process() else True)
     for batch_index, batch in enumerate(bar):
         x_natural, targets, basic_size = _to_device(batch, device, cfg.channels_last)
+        full_size = full_size or targets.numel()
+        # Compiled forwards are specialised to the batch shape: a last, smaller batch runs
+        # eagerly rather than compiling everything a second time.
+        attack_net, train_net = (attacked, network) if targets.numel() == full_size else (model, eager(network))
         prior_rows = prior.rows(targets) if method.uses_prior else None
         broadcast_buffers_(model)  # every process attacks with rank 0's BatchNorm statistics, as DataParallel
 
@@ -134,16 +153,16 @@ def train_one_epoch(
             with autocast(device, cfg.precision):
                 logits_natural = None
                 if method.attack_needs_natural_logits:
-                    logits_natural = natural_logits(model, x_natural, eval_mode=cfg.attack.eval_mode,
+                    logits_natural = natural_logits(attack_net, x_natural, eval_mode=cfg.attack.eval_mode,
                                                     freeze_bn_stats=cfg.attack.freeze_bn_stats).float()
                 objective = method.attack_objective(logits_natural, targets, prior_rows)
                 x_adv = pgd(
-                    model, x_natural, objective, eps=eps_t, step_size=step_size, steps=steps,
+                    attack_net, x_natural, objective, eps=eps_t, step_size=step_size, steps=steps,
                     norm=cfg.attack.norm, random_start=cfg.attack.random_start, eval_mode=cfg.attack.eval_mode,
                     freeze_bn_stats=cfg.attack.freeze_bn_stats,
                 )
 
-        network.train()
+        train_net.train()
 
         share = global_batch_share(targets.numel(), device)  # None in one process
 
@@ -155,7 +174,7 @@ def train_one_epoch(
 
         perturbation = awp.compute(lambda proxy: method_loss(proxy, split_views=False)[0]) if use_awp else None
         with awp.perturbed(perturbation) if use_awp else contextlib.nullcontext():
-            loss, parts = method_loss(network)
+            loss, parts = method_loss(train_net)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -200,6 +219,15 @@ def train_one_epoch(
 
 
 
+def uses_device_loader(cfg: ATConfig, device: torch.device) -> bool:
+    """data.loader resolved: device when asked, or for auto on CUDA where it applies (CIFAR,
+    augment basic or none, no generated data)."""
+    if cfg.data.loader != "auto":
+        return cfg.data.loader == "device"
+    return (device.type == "cuda" and not cfg.generated.path and cfg.data.dataset in ("cifar10", "cifar100")
+            and cfg.data.augment in ("basic", "none"))
+
+
 def averaged_model(model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> torch.nn.Module:
     """A copy of ``model`` holding the weights ``state`` (an epoch average), for evaluation."""
     copy = deepcopy(model)
@@ -239,6 +267,11 @@ def train(cfg: ATConfig) -> Dict[str, object]:
             rotate_degrees=cfg.generated.rotate_degrees,
             **shard,
         )
+    elif uses_device_loader(cfg, device):
+        train_loader = DeviceBatches(
+            train_set.data[held_out:], train_set.targets[held_out:], batch_size=cfg.data.batch_size, device=device,
+            seed=cfg.seed, augment=cfg.data.augment == "basic", drop_last=cfg.data.drop_last, **shard,
+        )
     else:
         train_loader = data_lib.make_loader(
             Subset(train_set, range(held_out, len(train_set))) if held_out else train_set,
@@ -264,9 +297,10 @@ def train(cfg: ATConfig) -> Dict[str, object]:
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = sync_batch_norm(model, cfg.sync_bn, device)
-    optimizer = torch.optim.SGD(
+    optimizer = sgd(
         weight_decay_groups(model, cfg.optim.weight_decay, cfg.optim.batchnorm_weight_decay), lr=cfg.optim.lr,
-        momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov,
+        momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov, implementation=cfg.optim.implementation,
+        device=device,
     )
     prior = ClassPrior(num_classes, temperature=method.prior_temperature).to(device)
     ema = ModelEMA(
@@ -294,7 +328,9 @@ def train(cfg: ATConfig) -> Dict[str, object]:
     logger = RunLogger(run_dir, enabled=is_main_process(), completed_epochs=start_epoch - 1)
     if cfg.resume and start_epoch > 1:
         logger.plot()  # the picture of what the interrupted run had done
-    log(f"Training {cfg.method} on {cfg.data.dataset} with {cfg.model.arch} on {device} -> {run_dir}")
+    log(f"Training {cfg.method} on {cfg.data.dataset} with {cfg.model.arch} on {device} -> {run_dir}"
+        + ("; training images resident on the device" if isinstance(train_loader, DeviceBatches) else "")
+        + ("; compiled forwards" if cfg.compile else ""))
 
     eval_eps = cfg.eval.epsilon if cfg.eval.epsilon is not None else cfg.attack.epsilon
 
@@ -314,6 +350,8 @@ def train(cfg: ATConfig) -> Dict[str, object]:
     selected = ("ema_" if cfg.eval.select == "ema" else "") + monitor_set  # whose numbers pick best.pt
     robust_key = f"{monitor_set}_robust_acc"
     network = wrap_model(model, device)  # the training forwards average their gradients across processes
+    train_forward = compile_model(network, cfg.compile)
+    attack_forward = train_forward if network is model else compile_model(model, cfg.compile)
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
             started = time.perf_counter()
@@ -326,8 +364,11 @@ def train(cfg: ATConfig) -> Dict[str, object]:
             for group in optimizer.param_groups:
                 group["lr"], group["momentum"] = lr, sgd_momentum
             data_lib.set_epoch(train_loader, epoch)
-            metrics = {"lr": lr, **train_one_epoch(cfg, method, epoch, network, train_loader, optimizer, prior, ema, awp,
-                                                   device)}
+            compiling_since = compile_seconds()
+            metrics = {"lr": lr, **train_one_epoch(cfg, method, epoch, train_forward, train_loader, optimizer, prior,
+                                                   ema, awp, device, attack_model=attack_forward)}
+            if cfg.compile:
+                metrics["compile_seconds"] = compile_seconds() - compiling_since
             prior.step()
             for module in (model, ema.module if ema is not None else None):
                 if module is not None:
@@ -354,6 +395,7 @@ def train(cfg: ATConfig) -> Dict[str, object]:
                 + (f"  (EMA {metrics['ema_' + robust_key]:.2f}%)" if "ema_" + robust_key in metrics else "")
                 + (f"  (epoch average {metrics['swa_' + robust_key]:.2f}%)" if "swa_" + robust_key in metrics else "")
                 + f"  {metrics['epoch_seconds']:.0f}s"
+                + (f" (compiling {metrics['compile_seconds']:.0f}s)" if metrics.get("compile_seconds") else "")
             )
 
             rng_states = capture_every_rng_state()  # every process takes part; rank 0 writes them

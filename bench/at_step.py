@@ -2,16 +2,21 @@
 
     python bench/at_step.py                                   # WRN-34-10, batch 128, on CUDA if present
     python bench/at_step.py --arch WideResNet --depth 10 --widen-factor 1 --batch-size 32   # quick CPU check
-    python bench/at_step.py --precisions fp32 bf16 --channels-last
+    python bench/at_step.py --precisions fp32 tf32 bf16 --compile --check-syncs   # the GPU table of the README
     python bench/at_step.py --nproc 1 2 4                     # scaling over processes (one GPU each, or CPU)
 
 Times the real training loop (`adv_training.train.train_one_epoch`: natural logits,
-PGD with the `high` budget, AWP, two forwards, backward, SGD, EMA, class prior) on
-random CIFAR-sized batches, for IKL-AT and TRADES, beside a re-implementation of the
-authors' IKL-AT loop structure (`authors_iterations`: natural logits recomputed at every
-PGD step, the pairwise [B, C, C] wMSE; fp32 and tf32 only), interleaved in this process,
-and projects the hours of a 200-epoch CIFAR run (391 iterations per epoch at batch 128,
-per-epoch evaluation not included). Prints a Markdown table; asserts nothing.
+PGD with the `high` budget, AWP, two forwards, backward, SGD, EMA, class prior; fused SGD on
+CUDA) on random CIFAR-sized batches already on the device, for IKL-AT and TRADES, beside a
+re-implementation of the authors' IKL-AT loop structure (`authors_iterations`: natural
+logits recomputed at every PGD step, the pairwise [B, C, C] wMSE, torch's default SGD; fp32
+and tf32 only), interleaved in this process, and projects the hours of a 200-epoch CIFAR
+run (391 iterations per epoch at batch 128, per-epoch evaluation not included). bf16 runs
+with channels_last; ``--compile`` adds our IKL loop with compiled forwards (compile time
+apart). The rate column divides the iteration's floating-point operations (counted once by
+torch's FlopCounterMode) by its time, and on CUDA compares it with a bf16 matrix product
+measured here. ``--check-syncs`` lists where our loop makes the host wait for the GPU.
+Prints a Markdown table; asserts nothing.
 
 With ``--nproc N ...`` it times IKL-AT with N processes (DistributedDataParallel: nccl, one
 GPU each, or gloo on the CPU with ``--threads`` each) on the same global batch, and prints
@@ -19,17 +24,21 @@ seconds per global iteration, the speed-up over one process and the scaling effi
 (speed-up / N).
 """
 import argparse
+import collections
 import math
 import os
 import socket
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from adv_training.awp import AdversarialWeightPerturbation  # noqa: E402
@@ -38,7 +47,8 @@ from adv_training.methods import build_method  # noqa: E402
 from adv_training.train import train_one_epoch  # noqa: E402
 from engine.distributed import init_distributed, shutdown_distributed, world_size, wrap_model  # noqa: E402
 from engine.ema import ModelEMA  # noqa: E402
-from engine.runtime import configure_precision, resolve_device  # noqa: E402
+from engine.optim import sgd, weight_decay_groups  # noqa: E402
+from engine.runtime import compile_model, compile_seconds, configure_precision, resolve_device  # noqa: E402
 from losses import ClassPrior  # noqa: E402
 from losses.pairwise_oracle import wmse_loss_pairwise  # noqa: E402
 from models import build_model  # noqa: E402
@@ -46,19 +56,21 @@ from models import build_model  # noqa: E402
 TRAIN_IMAGES, EPOCHS = 50_000, 200
 
 
-def _setup(args, precision, device):
+def _setup(args, precision, device, channels_last=None, fused=False):
     configure_precision(precision)
     torch.manual_seed(0)
     kwargs = {k: v for k, v in (("depth", args.depth), ("widen_factor", args.widen_factor)) if v is not None}
     model = build_model(args.arch, 100, dataset="cifar100", **kwargs).to(device)
-    if args.channels_last:
+    if args.channels_last if channels_last is None else channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    optimizer = sgd(weight_decay_groups(model, 5e-4), lr=0.1, momentum=0.9, nesterov=False, device=device,
+                    implementation="auto" if fused else "default")  # the authors' loop: torch's default kernel
     prior = ClassPrior(100, temperature=4.0).to(device)
     ema = ModelEMA(model, tau=0.9996, start_epoch=1)
     awp = AdversarialWeightPerturbation(model, gamma=0.005)
     local_batch = args.batch_size // world_size()  # the global batch, shared by the processes
-    batches = [(torch.rand(local_batch, 3, 32, 32), torch.randint(0, 100, (local_batch,)))
+    # Already on the device, as the device-resident loader delivers them (the training data's cost is apart).
+    batches = [(torch.rand(local_batch, 3, 32, 32).to(device), torch.randint(0, 100, (local_batch,)).to(device))
                for _ in range(args.iterations)]
     return model, optimizer, prior, ema, awp, batches
 
@@ -77,16 +89,21 @@ def _timed(device, iterations, body):
     return run
 
 
-def our_iterations(method, args, precision, device):
-    """Our training loop (`train_one_epoch`) over ``args.iterations`` batches, as a timed function."""
-    cfg = ATConfig(method=method, precision=precision, channels_last=args.channels_last, epochs=EPOCHS)
+def our_iterations(method, args, precision, device, channels_last=None, compiled=False):
+    """Our training loop (`train_one_epoch`) over ``args.iterations`` batches, as a timed function:
+    fused SGD on CUDA, and with ``compiled`` the compiled forwards."""
+    channels_last = args.channels_last if channels_last is None else channels_last
+    cfg = ATConfig(method=method, precision=precision, channels_last=channels_last, epochs=EPOCHS, compile=compiled)
     cfg.data.dataset = "cifar100"
     cfg.awp.warmup = 1
     cfg.ema.start_epoch = 1
-    model, optimizer, prior, ema, awp, batches = _setup(args, precision, device)
+    model, optimizer, prior, ema, awp, batches = _setup(args, precision, device, channels_last, fused=True)
     network = wrap_model(model, device)
+    train_forward = compile_model(network, compiled)
+    attack_forward = train_forward if network is model else compile_model(model, compiled)
     run = _timed(device, args.iterations, lambda: train_one_epoch(
-        cfg, build_method(cfg), EPOCHS, network, batches, optimizer, prior, ema, awp, device))
+        cfg, build_method(cfg), EPOCHS, train_forward, batches, optimizer, prior, ema, awp, device,
+        attack_model=attack_forward))
     run.model = model  # for tests/test_bench.py
     return run
 
@@ -97,7 +114,7 @@ def authors_iterations(args, precision, device):
     ``model(x_natural)`` at every step, IKL with the pairwise wMSE and its [B, C, C] weight
     tensor (`losses.pairwise_oracle`), the AWP proxy step on the same loss, then the training
     step, the EMA and the class prior: the same work as ours, in their loop's structure."""
-    model, optimizer, prior, ema, awp, batches = _setup(args, precision, device)
+    model, optimizer, prior, ema, awp, batches = _setup(args, precision, device, channels_last=False)
     eps, step = 8 / 255, 4 / 255
 
     def ikl(logits_adv, logits_nat, rows, alpha, beta):
@@ -196,7 +213,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "tf32", "bf16"])
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last at fp32/tf32 too (bf16 always)")
+    parser.add_argument("--compile", action="store_true", help="also time our IKL loop compiled, at the last precision")
+    parser.add_argument("--check-syncs", action="store_true", help="on CUDA: list where our loop waits for the GPU")
     parser.add_argument("--nproc", type=int, nargs="+", default=None,
                         help="time IKL-AT with these numbers of processes instead (list 1 first for the baseline)")
     parser.add_argument("--threads", type=int, default=1,
@@ -213,25 +232,109 @@ def main():
         scaling_table(args)
         return
     iterations_per_run = math.ceil(TRAIN_IMAGES / args.batch_size) * EPOCHS
-    print("| precision | loop | s / iteration | speed-up over the authors' loop | projected hours, 200 epochs |")
-    print("|---|---|---:|---:|---:|")
+    flops = iteration_flops(args, device)
+    peak = bf16_peak_tflops(device)
+    print(f"One IKL-AT iteration: {flops / 1e9:.1f} GFLOP (counted as it runs)"
+          + (f"; bf16 matrix-product peak measured here: {peak:.0f} TFLOP/s" if peak else "") + "\n")
+    print("| precision | loop | s / iteration | speed-up over the authors' loop | TFLOP/s"
+          + (" (share of bf16 peak)" if peak else "") + " | projected hours, 200 epochs |")
+    print("|---|---|---:|---:|---:|---:|")
+    authors = {}
     for precision in args.precisions:
+        channels_last = args.channels_last or precision == "bf16"
+        label = precision + (" + channels_last" if channels_last else "")
         runners = {"authors' IKL loop": authors_iterations(args, precision, device)} if precision != "bf16" else {}
-        runners.update({"our TRADES": our_iterations("trades", args, precision, device),
-                        "our IKL": our_iterations("ikl", args, precision, device)})
+        runners.update({"our TRADES": our_iterations("trades", args, precision, device, channels_last),
+                        "our IKL": our_iterations("ikl", args, precision, device, channels_last)})
+        if args.compile and precision == args.precisions[-1]:
+            runners["our IKL, compiled"] = our_iterations("ikl", args, precision, device, channels_last, compiled=True)
+        compiling = {}
+        for name, run in runners.items():
+            before = compile_seconds()
+            run()  # warm-up: allocator, cuDNN autotuning, compilation
+            compiling[name] = compile_seconds() - before
         times = {name: [] for name in runners}
-        for run in runners.values():
-            run()  # warm-up: allocator, cuDNN autotuning
         for _ in range(args.repeats):  # interleaved: A, B, C, A, B, C, ...
             for name, run in runners.items():
                 times[name].append(run())
-        authors = statistics.median(times["authors' IKL loop"]) if "authors' IKL loop" in times else None
+        if "authors' IKL loop" in times:
+            authors[precision] = statistics.median(times["authors' IKL loop"])
+        reference = precision if precision in authors else ("tf32" if "tf32" in authors else "fp32")
         for name, values in times.items():
             value = statistics.median(values)
-            speedup = f"{authors / value:.2f}x" if authors else "—"
-            print(f"| {precision} | {name} | {value:.3f} | {speedup} | {value * iterations_per_run / 3600:.1f} |",
-                  flush=True)
+            speedup = "—"
+            if reference in authors:
+                speedup = f"{authors[reference] / value:.2f}x" + ("" if reference == precision else f" (vs {reference})")
+            rate = flops / value / 1e12
+            share = f" ({100 * rate / peak:.0f}%)" if peak else ""
+            note = f" (compiling took {compiling[name]:.0f} s)" if compiling[name] > 0 else ""
+            print(f"| {label} | {name}{note} | {value:.3f} | {speedup} | {rate:.3g}{share} | "
+                  f"{value * iterations_per_run / 3600:.1f} |", flush=True)
+        if args.check_syncs and device.type == "cuda":
+            print(f"\n{label}: where our IKL loop waits for the GPU in {args.iterations} iterations (the progress "
+                  f"read and the epoch's totals are meant): {host_syncs(runners['our IKL'])}\n", flush=True)
+        del runners
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
+
+class _FlopCount(TorchDispatchMode):
+    """Sums the floating-point operations of every operator torch's flop counter has a formula
+    for (convolutions, matrix products: all but a sliver of a network's). FlopCounterMode itself
+    cannot watch an attack: its module tracker refuses ``autograd.grad`` with respect to inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
+def iteration_flops(args, device) -> float:
+    """Floating-point operations of one of our IKL-AT iterations (forwards, backwards, the attack's
+    input gradients, AWP), counted as they run: the same at every precision."""
+    one = argparse.Namespace(**{**vars(args), "iterations": 1})
+    run = our_iterations("ikl", one, "fp32", device)
+    with _FlopCount() as counter:
+        run()
+    return float(counter.total)
+
+
+def bf16_peak_tflops(device) -> float:
+    """TFLOP/s of an 8192^3 bf16 matrix product on ``device`` (None on the CPU): the ceiling to compare with."""
+    if device.type != "cuda":
+        return None
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * 8192 ** 3 * 10 / (time.perf_counter() - start) / 1e12
+
+
+def host_syncs(run) -> str:
+    """The source lines at which one ``run()`` made the host wait for the GPU, with counts
+    (torch's sync debug mode warns at every synchronising call)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    places = collections.Counter(f"{Path(w.filename).parent.name}/{Path(w.filename).name}:{w.lineno}"
+                                 for w in caught if "synchroniz" in str(w.message))
+    return ", ".join(f"{place} x{count}" for place, count in places.most_common()) or "none"
 
 if __name__ == "__main__":
     main()

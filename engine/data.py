@@ -688,9 +688,11 @@ class WithIndices(Dataset):
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:
     """Make epoch ``epoch`` of ``loader`` depend only on (seed, epoch): reseed the generator of a
-    `make_loader` loader, or tell a sampler that draws by epoch (``sampler.set_epoch``)."""
+    `make_loader` loader, or tell a loader or sampler that draws by epoch (``set_epoch``)."""
     if isinstance(loader, SeededDataLoader):
         loader.generator.manual_seed(_epoch_seed(loader.seed, epoch))
+    elif callable(getattr(loader, "set_epoch", None)):  # engine.device_data.DeviceBatches
+        loader.set_epoch(epoch)
     elif callable(getattr(loader.sampler, "set_epoch", None)):
         loader.sampler.set_epoch(epoch)
     else:

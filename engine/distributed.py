@@ -130,8 +130,10 @@ def wrap_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module inside torch.compile's wrapper and DistributedDataParallel."""
     from torch.nn.parallel import DistributedDataParallel
 
+    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 

@@ -83,6 +83,31 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def compile_model(module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+    """``torch.compile(module)`` when ``enabled`` (sharing its weights: checkpoints, averages and
+    evaluation keep using ``module``), else ``module`` itself. Shapes are static: a batch of
+    another size would compile again, so the loops run such a batch through `eager`."""
+    return torch.compile(module, dynamic=False) if enabled else module
+
+
+def eager(module: torch.nn.Module) -> torch.nn.Module:
+    """The module a `compile_model` result wraps (the module itself when not compiled)."""
+    return getattr(module, "_orig_mod", module)
+
+
+def compile_seconds() -> float:
+    """Wall-clock seconds torch.compile has spent in this process so far (0 before any compile)."""
+    try:
+        from torch._dynamo.utils import calculate_time_spent
+
+        spent = calculate_time_spent()
+    except (ImportError, AttributeError):  # a torch without the counter: compile time goes unreported
+        return 0.0
+    if "total_wall_time" in spent:
+        return float(spent["total_wall_time"])
+    return float(spent.get("entire_frame_compile", 0.0) + spent.get("entire_backward_compile", 0.0))
+
+
 def capture_rng_state() -> Dict[str, Any]:
     state = {
         "python": random.getstate(),

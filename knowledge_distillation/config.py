@@ -93,6 +93,9 @@ class KDOptimConfig:
     momentum: float = knob(0.9, "SGD momentum", valid=Range(0, 1, high_open=True))
     weight_decay: float = knob(5e-4, "L2 weight decay", valid=NON_NEGATIVE)
     nesterov: bool = knob(False, "Nesterov momentum")
+    implementation: Literal["auto", "fused", "foreach", "for_loop"] = knob(
+        "auto", "SGD's update kernel: fused (one kernel for all parameters), foreach, for_loop; the same update "
+        "to 1e-6; auto = fused on CUDA, torch's default elsewhere")
     milestones: List[int] = knob([150, 180, 210], "epochs after which lr is multiplied by decay (LR_DECAY_STAGES)", valid=Range(1))
     decay: float = knob(0.1, "step decay factor (LR_DECAY_RATE)", valid=Range(0, 1, low_open=True))
     warmup_epochs: int = knob(0, "linear learning-rate warm-up epochs", valid=NON_NEGATIVE)
@@ -115,6 +118,8 @@ class KDConfig:
     device: str = knob("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     precision: Literal["fp32", "tf32", "bf16"] = knob("fp32", "bf16 autocasts the forward passes; evaluation is fp32")
     channels_last: bool = knob(False, "NHWC memory format (faster convolutions on recent GPUs)")
+    compile: bool = knob(False, "torch.compile the teacher's and the student's training forwards (the first "
+                         "epoch compiles, reported as compile_seconds; a last smaller batch runs uncompiled)")
     sync_bn: bool = knob(False, "several processes: BatchNorm statistics over the global batch (CUDA only); "
                          "false = per process, as the reference's DataParallel")
     dist_timeout: float = knob(1800.0, "several processes: seconds a collective waits for the others before the run "

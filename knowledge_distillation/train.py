@@ -46,7 +46,16 @@ from engine.run import (
     resume_training_state,
     training_state,
 )
-from engine.runtime import autocast, environment_info, prepare_runtime, sync_batch_norm
+from engine.optim import sgd, weight_decay_groups
+from engine.runtime import (
+    autocast,
+    compile_model,
+    compile_seconds,
+    eager,
+    environment_info,
+    prepare_runtime,
+    sync_batch_norm,
+)
 from engine.schedule import learning_rate
 from losses import ClassPrior
 from models import build_model, load_weights
@@ -179,7 +188,10 @@ def train_one_epoch(
     prior: Optional[ClassPrior],
     device: torch.device,
 ) -> Dict[str, float]:
+    """One epoch over ``loader``. ``student`` and ``teacher`` may be compiled (`compile_model`)
+    and the student wrapped in DDP; a batch of another size than the first runs them eagerly."""
     student.train()
+    full_size = None
     sums = RunningSums(("loss", "ce", "kd", "correct", "teacher_nonfinite"), device)
     no_teacher = torch.zeros((), device=device)  # the count of a run without a teacher, allocated once
     data_seconds = 0.0
@@ -190,13 +202,18 @@ def train_one_epoch(
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         if cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        full_size = full_size or targets.numel()
+        # Compiled forwards are specialised to the batch shape: a last, smaller batch runs eagerly.
+        same_shape = targets.numel() == full_size
+        student_net = student if same_shape else eager(student)
+        teacher_net = teacher if same_shape or teacher is None else eager(teacher)
 
         with autocast(device, cfg.precision):
             logits_teacher, teacher_bad = None, no_teacher
             if teacher is not None:
                 with torch.no_grad():
-                    logits_teacher, teacher_bad = screen_teacher_output(teacher(images).float(), cfg)
-            logits_student = student(images)
+                    logits_teacher, teacher_bad = screen_teacher_output(teacher_net(images).float(), cfg)
+            logits_student = student_net(images)
             loss, parts = distiller.loss(logits_student, logits_teacher, targets, epoch, prior)
         share = global_batch_share(targets.numel(), device)  # None in one process
         optimizer.zero_grad(set_to_none=True)
@@ -268,8 +285,8 @@ def train(cfg: KDConfig) -> Dict[str, object]:
         if teacher is not None:
             teacher = teacher.to(memory_format=torch.channels_last)
     student = sync_batch_norm(student, cfg.sync_bn, device)
-    optimizer = torch.optim.SGD(student.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                                weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
+    optimizer = sgd(weight_decay_groups(student, cfg.optim.weight_decay), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                    nesterov=cfg.optim.nesterov, implementation=cfg.optim.implementation, device=device)
     prior = ClassPrior(num_classes, temperature=distiller.prior_temperature).to(device)
 
     last_path = run_dir / "last.pt"
@@ -294,7 +311,8 @@ def train(cfg: KDConfig) -> Dict[str, object]:
     source = f"{cfg.teacher.arch} -> " if teacher is not None else ""
     log(f"Training {source}{cfg.student.arch} with {cfg.method} on {cfg.data.dataset} ({device}) -> {run_dir}")
 
-    network = wrap_model(student, device)  # the training forwards average their gradients across processes
+    network = compile_model(wrap_model(student, device), cfg.compile)  # DDP averages the processes' gradients
+    teacher_forward = compile_model(teacher, cfg.compile) if teacher is not None else None
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
             started = time.perf_counter()
@@ -304,8 +322,11 @@ def train(cfg: KDConfig) -> Dict[str, object]:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             data_lib.set_epoch(train_loader, epoch)
-            metrics = {"lr": lr, **train_one_epoch(cfg, distiller, epoch, network, teacher, train_loader, optimizer,
-                                                   prior, device)}
+            compiling_since = compile_seconds()
+            metrics = {"lr": lr, **train_one_epoch(cfg, distiller, epoch, network, teacher_forward, train_loader,
+                                                   optimizer, prior, device)}
+            if cfg.compile:
+                metrics["compile_seconds"] = compile_seconds() - compiling_since
             prior.step()
             broadcast_buffers_(student)  # rank 0's BatchNorm statistics everywhere: evaluated and saved alike
             if epoch % cfg.eval.every == 0 or epoch == cfg.epochs:

@@ -22,15 +22,12 @@ from adv_training.generated_data import (
     BatchKey,
     MixedBatches,
     MixedBatchSampler,
-    as_float_images,
-    crop_flip,
-    draw_crop_flip,
     make_mixed_loader,
     open_generated,
     prepare_generated,
-    rotate_nearest,
 )
 from adv_training.prepare_generated import main as prepare_main
+from engine.augment import as_float_images, crop_flip, draw_crop_flip, draw_rotations, keyed_generator, rotate_nearest
 from engine.data import set_epoch
 from engine.errors import UserError
 
@@ -389,13 +386,11 @@ def test_rotation_is_pils_nearest_neighbour_rotate(angle):
 
 
 def test_cifar100_batches_are_rotated_after_crop_and_flip(mixed):
-    from adv_training.generated_data import _generator, draw_crop_flip, draw_rotations
-
     real_images, real_labels, generated = mixed
     plain = MixedBatches(real_images, real_labels, generated, seed=2)
     rotating = MixedBatches(real_images, real_labels, generated, seed=2, rotate_degrees=15)
     key = BatchKey(3, 1, 8, 2, [0, 5, 70, 300, 59, 12])
-    generator = _generator(2, 3, 1)
+    generator = keyed_generator(2, 3, 1)
     top, left, flip = draw_crop_flip(8, generator)
     angles = draw_rotations(8, generator, 15)
     assert angles.abs().max() <= 15 and angles.std() > 0
