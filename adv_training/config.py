@@ -27,6 +27,7 @@ from engine.config import (
     require_plain_name,
     section,
 )
+from engine.paper_rows import PAPER_ROWS
 
 
 @dataclass
@@ -228,6 +229,8 @@ class ATConfig:
     resume: bool = knob(False, "continue from <run folder>/last.pt")
     stop_after: int = knob(0, "stop after this epoch and keep last.pt, for job time limits (resume=true "
                            "continues); 0 = run to the end", valid=NON_NEGATIVE)
+    paper_row: str = knob("", "the row of the paper's tables this config reproduces (engine/paper_rows.py): "
+                          "python -m engine.report prints its published numbers beside the measured ones")
     save_every: int = knob(0, "also write ours-model-epoch{N}.pt every N epochs (plain state dict, for swa.py); 0 = never", valid=NON_NEGATIVE)
     label_smoothing: float = knob(
         0.0, "label smoothing of the clean-image CE term of ikl and trades, (1-ls)*CE + ls*mean_k(-log p_k) (Wang "
@@ -252,6 +255,8 @@ class ATConfig:
 
         require_choice("method", self.method, available_methods())
         require_plain_name("name", self.name)
+        if self.paper_row:
+            require_choice("paper_row", self.paper_row, sorted(PAPER_ROWS))
         require_device("device", self.device)
         require_model("model.arch", self.model.arch, self.data.dataset, self.model.build_kwargs())
         require_increasing("optim.milestones", self.optim.milestones)

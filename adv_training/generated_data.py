@@ -40,7 +40,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import BinaryIO, Iterator, List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from engine.augment import crop_flip, draw_crop_flip, draw_rotations, keyed_generator
 from engine.data import shard_bounds
 from engine.errors import UserError
-from engine.file_io import atomic_write_text, remove_stale_temporaries, write_atomically
+from engine.file_io import atomic_write_text, remove_stale_temporaries, sha256_file, write_atomically
 
 PathLike = Union[str, Path]
 
@@ -58,7 +58,6 @@ MANIFEST, IMAGES, LABELS = "manifest.json", "images.npy", "labels.npy"
 FORMAT_VERSION = 1
 REFERENCE_EPOCH_IMAGES = 50_000  # Wang et al.: an epoch is ceil(50,000 / batch) batches
 CHUNK_IMAGES = 16_384  # images converted at a time (48 MiB)
-HASH_BLOCK = 1 << 20  # bytes hashed at a time
 _PREPARE_HINT = "python -m adv_training.prepare_generated --out DIR PART.npz [PART.npz ...]"
 
 
@@ -149,16 +148,6 @@ def _stream_images(part: _Part, chunk_images: int) -> Iterator[bytes]:
                         f"{error}") from None
 
 
-def _sha256(path: Path, progress=None) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(HASH_BLOCK), b""):
-            digest.update(block)
-            if progress is not None:
-                progress.update(len(block))
-    return digest.hexdigest()
-
-
 class _HashingWriter:
     """A write-only stream that also hashes and counts what passes through it."""
 
@@ -204,7 +193,7 @@ def prepare_generated(parts: Sequence[PathLike], out_dir: PathLike, num_classes:
 
     total_bytes = sum(p.stat().st_size for p in paths) + count * int(np.prod(IMAGE_SHAPE))
     with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="preparing", disable=not show_progress) as bar:
-        sources = [{"file": p.name, "bytes": p.stat().st_size, "sha256": _sha256(p, bar), "count": part.count}
+        sources = [{"file": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p, bar), "count": part.count}
                    for p, part in zip(paths, inspected)]
         images_record = {}
 
@@ -311,7 +300,7 @@ def open_generated(folder: PathLike, num_classes: int, verify_hashes: bool = Fal
             raise UserError(f"{path} does not match {MANIFEST} ({expected_bytes} bytes expected, {found}): "
                             f"prepare the data again with {_PREPARE_HINT}")
         if verify_hashes:
-            if _sha256(path) != expected_sha256:
+            if sha256_file(path) != expected_sha256:
                 raise UserError(f"{path} does not match the sha256 in {MANIFEST}: prepare the data again")
     try:
         images = memory_map_images(files["images"][0])

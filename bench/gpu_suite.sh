@@ -14,7 +14,10 @@
 # 3. bench/kd_step.py: ResNet-34 -> ResNet-18 and ResNet-50 -> MobileNetV1, batch 512 at 224,
 #    the mdistiller-style loop against ours (TF32, bf16), and the ImageNet loader's data time.
 #
-# Each part has its own time limit and its log in OUT_DIR; one failing part does not stop the rest.
+# 4. bench/cifar_loader.py: torchvision's CIFAR pipeline in a DataLoader (4 workers, the configs'
+#    default) against the device-resident loader, images per second.
+#
+# About 10 minutes on one H200. Each part has its own time limit and its log in OUT_DIR; one failing part does not stop the rest.
 set -u
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT_DIR="${1:-${OUT:-gpu_results}}"
@@ -28,15 +31,17 @@ trap 'rm -rf "$WORK"' EXIT
 if [[ -n "${DKL_SUITE_QUICK:-}" ]]; then
     AT_MODEL=(--arch WideResNet --depth 10 --widen-factor 1 --batch-size 16 --iterations 1 --repeats 1)
     KD_SIZE=(--batch-size 4 --image-size 64 --iterations 1 --repeats 1 --workers 2 --data-images 16 --data-batches 2)
+    LOADER=(--images 2000 --workers 0 --repeats 1)
     TRAIN_IMAGES=600
     EPOCH_MODEL="model.arch=WideResNet model.depth=10 model.widen_factor=1 data.batch_size=64 data.num_workers=0"
-    LIMITS=(600 600 600)
+    LIMITS=(600 600 600 600)
 else
     AT_MODEL=(--iterations 3 --repeats 2)
     KD_SIZE=(--iterations 3 --repeats 2 --workers 16 --data-images 1024 --data-batches 24)
+    LOADER=(--repeats 2)
     TRAIN_IMAGES=50000
     EPOCH_MODEL=""
-    LIMITS=(260 200 110)
+    LIMITS=(240 180 110 50)
 fi
 
 run_part() {  # name, seconds, command...
@@ -83,3 +88,5 @@ export WORK TRAIN_IMAGES EPOCH_MODEL PYTHON OUT_DIR
 run_part epoch "${LIMITS[1]}" bash -c epoch_run
 
 run_part kd_step "${LIMITS[2]}" "$PYTHON" bench/kd_step.py "${KD_SIZE[@]}" --precisions tf32 bf16
+
+run_part cifar_loader "${LIMITS[3]}" "$PYTHON" bench/cifar_loader.py "${LOADER[@]}"

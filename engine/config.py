@@ -428,6 +428,26 @@ def to_dict(config) -> Dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+# Knobs (dotted) that say where or how a run runs, not what it trains: runs differing only in
+# these (and the seed) are one setting for the sweep and the report.
+WHERE_AND_HOW_KEYS = frozenset({
+    "name", "out_dir", "resume", "stop_after", "device", "dist_timeout", "allow_world_size_change", "paper_row",
+    "data.root", "data.download", "data.num_workers", "data.test_batch_size", "data.loader",
+    "teacher.checkpoint", "teacher.report_accuracy", "deterministic", "save_every",
+})
+
+
+def flat_dict(data: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}``: nested sections as dotted keys."""
+    flat: Dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(flat_dict(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def from_dict(schema: Type[T], data: Dict[str, Any]) -> T:
     """Rebuild a config saved by `to_dict` (for example from a checkpoint), strictly."""
     config = schema()

@@ -1,6 +1,7 @@
 """Reading and writing files that hold tensors: atomically, and never executing code."""
 import contextlib
 import errno
+import hashlib
 import os
 import pickle
 import re
@@ -96,6 +97,17 @@ def remove_stale_temporaries(folder: PathLike, names: Optional[List[str]] = None
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
+
+
+def sha256_file(path: PathLike, progress=None) -> str:
+    """The sha256 of a file, read in 1 MiB blocks (``progress.update(bytes)`` after each, if given)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+            if progress is not None:
+                progress.update(len(block))
+    return digest.hexdigest()
 
 
 def atomic_save(obj: Any, path: PathLike) -> Path:

@@ -274,3 +274,38 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+GROUP_PANELS = {"test_clean_acc": "clean accuracy", "test_robust_acc": "robust accuracy (test)",
+                "val_robust_acc": "robust accuracy (validation)", "test_top1": "top-1"}
+
+
+def plot_groups(groups: Sequence[Tuple[str, Sequence[List[Dict[str, Any]]]]], output: PathLike) -> Path:
+    """One panel per accuracy key, one colour per group of runs (the seeds of one setting): the
+    mean over the group's runs at each epoch, and a band from its lowest to its highest run."""
+    if not groups:
+        raise UserError("no finished runs to plot")
+    keys = [key for key in GROUP_PANELS
+            if any(_has_data(series(records, key)[1]) for _, runs in groups for records in runs)]
+    if not keys:
+        raise UserError("none of the runs logs test accuracy")
+    figure, axes = _new_figure(len(keys), "mean over seeds, band from the lowest to the highest run")
+    for ax, key in zip(axes, keys):
+        handles = []
+        for index, (label, runs) in enumerate(groups):
+            by_epoch: Dict[int, List[float]] = {}
+            for records in runs:
+                for epoch, value in zip(*series(records, key)):
+                    if not math.isnan(value):
+                        by_epoch.setdefault(epoch, []).append(value)
+            if not by_epoch:
+                continue
+            epochs = sorted(by_epoch)
+            colour = f"C{index % 10}"
+            handles.append(_plot(ax, (epochs, [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs]),
+                                 f"{label} ({len(runs)})", color=colour))
+            ax.fill_between(epochs, [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs],
+                            color=colour, alpha=0.2, linewidth=0)
+        _finish_axes(ax, "accuracy", handles)
+        ax.set_title(GROUP_PANELS[key], fontsize=10)
+    return _render(figure, Path(output))

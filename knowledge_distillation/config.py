@@ -25,6 +25,7 @@ from engine.config import (
     require_plain_name,
     section,
 )
+from engine.paper_rows import PAPER_ROWS
 
 
 @dataclass
@@ -131,6 +132,8 @@ class KDConfig:
     resume: bool = knob(False, "continue from <run folder>/last.pt")
     stop_after: int = knob(0, "stop after this epoch and keep last.pt, for job time limits (resume=true "
                            "continues); 0 = run to the end", valid=NON_NEGATIVE)
+    paper_row: str = knob("", "the row of the paper's tables this config reproduces (engine/paper_rows.py): "
+                          "python -m engine.report prints its published numbers beside the measured ones")
     data: KDDataConfig = section(KDDataConfig, "dataset and loaders")
     teacher: TeacherConfig = section(TeacherConfig, "the frozen teacher")
     student: StudentConfig = section(StudentConfig, "the student being trained")
@@ -148,6 +151,8 @@ class KDConfig:
 
         require_choice("method", self.method, sorted(DISTILLERS))
         require_plain_name("name", self.name)
+        if self.paper_row:
+            require_choice("paper_row", self.paper_row, sorted(PAPER_ROWS))
         require_device("device", self.device)
         require_model("student.arch", self.student.arch, self.data.dataset, {})
         if self.teacher.arch:

@@ -12,7 +12,6 @@ TensorBoard scalars and an atomically written last.pt from which ``resume=true``
 Training speed is reported per iteration, data loading and compute separately, as the
 paper's KD table compares methods by it.
 """
-import hashlib
 import re
 import sys
 import time
@@ -23,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from engine import data as data_lib
-from engine.file_io import atomic_save
+from engine.file_io import atomic_save, sha256_file
 from engine.cli import config_main
 from engine.config import to_yaml
 from engine.distributed import (
@@ -104,11 +103,7 @@ def torchvision_weights_file(arch: str, weights_name: str) -> Path:
 
 
 def require_sha256_prefix(path: Path, prefix: str) -> None:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    if not digest.hexdigest().startswith(prefix):
+    if not sha256_file(path).startswith(prefix):
         raise UserError(f"{path} does not match its published sha256 (which starts with {prefix}): the file "
                         f"was replaced or damaged; delete it and run again to fetch it anew")
 

@@ -3,9 +3,11 @@
 # scikit-learn's 8x8 digits, then the standard AutoAttack on its 450 test images, then a
 # table of clean / PGD-20 / AutoAttack accuracy and wall time.
 #
-#   bash sh/quickstart.sh              # IKL-AT + AutoAttack (a few minutes on 2 CPU cores)
-#   bash sh/quickstart.sh --compare    # also standard training and TRADES, one row each
-#   bash sh/quickstart.sh --smoke      # 1 epoch and a cheap attack list: checks the wiring only
+#   bash sh/quickstart.sh                        # IKL-AT + AutoAttack (a few minutes on 2 CPU cores)
+#   bash sh/quickstart.sh --compare              # also standard training and TRADES, one row each
+#   bash sh/quickstart.sh --compare --seeds 3    # each method with seeds 0, 1, 2 (python -m engine.sweep),
+#                                                # then python -m engine.report: mean ± std over the seeds
+#   bash sh/quickstart.sh --smoke                # 1 epoch and a cheap attack list: checks the wiring only
 #
 # Creates (or reuses) the same virtual environment as sh/test.sh. Outputs: runs/quickstart/<time>/.
 set -euo pipefail
@@ -13,12 +15,21 @@ source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 
 compare=0
 smoke=0
-for arg in "$@"; do
-    case "$arg" in
+seeds=0
+while [[ $# -gt 0 ]]; do
+    case "$1" in
         --compare) compare=1 ;;
         --smoke) smoke=1 ;;
-        *) echo "error: unknown argument '$arg'; use --compare and/or --smoke" >&2; exit 2 ;;
+        --seeds)
+            if [[ ! "${2:-}" =~ ^[1-9][0-9]*$ ]]; then
+                echo "error: --seeds needs a number of seeds, e.g. --seeds 3" >&2
+                exit 2
+            fi
+            seeds="$2"
+            shift ;;
+        *) echo "error: unknown argument '$1'; use --compare, --seeds N and/or --smoke" >&2; exit 2 ;;
     esac
+    shift
 done
 dkl_python
 
@@ -30,6 +41,26 @@ attack_args=(--version standard)
 if [[ $smoke -eq 1 ]]; then
     train_overrides+=("epochs=1")
     attack_args=(--version custom --attacks apgd-ce --n_ex 100)
+fi
+
+if [[ $seeds -gt 0 ]]; then
+    started=$SECONDS
+    for method in "${methods[@]}"; do
+        echo "== training digits_$method with seeds 0..$((seeds - 1))"
+        "$DKL_PY" -m engine.sweep --config "$DKL_ROOT/configs/adv_training/digits_$method.yaml" \
+            --seeds $(seq 0 $((seeds - 1))) "${train_overrides[@]}"
+        for run_dir in "$out/digits_$method"/seed=*; do
+            echo "== AutoAttack on $run_dir"
+            "$DKL_PY" -m adv_training.auto_attacks.eval --checkpoint "$run_dir" --which last \
+                --epsilon 0.2 --batch_size 450 --seed 0 --log_path "$run_dir/autoattack.log" \
+                --save_dir "$run_dir/adv_inputs" "${attack_args[@]}"
+        done
+    done
+    echo
+    echo "Digits (8x8 images), Linf eps 0.2; clean and PGD-20 on the 450 test images; $seeds seeds per method."
+    "$DKL_PY" -m engine.report "$out" --csv "$out/report.csv" --plot "$out/report.png"
+    echo "Wall time: $(((SECONDS - started) / 60)) min $(((SECONDS - started) % 60)) s for $((${#methods[@]} * seeds)) runs"
+    exit 0
 fi
 
 for method in "${methods[@]}"; do

@@ -28,7 +28,6 @@ config and whose weights ``--which`` picks.
 """
 import argparse
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -56,7 +55,7 @@ from adv_training.auto_attacks.resumable import (  # noqa: E402
 )
 from adv_training.config import ATConfig  # noqa: E402
 from adv_training.swa import output_path as swa_output_path  # noqa: E402
-from engine.file_io import CheckpointNotFoundError, atomic_save, atomic_write_text, writing  # noqa: E402
+from engine.file_io import CheckpointNotFoundError, atomic_save, atomic_write_text, sha256_file, writing  # noqa: E402
 from engine.data import build_test_set, first_examples  # noqa: E402
 from engine.data import num_classes as data_num_classes  # noqa: E402
 from engine.errors import UserError  # noqa: E402
@@ -212,14 +211,6 @@ def build_network(target: Target) -> nn.Module:
     return load_weights(net, target.file)
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # --- logging ---------------------------------------------------------------------------------
 
 class EvalLog:
@@ -373,7 +364,7 @@ def evaluate(args, command: str = "eval.py") -> dict:
                           device=device, seed=args.seed)
     # What identifies the evaluation for resuming (not where the files are).
     fingerprint = {
-        "checkpoint_sha256": sha256(target.file),
+        "checkpoint_sha256": sha256_file(target.file),
         "arch": target.arch,
         **target.build_kwargs,
         "data": target.dataset,

@@ -144,9 +144,9 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint
 
     real_epoch = train_module.train_one_epoch
 
-    def tracking_epoch(cfg, method, epoch, *args):
+    def tracking_epoch(cfg, method, epoch, *args, **kwargs):
         poisoned.epoch = epoch
-        return real_epoch(cfg, method, epoch, *args)
+        return real_epoch(cfg, method, epoch, *args, **kwargs)
 
     poisoned.epoch = 0
     monkeypatch.setattr(Method, "loss", poisoned)
