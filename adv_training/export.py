@@ -10,7 +10,7 @@ and AutoAttack accuracy with the files they come from (the newest AutoAttack rep
 run folder for exactly these weights, matched by sha256; else the last epoch's monitored
 numbers, said so), the resolved config, the seed and the git commit of the run.
 
-Layouts: our ``WideResNet*`` models have the keys of RobustBench's (and TRADES')
+Layouts: our ``WideResNet*`` models have the keys of RobustBench's
 ``WideResNet(depth, widen_factor, sub_block1=False)``; ``wrn-28-10-swish`` and
 ``wrn-70-16-swish`` those of ``DMWideResNet(..., activation_fn=Swish)``, whose normalisation
 ``mean`` and ``std`` RobustBench keeps in the state dict, so the export adds them. Other
@@ -31,7 +31,7 @@ import yaml
 from engine.data import num_classes as data_num_classes
 from engine.errors import UserError
 from engine.file_io import atomic_save, atomic_write_text, sha256_file, writing
-from engine.report import matching_autoattack
+from engine.report import matching_autoattack, threat_model
 from models.dm_wide_resnet import DMWideResNet
 from models.wide_resnet import WideResNet
 
@@ -70,9 +70,8 @@ def _read_json(path: Path) -> Dict[str, Any]:
 def model_card(run_dir: Path, weights: Path, which: str, arch: str, dataset: str, constructor: Optional[str],
                export: Path) -> Dict[str, Any]:
     config = _read_yaml(run_dir / "config.yaml")
-    attack, evaluation = config.get("attack") or {}, config.get("eval") or {}
-    norm = attack.get("norm", "linf")
-    epsilon = evaluation.get("epsilon") or attack.get("epsilon")
+    evaluation = config.get("eval") or {}
+    norm, epsilon = threat_model(config)
     environment = _read_json(run_dir / "environment.json")
     card: Dict[str, Any] = {
         "architecture": arch,
@@ -84,7 +83,7 @@ def model_card(run_dir: Path, weights: Path, which: str, arch: str, dataset: str
         "weights": {"run_dir": str(run_dir), "which": which, "file": weights.name, "sha256": sha256_file(weights)},
         "export": {"file": export.name, "sha256": sha256_file(export)},
     }
-    found = matching_autoattack(run_dir, weights)
+    found = matching_autoattack(run_dir, weights, norm, epsilon)
     if found is not None:
         path, report = found
         card["clean_acc"] = {"value": report["clean_acc"], "n_ex": report.get("n_ex"), "source": str(path)}
@@ -92,15 +91,18 @@ def model_card(run_dir: Path, weights: Path, which: str, arch: str, dataset: str
                                   "version": report.get("version"), "epsilon": report.get("epsilon"),
                                   "source": str(path)}
     else:
+        # The last epoch's monitor measured the model, the EMA and (at its last epoch) the epoch
+        # average as they ended; best.pt holds another epoch's weights, so it gets no number.
         final = (_read_json(run_dir / "results.json").get("final") or {})
-        prefix = {"ema": "ema_", "swa": "swa_"}.get(which, "")
-        clean = final.get(f"{prefix}test_clean_acc")
+        prefix = {"ema": "ema_", "swa": "swa_", "last": ""}.get(which)
+        clean = final.get(f"{prefix}test_clean_acc") if prefix is not None else None
         card["clean_acc"] = None if clean is None else {
             "value": clean, "n_ex": evaluation.get("num_examples"),
             "source": f"{run_dir / 'results.json'} (the last epoch's monitor)"}
         card["autoattack_acc"] = None
-        card["note"] = (f"no AutoAttack report in {run_dir} for these weights; run python -m "
-                        f"adv_training.auto_attacks.eval --checkpoint {run_dir} --which {which}, then export again")
+        card["note"] = (f"no standard AutoAttack report at this threat model in {run_dir} for these weights; run "
+                        f"python -m adv_training.auto_attacks.eval --checkpoint {run_dir} --which {which}, then "
+                        f"export again")
     card.update({"config": config, "seed": config.get("seed"), "commit": environment.get("git_commit"),
                  "torch": environment.get("torch"), "exported": datetime.now().isoformat(timespec="seconds")})
     return card

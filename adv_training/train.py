@@ -60,7 +60,7 @@ from engine.runtime import (
     prepare_runtime,
     sync_batch_norm,
 )
-from engine.optim import sgd, weight_decay_groups
+from engine.optim import sgd, use_kernel, weight_decay_groups
 from engine.schedule import learning_rate, momentum
 from losses import ClassPrior
 from models import build_model
@@ -322,6 +322,7 @@ def train(cfg: ATConfig) -> Dict[str, object]:
     if cfg.resume:
         state = resume_training_state(last_path, cfg, model, optimizer, saved_states, device=device, log=log,
                                       describe=f"model.arch={cfg.model.arch} with {cfg.data.dataset}")
+        use_kernel(optimizer, cfg.optim.implementation, device)  # the saved groups carry the old kernel's flags
         best, start_epoch = state["best"], state["epoch"] + 1
         log(f"Resumed {run_dir} after epoch {state['epoch']}")
         del state

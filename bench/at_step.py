@@ -48,6 +48,7 @@ from adv_training.train import train_one_epoch  # noqa: E402
 from engine.distributed import init_distributed, shutdown_distributed, world_size, wrap_model  # noqa: E402
 from engine.ema import ModelEMA  # noqa: E402
 from engine.optim import sgd, weight_decay_groups  # noqa: E402
+from bench.timing import timed  # noqa: E402
 from engine.runtime import compile_model, compile_seconds, configure_precision, resolve_device  # noqa: E402
 from losses import ClassPrior  # noqa: E402
 from losses.pairwise_oracle import wmse_loss_pairwise  # noqa: E402
@@ -75,20 +76,6 @@ def _setup(args, precision, device, channels_last=None, fused=False):
     return model, optimizer, prior, ema, awp, batches
 
 
-def _timed(device, iterations, body):
-    """A function that runs ``body()`` and returns seconds per iteration."""
-    def run():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        body()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - start) / iterations
-
-    return run
-
-
 def our_iterations(method, args, precision, device, channels_last=None, compiled=False):
     """Our training loop (`train_one_epoch`) over ``args.iterations`` batches, as a timed function:
     fused SGD on CUDA, and with ``compiled`` the compiled forwards."""
@@ -101,9 +88,9 @@ def our_iterations(method, args, precision, device, channels_last=None, compiled
     network = wrap_model(model, device)
     train_forward = compile_model(network, compiled)
     attack_forward = train_forward if network is model else compile_model(model, compiled)
-    run = _timed(device, args.iterations, lambda: train_one_epoch(
+    run = timed(device, args.iterations, lambda: train_one_epoch(
         cfg, build_method(cfg), EPOCHS, train_forward, batches, optimizer, prior, ema, awp, device,
-        attack_model=attack_forward))
+        attack_model=attack_forward), precision)
     run.model = model  # for tests/test_bench.py
     return run
 
@@ -147,7 +134,7 @@ def authors_iterations(args, precision, device):
             ema.update(model, EPOCHS)
             prior.update(logits_nat.detach(), y)
 
-    run = _timed(device, args.iterations, body)
+    run = timed(device, args.iterations, body, precision)
     run.model = model
     return run
 

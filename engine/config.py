@@ -434,6 +434,8 @@ WHERE_AND_HOW_KEYS = frozenset({
     "name", "out_dir", "resume", "stop_after", "device", "dist_timeout", "allow_world_size_change", "paper_row",
     "data.root", "data.download", "data.num_workers", "data.test_batch_size", "data.loader",
     "teacher.checkpoint", "teacher.report_accuracy", "deterministic", "save_every",
+    # the same training to float tolerance, only faster or checked more
+    "compile", "channels_last", "optim.implementation", "data.verify_checksum", "generated.verify_hashes",
 })
 
 

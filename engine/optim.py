@@ -29,8 +29,19 @@ def sgd(groups: List[Dict], *, lr: float, momentum: float, nesterov: bool, imple
     rounds the few multiply-adds in another order, within 1e-6 relative). ``auto`` takes
     fused on CUDA and torch's own default elsewhere, so CPU runs keep their exact numbers.
     """
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, **kernel_options(implementation, device))
+
+
+def kernel_options(implementation: str, device: torch.device) -> Dict:
+    """SGD's ``fused`` and ``foreach`` for ``implementation`` on ``device``."""
     if implementation == "auto":
         implementation = "fused" if device.type == "cuda" else "default"
-    options = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False},
-               "default": {}}[implementation]
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, **options)
+    return {"fused": {"fused": True, "foreach": None}, "foreach": {"fused": None, "foreach": True},
+            "for_loop": {"fused": None, "foreach": False}, "default": {"fused": None, "foreach": None}}[implementation]
+
+
+def use_kernel(optimizer: torch.optim.Optimizer, implementation: str, device: torch.device) -> None:
+    """Set the update kernel again after ``optimizer.load_state_dict``, which brings back the saved
+    groups' ``fused``/``foreach`` (a run resumed with another optim.implementation would keep the old)."""
+    for group in optimizer.param_groups:
+        group.update(kernel_options(implementation, device))

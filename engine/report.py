@@ -38,13 +38,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from .config import WHERE_AND_HOW_KEYS, flat_dict
 from .errors import UserError
 from .file_io import atomic_write_text, sha256_file
 from .metrics import read_metrics
 from .paper_rows import paper_values
+from .sweep import setting
 
-NOT_THE_SETTING = WHERE_AND_HOW_KEYS | {"seed"}  # runs differing only in these are seeds of one setting
 # AutoAttack's --which for the weights each --which of the report stands for.
 AUTOATTACK_WEIGHTS = {"model": "last", "ema": "ema", "swa": "swa"}
 
@@ -113,18 +112,35 @@ def autoattack_reports(run_dir: Path) -> List[Tuple[Path, Dict[str, Any]]]:
     return sorted(reports, key=lambda item: str(item[1].get("finished", "")), reverse=True)
 
 
-def matching_autoattack(run_dir: Path, weights: Path) -> Optional[Tuple[Path, Dict[str, Any]]]:
-    """The newest AutoAttack report in ``run_dir`` that evaluated exactly the file ``weights`` (by sha256)."""
+def threat_model(config: Dict[str, Any]) -> Tuple[str, Optional[float]]:
+    """(norm, epsilon) a run was trained for and is evaluated at: eval.epsilon, else attack.epsilon."""
+    attack, evaluation = config.get("attack") or {}, config.get("eval") or {}
+    epsilon = evaluation.get("epsilon") if evaluation.get("epsilon") is not None else attack.get("epsilon")
+    return str(attack.get("norm", "linf")).lower(), epsilon
+
+
+def is_standard_autoattack(report: Dict[str, Any], norm: str, epsilon: Optional[float]) -> bool:
+    """The standard AutoAttack (all four attacks) at the run's own threat model: what the column reports."""
+    return (report.get("version") == "standard" and str(report.get("norm", "")).lower() == norm
+            and epsilon is not None and abs(float(report.get("epsilon", -1)) - float(epsilon)) < 1e-9)
+
+
+def matching_autoattack(run_dir: Path, weights: Path, norm: str,
+                        epsilon: Optional[float]) -> Optional[Tuple[Path, Dict[str, Any]]]:
+    """The newest standard AutoAttack report at (norm, epsilon) in ``run_dir`` that evaluated
+    exactly the file ``weights`` (by sha256)."""
     digest = sha256_file(weights)
     return next(((path, report) for path, report in autoattack_reports(run_dir)
-                 if report["checkpoint_sha256"] == digest), None)
+                 if report["checkpoint_sha256"] == digest and is_standard_autoattack(report, norm, epsilon)), None)
 
 
 def autoattack_accuracy(run: Run, which: str) -> Optional[float]:
-    """Robust accuracy of the newest AutoAttack report in the run folder for the weights ``which``
-    stands for, when those weights are still the ones it evaluated (same sha256)."""
+    """Robust accuracy of the newest standard AutoAttack report (at the run's threat model) in the
+    run folder for the weights ``which`` stands for, when those weights are still the ones it
+    evaluated (same sha256). Quick checks (custom attack lists, other budgets) do not count."""
+    norm, epsilon = threat_model(run.config)
     for path, report in autoattack_reports(run.path):
-        if report["which"] != AUTOATTACK_WEIGHTS[which]:
+        if report["which"] != AUTOATTACK_WEIGHTS[which] or not is_standard_autoattack(report, norm, epsilon):
             continue
         weights = run.path / Path(report["checkpoint_file"]).name  # the run folder's file, wherever it was read from
         if weights.is_file() and sha256_file(weights) == report["checkpoint_sha256"]:
@@ -173,10 +189,10 @@ def _label(run: Run) -> str:
 def group_runs(runs: Sequence[Run]) -> List[Group]:
     groups: Dict[str, Group] = {}
     for run in runs:
-        setting = {key: value for key, value in flat_dict(run.config).items() if key not in NOT_THE_SETTING}
-        key = json.dumps([run.task, setting], sort_keys=True, default=str)
+        trained = {key: value for key, value in setting(run.task, run.config).items() if key != "seed"}
+        key = json.dumps([run.task, trained], sort_keys=True, default=str)
         if key not in groups:
-            groups[key] = Group(_label(run), [], setting)
+            groups[key] = Group(_label(run), [], trained)
         groups[key].runs.append(run)
     labels: Dict[str, int] = {}
     for group in groups.values():  # two settings under one name: tell them apart
@@ -223,7 +239,9 @@ def table(groups: Sequence[Group], which: str) -> Tuple[str, List[Dict[str, Any]
         headers = [name for _, name in columns]
         if task == "adv_training":
             steps = {(g.runs[0].config.get("eval") or {}).get("pgd_steps") for g in selected}
-            headers[1] = f"PGD-{steps.pop()}" if len(steps) == 1 else "PGD"
+            splits = {(g.runs[0].config.get("eval") or {}).get("split", "test") for g in selected}
+            headers[1] = (f"PGD-{steps.pop()}" if len(steps) == 1 else "PGD") + (
+                f" ({splits.pop()})" if len(splits) == 1 and "validation" in splits else "")
             images = {run.autoattack_images for g in selected for run in g.finished if run.autoattack_images}
             if len(images) == 1:
                 headers[2] = f"AutoAttack ({images.pop()} images)"
@@ -232,8 +250,11 @@ def table(groups: Sequence[Group], which: str) -> Tuple[str, List[Dict[str, Any]
         else:
             paper_header = "paper top-1"
             title = "Knowledge distillation (student top-1, %)"
-        lines += [f"**{title}**", "", "| setting | runs | " + " | ".join(headers) + f" | {paper_header} |",
-                  "|---|---|" + "---:|" * len(headers) + "---|"]
+        papers = {id(group): paper_cell(group) for group in selected}
+        with_paper = any(source for _, source in papers.values())  # no empty column for rows the paper lacks
+        lines += [f"**{title}**", "", "| setting | runs | " + " | ".join(headers)
+                  + (f" | {paper_header} |" if with_paper else " |"),
+                  "|---|---|" + "---:|" * len(headers) + ("---|" if with_paper else "")]
         for group in selected:
             finished = group.finished
             count = f"{len(finished)}" + (f" (+{len(group.running)} running)" if group.running else "")
@@ -248,13 +269,13 @@ def table(groups: Sequence[Group], which: str) -> Tuple[str, List[Dict[str, Any]
                     continue
                 cell = f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
                 cells.append(cell + (f" (n={len(values)})" if len(values) != len(finished) else ""))
-            paper, source = paper_cell(group)
+            paper, source = papers[id(group)]
             if source:
                 if source not in sources:
                     sources.append(source)
                 paper += f" [{sources.index(source) + 1}]"
             row["paper"], row["paper_source"] = paper, source or ""
-            lines.append(f"| {group.label} | {count} | " + " | ".join(cells) + f" | {paper} |")
+            lines.append(f"| {group.label} | {count} | " + " | ".join(cells) + (f" | {paper} |" if with_paper else " |"))
             rows.append(row)
         lines.append("")
     lines += [f"[{number}] {source}" for number, source in enumerate(sources, start=1)]

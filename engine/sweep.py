@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from .config import WHERE_AND_HOW_KEYS, ConfigError, flat_dict, load_config, to_dict
+from .config import WHERE_AND_HOW_KEYS, ConfigError, flat_dict, from_dict, load_config, to_dict
 from .errors import UserError
 
 # task -> (training module, config schema)
@@ -108,22 +108,40 @@ def folder_name(setting: Sequence[Tuple[str, str]], seed: int) -> str:
     return re.sub(r"[^A-Za-z0-9._=+,-]", "_", ",".join(parts))
 
 
-def require_same_setting(run_dir: Path, planned: Dict) -> None:
-    """A finished run is skipped only when it trained what the sweep asks for now."""
+def schema_of(task: str):
+    module, name = TASKS[task][1].split(":")
+    return getattr(import_module(module), name)
+
+
+def setting(task: str, config: Dict) -> Dict:
+    """What a run trains: its saved config (completed with the schema's defaults, so that a config
+    written before a knob existed compares equal) as dotted keys, minus where and how it ran."""
     try:
-        saved = flat_dict(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {})
+        config = to_dict(from_dict(schema_of(task), config))
+    except ConfigError:  # a config of another version: compared as it is
+        pass
+    return {key: value for key, value in flat_dict(config).items() if key not in WHERE_AND_HOW_KEYS}
+
+
+def require_same_setting(run_dir: Path, task: str, planned: Dict, status: str) -> None:
+    """A run folder is skipped or resumed only when it trains what the sweep asks for now."""
+    try:
+        saved = setting(task, yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {})
     except (OSError, yaml.YAMLError):
-        saved = {}
-    planned = flat_dict(planned)
-    differing = sorted(key for key in set(saved) | set(planned)
-                       if key not in WHERE_AND_HOW_KEYS and saved.get(key) != planned.get(key))
+        return  # no readable config (killed before writing it): the trainer starts or resumes afresh
+    planned = setting(task, planned)
+    differing = sorted(key for key in set(saved) | set(planned) if saved.get(key) != planned.get(key))
     if differing:
-        raise UserError(f"{run_dir} holds a finished run of another setting (it differs in "
+        kind = "finished" if status == "finished" else "interrupted"
+        raise UserError(f"{run_dir} holds a {kind} run of another setting (it differs in "
                         f"{', '.join(differing[:5])}); remove it, or give the sweep another out_dir")
 
 
-def plan(config: Path, schema, seeds: Sequence[int], overrides: Sequence[str]) -> List[PlannedRun]:
+def plan(config: Path, task: str, seeds: Sequence[int], overrides: Sequence[str]) -> List[PlannedRun]:
     """Every run of the sweep, its config resolved (so that a bad key fails before any run)."""
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds {' '.join(map(str, seeds))} repeats a seed; give each seed once")
+    schema = schema_of(task)
     fixed, axes = parse_overrides(overrides)
     base = load_config(schema, config, fixed)
     sweep_dir = Path(base.out_dir) / (base.name or re.sub(r"_seed\d+$", "", base.run_name()))
@@ -150,8 +168,8 @@ def plan(config: Path, schema, seeds: Sequence[int], overrides: Sequence[str]) -
             run_dir = sweep_dir / name
             status = ("finished" if (run_dir / "results.json").is_file()
                       else "resume" if (run_dir / "last.pt").is_file() else "start")
-            if status == "finished":
-                require_same_setting(run_dir, to_dict(resolved))
+            if status != "start":
+                require_same_setting(run_dir, task, to_dict(resolved), status)
             runs.append(PlannedRun(run_dir, run_overrides, status))
     return runs
 
@@ -182,15 +200,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if not args.config.is_file():
             raise UserError(f"config file not found: {args.config}")
-        module, schema_path = TASKS[infer_task(args.config, args.task)]
-        schema_module, schema_name = schema_path.split(":")
-        schema = getattr(import_module(schema_module), schema_name)
-        nproc = int(os.environ.get("NPROC", "1") or 1)
-        if int(os.environ.get("NNODES", "1") or 1) > 1:
+        task = infer_task(args.config, args.task)
+        module, schema = TASKS[task][0], schema_of(task)
+        nproc, nnodes = (os.environ.get(name, "1") or "1" for name in ("NPROC", "NNODES"))
+        if not (nproc.isdigit() and nnodes.isdigit() and int(nproc) >= 1):
+            raise UserError(f"NPROC={nproc} and NNODES={nnodes} must be whole numbers of at least 1")
+        nproc = int(nproc)
+        if int(nnodes) > 1:
             raise UserError("the sweep starts runs on this node only (NPROC processes each); for several nodes, "
                             "print the commands (--print) and start each on every node with the launchers' NNODES")
         seeds = [int(seed) for seed in args.seeds] if args.seeds is not None else [load_config(schema, args.config).seed]
-        runs = plan(args.config, schema, seeds, args.overrides)
+        runs = plan(args.config, task, seeds, args.overrides)
     except (UserError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

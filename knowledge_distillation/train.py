@@ -45,7 +45,7 @@ from engine.run import (
     resume_training_state,
     training_state,
 )
-from engine.optim import sgd, weight_decay_groups
+from engine.optim import sgd, use_kernel, weight_decay_groups
 from engine.runtime import (
     autocast,
     compile_model,
@@ -292,6 +292,7 @@ def train(cfg: KDConfig) -> Dict[str, object]:
     if cfg.resume:
         state = resume_training_state(last_path, cfg, student, optimizer, {"prior": prior}, device=device, log=log,
                                       describe=f"student.arch={cfg.student.arch}")
+        use_kernel(optimizer, cfg.optim.implementation, device)  # the saved groups carry the old kernel's flags
         best, start_epoch = state["best"], state["epoch"] + 1
         log(f"Resumed {run_dir} after epoch {state['epoch']}")
         del state

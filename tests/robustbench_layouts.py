@@ -3,8 +3,8 @@ module names, the pre-activation blocks, DeepMind's explicit 'SAME' padding and 
 normalisation buffers in the state dict), independently of models/: what an export must load
 into strictly.
 
-* ``RBWideResNet(depth, widen_factor, num_classes)``: RobustBench's (and TRADES')
-  ``WideResNet`` with ``sub_block1=False``: conv1, block{1,2,3}.layer.<i>.{bn1, conv1, bn2,
+* ``RBWideResNet(depth, widen_factor, num_classes)``: RobustBench's ``WideResNet`` with
+  ``sub_block1=False``: conv1, block{1,2,3}.layer.<i>.{bn1, conv1, bn2,
   conv2, convShortcut}, bn1, fc; global average pooling of the 8x8 map.
 * ``RBDMWideResNet(num_classes, depth, width, mean, std)``: RobustBench's ``DMWideResNet``
   with Swish: mean and std as persistent buffers, init_conv, layer.<g>.block.<i>.{batchnorm_0,

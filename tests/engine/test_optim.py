@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from engine.optim import sgd, weight_decay_groups
+from engine.optim import sgd, use_kernel, weight_decay_groups
 from models import build_model
 
 
@@ -52,3 +52,17 @@ def test_auto_sgd_is_torchs_default_on_the_cpu():
     optimizer = sgd([{"params": [nn.Parameter(torch.ones(2))]}], lr=0.1, momentum=0.9, nesterov=False,
                     implementation="auto", device=torch.device("cpu"))
     assert not optimizer.defaults["fused"] and optimizer.defaults["foreach"] is None
+
+
+def test_a_resumed_optimizer_takes_the_kernel_asked_for_now():
+    parameter = nn.Parameter(torch.ones(3))
+    saved = sgd([{"params": [parameter]}], lr=0.1, momentum=0.9, nesterov=False, implementation="for_loop",
+                device=torch.device("cpu"))
+    parameter.grad = torch.ones(3)
+    saved.step()
+    resumed = sgd([{"params": [parameter]}], lr=0.1, momentum=0.9, nesterov=False, implementation="fused",
+                  device=torch.device("cpu"))
+    resumed.load_state_dict(saved.state_dict())
+    assert resumed.param_groups[0]["fused"] is None  # torch brings the saved flags back
+    use_kernel(resumed, "fused", torch.device("cpu"))
+    assert resumed.param_groups[0]["fused"] is True and resumed.param_groups[0]["foreach"] is None
