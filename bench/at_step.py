@@ -48,8 +48,8 @@ from adv_training.train import train_one_epoch  # noqa: E402
 from engine.distributed import init_distributed, shutdown_distributed, world_size, wrap_model  # noqa: E402
 from engine.ema import ModelEMA  # noqa: E402
 from engine.optim import sgd, weight_decay_groups  # noqa: E402
-from bench.timing import timed  # noqa: E402
-from engine.runtime import compile_model, compile_seconds, configure_precision, resolve_device  # noqa: E402
+from bench.timing import interleaved_medians, timed  # noqa: E402
+from engine.runtime import compile_model, configure_precision, resolve_device  # noqa: E402
 from losses import ClassPrior  # noqa: E402
 from losses.pairwise_oracle import wmse_loss_pairwise  # noqa: E402
 from models import build_model  # noqa: E402
@@ -235,20 +235,11 @@ def main():
                         "our IKL": our_iterations("ikl", args, precision, device, channels_last)})
         if args.compile and precision == args.precisions[-1]:
             runners["our IKL, compiled"] = our_iterations("ikl", args, precision, device, channels_last, compiled=True)
-        compiling = {}
-        for name, run in runners.items():
-            before = compile_seconds()
-            run()  # warm-up: allocator, cuDNN autotuning, compilation
-            compiling[name] = compile_seconds() - before
-        times = {name: [] for name in runners}
-        for _ in range(args.repeats):  # interleaved: A, B, C, A, B, C, ...
-            for name, run in runners.items():
-                times[name].append(run())
-        if "authors' IKL loop" in times:
-            authors[precision] = statistics.median(times["authors' IKL loop"])
+        medians, compiling = interleaved_medians(runners, args.repeats)
+        if "authors' IKL loop" in medians:
+            authors[precision] = medians["authors' IKL loop"]
         reference = precision if precision in authors else ("tf32" if "tf32" in authors else "fp32")
-        for name, values in times.items():
-            value = statistics.median(values)
+        for name, value in medians.items():
             speedup = "—"
             if reference in authors:
                 speedup = f"{authors[reference] / value:.2f}x" + ("" if reference == precision else f" (vs {reference})")

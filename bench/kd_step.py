@@ -31,7 +31,6 @@ MobileNetV1 on 4 RTX 3090s at batch 512; the table prints them beside ours.
 Prints Markdown tables; asserts nothing.
 """
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -45,8 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine import data as data_lib  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.optim import sgd, weight_decay_groups  # noqa: E402
-from bench.timing import timed  # noqa: E402
-from engine.runtime import compile_model, compile_seconds, configure_precision, resolve_device  # noqa: E402
+from bench.timing import interleaved_medians, timed  # noqa: E402
+from engine.runtime import compile_model, configure_precision, resolve_device  # noqa: E402
 from knowledge_distillation.config import KDConfig  # noqa: E402
 from knowledge_distillation.distillers import build_distiller  # noqa: E402
 from knowledge_distillation.train import train_one_epoch  # noqa: E402
@@ -208,20 +207,10 @@ def main():
         if args.compile:
             runners["ours, compiled|bf16 + channels_last"] = our_iterations(pair_config(pair, "bf16", True, True),
                                                                            args, device)
-        compiling = {}
-        for key, run in runners.items():
-            before = compile_seconds()
-            run()  # warm-up: allocator, cuDNN autotuning, compilation
-            compiling[key] = compile_seconds() - before
-        times = {key: [] for key in runners}
-        for _ in range(args.repeats):  # interleaved: A, B, C, A, B, C, ...
-            for key, run in runners.items():
-                times[key].append(run())
-        baselines = {key.split("|")[1]: statistics.median(values) for key, values in times.items()
-                     if key.startswith("authors'")}
-        for key, values in times.items():
+        medians, compiling = interleaved_medians(runners, args.repeats)
+        baselines = {key.split("|")[1]: value for key, value in medians.items() if key.startswith("authors'")}
+        for key, value in medians.items():
             loop, precision = key.split("|")
-            value = statistics.median(values)
             # bf16 rows: against the authors' TF32 (their code has no bf16), else their fp32
             reference = precision if precision in baselines else ("tf32" if "tf32" in baselines else "fp32")
             speedup = "—"

@@ -161,6 +161,8 @@ def read_run(path: Path, which: str) -> Run:
     run = Run(path, task, config, finished=results is not None,
               epochs_done=max((int(r["epoch"]) for r in records), default=0), records=records)
     if results is None:
+        if (path / "results.json").exists():
+            run.notes.append(f"{path / 'results.json'} cannot be read (damaged?): the run is listed as in progress")
         return run
     final = results.get("final") or {}
     if task == "knowledge_distillation":

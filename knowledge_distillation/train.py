@@ -201,7 +201,7 @@ def train_one_epoch(
         # Compiled forwards are specialised to the batch shape: a last, smaller batch runs eagerly.
         same_shape = targets.numel() == full_size
         student_net = student if same_shape else eager(student)
-        teacher_net = teacher if same_shape or teacher is None else eager(teacher)
+        teacher_net = teacher if same_shape else eager(teacher)  # eager(None) is None
 
         with autocast(device, cfg.precision):
             logits_teacher, teacher_bad = None, no_teacher
