@@ -18,6 +18,7 @@ same tensor each time, and no gradient with respect to ``x_adv`` flows through i
 computing it once changes nothing but the cost.
 """
 import contextlib
+import math
 from typing import Callable, Iterator, Optional
 
 import torch
@@ -74,52 +75,116 @@ def _per_sample_norm(tensor: torch.Tensor) -> torch.Tensor:
     return norms.view(-1, *([1] * (tensor.dim() - 1)))
 
 
-def _random_start(x: torch.Tensor, eps: float, norm: str, random_start: str, init_std: float,
-                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def _random_start(x: torch.Tensor, eps: float, norm: str, random_start: str, init_std: float) -> torch.Tensor:
     if random_start == "none":
         return x.clone()
     if random_start == "normal":
         # The TRADES/reference start: tiny Gaussian noise, neither clamped to [0, 1] nor
         # projected (the first step's projection and clamp take care of both).
-        return x + init_std * torch.empty_like(x).normal_(generator=generator)
+        return x + init_std * torch.empty_like(x).normal_()
     if norm == "linf":
-        delta = torch.empty_like(x).uniform_(-eps, eps, generator=generator)
+        delta = torch.empty_like(x).uniform_(-eps, eps)
     else:
         # Uniform radius in [0, eps] along a uniformly random direction.
-        direction = torch.empty_like(x).normal_(generator=generator)
+        direction = torch.empty_like(x).normal_()
         norms = _per_sample_norm(direction)
         direction = direction / torch.where(norms > 0, norms, torch.ones_like(norms))
-        radius = eps * torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device, dtype=x.dtype,
-                                  generator=generator)
+        radius = eps * torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device, dtype=x.dtype)
         delta = radius * direction
     return (x + delta).clamp(0.0, 1.0)
 
 
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, constant: int) -> torch.Tensor:
+    """``(x * constant) mod 2**32`` for int64 ``x`` in [0, 2**32), in halves so that no product
+    leaves int64: exact, and the same, on every device."""
+    low, high = x & 0xFFFF, x >> 16
+    return (low * constant + (((high * constant) & 0xFFFF) << 16)) & _MASK32
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (C. Wellons' "lowbias32"): each input bit flips about half of the
+    output bits, so neighbouring counters and keys give unrelated numbers."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def keyed_uniform(keys: torch.Tensor, seed: int, count: int, stream: int = 0) -> torch.Tensor:
+    """[len(keys), count] float32 numbers in [0, 1), row b a function of (``seed``, ``keys[b]``,
+    ``stream``) only: a counter-based generator, drawn for a whole batch at once.
+
+    Number i of row b is ``hash(hash(stream * count + i) xor hash(k_b)) >> 8`` over 2**24,
+    with ``k_b = (seed * START_SEED_STRIDE + keys[b]) mod 2**32``; integers and the final
+    scaling are exact, so the bits are the same on every device and in any batch.
+    """
+    offset = (seed * START_SEED_STRIDE) % 2**32
+    key_hash = _hash32((keys.to(torch.int64) + offset) & _MASK32)
+    counter = _hash32(torch.arange(stream * count, (stream + 1) * count, device=keys.device, dtype=torch.int64)
+                      & _MASK32)
+    bits = _hash32(counter.unsqueeze(0) ^ key_hash.unsqueeze(1))
+    return (bits >> 8).to(torch.float32) * 2.0**-24
+
+
+def _keyed_normal(keys: torch.Tensor, seed: int, count: int, stream: int) -> torch.Tensor:
+    """Standard normal numbers from two keyed uniform streams (Box-Muller)."""
+    radius = torch.sqrt(-2.0 * torch.log1p(-keyed_uniform(keys, seed, count, stream)))  # log of (0, 1]
+    return radius * torch.cos(2 * math.pi * keyed_uniform(keys, seed, count, stream + 1))
+
+
 def _keyed_random_start(x: torch.Tensor, keys: torch.Tensor, seed: int, eps: float, norm: str, random_start: str,
                         init_std: float) -> torch.Tensor:
-    """Each sample's start drawn from its own generator, seeded by (``seed``, its key):
-    ``(seed * START_SEED_STRIDE + key) mod 2**32``.
+    """Each sample's start drawn from its key (`keyed_uniform`), for the whole batch at once.
 
     So a sample (keyed by its index in the dataset) starts from the same point whatever the
-    batch it comes in, the batch size, the number of processes or the memory format (the
-    device's generator draws: a CUDA run's starts differ from a CPU run's).
+    batch it comes in, the batch size, the number of processes or the memory format, and the
+    uniform l_inf start of the PGD monitor is the same on the CPU and on a GPU (normal draws,
+    through log and cos, may differ there in the last bit).
     """
     if keys.shape != (x.shape[0],):
         raise ValueError(f"start_keys must hold one key per sample ({x.shape[0]}), got shape {tuple(keys.shape)}")
     if seed < 0:
         raise ValueError(f"start_seed must be non-negative, got {seed}")
-    starts = []
-    for sample, key in zip(x.split(1), keys.tolist()):
-        if not 0 <= key < 2**32:
-            raise ValueError(f"start keys must lie in [0, 2**32), got {key}")
-        generator = torch.Generator(device=x.device)
-        # The CPU generator (MT19937) keeps 32 bits of its seed: distinct keys of one run give
-        # distinct seeds, and the keys of seed s + 1 are those of s shifted by a million.
-        generator.manual_seed((seed * START_SEED_STRIDE + key) % 2**32)
-        # Drawn in the standard layout: a channels_last sample would take the same numbers in
-        # another order (the draws follow memory), and so another start.
-        starts.append(_random_start(sample.contiguous(), eps, norm, random_start, init_std, generator))
-    return torch.empty_like(x).copy_(torch.cat(starts))  # back in x's memory format
+    if keys.numel() and not (0 <= int(keys.min()) and int(keys.max()) < 2**32):
+        raise ValueError(f"start keys must lie in [0, 2**32), got values from {int(keys.min())} to {int(keys.max())}")
+    keys = keys.to(x.device)
+    shape, count = (x.shape[0], *x.shape[1:]), x[0].numel()
+    plain = x.contiguous()  # drawn in the standard layout: channels_last would take them in another order
+    if random_start == "none":
+        start = plain.clone()
+    elif random_start == "normal":
+        start = plain + init_std * _keyed_normal(keys, seed, count, stream=0).view(shape).to(x.dtype)
+    elif norm == "linf":
+        start = (plain + (2 * keyed_uniform(keys, seed, count).view(shape).to(x.dtype) - 1) * eps).clamp(0.0, 1.0)
+    else:
+        direction = _keyed_normal(keys, seed, count, stream=0).view(shape).to(x.dtype)
+        norms = _per_sample_norm(direction)
+        direction = direction / torch.where(norms > 0, norms, torch.ones_like(norms))
+        radius = eps * keyed_uniform(keys, seed, 1, stream=2).view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+        start = (plain + radius * direction).clamp(0.0, 1.0)
+    return torch.empty_like(x).copy_(start)  # back in x's memory format
+
+
+@contextlib.contextmanager
+def parameters_frozen(model: nn.Module) -> Iterator[None]:
+    """No parameter of ``model`` requires grad inside; each one's flag is restored after, also on error.
+
+    An attack differentiates with respect to the input only. Eager autograd then skips the
+    weight gradients by itself, but a compiled model's backward is traced for every input that
+    requires grad: with the weights requiring it, each PGD step would pay a full backward.
+    """
+    flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+    try:
+        for parameter, _ in flags:
+            parameter.requires_grad_(False)
+        yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
 
 
 def pgd(
@@ -163,19 +228,20 @@ def pgd(
         eval_mode: run the model in eval mode during the attack (`attack_mode`).
         freeze_bn_stats: with ``eval_mode=False``, BatchNorm does not update its running
             statistics during the attack (`attack_mode`).
-        start_keys: one non-negative integer per sample (its index in the dataset, on the
-            CPU): the random start of a sample is then drawn from a generator seeded by
-            (``start_seed``, key), not from the global RNG, and is the same in any batch and
-            in any process. Without it, starts come from the global RNG.
+        start_keys: one integer in [0, 2**32) per sample (its index in the dataset, on the
+            CPU): the random start of a sample is then a function of (``start_seed``, key)
+            (`keyed_uniform`), not a draw of the global RNG, and is the same in any batch
+            and in any process. Without it, starts come from the global RNG.
 
     ``steps == 0`` or ``eps == 0`` returns a detached copy of ``x`` itself, without the
     random start: with no step, the start noise would be an unprojected perturbation (and
     for ``"normal"`` possibly outside [0, 1]); with a zero radius every projection maps
     back to ``x`` anyway, which is what an epsilon schedule starting at 0 needs.
 
-    Gradients are taken with `torch.autograd.grad` with respect to ``x_adv`` only, so no
-    parameter's ``.grad`` is created or changed, and the attack works whether or not the
-    caller is inside ``torch.no_grad()``. Under ``torch.autocast`` the model runs in
+    Gradients are taken with `torch.autograd.grad` with respect to ``x_adv`` only, with no
+    parameter requiring grad meanwhile (`parameters_frozen`), so no parameter's ``.grad`` is
+    created or changed, a compiled model computes no weight gradient, and the attack works
+    whether or not the caller is inside ``torch.no_grad()``. Under ``torch.autocast`` the model runs in
     reduced precision while ``x_adv`` and its updates stay in the dtype of ``x``.
     """
     if norm not in NORMS:
@@ -191,7 +257,7 @@ def pgd(
     if steps == 0 or eps == 0:
         return x.clone()
 
-    with attack_mode(model, eval_mode, freeze_bn_stats):
+    with attack_mode(model, eval_mode, freeze_bn_stats), parameters_frozen(model):
         if start_keys is None:
             x_adv = _random_start(x, eps, norm, random_start, init_std)
         else:

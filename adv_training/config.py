@@ -24,6 +24,7 @@ from engine.config import (
     require_increasing,
     require_model,
     require_device,
+    require_not_both_compile_and_sync_bn,
     require_plain_name,
     section,
 )
@@ -214,7 +215,14 @@ class ATConfig:
     seed: int = knob(0, "seed of every random number generator (set once, in engine.runtime)", valid=SEED)
     deterministic: bool = knob(False, "deterministic kernels (slower; needed for bit-exact resume on GPU)")
     device: str = knob("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
-    precision: Literal["fp32", "tf32", "bf16"] = knob("fp32", "bf16 autocasts training and attacks; evaluation is fp32")
+    precision: Literal["fp32", "tf32", "bf16"] = knob(
+        "fp32", "fp32 = strict float32; tf32 = TF32 matrix products and convolutions (Ampere GPUs and later); bf16 = "
+        "bf16 autocast for training and attacks (stem and head in float32), TF32 elsewhere, the per-epoch monitor "
+        "included; AutoAttack always evaluates in float32")
+    bf16_min_eps: float = knob(
+        1 / 255, "precision=bf16: epochs whose attack budget eps_t is below this train and attack in TF32 instead "
+        "(bf16's rounding hides smaller perturbations: the README's 'Precision' table); 0 = bf16 throughout",
+        valid=Range(0, 1))
     channels_last: bool = knob(False, "NHWC memory format (faster convolutions on recent GPUs)")
     compile: bool = knob(False, "torch.compile the model for the attack and training forwards (the first epoch "
                          "compiles, reported as compile_seconds; a last smaller batch runs uncompiled)")
@@ -258,6 +266,7 @@ class ATConfig:
         if self.paper_row:
             require_choice("paper_row", self.paper_row, sorted(PAPER_ROWS))
         require_device("device", self.device)
+        require_not_both_compile_and_sync_bn(self.compile, self.sync_bn)
         require_model("model.arch", self.model.arch, self.data.dataset, self.model.build_kwargs())
         require_increasing("optim.milestones", self.optim.milestones)
         if self.attack.norm == "linf":

@@ -362,6 +362,10 @@ class MixedBatchSampler(Sampler["BatchKey"]):
         for number, batch in enumerate(self.global_batches()):
             yield BatchKey(self.epoch, number, self.batch_size, start, batch[start:end].tolist())
 
+    def global_sizes(self) -> List[int]:
+        """The size of every global batch of an epoch: all are full."""
+        return [self.batch_size] * self.epoch_batches
+
     def __len__(self) -> int:
         return self.epoch_batches
 

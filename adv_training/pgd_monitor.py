@@ -1,11 +1,14 @@
-"""The per-epoch monitor: clean and PGD accuracy on a test subset, in float32 and eval mode.
+"""The per-epoch monitor: clean and PGD accuracy on a test subset, without autocast, in eval mode.
 
 It tracks training and picks best.pt; the robustness number to report is AutoAttack's
-(`adv_training.auto_attacks`).
+(`adv_training.auto_attacks`, always strict float32). It runs at the run's float32 matrix
+precision (`engine.runtime.configure_precision`): TF32 in tf32 and bf16 runs, where a strict
+float32 monitor would cost a large share of a bf16 epoch and TF32's products keep the
+budget of 8/255 (far above TF32's rounding of the images), strict float32 in fp32 runs.
 
-The attack's random start of each test image is drawn from a generator seeded by the run's
-seed and the image's index (`adv_training.attacks.pgd`'s ``start_keys``), not from the
-training RNG. So the monitor gives the same number under any number of processes (with the
+The attack's random start of each test image is a function of the run's seed and the
+image's index (`adv_training.attacks.pgd`'s ``start_keys``), drawn for a whole batch at once,
+not from the training RNG. So the monitor gives the same number under any number of processes (with the
 batches of `engine.data.make_eval_loader`, each computed as one process computes it), the
 same images start from the same points at every epoch, and evaluating does not move the
 training's random stream.

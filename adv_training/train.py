@@ -101,19 +101,31 @@ def attack_budget(attack: AttackConfig, epoch: int, epochs: int) -> Tuple[float,
     return eps_t, attack.step_size, attack.steps
 
 
+def epoch_precision(precision: str, eps_t: float, bf16_min_eps: float, attacks: bool) -> str:
+    """The precision an epoch trains and attacks in: ``precision``, except that a bf16 run
+    trains in TF32 while its attack budget is below ``bf16_min_eps`` (bf16's rounding of the
+    activations then hides most of the perturbation: README, "Precision")."""
+    if precision == "bf16" and attacks and eps_t < bf16_min_eps * (1 - 1e-9):  # 8/255 * 25/200 is 1/255
+        return "tf32"
+    return precision
+
+
 def _to_device(batch, device, channels_last: bool):
-    """Images (one view, or the two views concatenated) and labels on the device."""
+    """Images (one view, or the two views concatenated) and labels on the device.
+
+    The views are copied one by one from the loader's pinned memory and joined on the device:
+    joined on the host, they would be a new tensor in pageable memory, whose copy blocks."""
     images, targets = batch
-    if isinstance(images, (list, tuple)):  # dual view: [basic, augmented]
-        basic_size = images[0].shape[0]
-        images = torch.cat(list(images), dim=0)
-        targets = torch.cat([targets, targets], dim=0)
-    else:
-        basic_size = images.shape[0]
-    images = as_float_images(images.to(device, non_blocking=True))  # generated-data batches come as uint8
+    views = list(images) if isinstance(images, (list, tuple)) else [images]  # dual view: [basic, augmented]
+    basic_size = views[0].shape[0]
+    views = [view.to(device, non_blocking=True) for view in views]
+    images = as_float_images(views[0] if len(views) == 1 else torch.cat(views))  # generated data comes as uint8
+    targets = targets.to(device, non_blocking=True)
+    if len(views) > 1:
+        targets = torch.cat([targets] * len(views))
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    return images, targets.to(device, non_blocking=True), basic_size
+    return images, targets, basic_size
 
 
 def train_one_epoch(
@@ -135,6 +147,8 @@ def train_one_epoch(
     attacked = attack_model if attack_model is not None else model
     full_size = None
     eps_t, step_size, steps = attack_budget(cfg.attack, epoch, cfg.epochs)
+    precision = epoch_precision(cfg.precision, eps_t, cfg.bf16_min_eps, method.attacks)
+    global_sizes = data_lib.global_batch_sizes(loader)  # None in one process
     use_awp = awp is not None and epoch >= cfg.awp.warmup
     # Sums stay on the device and are read every PROGRESS_EVERY batches, not every batch.
     sums = RunningSums(("loss", "natural", "robust", "adv_correct", "clean_correct"), device)
@@ -150,7 +164,7 @@ def train_one_epoch(
 
         x_adv = x_natural
         if method.attacks:
-            with autocast(device, cfg.precision):
+            with autocast(device, precision):
                 logits_natural = None
                 if method.attack_needs_natural_logits:
                     logits_natural = natural_logits(attack_net, x_natural, eval_mode=cfg.attack.eval_mode,
@@ -164,10 +178,10 @@ def train_one_epoch(
 
         train_net.train()
 
-        share = global_batch_share(targets.numel(), device)  # None in one process
+        share = global_batch_share(targets.numel(), global_sizes[batch_index]) if global_sizes else None
 
         def method_loss(forward, split_views=True):
-            with autocast(device, cfg.precision):
+            with autocast(device, precision):
                 loss, parts = method.loss(forward, x_natural, x_adv, targets, prior_rows, basic_size,
                                           split_views=split_views)
             return (loss if share is None else loss * share), {**parts, "loss": loss.detach()}
@@ -212,6 +226,7 @@ def train_one_epoch(
         "attack_step_size": step_size,
         "attack_steps": steps if method.attacks else 0,
         "awp": use_awp,
+        "precision": precision,
     }
     if method.forwards_natural:  # PGD-AT never sees the clean training images
         summary["train_clean_acc"] = 100 * totals["clean_correct"] / count
@@ -320,7 +335,7 @@ def train(cfg: ATConfig) -> Dict[str, object]:
         )
     start_epoch, best = 1, {"robust_acc": -1.0, "epoch": 0}
     if cfg.resume:
-        state = resume_training_state(last_path, cfg, model, optimizer, saved_states, device=device, log=log,
+        state = resume_training_state(last_path, cfg, model, optimizer, saved_states, log=log,
                                       describe=f"model.arch={cfg.model.arch} with {cfg.data.dataset}")
         use_kernel(optimizer, cfg.optim.implementation, device)  # the saved groups carry the old kernel's flags
         best, start_epoch = state["best"], state["epoch"] + 1

@@ -233,21 +233,27 @@ def main():
         runners = {"authors' IKL loop": authors_iterations(args, precision, device)} if precision != "bf16" else {}
         runners.update({"our TRADES": our_iterations("trades", args, precision, device, channels_last),
                         "our IKL": our_iterations("ikl", args, precision, device, channels_last)})
-        if args.compile and precision == args.precisions[-1]:
-            runners["our IKL, compiled"] = our_iterations("ikl", args, precision, device, channels_last, compiled=True)
+
+        def print_rows(medians, compiling):
+            reference = precision if precision in authors else ("tf32" if "tf32" in authors else "fp32")
+            for name, value in medians.items():
+                speedup = "—"
+                if reference in authors:
+                    speedup = f"{authors[reference] / value:.2f}x" + ("" if reference == precision else f" (vs {reference})")
+                rate = flops / value / 1e12
+                share = f" ({100 * rate / peak:.0f}%)" if peak else ""
+                note = f" (compiling took {compiling[name]:.0f} s)" if compiling.get(name, 0) > 0 else ""
+                print(f"| {label} | {name}{note} | {value:.3f} | {speedup} | {rate:.3g}{share} | "
+                      f"{value * iterations_per_run / 3600:.1f} |", flush=True)
+
         medians, compiling = interleaved_medians(runners, args.repeats)
         if "authors' IKL loop" in medians:
             authors[precision] = medians["authors' IKL loop"]
-        reference = precision if precision in authors else ("tf32" if "tf32" in authors else "fp32")
-        for name, value in medians.items():
-            speedup = "—"
-            if reference in authors:
-                speedup = f"{authors[reference] / value:.2f}x" + ("" if reference == precision else f" (vs {reference})")
-            rate = flops / value / 1e12
-            share = f" ({100 * rate / peak:.0f}%)" if peak else ""
-            note = f" (compiling took {compiling[name]:.0f} s)" if compiling[name] > 0 else ""
-            print(f"| {label} | {name}{note} | {value:.3f} | {speedup} | {rate:.3g}{share} | "
-                  f"{value * iterations_per_run / 3600:.1f} |", flush=True)
+        print_rows(medians, compiling)  # the eager rows, before anything compiles
+        if args.compile and precision == args.precisions[-1]:
+            compiled = {"our IKL, compiled": our_iterations("ikl", args, precision, device, channels_last, compiled=True),
+                        "our IKL (again, beside it)": runners["our IKL"]}
+            print_rows(*interleaved_medians(compiled, args.repeats))
         if args.check_syncs and device.type == "cuda":
             print(f"\n{label}: where our IKL loop waits for the GPU in {args.iterations} iterations (the progress "
                   f"read and the epoch's totals are meant): {host_syncs(runners['our IKL'])}\n", flush=True)
@@ -284,20 +290,24 @@ def iteration_flops(args, device) -> float:
     return float(counter.total)
 
 
-def bf16_peak_tflops(device) -> float:
-    """TFLOP/s of an 8192^3 bf16 matrix product on ``device`` (None on the CPU): the ceiling to compare with."""
+def bf16_peak_tflops(device, seconds: float = 1.0) -> float:
+    """TFLOP/s of 8192^3 bf16 matrix products on ``device`` over at least ``seconds`` of work
+    (None on the CPU): the ceiling to compare with. Ten products take 10 ms on an H100, too
+    short for the clocks to settle, so products are timed until ``seconds`` have passed."""
     if device.type != "cuda":
         return None
     a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize()
-    start = time.perf_counter()
     for _ in range(10):
         a @ b
     torch.cuda.synchronize()
-    return 2 * 8192 ** 3 * 10 / (time.perf_counter() - start) / 1e12
+    products, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(20):
+            a @ b
+        products += 20
+        torch.cuda.synchronize()
+    return 2 * 8192 ** 3 * products / (time.perf_counter() - start) / 1e12
 
 
 def host_syncs(run) -> str:

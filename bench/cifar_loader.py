@@ -9,8 +9,8 @@ RandomHorizontalFlip images as float32 in [0, 1] on the device. The DataLoader r
 `engine.data.build_train_set`'s transforms on random CIFAR-100-format images written here
 (the real torchvision CIFAR class reads them), ``--workers`` worker processes, pinned memory
 on CUDA; the device-resident loader is `engine.device_data.DeviceBatches`. Each pass is one
-epoch, interleaved (A, B, A, B, ...), median of ``--repeats``; one torch thread in this
-process. Prints a Markdown table; asserts nothing.
+epoch, after one warm-up epoch of each, interleaved (A, B, A, B, ...), median of
+``--repeats``; one torch thread in this process. Prints a Markdown table; asserts nothing.
 """
 import argparse
 import statistics
@@ -64,6 +64,8 @@ def main():
                 train_set.data, train_set.targets, batch_size=args.batch_size, device=device, seed=0),
         }
         times = {name: [] for name in loaders}
+        for loader in loaders.values():  # a warm-up epoch: worker start-up, page cache, the device's allocator
+            epoch_seconds(loader, device, 0)
         for epoch in range(1, args.repeats + 1):  # interleaved
             for name, loader in loaders.items():
                 times[name].append(epoch_seconds(loader, device, epoch))

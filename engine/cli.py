@@ -8,6 +8,8 @@ A `UserError` (bad config, missing data or checkpoint, NaN loss) ends in one lin
 stderr and exit status 2; an interruption says how to resume.
 """
 import argparse
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional, Type
@@ -15,6 +17,18 @@ from typing import Callable, List, Optional, Type
 from .config import get_value, load_config, to_yaml
 from .distributed import shutdown_distributed
 from .errors import UserError
+
+
+def nondeterminism_reason(error: RuntimeError) -> Optional[str]:
+    """What torch.use_deterministic_algorithms(True) refused, in a few words (None for other errors)."""
+    text = str(error)
+    match = re.search(r"(\S+) does not have a deterministic implementation", text)
+    if match:
+        return f"{match.group(1)} (an operation of this run) has no deterministic implementation in torch"
+    if "CUBLAS_WORKSPACE_CONFIG" in text:
+        return (f"CUBLAS_WORKSPACE_CONFIG is set to {os.environ.get('CUBLAS_WORKSPACE_CONFIG')!r}, which is not "
+                f"deterministic (unset it, or set :4096:8)")
+    return None
 
 
 def config_main(schema: Type, run: Callable, *, prog: str, description: str, argv: Optional[List[str]] = None) -> int:
@@ -35,6 +49,13 @@ def config_main(schema: Type, run: Callable, *, prog: str, description: str, arg
         run(cfg)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:
+        reason = nondeterminism_reason(error)
+        if reason is None:
+            raise
+        print(f"error: deterministic=true, but {reason}; run with deterministic=false (the run is then reproducible "
+              f"only up to the order of floating-point sums)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; rerun the same command with resume=true to continue from last.pt", file=sys.stderr)

@@ -373,6 +373,17 @@ def require_device(key: str, value: str) -> None:
         raise ConfigError(f"config key '{key}' must be auto, cpu, cuda, cuda:N or mps, got {value!r}")
 
 
+def require_not_both_compile_and_sync_bn(compile_: bool, sync_bn: bool) -> None:
+    """torch.compile and SyncBatchNorm do not go together under DistributedDataParallel (dynamo
+    breaks its graph at every SyncBatchNorm layer, or fails there: open PyTorch issues), so the
+    pair is refused before anything runs rather than left to fail, or crawl, on a cluster."""
+    if compile_ and sync_bn:
+        raise ConfigError("config keys 'compile' and 'sync_bn' are both true, which is refused: torch.compile breaks "
+                          "its graph at every SyncBatchNorm layer under several processes; use compile=true with "
+                          "BatchNorm per process (sync_bn=false, the reference's statistics), or sync_bn=true "
+                          "without compile")
+
+
 def require_increasing(key: str, values: List[int]) -> None:
     if any(b <= a for a, b in zip(values, values[1:])):
         raise ConfigError(f"config key '{key}' must list epochs in increasing order, got {values}")

@@ -582,9 +582,14 @@ class ShardedBatchSampler(Sampler[List[int]]):
             start, end = shard_bounds(len(batch), self.rank, self.world_size)
             yield batch[start:end]
 
-    def __len__(self) -> int:
+    def global_sizes(self) -> List[int]:
+        """The size of every global batch of an epoch, in order (the same on every process)."""
         full, rest = divmod(len(self.sampler), self.batch_size)
-        return full + (1 if rest and not self.drop_last and rest >= self.world_size else 0)
+        keep_rest = rest and not self.drop_last and rest >= self.world_size
+        return [self.batch_size] * full + ([rest] if keep_rest else [])
+
+    def __len__(self) -> int:
+        return len(self.global_sizes())
 
 
 def shard_bounds(size: int, rank: int, world_size: int) -> Tuple[int, int]:
@@ -684,6 +689,18 @@ class WithIndices(Dataset):
 
     def __getitem__(self, index: int):
         return (*self.dataset[index], index)
+
+
+def global_batch_sizes(loader) -> Optional[List[int]]:
+    """The size of each global batch of an epoch of a training loader, known on the host: what
+    `engine.distributed.global_batch_share` divides by. None for a one-process DataLoader (its
+    batches are the global ones). Loaders that shard global batches say it themselves
+    (``global_sizes()``: `ShardedBatchSampler`, `engine.device_data.DeviceBatches`, the
+    generated-data mixing sampler)."""
+    for source in (loader, getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None)):
+        if callable(getattr(source, "global_sizes", None)):
+            return source.global_sizes()
+    return None
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:

@@ -57,19 +57,20 @@ class DeviceBatches:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _global_sizes(self) -> list:
+    def global_sizes(self) -> list:
+        """The size of every global batch of an epoch, in order (the same on every process)."""
         full, rest = divmod(len(self.images), self.batch_size)
         keep_rest = rest and not self.drop_last and rest >= self.world_size
         return [self.batch_size] * full + ([rest] if keep_rest else [])
 
     def __len__(self) -> int:
-        return len(self._global_sizes())
+        return len(self.global_sizes())
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         generator = keyed_generator(self.seed, self.epoch, device=self.device)
         order = torch.randperm(len(self.images), generator=generator, device=self.device)
         position = 0
-        for size in self._global_sizes():
+        for size in self.global_sizes():
             # Drawn for the whole global batch (every process draws alike), then this process's share.
             top, left, flip = draw_crop_flip(size, generator)
             start, end = shard_bounds(size, self.rank, self.world_size)

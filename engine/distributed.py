@@ -57,13 +57,31 @@ def gather_objects(obj: Any) -> List[Any]:
 
 
 def all_reduce_mean_(tensors: Iterable[torch.Tensor]) -> None:
-    """Replace each tensor by its mean over all processes, in place (nothing when not distributed)."""
+    """Replace each tensor by its mean over all processes, in place (nothing when not distributed).
+
+    One all-reduce per dtype of a flat copy of all of them (AWP's proxy gradients are 100+
+    tensors: one collective each would cost more than the data)."""
     if not is_distributed():
         return
-    size = dist.get_world_size()
+
+    def mean_(flat: torch.Tensor) -> None:
+        dist.all_reduce(flat)
+        flat.div_(dist.get_world_size())
+
+    _flat_collective_(list(tensors), mean_)
+
+
+def _flat_collective_(tensors: List[torch.Tensor], collective) -> None:
+    """Apply ``collective`` (in place) to one flat concatenation of ``tensors`` per dtype, then
+    copy the results back into the tensors."""
+    by_dtype = {}
     for tensor in tensors:
-        dist.all_reduce(tensor)
-        tensor.div_(size)
+        by_dtype.setdefault(tensor.dtype, []).append(tensor)
+    for group in by_dtype.values():
+        flat = torch.cat([tensor.detach().reshape(-1) for tensor in group])
+        collective(flat)
+        for tensor, value in zip(group, flat.split([tensor.numel() for tensor in group])):
+            tensor.copy_(value.view_as(tensor))
 
 
 def broadcast_buffers_(module: torch.nn.Module) -> None:
@@ -78,27 +96,20 @@ def broadcast_buffers_(module: torch.nn.Module) -> None:
     """
     if not is_distributed():
         return
-    by_dtype = {}
-    for buffer in module.buffers():
-        by_dtype.setdefault(buffer.dtype, []).append(buffer)
-    for buffers in by_dtype.values():
-        flat = torch.cat([buffer.detach().reshape(-1) for buffer in buffers])
-        dist.broadcast(flat, src=0)
-        for buffer, value in zip(buffers, flat.split([buffer.numel() for buffer in buffers])):
-            buffer.copy_(value.view_as(buffer))
+    _flat_collective_(list(module.buffers()), lambda flat: dist.broadcast(flat, src=0))
 
 
 def init_distributed(device: torch.device, timeout_seconds: float) -> torch.device:
     """Join torchrun's process group when WORLD_SIZE > 1; return this process's device.
 
-    On CUDA each process takes the GPU of its LOCAL_RANK. A process that dies makes the
+    On CUDA each process takes the GPU of its LOCAL_RANK (`local_gpu_index`). A process that dies makes the
     others fail at their next collective within ``timeout_seconds`` instead of waiting forever
     (torchrun also stops the others when one exits with an error).
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
         return device
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        device = torch.device("cuda", local_gpu_index(int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()))
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     try:
@@ -111,6 +122,16 @@ def init_distributed(device: torch.device, timeout_seconds: float) -> torch.devi
     return device
 
 
+def local_gpu_index(local_rank: int, visible_gpus: int) -> int:
+    """The index of this process's GPU among the visible ones: LOCAL_RANK where the process sees
+    every GPU of its node (torchrun's usual case), and its one GPU where a scheduler gives each
+    process its own CUDA_VISIBLE_DEVICES (SLURM, Kubernetes): ``LOCAL_RANK mod visible``."""
+    if visible_gpus < 1:
+        raise UserError("this process sees no GPU (CUDA_VISIBLE_DEVICES is empty?); give every process one GPU "
+                        "or use device=cpu")
+    return local_rank % visible_gpus
+
+
 def shutdown_distributed() -> None:
     if is_distributed():
         dist.destroy_process_group()
@@ -120,13 +141,18 @@ def wrap_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """``model`` inside DistributedDataParallel when several processes train, else ``model`` itself.
 
     Only the training forwards go through the wrapper (it averages the gradients); attacks,
-    evaluation, AWP's proxy and the averages use the plain module (`unwrap`).
+    evaluation, AWP's proxy and the averages use the plain module (`unwrap`). DDP's own
+    broadcast of the buffers at every forward is off: the trainers broadcast rank 0's
+    BatchNorm statistics themselves where they are read (`broadcast_buffers_`, before each
+    attack and at the end of every epoch), which is all that the eval-mode parts see, and
+    train-mode forwards normalise with the batch's statistics, not the running ones.
     """
     if not is_distributed():
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                   broadcast_buffers=False)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -137,15 +163,14 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def global_batch_share(local_size: int, device: torch.device) -> Optional[torch.Tensor]:
+def global_batch_share(local_size: int, global_size: int) -> Optional[float]:
     """The factor that makes DDP's average of per-process batch means the mean over the global batch.
 
     DDP averages gradients over processes; when a global batch is split unevenly (its last
     batch), process r's mean must count n_r * world_size / N times. The factor is exactly 1
-    for even splits. None when not distributed. One all-reduce of a scalar, no host sync.
+    for even splits. None when not distributed. Both sizes are known on the host (the
+    samplers' `engine.data.global_batch_sizes`), so this costs no collective and no copy.
     """
     if not is_distributed():
         return None
-    total = torch.tensor(float(local_size), device=device)
-    dist.all_reduce(total)
-    return (local_size * dist.get_world_size()) / total
+    return local_size * dist.get_world_size() / global_size

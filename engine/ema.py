@@ -168,7 +168,8 @@ class EpochAverage:
                 raise ValueError(f"entry {key!r} has shape {tuple(value.shape)}, the average {tuple(self.average[key].shape)}")
             if value.is_floating_point() or value.is_complex():
                 # The reference's exact expression (not lerp), so the result matches it bit for bit.
-                self.average[key] = (1 - self.tau) * value.detach() + self.tau * self.average[key]
+                # A resumed average was read onto the CPU: it follows the weights to their device.
+                self.average[key] = (1 - self.tau) * value.detach() + self.tau * self.average[key].to(value.device)
             else:
                 self.average[key] = value.detach().clone()
 

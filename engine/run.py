@@ -157,15 +157,19 @@ def training_state(cfg, epoch: int, model, optimizer, best: Dict[str, Any],
     }
 
 
-def resume_training_state(path: Path, cfg, model, optimizer, states: Mapping[str, Optional[Any]], *, device,
+def resume_training_state(path: Path, cfg, model, optimizer, states: Mapping[str, Optional[Any]], *,
                           describe: str, log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Load ``last.pt`` into model, optimizer, every object of ``states`` and the RNGs; return it.
 
     Settings that differ from the ones the run was started with are listed (the user may
     mean it, e.g. more epochs); a checkpoint of another task or architecture, or one without
     the state of an object this run uses (started with it switched off), is a `UserError`.
+
+    The file is read onto the CPU, whatever the run's device: each ``load_state_dict`` copies
+    its tensors to where its object lives (the optimizer to its parameters' device), and the
+    RNG states must be CPU tensors (NumPy's key cannot be read from a GPU tensor).
     """
-    state = load_file(path, map_location=device)
+    state = load_file(path, map_location="cpu")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or state.get("task") != type(cfg).__name__:
         raise UserError(f"{path} is not a last.pt written by this training entry point; start a new run with another name=...")
     saved_world = state.get("world_size", 1)
@@ -192,7 +196,11 @@ def resume_training_state(path: Path, cfg, model, optimizer, states: Mapping[str
         if state[name] is None:
             raise UserError(f"{path} holds no {name} state: the run was started with {name} switched off; "
                             f"resume with the settings it was started with")
-        obj.load_state_dict(state[name])
+        try:
+            obj.load_state_dict(state[name])
+        except (KeyError, TypeError, ValueError) as error:
+            raise UserError(f"{path}: its {name} state does not fit this run ({error}); resume with the settings "
+                            f"the run was started with, or start a new run") from None
     per_rank = state.get("rng_per_rank")
     restore_rng_state(per_rank[rank()] if per_rank and len(per_rank) == world_size() else state["rng"])
     return state

@@ -21,14 +21,36 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     """The only place that seeds Python, NumPy and torch (all devices).
 
     ``deterministic`` also asks for deterministic kernels, which a bit-exact resume on a
-    GPU needs; on the CPU the default kernels are already deterministic.
+    GPU needs (on the CPU the default kernels are already deterministic): cuDNN's
+    deterministic algorithms, cuBLAS's fixed workspace (`deterministic_cublas`, which must
+    come before the first matrix product) and ``torch.use_deterministic_algorithms``, which
+    then raises on an operation that has no deterministic kernel instead of warning (the
+    training entry points turn that error into one line that names the operation).
     """
+    if deterministic:
+        deterministic_cublas()
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     torch.backends.cudnn.benchmark = not deterministic
     torch.backends.cudnn.deterministic = deterministic
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.use_deterministic_algorithms(deterministic)
+
+
+CUBLAS_WORKSPACE = ":4096:8"  # NVIDIA's setting for reproducible cuBLAS results (CUDA 10.2 and later)
+
+
+def deterministic_cublas() -> None:
+    """Set CUBLAS_WORKSPACE_CONFIG unless the user has, before this process's first matrix product.
+
+    Without it cuBLAS may reduce a product differently from one call to the next, and
+    ``torch.use_deterministic_algorithms`` refuses every CUDA matrix product. torch reads the
+    variable when it creates a cuBLAS handle, which nothing in `prepare_runtime` does before
+    `seed_everything` calls this.
+    A value of the user's that is not deterministic is left alone: torch then refuses the
+    first product, which the entry points report in one line.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
 
 
 def prepare_runtime(*, device: str, precision: str, seed: int, deterministic: bool,
@@ -41,6 +63,10 @@ def prepare_runtime(*, device: str, precision: str, seed: int, deterministic: bo
     identical: DistributedDataParallel copies rank 0's weights to every process.
     """
     resolved = init_distributed(resolve_device(device), dist_timeout)
+    if resolved.type == "cuda":
+        if resolved.index is None:  # "cuda" (and auto): the current GPU, named, as set_device needs
+            resolved = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(resolved)  # the device whose RNG state last.pt keeps (`capture_rng_state`)
     configure_precision(precision)
     seed_everything(seed + RANK_SEED_STRIDE * rank(), deterministic)
     return resolved
@@ -70,8 +96,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def configure_precision(precision: str) -> None:
-    """TF32 matmuls and convolutions for ``tf32``; bf16 is applied per region by `autocast`."""
-    allow_tf32 = precision == "tf32"
+    """TF32 matmuls and convolutions for ``tf32`` and ``bf16`` (whose autocast regions, applied
+    by `autocast`, compute in bf16: what runs outside them, the float32 stem and head, the
+    monitor, uses TF32); strict float32 for ``fp32``."""
+    allow_tf32 = precision in ("tf32", "bf16")
     torch.backends.cuda.matmul.allow_tf32 = allow_tf32
     torch.backends.cudnn.allow_tf32 = allow_tf32
 
@@ -81,6 +109,17 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def checks_on_host(device: torch.device) -> bool:
+    """Whether a value check on tensors of ``device`` (a NaN, a sign, a label range) is made at
+    once on the host: on the CPU, yes. On an accelerator, reading a value stalls the host until
+    the device catches up, and a device-side assert (``torch._assert_async``) kills the CUDA
+    context, so nothing, not even last.pt, could be saved afterwards: there, checks turn a bad
+    value into a NaN result instead, which the training loops' non-finite stop reports in one
+    line with last.pt intact. (A test may replace this function to take the accelerator path
+    on the CPU.)"""
+    return torch.device(device).type == "cpu"
 
 
 def compile_model(module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
@@ -109,22 +148,36 @@ def compile_seconds() -> float:
 
 
 def capture_rng_state() -> Dict[str, Any]:
+    """Python's, NumPy's and torch's RNG states, and the state of this process's own GPU
+    (``cuda``) when the run uses one: the other GPUs of the machine are not the run's, and a
+    resume may see fewer of them (another CUDA_VISIBLE_DEVICES, one GPU of an eight-GPU node)."""
     state = {
         "python": random.getstate(),
         "numpy": _numpy_state_as_data(np.random.get_state()),
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()  # the current device: `prepare_runtime` made it the run's
     return state
 
 
 def restore_rng_state(state: Dict[str, Any]) -> None:
+    """Put back what `capture_rng_state` saved, wherever ``torch.load`` placed its tensors.
+
+    ``cuda`` is restored into the current device when this process uses CUDA. last.pt files
+    written before this held every visible GPU's state as a list: the current device's entry
+    is taken (the run's own GPU then had the index its process has now).
+    """
     random.setstate(_as_python_state(state["python"]))
     np.random.set_state(_as_numpy_state(state["numpy"]))
     torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    saved = state.get("cuda")
+    if saved is None or not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return
+    if isinstance(saved, (list, tuple)):
+        index = torch.cuda.current_device()
+        saved = saved[index] if index < len(saved) else saved[0]
+    torch.cuda.set_rng_state(saved.cpu())
 
 
 def _as_python_state(state):
@@ -141,7 +194,7 @@ def _numpy_state_as_data(state):
 
 def _as_numpy_state(state):
     name, keys, pos, has_gauss, cached = state
-    return (name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached))
+    return (name, keys.cpu().numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached))
 
 
 def environment_info() -> Dict[str, Any]:

@@ -22,6 +22,7 @@ from engine.config import (
     require_increasing,
     require_model,
     require_device,
+    require_not_both_compile_and_sync_bn,
     require_plain_name,
     section,
 )
@@ -117,7 +118,10 @@ class KDConfig:
     seed: int = knob(0, "seed of every random number generator (set once, in engine.runtime)", valid=SEED)
     deterministic: bool = knob(False, "deterministic kernels (slower; needed for bit-exact resume on GPU)")
     device: str = knob("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
-    precision: Literal["fp32", "tf32", "bf16"] = knob("fp32", "bf16 autocasts the forward passes; evaluation is fp32")
+    precision: Literal["fp32", "tf32", "bf16"] = knob(
+        "fp32", "fp32 = strict float32; tf32 = TF32 matrix products and convolutions (Ampere GPUs and later); bf16 = "
+        "bf16 autocast for the training forwards (stems and heads in float32), TF32 elsewhere; validation in float32 "
+        "at that TF32 setting")
     channels_last: bool = knob(False, "NHWC memory format (faster convolutions on recent GPUs)")
     compile: bool = knob(False, "torch.compile the teacher's and the student's training forwards (the first "
                          "epoch compiles, reported as compile_seconds; a last smaller batch runs uncompiled)")
@@ -154,6 +158,7 @@ class KDConfig:
         if self.paper_row:
             require_choice("paper_row", self.paper_row, sorted(PAPER_ROWS))
         require_device("device", self.device)
+        require_not_both_compile_and_sync_bn(self.compile, self.sync_bn)
         require_model("student.arch", self.student.arch, self.data.dataset, {})
         if self.teacher.arch:
             require_model("teacher.arch", self.teacher.arch, self.data.dataset, {})

@@ -46,6 +46,7 @@ from engine.run import (
     training_state,
 )
 from engine.optim import sgd, use_kernel, weight_decay_groups
+from engine import runtime
 from engine.runtime import (
     autocast,
     compile_model,
@@ -146,7 +147,7 @@ def screen_teacher_output(logits_teacher: torch.Tensor, cfg: KDConfig):
     read with the progress line, and the run stops there with the teacher's message.
     """
     bad = (~torch.isfinite(logits_teacher)).sum()
-    if logits_teacher.device.type == "cpu":
+    if runtime.checks_on_host(logits_teacher.device):
         if bad.item():
             raise teacher_output_error(cfg)
         return logits_teacher, bad
@@ -159,6 +160,7 @@ def evaluate_topk(model: torch.nn.Module, loader, device: torch.device, channels
     was_training = model.training
     model.eval()
     counts = torch.zeros(3, dtype=torch.long, device=device)  # top-1, top-5, seen
+    seen = 0  # counted on the host: a count sent to the device per batch would be a blocking copy
     for images, targets in loader:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         if channels_last:
@@ -166,8 +168,10 @@ def evaluate_topk(model: torch.nn.Module, loader, device: torch.device, channels
         logits = model(images)
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top == targets.unsqueeze(1)
-        counts += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(), counts.new_tensor(targets.numel())])
+        counts[:2] += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum()])
+        seen += targets.numel()
     model.train(was_training)
+    counts[2] = seen
     top1, top5, seen = reduce_sum(counts).tolist()
     return {"top1": 100.0 * top1 / max(seen, 1), "top5": 100.0 * top5 / max(seen, 1)}
 
@@ -187,6 +191,7 @@ def train_one_epoch(
     and the student wrapped in DDP; a batch of another size than the first runs them eagerly."""
     student.train()
     full_size = None
+    global_sizes = data_lib.global_batch_sizes(loader)  # None in one process
     sums = RunningSums(("loss", "ce", "kd", "correct", "teacher_nonfinite"), device)
     no_teacher = torch.zeros((), device=device)  # the count of a run without a teacher, allocated once
     data_seconds = 0.0
@@ -210,7 +215,7 @@ def train_one_epoch(
                     logits_teacher, teacher_bad = screen_teacher_output(teacher_net(images).float(), cfg)
             logits_student = student_net(images)
             loss, parts = distiller.loss(logits_student, logits_teacher, targets, epoch, prior)
-        share = global_batch_share(targets.numel(), device)  # None in one process
+        share = global_batch_share(targets.numel(), global_sizes[batch_index]) if global_sizes else None
         optimizer.zero_grad(set_to_none=True)
         (loss if share is None else loss * share).backward()
         optimizer.step()
@@ -290,7 +295,7 @@ def train(cfg: KDConfig) -> Dict[str, object]:
                         environment={"seed": cfg.seed, **environment_info(), "device": str(device)})
     start_epoch, best = 1, {"top1": -1.0, "epoch": 0}
     if cfg.resume:
-        state = resume_training_state(last_path, cfg, student, optimizer, {"prior": prior}, device=device, log=log,
+        state = resume_training_state(last_path, cfg, student, optimizer, {"prior": prior}, log=log,
                                       describe=f"student.arch={cfg.student.arch}")
         use_kernel(optimizer, cfg.optim.implementation, device)  # the saved groups carry the old kernel's flags
         best, start_epoch = state["best"], state["epoch"] + 1

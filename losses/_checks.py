@@ -4,25 +4,36 @@ A loss that silently broadcasts a [B, C] against a [B, 1] tensor, or accepts int
 labels where logits were meant, trains for hours on the wrong objective. Every public
 loss calls these checks first, so a wrong call fails at once with the shapes in the message.
 """
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
+from engine import runtime
 
-def _require(condition: torch.Tensor, message: Callable[[], str]) -> None:
-    """Raise ValueError(message()) unless the 0-dim bool tensor ``condition`` holds.
 
-    Shape and dtype checks are free; value checks (signs, label ranges) need the data. On
-    the CPU they are checked at once. On an accelerator a Python check would stall the
-    host on every call (these run at every attack step), so the check is queued on the
-    device instead (``torch._assert_async``): a violation still stops the run with the
-    message, when the device reaches it.
+def _require(condition: torch.Tensor, message: Callable[[], str]) -> Optional[torch.Tensor]:
+    """Raise ValueError(message()) unless the 0-dim bool tensor ``condition`` holds, where the
+    check can be made at once (`engine.runtime.checks_on_host`: the CPU); else return it.
+
+    Shape and dtype checks are free; value checks (signs, NaN) need the data. On an
+    accelerator a Python check would stall the host on every call (these run at every attack
+    step), and a device-side assert would kill the CUDA context with a message that surfaces
+    later, leaving nothing savable. There the condition goes back to the caller, whose result
+    becomes NaN when it fails (`nan_unless`); the training loops stop on a NaN loss with one
+    line, last.pt intact.
     """
-    if condition.device.type == "cpu":
+    if runtime.checks_on_host(condition.device):
         if not bool(condition):
             raise ValueError(message())
-    else:
-        torch._assert_async(condition, message())
+        return None
+    return condition
+
+
+def nan_unless(valid: Optional[torch.Tensor], result: torch.Tensor) -> torch.Tensor:
+    """``result``, or NaN where the device-side check ``valid`` (from `check_weights`) failed."""
+    if valid is None:
+        return result
+    return torch.where(valid, result, torch.full_like(result, float("nan")))
 
 
 def check_logits(**named_logits: torch.Tensor) -> None:
@@ -44,8 +55,11 @@ def check_logits(**named_logits: torch.Tensor) -> None:
         raise ValueError(f"logit shapes differ: {listed}; they must be the same [batch, classes]")
 
 
-def check_weights(weights: torch.Tensor, logits: torch.Tensor, name: str = "weights") -> None:
-    """``weights`` is a non-negative floating [B, C] tensor matching ``logits``."""
+def check_weights(weights: torch.Tensor, logits: torch.Tensor, name: str = "weights") -> Optional[torch.Tensor]:
+    """``weights`` is a non-negative floating [B, C] tensor matching ``logits``.
+
+    The sign (a NaN fails it too) is checked at once on the CPU; on an accelerator the 0-dim
+    bool result comes back for `nan_unless` (see `_require`)."""
     if not isinstance(weights, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(weights).__name__}")
     if not weights.is_floating_point():
@@ -60,16 +74,18 @@ def check_weights(weights: torch.Tensor, logits: torch.Tensor, name: str = "weig
             f"{name} has {weights.shape[0]} rows but the logits have {logits.shape[0]} samples "
             f"(weights {tuple(weights.shape)}, logits {tuple(logits.shape)})"
         )
-    _require(
+    return _require(
         (weights >= 0).all(),
-        lambda: f"{name} must be non-negative" + (
-            f", found a minimum of {weights.min().item():.4g}" if weights.device.type == "cpu" else ""
-        ),
+        lambda: f"{name} must be non-negative, found a minimum of {weights.min().item():.4g}",
     )
 
 
 def check_targets(targets: torch.Tensor, logits: torch.Tensor) -> None:
-    """``targets`` holds one integer class index per row of ``logits``."""
+    """``targets`` holds one integer class index per row of ``logits``.
+
+    Their range is checked on the CPU only. On an accelerator an out-of-range label is
+    caught by torch's own kernels (cross entropy, gather and indexing assert on the device);
+    real data cannot get there, as the datasets' labels are checked when they are opened."""
     if not isinstance(targets, torch.Tensor):
         raise TypeError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
     if targets.is_floating_point() or targets.dtype == torch.bool:
@@ -80,12 +96,11 @@ def check_targets(targets: torch.Tensor, logits: torch.Tensor) -> None:
             f"for logits of shape {tuple(logits.shape)}"
         )
     num_classes = logits.shape[1]
-    if targets.numel():
+    if targets.numel() and runtime.checks_on_host(targets.device):
         _require(
             ((targets >= 0) & (targets < num_classes)).all(),
-            lambda: f"targets must lie in [0, {num_classes - 1}]" + (
-                f", got values from {int(targets.min())} to {int(targets.max())}" if targets.device.type == "cpu" else ""
-            ),
+            lambda: f"targets must lie in [0, {num_classes - 1}], got values from {int(targets.min())} to "
+                    f"{int(targets.max())}",
         )
 
 

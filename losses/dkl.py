@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_logits, check_positive, check_weights
+from ._checks import check_logits, check_positive, check_weights, nan_unless
 
 # Rows whose weights sum to zero contribute nothing; the clamp only avoids 0/0.
 _TINY = 1e-30
@@ -62,9 +62,11 @@ def wmse_loss(logits_student: torch.Tensor, logits_teacher: torch.Tensor, weight
         logits_student: [B, C]; receives gradients.
         logits_teacher: [B, C]; receives gradients (detach it yourself to stop them).
         weights: [B, C], non-negative; treated as constants (no gradient flows into them).
+            Checked on the CPU (a ValueError); on an accelerator, where a check would stall
+            or abort the device, negative or NaN weights make the result NaN.
     """
     check_logits(logits_student=logits_student, logits_teacher=logits_teacher)
-    check_weights(weights, logits_student)
+    valid = check_weights(weights, logits_student)  # None once checked; on an accelerator, NaN when invalid
     dtype = _compute_dtype(logits_student)
     student = logits_student.to(dtype)
     teacher = logits_teacher.to(dtype)
@@ -77,7 +79,7 @@ def wmse_loss(logits_student: torch.Tensor, logits_teacher: torch.Tensor, weight
     mean_gap = (w * gap).sum(dim=1, keepdim=True) / row_weight.clamp_min(_TINY)
     centred = gap - mean_gap
     per_row = 0.5 * row_weight.squeeze(1) * (w * centred.square()).sum(dim=1)
-    return per_row.sum() / row_weight.square().sum().clamp_min(_TINY)
+    return nan_unless(valid, per_row.sum() / row_weight.square().sum().clamp_min(_TINY))
 
 
 def soft_ce_loss(logits_student: torch.Tensor, logits_teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -1,6 +1,5 @@
 r"""Baseline losses the paper compares against: Hinton KD, DKD and TRADES' KL term."""
 import torch
-import torch.nn.functional as F
 
 from ._checks import check_logits, check_positive, check_targets
 from .dkl import kl_loss
@@ -28,9 +27,13 @@ def _binary_log_probs(logits: torch.Tensor, target_mask: torch.Tensor) -> torch.
     return torch.stack([log_target, log_rest], dim=1) - log_total.unsqueeze(1)
 
 
-def _non_target_logits(logits: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
-    """The C-1 non-target logits of each row, in class order."""
-    return logits[~target_mask].view(logits.shape[0], logits.shape[1] - 1)
+def _non_target_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The C-1 non-target logits of each row, in class order.
+
+    A gather of the columns 0..C-2 shifted by one from the target on: a boolean mask would
+    size its result by counting on the device, which makes the host wait for the GPU."""
+    columns = torch.arange(logits.shape[1] - 1, device=logits.device).expand(logits.shape[0], -1)
+    return logits.gather(1, columns + (columns >= targets.unsqueeze(1)).long())
 
 
 def dkd_loss(
@@ -64,12 +67,12 @@ def dkd_loss(
     dtype = torch.promote_types(logits_student.dtype, torch.float32)
     student = logits_student.to(dtype) / temperature
     teacher = logits_teacher.to(dtype) / temperature
-    target_mask = F.one_hot(targets, student.shape[1]).bool()
+    target_mask = targets.unsqueeze(1) == torch.arange(student.shape[1], device=targets.device)  # one_hot, as a mask
 
     log_b_student = _binary_log_probs(student, target_mask)
     log_b_teacher = _binary_log_probs(teacher, target_mask)
     tckd = (log_b_teacher.exp() * (log_b_teacher - log_b_student)).sum(dim=1).mean()
-    nckd = kl_loss(_non_target_logits(student, target_mask), _non_target_logits(teacher, target_mask))
+    nckd = kl_loss(_non_target_logits(student, targets), _non_target_logits(teacher, targets))
     return temperature**2 * (alpha * tckd + beta * nckd)
 
 

@@ -105,6 +105,11 @@ class ClassPrior:
                 f"ClassPrior state was collected at temperature {state['temperature']}, "
                 f"this prior uses {self.temperature}; resume with the same temperature"
             )
+        for name in ("prior", "sums", "counts"):
+            values = state[name]
+            if not (torch.isfinite(values).all() and (values >= 0).all()):
+                raise ValueError(f"ClassPrior state holds {name} that are NaN, infinite or negative: the file is "
+                                 f"damaged, or was written by a run whose logits had become NaN")
         device = self.device
         self.prior = state["prior"].to(device=device, dtype=self.prior.dtype).clone()
         self.sums = state["sums"].to(device=device, dtype=self.sums.dtype).clone()

@@ -70,7 +70,7 @@ class CifarResNet(nn.Module):
     def forward(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        out = out.mean(dim=(2, 3))  # global average pooling (deterministic backward on CUDA)
         return self.fc(out)
 
 
@@ -143,7 +143,7 @@ class CifarResNetV2(nn.Module):
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        out = out.mean(dim=(2, 3))  # global average pooling (deterministic backward on CUDA)
         return self.linear(out)
 
 

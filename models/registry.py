@@ -15,6 +15,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch.nn as nn
 
+from .float32_ends import keep_ends_in_float32
+
 # Dataset names that each family is meant for.  A family added later (e.g. a
 # small CNN for 8x8 digit images) only needs a new entry here.
 FAMILY_DATASETS: Dict[str, Tuple[str, ...]] = {
@@ -132,7 +134,9 @@ def resolve(name: str, dataset: Optional[str] = None) -> ModelEntry:
 
 
 def build_model(name: str, num_classes: Optional[int] = None, dataset: Optional[str] = None, **kwargs) -> nn.Module:
-    """Build a registered architecture, freshly initialised, in train mode.
+    """Build a registered architecture, freshly initialised, in train mode, with its stem
+    convolution and classifier head computing in float32 under bf16 autocast
+    (`models.float32_ends`; the state dict is the architecture's own).
 
     ``dataset`` is accepted for every name: it disambiguates names registered
     by two families, picks the normalisation statistics of the DeepMind
@@ -142,6 +146,7 @@ def build_model(name: str, num_classes: Optional[int] = None, dataset: Optional[
     if num_classes is None:
         num_classes = entry.default_num_classes
     model = entry.build(num_classes, normalize_dataset(dataset), **kwargs)
+    keep_ends_in_float32(model)  # a float32 stem and head under bf16 autocast (models/float32_ends.py)
     # Lets checkpoint errors say which registered name the user asked for.
     model.arch_name = name
     return model

@@ -70,7 +70,7 @@ class ShuffleNetV1(nn.Module):
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        out = out.mean(dim=(2, 3))  # global average pooling (deterministic backward on CUDA)
         return self.linear(out)
 
 
@@ -140,7 +140,7 @@ class ShuffleNetV2(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))
         out = F.relu(self.bn2(self.conv2(out)))
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        out = out.mean(dim=(2, 3))  # global average pooling (deterministic backward on CUDA)
         return self.linear(out)
 
 

@@ -184,3 +184,16 @@ def small_model():
 def image_batch():
     """``image_batch(seed=0, *, size=8, side=4, classes=3)``: seeded images in [0, 1] and labels."""
     return _image_batch
+
+
+@pytest.fixture
+def accelerator_checks(monkeypatch):
+    """The value checks as on a GPU (`engine.runtime.checks_on_host` false), with any device-side
+    assert a test failure: on CUDA one kills the context before anything can be saved."""
+    from engine import runtime
+
+    def device_assert(*args, **kwargs):
+        raise AssertionError("a device-side assert was queued")
+
+    monkeypatch.setattr(runtime, "checks_on_host", lambda device: False)
+    monkeypatch.setattr(torch, "_assert_async", device_assert)

@@ -5,22 +5,28 @@ AWP, EMA and the class prior; IKL-KD with the class prior and warm-up): the firs
 losses handed to ``backward``, the gradients at the first optimiser steps, and the final
 weights, averages, class prior and per-epoch metrics. They were written before the
 method/distiller classes replaced the name tests, so that a restructuring which changes
-any number fails here. Run only through the trainers' public entry points; one thread, so
-that CPU reductions are reproducible.
+any number fails here. Run only through the trainers' public entry points.
+
+The bits of a float32 sum depend on the kernel that computes it, and torch picks kernels
+by the CPU (AVX2 or AVX-512 paths in ATen, oneDNN's convolutions, MKL's products): the
+same run gave other last bits on another machine, and the attack's sign steps turned
+those into other weights. So each run is made in a fresh process with kernels that do
+not depend on the CPU (`PORTABLE_KERNELS`: ATen's plain C++ kernels, no oneDNN, MKL in
+its reproducible mode, one thread), slower but the same on every x86-64 machine.
 
 Regenerate (only after a deliberate change of the numbers, and say so in the commit):
     DKL_UPDATE_GOLDEN=1 python -m pytest tests/test_golden_iterations.py
 """
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from engine.file_io import atomic_save, load_file
-from models import build_model
 
 GOLDEN = Path(__file__).parent / "golden"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -28,19 +34,17 @@ RECORDED_STEPS = 2  # optimiser steps whose gradients are kept
 RECORDED_BACKWARDS = 6  # losses handed to backward (AWP's proxy loss included)
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+ROOT = Path(__file__).resolve().parents[1]
+PORTABLE_KERNELS = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "1",
+                    "MKL_NUM_THREADS": "1", "DKL_GOLDEN_NO_ONEDNN": "1"}
 
 
-@pytest.fixture
-def recorder(monkeypatch):
-    """Records the first losses passed to ``backward`` and the gradients at the first steps of
-    the training optimiser (SGD with momentum; AWP's proxy optimiser has none)."""
-    record = {"backward": [], "grads": []}
+def record_training(record: dict):
+    """Record the first losses passed to ``backward`` and the gradients at the first steps of the
+    training optimiser (SGD with momentum; AWP's proxy optimiser has none) into ``record``."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    record.update(backward=[], grads=[])
     real_backward = torch.Tensor.backward
 
     def backward(self, *args, **kwargs):
@@ -53,10 +57,8 @@ def recorder(monkeypatch):
             record["grads"].append([p.grad.detach().clone() for group in optimizer.param_groups
                                     for p in group["params"] if p.grad is not None])
 
-    monkeypatch.setattr(torch.Tensor, "backward", backward)
-    handle = register_optimizer_step_pre_hook(before_step)
-    yield record
-    handle.remove()
+    torch.Tensor.backward = backward
+    register_optimizer_step_pre_hook(before_step)
 
 
 def run_outcome(run_dir: Path, record: dict, state_keys) -> dict:
@@ -95,28 +97,57 @@ def check_or_update(name: str, outcome: dict) -> None:
     assert_same_bits(outcome, load_file(path))
 
 
-def test_ikl_at_iterations_match_the_golden_bits(tmp_path, one_thread, recorder):
+def run_at(out_dir: Path, record: dict) -> dict:
     from adv_training.train import main
 
     overrides = [
-        "epochs=2", "device=cpu", f"out_dir={tmp_path}", "name=at", "model.arch=digits_cnn_small",
+        "epochs=2", "device=cpu", f"out_dir={out_dir}", "name=at", "model.arch=digits_cnn_small",
         "awp.enabled=true", "awp.warmup=1", "ema.enabled=true", "ema.start_epoch=1", "eval.every=2",
     ]
     assert main(["--config", str(CONFIGS / "adv_training" / "digits_ikl.yaml"), *overrides]) == 0
-    outcome = run_outcome(tmp_path / "at", recorder, ("model", "ema", "prior", "swa"))
-    check_or_update("ikl_at_digits.pt", outcome)
+    return run_outcome(out_dir / "at", record, ("model", "ema", "prior", "swa"))
 
 
-def test_ikl_kd_iterations_match_the_golden_bits(tmp_path, one_thread, recorder):
+def run_kd(out_dir: Path, record: dict) -> dict:
     from knowledge_distillation.train import main
+    from models import build_model
 
     torch.manual_seed(0)
-    teacher = tmp_path / "teacher.pt"
+    teacher = out_dir / "teacher.pt"
     atomic_save(build_model("digits_cnn", 10).state_dict(), teacher)
     overrides = [
-        "epochs=2", "device=cpu", f"out_dir={tmp_path}", "name=kd", f"teacher.checkpoint={teacher}",
+        "epochs=2", "device=cpu", f"out_dir={out_dir}", "name=kd", f"teacher.checkpoint={teacher}",
         "ikl.class_prior=true", "ikl.warmup=2",
     ]
     assert main(["--config", str(CONFIGS / "knowledge_distillation" / "digits_ikl.yaml"), *overrides]) == 0
-    outcome = run_outcome(tmp_path / "kd", recorder, ("model", "prior"))
-    check_or_update("ikl_kd_digits.pt", outcome)
+    return run_outcome(out_dir / "kd", record, ("model", "prior"))
+
+
+CASES = {"at": run_at, "kd": run_kd}
+
+
+def outcome_with_portable_kernels(case: str, out_dir: Path) -> dict:
+    """``CASES[case]`` run in a fresh Python with `PORTABLE_KERNELS`; its outcome."""
+    env = {**os.environ, **PORTABLE_KERNELS, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, __file__, case, str(out_dir)], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return load_file(out_dir / "outcome.pt")
+
+
+def test_ikl_at_iterations_match_the_golden_bits(tmp_path):
+    check_or_update("ikl_at_digits.pt", outcome_with_portable_kernels("at", tmp_path))
+
+
+def test_ikl_kd_iterations_match_the_golden_bits(tmp_path):
+    check_or_update("ikl_kd_digits.pt", outcome_with_portable_kernels("kd", tmp_path))
+
+
+if __name__ == "__main__":  # one case, in the process `outcome_with_portable_kernels` starts
+    case, folder = sys.argv[1], Path(sys.argv[2])
+    if os.environ.get("DKL_GOLDEN_NO_ONEDNN") == "1":
+        torch.backends.mkldnn.enabled = False  # oneDNN picks its convolution kernels by the CPU
+    torch.set_num_threads(1)
+    recorded: dict = {}
+    record_training(recorded)
+    atomic_save(CASES[case](folder, recorded), folder / "outcome.pt")

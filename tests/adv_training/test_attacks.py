@@ -1,9 +1,10 @@
 """PGD with pluggable objectives: constraints, single steps by hand, modes and side effects."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from adv_training.attacks import attack_mode, natural_logits, pgd
+from adv_training.attacks import attack_mode, keyed_uniform, natural_logits, parameters_frozen, pgd
 from adv_training.methods import ikl_objective
 from losses import ikl_loss
 
@@ -220,21 +221,55 @@ def keyed_start(x, keys, seed, eps, norm="linf", random_start="uniform"):
                random_start=random_start, start_keys=keys, start_seed=seed)
 
 
-def test_a_keyed_start_is_drawn_from_the_samples_own_generator(image_batch):
+def lowbias32(value: int) -> int:
+    """C. Wellons' 32-bit hash, in Python integers: the independent statement of `attacks._hash32`."""
+    value ^= value >> 16
+    value = (value * 0x7FEB352D) % 2**32
+    value ^= value >> 15
+    value = (value * 0x846CA68B) % 2**32
+    return value ^ (value >> 16)
+
+
+def keyed_uniform_by_hand(seed: int, key: int, index: int, stream: int = 0, count: int = 1) -> np.float32:
+    key_hash = lowbias32((seed * 1_000_003 + key) % 2**32)
+    return np.float32((lowbias32(lowbias32(stream * count + index) ^ key_hash) >> 8) / 2**24)
+
+
+def test_keyed_uniform_numbers_are_the_hash_of_seed_key_and_counter():
+    keys = torch.tensor([0, 1, 100, 2**32 - 1])
+    numbers = keyed_uniform(keys, seed=3, count=5, stream=1)
+    assert numbers.dtype == torch.float32 and numbers.shape == (4, 5)
+    for row, key in enumerate(keys.tolist()):
+        for index in range(5):
+            assert numbers[row, index].item() == keyed_uniform_by_hand(3, key, index, stream=1, count=5)
+
+
+def test_a_keyed_uniform_start_is_its_keys_numbers_scaled_to_the_ball(image_batch):
     x, _ = image_batch()
     keys = torch.arange(100, 100 + len(x))
     eps = 8 / 255
     before = torch.get_rng_state()
     starts = keyed_start(x, keys, seed=3, eps=eps)
     assert torch.equal(torch.get_rng_state(), before)  # the global stream is left alone
+    flat_x = x.flatten(1).numpy()
     for i, key in enumerate(keys.tolist()):
-        generator = torch.Generator().manual_seed(3 * 1_000_003 + key)
-        by_hand = (x[i] + torch.empty_like(x[i]).uniform_(-eps, eps, generator=generator)).clamp(0, 1)
-        assert torch.equal(starts[i], by_hand)
-    generator = torch.Generator().manual_seed(3 * 1_000_003 + 100)
-    normal = keyed_start(x, keys, seed=3, eps=eps, random_start="normal")
-    torch.testing.assert_close(normal[0], (x[0] + 0.001 * torch.empty_like(x[0]).normal_(generator=generator))
-                               .clamp(x[0] - eps, x[0] + eps).clamp(0, 1), rtol=0, atol=0)
+        for j in (0, 1, x[0].numel() - 1):
+            u = keyed_uniform_by_hand(3, key, j, count=x[0].numel())
+            by_hand = np.clip(flat_x[i, j] + (np.float32(2) * u - np.float32(1)) * np.float32(eps), 0, 1)
+            assert starts.flatten(1)[i, j].item() == by_hand
+    normal = keyed_start(x, keys, seed=3, eps=eps, random_start="normal") - x
+    assert 0 < normal.abs().max() < 0.01  # the tiny Gaussian start of TRADES (std 0.001), projected
+
+
+def test_keyed_numbers_are_uniform_and_unrelated_across_neighbouring_keys():
+    numbers = keyed_uniform(torch.arange(2000), seed=1, count=1000).double()
+    assert abs(numbers.mean().item() - 0.5) < 0.002 and abs(numbers.var().item() - 1 / 12) < 0.001
+    counts = torch.histc(numbers, bins=20, min=0, max=1)
+    chi_square = ((counts - numbers.numel() / 20) ** 2 / (numbers.numel() / 20)).sum().item()
+    assert chi_square < 43.8  # 19 degrees of freedom, p = 0.001
+    across_keys = torch.corrcoef(torch.stack([numbers[:-1].flatten(), numbers[1:].flatten()]))[0, 1]
+    along_a_row = torch.corrcoef(torch.stack([numbers[:, :-1].flatten(), numbers[:, 1:].flatten()]))[0, 1]
+    assert abs(across_keys.item()) < 0.005 and abs(along_a_row.item()) < 0.005  # keys k, k + 1; numbers i, i + 1
 
 
 @pytest.mark.parametrize("norm, eps", [("linf", 8 / 255), ("l2", 0.5)])
@@ -292,3 +327,52 @@ def test_a_keyed_start_does_not_depend_on_the_memory_format(image_batch):
     channels_last = keyed_start(x.contiguous(memory_format=torch.channels_last), keys, seed=5, eps=8 / 255)
     assert torch.equal(channels_last, plain)
     assert channels_last.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_no_parameter_requires_grad_during_an_attack_and_every_flag_comes_back(small_model, image_batch):
+    model = small_model()
+    x, y = image_batch()
+    frozen_before = next(model.parameters())
+    frozen_before.requires_grad_(False)  # a deliberately frozen layer stays frozen
+    seen = []
+
+    def objective(logits):
+        seen.append([p.requires_grad for p in model.parameters()])
+        return F.cross_entropy(logits, y)
+
+    pgd(model, x, objective, eps=8 / 255, step_size=2 / 255, steps=2)
+    assert len(seen) == 2 and not any(any(flags) for flags in seen)
+    assert [p.requires_grad for p in model.parameters()] == [False] + [True] * (len(list(model.parameters())) - 1)
+
+    def failing(logits):
+        raise RuntimeError("an objective that fails")
+
+    with pytest.raises(RuntimeError, match="fails"):
+        pgd(model, x, failing, eps=8 / 255, step_size=2 / 255, steps=1)
+    assert [p.requires_grad for p in model.parameters()] == [False] + [True] * (len(list(model.parameters())) - 1)
+    with parameters_frozen(model):
+        assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_a_compiled_attack_computes_no_weight_gradient(image_batch):
+    """The backward graph torch.compile traces for an attack step asks convolution_backward for the
+    input's gradient only (output mask T, F, F); with the weights requiring grad it asked for all three."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    masks = []
+
+    def backward_compiler(graph, example_inputs):
+        masks.extend(tuple(node.args[-1]) for node in graph.graph.nodes
+                     if node.target is torch.ops.aten.convolution_backward.default)
+        return make_boxed_func(graph)
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(16, 3))  # 4x4 images
+    x, y = image_batch()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=aot_autograd(fw_compiler=lambda g, _: make_boxed_func(g),
+                                                         bw_compiler=backward_compiler), dynamic=False)
+    pgd(compiled, x, lambda logits: F.cross_entropy(logits, y), eps=8 / 255, step_size=2 / 255, steps=2)
+    torch._dynamo.reset()
+    assert masks == [(True, False, False)]

@@ -28,7 +28,7 @@ from adv_training.generated_data import (
 )
 from adv_training.prepare_generated import main as prepare_main
 from engine.augment import as_float_images, crop_flip, draw_crop_flip, draw_rotations, keyed_generator, rotate_nearest
-from engine.data import set_epoch
+from engine.data import global_batch_sizes, set_epoch
 from engine.errors import UserError
 
 
@@ -289,6 +289,7 @@ def test_processes_share_the_global_batch_of_one_process(world_size):
     for number, batch in enumerate(one):
         assert sum((share[number] for share in shares), []) == batch
         assert all(len(share[number]) == 20 // world_size for share in shares)
+    assert global_batch_sizes(sampler(batch_size=20, rank=1, world_size=world_size)) == [len(b) for b in one]
     with pytest.raises(UserError, match="batch size 20 is the global batch.*multiple of 3"):
         sampler(batch_size=20, world_size=3)
 

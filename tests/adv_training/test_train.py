@@ -15,7 +15,7 @@ import adv_training.train as train_module
 from adv_training.config import ATConfig, AttackConfig
 from adv_training.methods import Method
 from adv_training.swa import average_checkpoints
-from adv_training.train import attack_budget, main
+from adv_training.train import _to_device, attack_budget, epoch_precision, main
 from engine.file_io import load_file
 from engine.config import load_config
 from losses import ClassPrior
@@ -395,6 +395,35 @@ def test_standard_training_never_attacks(cifar10_root, tmp_path, monkeypatch):
     assert record["attack_steps"] == 0 and record["train_loss_natural"] == 0.0
 
 
+def test_a_bf16_run_trains_in_tf32_while_the_budget_is_below_bf16_min_eps():
+    budgets = [attack_budget(AttackConfig(), epoch, 200)[0] for epoch in range(1, 201)]
+    precisions = [epoch_precision("bf16", eps, 1 / 255, attacks=True) for eps in budgets]
+    assert precisions == ["tf32"] * 24 + ["bf16"] * 176  # eps_t = 1/255 exactly at epoch 25
+    assert {epoch_precision("bf16", eps, 0.0, attacks=True) for eps in budgets} == {"bf16"}
+    assert epoch_precision("bf16", 0.0, 1 / 255, attacks=False) == "bf16"  # no attack: nothing to hide
+    assert {epoch_precision(p, 0.0, 1 / 255, attacks=True) for p in ("fp32", "tf32")} == {"fp32", "tf32"}
+
+
+def test_dual_view_images_are_copied_one_view_at_a_time_and_joined_on_the_device():
+    """Joined on the host, the two views would be a new tensor in pageable memory, whose copy blocks."""
+    basic, augmented, labels = torch.rand(3, 3, 4, 4), torch.rand(3, 3, 4, 4), torch.tensor([0, 1, 2])
+    joins = []
+
+    class Joins(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.cat.default:
+                joins.append({tensor.device.type for tensor in args[0]})
+            return func(*args, **(kwargs or {}))
+
+    with Joins():
+        images, targets, basic_size = _to_device(([basic, augmented], labels), torch.device("meta"), False)
+    assert images.device.type == "meta" and images.shape == (6, 3, 4, 4) and basic_size == 3
+    assert targets.shape == (6,) and joins and all(devices == {"meta"} for devices in joins)
+    images, targets, _ = _to_device(([basic, augmented], labels), torch.device("cpu"), True)
+    assert torch.equal(images, torch.cat([basic, augmented])) and targets.tolist() == [0, 1, 2, 0, 1, 2]
+    assert images.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_bf16_autocast_and_channels_last_run_and_evaluate_in_fp32(cifar10_root, tmp_path, monkeypatch):
     # On the CPU this exercises the same autocast and memory-format code as on a GPU.
     dtypes = []
@@ -402,15 +431,20 @@ def test_bf16_autocast_and_channels_last_run_and_evaluate_in_fp32(cifar10_root, 
 
     def recording_loss(self, *args, **kwargs):
         loss, parts = real_loss(self, *args, **kwargs)
-        dtypes.append(parts["logits_adv"].dtype)
+        dtypes.append((parts["logits_adv"].dtype, torch.is_autocast_enabled("cpu")))
         return loss, parts
 
     monkeypatch.setattr(Method, "loss", recording_loss)
     args = tiny_run(cifar10_root, tmp_path, "epochs=1", "precision=bf16", "channels_last=true", "awp.enabled=false")
-    assert main(args) == 0
-    assert set(dtypes) == {torch.bfloat16}
+    assert main(args) == 0  # eps_t = 8/255 in the one epoch: bf16
+    assert set(dtypes) == {(torch.float32, True)}  # autocast on, and the float32 head gives float32 logits
     (record,) = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert math.isfinite(record["train_loss"]) and 0 <= record["test_robust_acc"] <= 100
+    assert record["precision"] == "bf16"
+    dtypes.clear()
+    assert main(tiny_run(cifar10_root, tmp_path, "epochs=1", "precision=bf16", "attack.epsilon=0.5/255", name="small")) == 0
+    assert set(dtypes) == {(torch.float32, False)}  # eps_t = 0.5/255 < bf16_min_eps: no autocast
+    assert read_jsonl(tmp_path / "small" / "metrics.jsonl")[0]["precision"] == "tf32"
 
 
 @pytest.mark.parametrize("environment, expected", [

@@ -136,3 +136,26 @@ def test_a_checkpoint_with_nan_weights_is_refused_by_name(tmp_path, capsys):
     error = capsys.readouterr().err
     assert code == 2 and f"{run / 'best.pt'}: entry 'model.{key}'" not in error  # the state dict, not the wrapper
     assert str(run / "best.pt") in error and f"'{key}' holds NaN or inf" in error
+
+
+def test_a_last_pt_with_nan_prior_rows_is_refused_in_one_line_and_left_as_it_was(tmp_path, capsys):
+    assert main(digits_run(tmp_path, "epochs=1")) == 0
+    run = tmp_path / "run"
+    state = load_file(run / "last.pt")
+    state["prior"]["prior"][1, 2] = float("nan")
+    atomic_save(state, run / "last.pt")
+    written = (run / "last.pt").read_bytes()
+    assert main(digits_run(tmp_path, "resume=true")) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "its prior state does not fit this run" in error and "NaN" in error
+    assert (run / "last.pt").read_bytes() == written
+
+
+def test_on_an_accelerator_a_nan_loss_stops_in_one_line_with_last_pt_intact(tmp_path, capsys, accelerator_checks):
+    assert main(digits_run(tmp_path, "stop_after=1")) == 0
+    run = tmp_path / "run"
+    written = (run / "last.pt").read_bytes()
+    assert main(digits_run(tmp_path, "resume=true", "optim.lr=1e30")) == 2  # diverges in epoch 2
+    error = capsys.readouterr().err
+    assert "the training loss became nan in epoch 2" in error and "last.pt still holds epoch 1" in error
+    assert (run / "last.pt").read_bytes() == written

@@ -52,6 +52,8 @@ AT_BAD = [
     ("device=gpu", "'gpu'"), ("device=cuda:x", "'cuda:x'"), ("awp.warmup=300", "never act"),
     ("ema.start_epoch=201", "never act"),
     ("epochs=010", "'010'"), ("epochs=1:00", "'1:00'"), ("optim.lr=0b101", "'0b101'"), ("seed=0x10", "'0x10'"),
+    ("bf16_min_eps=-1/255", "-0.0039"),
+    ("bf16_min_eps=2", "2"),
 ]
 KD_BAD = [
     ("epochs=0", "0"), ("epochs=-240", "-240"), ("seed=-3", "-3"),
@@ -107,6 +109,12 @@ def test_bad_adversarial_training_configs(override, text, tmp_path, capsys):
     key = override.split("=", 1)[0]
     code, error = run(at_main, [override], tmp_path, capsys)
     assert_one_line_error(code, error, tmp_path, text, *([key] if "=" in override else []))
+
+
+@pytest.mark.parametrize("entry_point", [at_main, kd_main], ids=["adversarial_training", "distillation"])
+def test_compile_with_sync_bn_is_refused_before_anything_runs(entry_point, tmp_path, capsys):
+    code, error = run(entry_point, ["compile=true", "sync_bn=true"], tmp_path, capsys)
+    assert_one_line_error(code, error, tmp_path, "breaks its graph at every SyncBatchNorm", "compile", "sync_bn")
 
 
 @pytest.mark.parametrize("override, text", KD_BAD, ids=[o for o, _ in KD_BAD])

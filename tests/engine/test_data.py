@@ -25,6 +25,7 @@ from engine.data import (
     build_train_set,
     dataset_num_classes,
     first_examples,
+    global_batch_sizes,
     make_eval_loader,
     make_loader,
     num_classes,
@@ -325,10 +326,13 @@ def test_processes_share_each_global_training_batch_of_one_process(world_size, d
         set_epoch(loader, 2)
         shares.append([b.tolist() for b in loader])
         assert len(loader) == len(shares[-1])
+        sizes = global_batch_sizes(loader)  # known on the host by every process alike
+        assert sizes == [len(b) for b in (expected[:-1] if not drop_last and world_size == 4 else expected)]
     # a last batch of 3 images is kept for 2 or 3 processes, dropped for 4 (one would get nothing)
     if not drop_last and world_size == 4:
         expected = expected[:-1]
     assert [sum((share[i] for share in shares), []) for i in range(len(shares[0]))] == expected
+    assert global_batch_sizes(one) is None  # one process: its batches are the global ones
     for share in shares:  # contiguous, near-equal parts
         assert all(abs(len(part) - len(first)) <= 1 for part, first in zip(share, shares[0]))
 

@@ -6,7 +6,7 @@ from PIL import Image
 from scipy.stats import chi2_contingency, chisquare
 from torchvision import transforms
 
-from engine.data import set_epoch
+from engine.data import global_batch_sizes, set_epoch
 from engine.device_data import DeviceBatches
 from engine.errors import UserError
 
@@ -103,6 +103,9 @@ def test_processes_take_contiguous_shares_of_one_processes_batches():
     shares = [collect(DeviceBatches(images, labels, batch_size=6, device=torch.device("cpu"), seed=4, rank=r,
                                     world_size=3), 2) for r in range(3)]
     assert len(single) == 4 and all(len(share) == 4 for share in shares)
+    sizes = global_batch_sizes(DeviceBatches(images, labels, batch_size=6, device=torch.device("cpu"), seed=4, rank=1,
+                                             world_size=3))
+    assert sizes == [len(batch[1]) for batch in single] == [6, 6, 6, 5]
     for number, (images_one, labels_one) in enumerate(single):
         assert torch.equal(torch.cat([share[number][0] for share in shares]), images_one)
         assert torch.equal(torch.cat([share[number][1] for share in shares]), labels_one)

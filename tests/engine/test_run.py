@@ -38,7 +38,7 @@ def test_extra_states_round_trip_and_the_rng_is_restored(tmp_path, small_model, 
 
     fresh_model, fresh_optimizer, fresh_states = trained(small_model, image_batch, seed=1)
     state = resume_training_state(tmp_path / "last.pt", TinyConfig(), fresh_model, fresh_optimizer, fresh_states,
-                                  device="cpu", describe="the tiny model", log=lambda line: None)
+                                  describe="the tiny model", log=lambda line: None)
     assert state["epoch"] == 3 and state["best"] == {"epoch": 2} and state["ema"] is None
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh_model.state_dict().values()))
     assert torch.equal(fresh_states["prior"].rows(torch.arange(3)), states["prior"].rows(torch.arange(3)))
@@ -51,5 +51,5 @@ def test_a_state_the_run_needs_but_the_file_lacks_is_named(tmp_path, small_model
     atomic_save(training_state(TinyConfig(), 1, model, optimizer, {}, {"prior": states["prior"], "swa": None}),
                 tmp_path / "last.pt")
     with pytest.raises(UserError, match="holds no swa state: the run was started with swa switched off"):
-        resume_training_state(tmp_path / "last.pt", TinyConfig(), model, optimizer, states, device="cpu",
+        resume_training_state(tmp_path / "last.pt", TinyConfig(), model, optimizer, states,
                               describe="the tiny model", log=lambda line: None)

@@ -67,3 +67,18 @@ def test_the_hash_check_passes_a_matching_file(tmp_path):
 
     path = atomic_save({"w": torch.ones(2)}, tmp_path / "weights.pth")
     require_sha256_prefix(path, hashlib.sha256(path.read_bytes()).hexdigest()[:8])
+
+
+def test_on_an_accelerator_an_inf_teacher_stops_at_the_progress_line_with_last_pt_intact(tmp_path, capsys,
+                                                                                        accelerator_checks):
+    """As on a GPU (value checks off the host): the teacher's bad outputs are zeroed and counted on the
+    device, no device-side assert is queued, and the run stops in one line naming the teacher."""
+    good = teacher_file(tmp_path / "teacher.pt")
+    assert main(digits_kd(tmp_path, good, "stop_after=1", "ikl.class_prior=false")) == 0
+    written = (tmp_path / "kd" / "last.pt").read_bytes()
+    broken = teacher_file(tmp_path / "broken.pt", scale=1e30)
+    assert main(digits_kd(tmp_path, broken, "resume=true", "ikl.class_prior=false",
+                          "teacher.report_accuracy=false")) == 2
+    error = capsys.readouterr().err
+    assert f"the teacher (digits_cnn, {broken}) outputs NaN or inf" in error
+    assert (tmp_path / "kd" / "last.pt").read_bytes() == written

@@ -333,3 +333,19 @@ def test_closed_form_and_oracle_match_an_explicit_double_loop():
     total /= float(weights.sum(1).square().sum())
     assert wmse_loss(student, teacher, weights).item() == pytest.approx(total, rel=1e-12)
     assert wmse_loss_pairwise(student, teacher, weights).item() == pytest.approx(total, rel=1e-12)
+
+
+def test_on_an_accelerator_bad_weights_make_the_loss_nan_instead_of_a_device_assert(accelerator_checks):
+    student, teacher = torch.randn(4, 10), torch.randn(4, 10)
+    weights = torch.rand(4, 10)
+    weights[2, 3] = -0.1
+    assert torch.isnan(wmse_loss(student, teacher, weights))
+    assert torch.isnan(ikl_loss(student, teacher, weights=weights))
+    weights[2, 3] = float("nan")  # a class prior gone NaN
+    assert torch.isnan(ikl_loss(student, teacher, weights=weights))
+    nan_teacher = teacher.clone()
+    nan_teacher[0, 0] = float("nan")  # the per-sample softmax weights of a diverged model
+    assert torch.isnan(ikl_loss(student, nan_teacher)) and torch.isnan(dkl_loss(student, nan_teacher))
+    good = torch.rand(4, 10)
+    assert wmse_loss(student, teacher, good).item() == pytest.approx(wmse_loss_pairwise(student, teacher, good).item(),
+                                                                     rel=1e-5)

@@ -123,3 +123,22 @@ def test_trades_kl_term_matches_trades_formula():
     reference_grads = torch.autograd.grad(reference, [logits_adv, logits_nat])
     for mine, theirs in zip(ours_grads, reference_grads):
         torch.testing.assert_close(mine, theirs)
+
+
+def test_dkd_takes_the_non_target_logits_by_gather_without_a_host_sync():
+    """The non-target logits as a gather (a boolean mask's result size is read back from the device)."""
+    from losses.kd import _non_target_logits
+
+    logits = torch.arange(12.0).view(3, 4)
+    targets = torch.tensor([0, 2, 3])
+    assert _non_target_logits(logits, targets).tolist() == [[1, 2, 3], [4, 5, 7], [8, 9, 10]]
+    seen = []
+
+    class Ops(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    with Ops():
+        dkd_loss(torch.randn(3, 4), torch.randn(3, 4), targets)
+    assert torch.ops.aten.nonzero.default not in seen and torch.ops.aten.index.Tensor not in seen

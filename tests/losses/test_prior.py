@@ -114,6 +114,11 @@ def test_load_state_dict_refuses_a_different_prior():
         ClassPrior(CLASSES, temperature=1.0).load_state_dict(state)
     with pytest.raises(ValueError, match="must have keys"):
         ClassPrior(CLASSES).load_state_dict({"prior": torch.zeros(CLASSES, CLASSES)})
+    for name, bad in (("prior", float("nan")), ("sums", -1.0), ("counts", float("inf"))):
+        damaged = ClassPrior(CLASSES, temperature=4.0).state_dict()
+        damaged[name][0] = bad  # rows that would reach the losses as NaN or negative weights
+        with pytest.raises(ValueError, match=f"holds {name} that are NaN, infinite or negative"):
+            ClassPrior(CLASSES, temperature=4.0).load_state_dict(damaged)
 
 
 def test_bad_update_arguments():
