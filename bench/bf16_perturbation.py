@@ -13,10 +13,11 @@ by their cosine (over the whole batch of logits) and by the norm of the bf16 err
 relative to the fp32 change, ||change_bf16 - change_fp32|| / ||change_fp32||. A cosine
 near 1 and an error well under 1 mean bf16 sees the perturbation as fp32 does; an error
 above 1 means rounding noise dominates. Rows are printed for the layers of `build_model`
-(stem and head in float32, `models.float32_ends`), for every layer in bf16 (plain
-stem and head, the state before), and for TF32 (no autocast, convolutions and matrix
-products on TF32 operands: real on a CUDA GPU; on the CPU emulated by rounding their
-operands to TF32's 10-bit mantissa, `TF32Operands`).
+(stem and head outside autocast, `models.float32_ends`, at the TF32 a bf16 run sets), for
+every layer in bf16 (plain stem and head, the state before), and for TF32 (no autocast,
+convolutions and matrix products on TF32 operands). TF32 is real on a CUDA GPU; on the CPU
+it is emulated by rounding the float32 operands of every convolution and matrix product to
+TF32's 10-bit mantissa (`TF32Operands`).
 
 Random images (uniform in [0, 1]) and a freshly initialised model in eval mode: the
 question is one of number formats, which trained weights change little. Prints a table;
@@ -70,9 +71,10 @@ class TF32Operands(TorchDispatchMode):
 
 
 def logits(model, x, precision):
-    """fp32, bf16 (autocast) or tf32 logits of ``x``, as float32."""
-    tf32 = precision == "tf32"
-    emulate = tf32 and x.device.type != "cuda"
+    """fp32, bf16 (autocast) or tf32 logits of ``x``, as float32, as training computes them: a bf16
+    run's float32 layers (the stem and the head) run with TF32 on (`engine.runtime.configure_precision`)."""
+    tf32 = precision in ("tf32", "bf16")
+    emulate = tf32 and x.device.type != "cuda"  # rounds float32 operands only: bf16 ones are TF32 already
     flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     try:

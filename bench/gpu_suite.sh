@@ -25,19 +25,22 @@ case "$PART" in
     probe|trainer|steps|epoch) ;;
     *) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
-mkdir -p "$OUT_DIR"
 cd "$ROOT"
+mkdir -p "$OUT_DIR"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 
 QUICK="${DKL_SUITE_QUICK:-}"
+STATUS=0  # the script's exit status: 1 when any command of the part failed or ran out of time
 run_part() {  # name, seconds, command...
     local name="$1" limit="$2"
     shift 2
     echo "== $name (limit ${limit}s) =="
-    local started=$SECONDS
+    local started=$SECONDS code
     timeout "$limit" "$@" 2>&1 | grep -v -E "^(W|I)[0-9]{4} |DEBUG" | tee "$OUT_DIR/$name.log"
-    echo "== $name: exit ${PIPESTATUS[0]}, $((SECONDS - started)) s =="
+    code=${PIPESTATUS[0]}
+    echo "== $name: exit $code, $((SECONDS - started)) s =="
+    [[ $code -eq 0 ]] || STATUS=1
 }
 
 {
@@ -126,3 +129,4 @@ epoch)
     run_part epoch 230 bash -c epoch_run
     ;;
 esac
+exit $STATUS

@@ -26,8 +26,11 @@ def nondeterminism_reason(error: RuntimeError) -> Optional[str]:
     if match:
         return f"{match.group(1)} (an operation of this run) has no deterministic implementation in torch"
     if "CUBLAS_WORKSPACE_CONFIG" in text:
-        return (f"CUBLAS_WORKSPACE_CONFIG is set to {os.environ.get('CUBLAS_WORKSPACE_CONFIG')!r}, which is not "
-                f"deterministic (unset it, or set :4096:8)")
+        value = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+        if value in (":4096:8", ":16:8"):
+            return (f"CUBLAS_WORKSPACE_CONFIG={value} was set after this process's first CUDA matrix product, "
+                    f"which torch reads it at (start the run in a fresh process, or export it before)")
+        return f"CUBLAS_WORKSPACE_CONFIG is set to {value!r}, which is not deterministic (unset it, or set :4096:8)"
     return None
 
 

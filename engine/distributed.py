@@ -7,6 +7,7 @@ that crosses samples goes through these helpers or through `ClassPrior`, so the 
 the same in one process and in many.
 """
 import datetime
+import inspect
 import os
 from typing import Any, Iterable, List, Optional
 
@@ -129,6 +130,10 @@ def local_gpu_index(local_rank: int, visible_gpus: int) -> int:
     if visible_gpus < 1:
         raise UserError("this process sees no GPU (CUDA_VISIBLE_DEVICES is empty?); give every process one GPU "
                         "or use device=cpu")
+    if visible_gpus > 1 and local_rank >= visible_gpus:
+        raise UserError(f"LOCAL_RANK {local_rank} but this node's processes see {visible_gpus} GPUs: two processes "
+                        f"would share one; start at most {visible_gpus} processes per node (NPROC / "
+                        f"--nproc_per_node), or give each process its own GPU with CUDA_VISIBLE_DEVICES")
     return local_rank % visible_gpus
 
 
@@ -151,8 +156,12 @@ def wrap_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
-                                   broadcast_buffers=False)
+    # torch 2.13 renamed broadcast_buffers (deprecated, and False also skips the initial sync)
+    # to forward_sync_buffers; the requirements admit torch 2.11 and 2.12, which have only the old name.
+    parameters = inspect.signature(DistributedDataParallel.__init__).parameters
+    no_forward_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in parameters
+                       else {"broadcast_buffers": False})
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None, **no_forward_sync)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

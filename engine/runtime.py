@@ -45,8 +45,9 @@ def deterministic_cublas() -> None:
 
     Without it cuBLAS may reduce a product differently from one call to the next, and
     ``torch.use_deterministic_algorithms`` refuses every CUDA matrix product. torch reads the
-    variable when it creates a cuBLAS handle, which nothing in `prepare_runtime` does before
-    `seed_everything` calls this.
+    variable once per process, at its first CUDA matrix product (and keeps that answer), which
+    nothing in `prepare_runtime` does before `seed_everything` calls this; a process that ran
+    CUDA products before cannot become deterministic.
     A value of the user's that is not deterministic is left alone: torch then refuses the
     first product, which the entry points report in one line.
     """

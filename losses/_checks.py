@@ -83,9 +83,11 @@ def check_weights(weights: torch.Tensor, logits: torch.Tensor, name: str = "weig
 def check_targets(targets: torch.Tensor, logits: torch.Tensor) -> None:
     """``targets`` holds one integer class index per row of ``logits``.
 
-    Their range is checked on the CPU only. On an accelerator an out-of-range label is
-    caught by torch's own kernels (cross entropy, gather and indexing assert on the device);
-    real data cannot get there, as the datasets' labels are checked when they are opened."""
+    Their range is checked on the CPU only: on an accelerator it would cost a host read or a
+    device-side assert at every call. There, out-of-range labels make cross entropy and
+    indexing (the class prior's rows) assert on the device, while `dkd_loss` would return a
+    wrong value (its masks stay in range); the training data cannot get there, as the
+    datasets' labels are checked when they are opened."""
     if not isinstance(targets, torch.Tensor):
         raise TypeError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
     if targets.is_floating_point() or targets.dtype == torch.bool:

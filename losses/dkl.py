@@ -185,16 +185,17 @@ def ikl_loss(
     if not gamma >= 0:
         raise ValueError(f"gamma must be non-negative, got {gamma}")
     loss = logits_student.new_zeros((), dtype=_compute_dtype(logits_student))
+    valid = None  # the device-side check of given weights (see `wmse_loss`)
     if beta != 0:
         if weights is None:
             dtype = _compute_dtype(logits_teacher)
             weights = F.softmax(logits_teacher.detach().to(dtype) / weight_temperature, dim=1)
         else:
-            check_weights(weights, logits_student)
+            valid = check_weights(weights, logits_student)  # before gamma: an even power hides a sign
             weights = weights.detach()
         if gamma != 1:
             weights = weights.pow(gamma)
         loss = loss + beta * wmse_loss(logits_student, logits_teacher, weights)
     if alpha != 0:
         loss = loss + alpha * soft_ce_loss(logits_student, logits_teacher, temperature)
-    return loss
+    return nan_unless(valid, loss)

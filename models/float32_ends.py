@@ -7,7 +7,10 @@ would see most perturbed pixels rounded back to their clean values. The classifi
 would likewise hand the losses bf16 logits (steps of 1/16 at |z| in [8, 16)), noise that
 the beta-weighted wMSE of the logit gaps multiplies. Both layers are cheap (three input
 channels; one matrix product), so `build_model` gives every architecture a float32 stem
-and head (`keep_ends_in_float32`); the layers between them keep bf16.
+and head (`keep_ends_in_float32`); the layers between them keep bf16. "float32" is the
+process's float32 setting: a bf16 run of the trainers turns TF32 on for what runs outside
+autocast, so on an Ampere or later GPU these two layers take TF32 operands (10 mantissa
+bits: 8 times finer than bf16's; measured in the README's "Precision").
 
 The swapped layers are subclasses of ``nn.Conv2d`` and ``nn.Linear`` holding the very same
 parameters under the same names, so state dicts, checkpoints and published weights are

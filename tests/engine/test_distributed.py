@@ -87,6 +87,7 @@ def test_all_reduce_mean_averages_every_tensor_with_one_collective_per_dtype(tmp
 def test_each_process_takes_its_gpu_among_those_it_sees():
     assert [local_gpu_index(rank, 8) for rank in range(8)] == list(range(8))  # torchrun on one 8-GPU node
     assert [local_gpu_index(rank, 1) for rank in range(4)] == [0, 0, 0, 0]  # a scheduler gives each its own GPU
-    assert [local_gpu_index(rank, 2) for rank in range(4)] == [0, 1, 0, 1]
+    with pytest.raises(UserError, match="LOCAL_RANK 2 but this node's processes see 2 GPUs: two processes"):
+        local_gpu_index(2, 2)  # more processes than GPUs: NCCL would fail later on a duplicate GPU
     with pytest.raises(UserError, match="sees no GPU"):
         local_gpu_index(0, 0)

@@ -341,6 +341,7 @@ def test_on_an_accelerator_bad_weights_make_the_loss_nan_instead_of_a_device_ass
     weights[2, 3] = -0.1
     assert torch.isnan(wmse_loss(student, teacher, weights))
     assert torch.isnan(ikl_loss(student, teacher, weights=weights))
+    assert torch.isnan(ikl_loss(student, teacher, weights=weights, gamma=2.0))  # the square would hide the sign
     weights[2, 3] = float("nan")  # a class prior gone NaN
     assert torch.isnan(ikl_loss(student, teacher, weights=weights))
     nan_teacher = teacher.clone()
