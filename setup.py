@@ -1,10 +1,12 @@
 """Installs the DKL/IKL packages so that they import from anywhere: ``pip install -e .``"""
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
-PACKAGES = ["losses", "models", "engine", "adv_training", "knowledge_distillation"]
+PACKAGES = ["losses", "models", "engine", "adv_training", "knowledge_distillation", "experiments"]
+VERSION = re.search(r'^__version__ = "([^"]+)"', (ROOT / "engine" / "__init__.py").read_text(), re.M).group(1)
 
 
 TEST_ONLY = ("pytest",)
@@ -19,7 +21,7 @@ def read_requirements():
 
 setup(
     name="dkl",
-    version="0.1.0",
+    version=VERSION,
     description="Decoupled and Improved Kullback-Leibler divergence losses (DKL/IKL) "
     "for adversarial training and knowledge distillation",
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),

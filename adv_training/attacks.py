@@ -19,11 +19,13 @@ computing it once changes nothing but the cost.
 """
 import contextlib
 import math
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from .config import AttackConfig
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 
@@ -281,3 +283,30 @@ def pgd(
                     delta = torch.renorm(delta, p=2, dim=0, maxnorm=eps)
                     x_adv = (x + delta).clamp(0.0, 1.0)
     return x_adv.detach()
+
+
+# --- the training attack's budget per epoch ------------------------------------------------------
+
+def attack_budget(attack: AttackConfig, epoch: int, epochs: int) -> Tuple[float, float, int]:
+    """(eps_t, step size, steps) of the training attack at ``epoch`` (1-based).
+
+    ``high`` is what the reference code runs: its 2/3/4/5-step ``if`` chain overwrites
+    itself, so every epoch gets 5 steps of eps_t / 2. ``high_piecewise`` is the schedule
+    that chain was meant to be (2 steps of eps_t up to epoch 50, 3 of 2 eps_t / 3 up to 100,
+    4 of eps_t / 2 up to 150, then 5 of eps_t / 2; epochs scaled to a 200-epoch run).
+    """
+    eps_t = attack.epsilon * epoch / epochs if attack.eps_ramp else attack.epsilon
+    if attack.budget == "low":
+        return eps_t, eps_t, 2
+    if attack.budget == "high":
+        return eps_t, eps_t / 2, 5
+    if attack.budget == "high_piecewise":
+        scale = epochs / 200.0
+        if epoch <= int(50 * scale):
+            return eps_t, eps_t, 2
+        if epoch <= int(100 * scale):
+            return eps_t, 2 * eps_t / 3, 3
+        if epoch <= int(150 * scale):
+            return eps_t, eps_t / 2, 4
+        return eps_t, eps_t / 2, 5
+    return eps_t, attack.step_size, attack.steps

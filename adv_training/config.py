@@ -8,7 +8,7 @@ YAML file only states what differs. ``python -m adv_training.train --print-confi
 them all.
 """
 from dataclasses import dataclass
-from typing import List, Literal, Optional
+from typing import ClassVar, Dict, List, Literal, Optional
 
 from engine.config import (
     BATCH,
@@ -16,19 +16,16 @@ from engine.config import (
     FRACTION,
     NON_NEGATIVE,
     POSITIVE,
-    SEED,
     ConfigError,
     Range,
+    RunConfig,
     knob,
-    require_choice,
     require_increasing,
-    require_model,
-    require_device,
-    require_not_both_compile_and_sync_bn,
-    require_plain_name,
     section,
 )
-from engine.paper_rows import PAPER_ROWS
+from models.registry import require_model
+
+from .paper_rows import PAPER_ROWS, PaperRow
 
 
 @dataclass
@@ -36,9 +33,9 @@ class DataConfig:
     dataset: Literal["cifar10", "cifar100", "digits"] = knob(
         "cifar100", "training and test set (digits: scikit-learn's 8x8 digits, for the quickstart)"
     )
-    root: str = knob("data", "folder holding cifar-10-batches-py / cifar-100-python")
-    download: bool = knob(False, "download the dataset into `root` when it is missing")
-    verify_checksum: bool = knob(True, "check the official MD5 sums; false only for locally written test data")
+    root: str = knob("data", "folder holding cifar-10-batches-py / cifar-100-python", changes_result=False)
+    download: bool = knob(False, "download the dataset into `root` when it is missing", changes_result=False)
+    verify_checksum: bool = knob(True, "check the official MD5 sums; false only for locally written test data", changes_result=False)
     augment: Literal["none", "basic", "autoaug", "cutout"] = knob(
         "basic", "basic = crop+flip; autoaug/cutout add a second, augmented view per image; none = as stored"
     )
@@ -51,14 +48,14 @@ class DataConfig:
     )
     batch_size: int = knob(128, "global training batch size (per view; several processes share it)", valid=BATCH)
     drop_last: bool = knob(False, "drop the last incomplete training batch (the reference's TRADES script does)")
-    test_batch_size: int = knob(256, "evaluation batch size of each process (whole batches are dealt to the processes)", valid=BATCH)
+    test_batch_size: int = knob(256, "evaluation batch size of each process (whole batches are dealt to the processes)", valid=BATCH, changes_result=False)
     validation_size: int = knob(0, "hold the first N real training images out of training as a validation set (test "
                                 "transform; Wang et al.: 1024, for eval.split=validation); 0 = none", valid=NON_NEGATIVE)
-    num_workers: int = knob(4, "DataLoader worker processes", valid=Range(0, 256))
+    num_workers: int = knob(4, "DataLoader worker processes", valid=Range(0, 256), changes_result=False)
     loader: Literal["auto", "workers", "device"] = knob(
         "auto", "device: the whole CIFAR training set on the device as uint8, shuffled, cropped and flipped there a "
         "batch at a time (RandomCrop(32, padding=4) + flip's distribution, no workers; augment basic or none, no "
-        "generated data); workers: DataLoader worker processes; auto: device on CUDA where it applies, else workers")
+        "generated data); workers: DataLoader worker processes; auto: device on CUDA where it applies, else workers", changes_result=False)
 
 
 @dataclass
@@ -72,7 +69,7 @@ class GeneratedConfig:
     epoch_images: int = knob(
         50_000, "an epoch is ceil(epoch_images / batch_size) batches whatever the amount of generated data (Wang "
         "et al.'s semisup.py: the 50,000 real CIFAR training images)", valid=Range(1))
-    verify_hashes: bool = knob(False, "recompute the prepared files' sha256 before training (reads them all once)")
+    verify_hashes: bool = knob(False, "recompute the prepared files' sha256 before training (reads them all once)", changes_result=False)
     rotate_degrees: float = knob(0.0, "after crop and flip, rotate every training image by an angle uniform in "
                                  "[-d, d] degrees, nearest neighbour, zero fill (Wang et al.'s CIFAR-100 loader: "
                                  "RandomRotation(15)); 0 = none", valid=Range(0, 180))
@@ -175,7 +172,7 @@ class OptimConfig:
     nesterov: bool = knob(False, "Nesterov momentum")
     implementation: Literal["auto", "fused", "foreach", "for_loop"] = knob(
         "auto", "SGD's update kernel: fused (one kernel for all parameters), foreach, for_loop; the same update "
-        "to 1e-6; auto = fused on CUDA, torch's default elsewhere")
+        "to 1e-6; auto = fused on CUDA, torch's default elsewhere", changes_result=False)
     schedule: Literal["cosine", "cosine_trades", "step", "cosinew"] = knob(
         "cosine",
         "cosine: lr*(1+cos(pi*(e-w)/(E-w+1)))/2 after w warmup epochs (the DKL scripts); "
@@ -206,15 +203,14 @@ class EvalConfig:
 
 
 @dataclass
-class ATConfig:
+class ATConfig(RunConfig):
+    PAPER_ROWS: ClassVar[Dict[str, PaperRow]] = PAPER_ROWS
+
     method: str = knob(
         "ikl", "training objective, a name in adv_training.methods: ikl (IKL-AT), trades, pgd (Madry PGD-AT), "
         "mart, or standard (clean CE, no attack)"
     )
     epochs: int = knob(200, "training epochs", valid=EPOCHS)
-    seed: int = knob(0, "seed of every random number generator (set once, in engine.runtime)", valid=SEED)
-    deterministic: bool = knob(False, "deterministic kernels (slower; needed for bit-exact resume on GPU)")
-    device: str = knob("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     precision: Literal["fp32", "tf32", "bf16"] = knob(
         "fp32", "fp32 = strict float32; tf32 = TF32 matrix products and convolutions (Ampere GPUs and later); bf16 = "
         "bf16 autocast for training and attacks (stem and head in float32), TF32 elsewhere, the per-epoch monitor "
@@ -223,23 +219,10 @@ class ATConfig:
         1 / 255, "precision=bf16: epochs whose attack budget eps_t is below this train and attack in TF32 instead "
         "(bf16's rounding hides smaller perturbations: the README's 'Precision' table); 0 = bf16 throughout",
         valid=Range(0, 1))
-    channels_last: bool = knob(False, "NHWC memory format (faster convolutions on recent GPUs)")
     compile: bool = knob(False, "torch.compile the model for the attack and training forwards (the first epoch "
-                         "compiles, reported as compile_seconds; a last smaller batch runs uncompiled)")
-    sync_bn: bool = knob(False, "several processes: BatchNorm statistics over the global batch (CUDA only); "
-                         "false = per process, as the reference's DataParallel")
-    dist_timeout: float = knob(1800.0, "several processes: seconds a collective waits for the others before the run "
-                               "fails (a dead process never hangs the rest)", valid=POSITIVE)
-    allow_world_size_change: bool = knob(False, "resume last.pt with another number of processes than wrote it "
-                                         "(the data order then differs from an uninterrupted run)")
-    out_dir: str = knob("runs", "parent folder of run folders")
-    name: str = knob("", "run folder name under out_dir; empty = <dataset>_<method>_<arch>_seed<seed>")
-    resume: bool = knob(False, "continue from <run folder>/last.pt")
-    stop_after: int = knob(0, "stop after this epoch and keep last.pt, for job time limits (resume=true "
-                           "continues); 0 = run to the end", valid=NON_NEGATIVE)
-    paper_row: str = knob("", "the row of the paper's tables this config reproduces (engine/paper_rows.py): "
-                          "python -m engine.report prints its published numbers beside the measured ones")
-    save_every: int = knob(0, "also write ours-model-epoch{N}.pt every N epochs (plain state dict, for swa.py); 0 = never", valid=NON_NEGATIVE)
+                         "compiles, reported as compile_seconds; a last smaller batch runs uncompiled)", changes_result=False)
+    name: str = knob("", "run folder name under out_dir; empty = <dataset>_<method>_<arch>_seed<seed>", changes_result=False)
+    save_every: int = knob(0, "also write ours-model-epoch{N}.pt every N epochs (plain state dict, for swa.py); 0 = never", valid=NON_NEGATIVE, changes_result=False)
     label_smoothing: float = knob(
         0.0, "label smoothing of the clean-image CE term of ikl and trades, (1-ls)*CE + ls*mean_k(-log p_k) (Wang "
         "et al.'s --ls 0.1 in their generated-data runs); 0 = none, as the DKL scripts", valid=Range(0, 1, high_open=True))
@@ -259,14 +242,7 @@ class ATConfig:
 
     def validate(self) -> None:
         """What involves several knobs (each knob's own range is checked from its declaration)."""
-        from .methods import available_methods  # here: the registry's modules annotate with this schema
-
-        require_choice("method", self.method, available_methods())
-        require_plain_name("name", self.name)
-        if self.paper_row:
-            require_choice("paper_row", self.paper_row, sorted(PAPER_ROWS))
-        require_device("device", self.device)
-        require_not_both_compile_and_sync_bn(self.compile, self.sync_bn)
+        super().validate()
         require_model("model.arch", self.model.arch, self.data.dataset, self.model.build_kwargs())
         require_increasing("optim.milestones", self.optim.milestones)
         if self.attack.norm == "linf":

@@ -20,22 +20,22 @@ them) and the card says there is no RobustBench definition.
 import argparse
 import json
 import sys
-from argparse import Namespace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-import yaml
 
+from engine.cli import command
 from engine.data import num_classes as data_num_classes
 from engine.errors import UserError
 from engine.file_io import atomic_save, atomic_write_text, sha256_file, writing
-from engine.report import matching_autoattack, threat_model
+from engine.run_folder import RunFolder, metric_key
 from models.dm_wide_resnet import DMWideResNet
 from models.wide_resnet import WideResNet
 
-from .auto_attacks.eval import build_network, resolve_target
+from .auto_attacks.eval import build_network, run_target
+from .auto_attacks.reports import matching_autoattack, threat_model
 
 
 def robustbench_layout(model: torch.nn.Module, num_classes: int) -> Tuple[Optional[str], Dict[str, torch.Tensor]]:
@@ -53,26 +53,13 @@ def robustbench_layout(model: torch.nn.Module, num_classes: int) -> Tuple[Option
     return None, state
 
 
-def _read_yaml(path: Path) -> Dict[str, Any]:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
-
-
-def _read_json(path: Path) -> Dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
 def model_card(run_dir: Path, weights: Path, which: str, arch: str, dataset: str, constructor: Optional[str],
                export: Path) -> Dict[str, Any]:
-    config = _read_yaml(run_dir / "config.yaml")
+    folder = RunFolder(run_dir)
+    config = folder.read_config_or_empty()
     evaluation = config.get("eval") or {}
     norm, epsilon = threat_model(config)
-    environment = _read_json(run_dir / "environment.json")
+    environment = folder.read_environment()
     card: Dict[str, Any] = {
         "architecture": arch,
         "robustbench_model": constructor,
@@ -93,12 +80,11 @@ def model_card(run_dir: Path, weights: Path, which: str, arch: str, dataset: str
     else:
         # The last epoch's monitor measured the model, the EMA and (at its last epoch) the epoch
         # average as they ended; best.pt holds another epoch's weights, so it gets no number.
-        final = (_read_json(run_dir / "results.json").get("final") or {})
-        prefix = {"ema": "ema_", "swa": "swa_", "last": ""}.get(which)
-        clean = final.get(f"{prefix}test_clean_acc") if prefix is not None else None
+        owner = {"ema": "ema", "swa": "swa", "last": "model"}.get(which)
+        clean = folder.final_metrics().get(metric_key("clean_acc", owner=owner)) if owner is not None else None
         card["clean_acc"] = None if clean is None else {
             "value": clean, "n_ex": evaluation.get("num_examples"),
-            "source": f"{run_dir / 'results.json'} (the last epoch's monitor)"}
+            "source": f"{folder.results} (the last epoch's monitor)"}
         card["autoattack_acc"] = None
         card["note"] = (f"no standard AutoAttack report at this threat model in {run_dir} for these weights; run "
                         f"python -m adv_training.auto_attacks.eval --checkpoint {run_dir} --which {which}, then "
@@ -114,8 +100,7 @@ def export(run_dir: Path, which: Optional[str], out: Path) -> Dict[str, Any]:
         raise UserError(f"--out {out} must end in .pt (the model card goes beside it as {out.with_suffix('.json').name})")
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a run folder")
-    target = resolve_target(Namespace(checkpoint=str(run_dir), which=which, arch=None, data=None, depth=None,
-                                      widen_factor=None))
+    target = run_target(run_dir, which)
     model = build_network(target)  # loads strictly: a damaged or foreign file stops here
     constructor, state = robustbench_layout(model, data_num_classes(target.dataset))
     with writing(out.parent):
@@ -126,6 +111,7 @@ def export(run_dir: Path, which: Optional[str], out: Path) -> Dict[str, Any]:
     return card
 
 
+@command
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m adv_training.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -134,11 +120,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="whose weights (default: the epoch average, else the EMA, else best.pt)")
     parser.add_argument("--out", type=Path, required=True, help="FILE.pt; the card is written as FILE.json")
     args = parser.parse_args(argv)
-    try:
-        card = export(args.run_dir, args.which, args.out)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    card = export(args.run_dir, args.which, args.out)
     accuracy = card["autoattack_acc"]
     print(f"wrote {args.out} ({card['architecture']}, {card['weights']['which']} weights of {args.run_dir}; "
           f"{'RobustBench: ' + card['robustbench_model'] if card['robustbench_model'] else 'no RobustBench definition'})"

@@ -11,9 +11,11 @@ A method holds everything that differs between training objectives:
 * `Method.attack_objective`: what PGD maximises;
 * `Method.natural_loss` and `Method.robust_loss`: the two parts of its training loss.
 
-`Method.loss` assembles the parts the same way for every method, from two forwards as the
-reference does; the same loss serves the training step and AWP's proxy step. The trainer
-asks the method and never tests its name.
+`Method.loss` assembles the parts the same way for every method, from the logits of the two
+forwards the trainer makes as the reference does (the trainer runs the forwards and fetches
+the prior rows; the method turns logits into the loss, as a distiller does in distillation);
+the same loss serves the training step and AWP's proxy step. The trainer asks the method and
+never tests its name.
 
 Dual-view batches (data.augment = autoaug | cutout) hold the basic view in the first
 ``basic_size`` rows and the augmented view after it. The natural loss always covers both
@@ -21,14 +23,13 @@ views. The training step weights the augmented view's robust term by data.aug_we
 AWP's proxy step takes one robust term over the whole doubled batch, i.e. its batch mean
 (basic + augmented) / 2, and no aug_weight, as the reference's AWP code does.
 
-Adding a method (see `MART` at the end, and the README): subclass `Method`, register it
+Adding a method (see `MART` at the end, and docs/adding_a_method.md): subclass `Method`, register it
 with ``@register("name")``, give its knobs a section in `ATConfig` if it has any, and add a
 YAML file under configs/adv_training/.
 """
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from engine.registry import Registry
@@ -36,8 +37,7 @@ from losses import ikl_loss, trades_kl_loss
 
 from .attacks import Objective
 
-if TYPE_CHECKING:  # only for annotations: the config module imports this registry
-    from .config import ATConfig
+from .config import ATConfig
 
 
 # --- attack objectives -----------------------------------------------------------------------
@@ -100,7 +100,7 @@ class Method:
     uses_prior = False
     prior_temperature = 1.0  # the temperature of the softmax the class prior averages
 
-    def __init__(self, cfg: "ATConfig"):
+    def __init__(self, cfg: ATConfig):
         self.aug_weight = cfg.data.aug_weight
         self.label_smoothing = cfg.label_smoothing
 
@@ -126,25 +126,24 @@ class Method:
 
     def loss(
         self,
-        model: nn.Module,
-        x_natural: torch.Tensor,
-        x_adv: torch.Tensor,
+        logits_adv: torch.Tensor,
+        logits_nat: Optional[torch.Tensor],
         targets: torch.Tensor,
         prior_rows: Optional[torch.Tensor],
         basic_size: int,
         *,
         split_views: bool = True,
     ) -> Tuple[torch.Tensor, Dict[str, Optional[torch.Tensor]]]:
-        """The loss to minimise and its parts (detached), from two forwards as the reference does.
+        """The loss to minimise and its parts (detached), from the logits of the trainer's two
+        forwards (``logits_nat`` None for a method that does not forward the clean images) and
+        the batch's class-prior rows (None for a method that uses no prior).
 
         ``split_views=False`` is AWP's proxy loss: on dual-view batches, one robust term over
         both views instead of basic + aug_weight * augmented (the same on single-view batches).
 
         Returns ``loss`` and ``parts`` with ``natural`` (0 without a natural term), ``robust``,
-        ``logits_adv`` and ``logits_nat`` (None when the clean images are not forwarded).
+        ``logits_adv`` and ``logits_nat``.
         """
-        logits_adv = model(x_adv)
-        logits_nat = model(x_natural) if self.forwards_natural else None
 
         def robust_term(rows: slice) -> torch.Tensor:
             def part(tensor):
@@ -175,9 +174,10 @@ def available_methods() -> List[str]:
     return METHODS.names()
 
 
-def build_method(cfg: "ATConfig") -> Method:
-    """The method ``cfg.method`` names, with its settings from ``cfg``."""
-    return METHODS[cfg.method](cfg)
+def build_method(cfg: ATConfig) -> Method:
+    """The method ``cfg.method`` names, with its settings from ``cfg``; a `ConfigError` for a name
+    that is not registered."""
+    return METHODS.lookup(cfg.method)(cfg)
 
 
 @register("ikl")
@@ -191,7 +191,7 @@ class IKL(Method):
     attack_needs_natural_logits = True
     uses_prior = True
 
-    def __init__(self, cfg: "ATConfig"):
+    def __init__(self, cfg: ATConfig):
         super().__init__(cfg)
         self.settings = cfg.ikl
         self.prior_temperature = cfg.ikl.prior_temperature
@@ -212,7 +212,7 @@ class TRADES(Method):
 
     attack_needs_natural_logits = True
 
-    def __init__(self, cfg: "ATConfig"):
+    def __init__(self, cfg: ATConfig):
         super().__init__(cfg)
         self.beta = cfg.trades.beta
 
@@ -254,7 +254,7 @@ class MART(Method):
     of :math:`1 - \max p'` at 1e-12 only guards the log (the authors add 1e-4 and 1e-12).
     """
 
-    def __init__(self, cfg: "ATConfig"):
+    def __init__(self, cfg: ATConfig):
         super().__init__(cfg)
         self.beta = cfg.mart.beta
 

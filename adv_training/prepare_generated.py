@@ -3,10 +3,10 @@ import argparse
 import sys
 from typing import List, Optional
 
+from engine.cli import command
 from engine.data import num_classes
-from engine.errors import UserError
 
-from .generated_data import IMAGES, LABELS, MANIFEST, prepare_generated
+from .generated.store import IMAGES, LABELS, MANIFEST, prepare_generated
 
 DESCRIPTION = f"""\
 Validate and convert generated CIFAR images (Wang et al. 2023, "Better Diffusion Models
@@ -35,6 +35,7 @@ whatever the part's size. Files are written under temporary names and renamed.
 """
 
 
+@command(also=(OSError,))  # OSError: an unreadable part, an unwritable --out
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m adv_training.prepare_generated", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,11 +45,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="the dataset the images were generated for (sets the number of classes)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    try:
-        manifest = prepare_generated(args.parts, args.out, num_classes(args.dataset), show_progress=not args.quiet)
-    except (UserError, OSError) as error:  # OSError: an unreadable part, an unwritable --out
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    manifest = prepare_generated(args.parts, args.out, num_classes(args.dataset), show_progress=not args.quiet)
     print(f"wrote {manifest['count']:,} images of {manifest['num_classes']} classes to {args.out}")
     return 0
 

@@ -32,18 +32,13 @@ from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
-from engine.file_io import PathLike, atomic_save, load_file, require_finite
+from engine.cli import command
+from engine.file_io import PathLike, load_file, require_finite
 from engine.ema import EpochAverage
 from engine.errors import UserError
+from engine.run_folder import RunFolder
 
-EPOCH_FILE = "ours-model-epoch{}.pt"
-OUTPUT_FILE = "ours-model-epoch-SWA{}{}{}.pt"
 _PREFIX = "module."
-
-
-def output_path(run_dir: PathLike, tau: float, start: int, end: int) -> Path:
-    """The reference's output name: ``'{}{}{}'.format(tau, start, end)`` of the parsed values."""
-    return Path(run_dir) / OUTPUT_FILE.format(float(tau), int(start), int(end))
 
 
 def _state_dict(obj, path: Path) -> Dict[str, torch.Tensor]:
@@ -65,12 +60,12 @@ def average_checkpoints(
     Raises `UserError` for tau outside [0, 1), start > end, a missing epoch file, or
     epochs whose entries differ.
     """
-    run_dir = Path(run_dir)
+    folder = RunFolder(run_dir)
     if not 0 <= tau < 1:
         raise UserError(f"TAU must be in [0, 1), got {tau}")
     if start < 1 or start > end:
         raise UserError(f"START ({start}) must be an epoch (1 or more) not after END ({end})")
-    paths = [run_dir / EPOCH_FILE.format(epoch) for epoch in range(start, end + 1)]
+    paths = [folder.epoch_weights(epoch) for epoch in range(start, end + 1)]
     missing = [path for path in paths if not path.is_file()]
     if missing:
         more = f" (and {len(missing) - 1} more epoch files)" if len(missing) > 1 else ""
@@ -89,11 +84,12 @@ def average_checkpoints(
         except ValueError as error:
             raise UserError(f"{path} does not fit the earlier epochs ({error}); were they saved from the same model?") from None
 
-    destination = atomic_save(average.average, output_path(run_dir, tau, start, end))
+    destination = folder.save(average.average, folder.epoch_average(tau, start, end))
     log(f"wrote {destination}")
     return destination
 
 
+@command
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m adv_training.swa",
@@ -105,11 +101,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("start", metavar="START", type=int, help="first epoch, copied as the initial average")
     parser.add_argument("end", metavar="END", type=int, help="last epoch (inclusive)")
     args = parser.parse_args(argv)
-    try:
-        average_checkpoints(args.run_dir, args.tau, args.start, args.end)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    average_checkpoints(args.run_dir, args.tau, args.start, args.end)
     return 0
 
 

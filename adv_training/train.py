@@ -14,91 +14,51 @@ average writes ours-model-epoch-SWA{tau}{start}{end}.pt, the weights the reporte
 of the reference come from.
 """
 import contextlib
+from dataclasses import dataclass
 import sys
 from copy import deepcopy
 import time
-from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import torch
-from torch.utils.data import Subset
 from tqdm import tqdm
 
 from engine import data as data_lib
-from engine.errors import UserError
-from engine.file_io import atomic_save
+from engine.data import DeviceBatches, as_float_images
 from engine.cli import config_main
-from engine.config import to_yaml
 from engine.distributed import (
     broadcast_buffers_,
     global_batch_share,
     is_main_process,
     log,
-    rank,
     unwrap,
-    world_size,
     wrap_model,
 )
 from engine.ema import EpochAverage, ModelEMA
 from engine.metrics import RunningSums
-from engine.run import (
-    RunLogger,
-    capture_every_rng_state,
-    prepare_run_dir,
-    raise_if_not_finite,
-    resume_training_state,
-    training_state,
-)
-from engine.augment import as_float_images
-from engine.device_data import DeviceBatches
+from engine.run import raise_if_not_finite, start_run
+from engine.run_folder import evaluation_keys, metric_key
 from engine.runtime import (
     autocast,
     compile_model,
     compile_seconds,
     eager,
-    environment_info,
     prepare_runtime,
     sync_batch_norm,
 )
-from engine.optim import sgd, use_kernel, weight_decay_groups
+from engine.optim import sgd, weight_decay_groups
 from engine.schedule import learning_rate, momentum
 from losses import ClassPrior
 from models import build_model
 
-from .attacks import natural_logits, pgd
+from .attacks import attack_budget, natural_logits, pgd
 from .awp import AdversarialWeightPerturbation
-from .config import ATConfig, AttackConfig
+from .loaders import build_loaders
+from .config import ATConfig
 from .methods import Method, build_method
-from .generated_data import make_mixed_loader, open_generated
 from .pgd_monitor import clean_and_pgd_accuracy
-from .swa import output_path as swa_output_path
 
 PROGRESS_EVERY = 20  # batches between progress-bar updates (each one synchronises with the GPU)
-
-
-def attack_budget(attack: AttackConfig, epoch: int, epochs: int) -> Tuple[float, float, int]:
-    """(eps_t, step size, steps) of the training attack at ``epoch`` (1-based).
-
-    ``high`` is what the reference code runs: its 2/3/4/5-step ``if`` chain overwrites
-    itself, so every epoch gets 5 steps of eps_t / 2. ``high_piecewise`` is the schedule
-    that chain was meant to be (2 steps of eps_t up to epoch 50, 3 of 2 eps_t / 3 up to 100,
-    4 of eps_t / 2 up to 150, then 5 of eps_t / 2; epochs scaled to a 200-epoch run).
-    """
-    eps_t = attack.epsilon * epoch / epochs if attack.eps_ramp else attack.epsilon
-    if attack.budget == "low":
-        return eps_t, eps_t, 2
-    if attack.budget == "high":
-        return eps_t, eps_t / 2, 5
-    if attack.budget == "high_piecewise":
-        scale = epochs / 200.0
-        if epoch <= int(50 * scale):
-            return eps_t, eps_t, 2
-        if epoch <= int(100 * scale):
-            return eps_t, 2 * eps_t / 3, 3
-        if epoch <= int(150 * scale):
-            return eps_t, eps_t / 2, 4
-        return eps_t, eps_t / 2, 5
-    return eps_t, attack.step_size, attack.steps
 
 
 def epoch_precision(precision: str, eps_t: float, bf16_min_eps: float, attacks: bool) -> str:
@@ -126,6 +86,36 @@ def _to_device(batch, device, channels_last: bool):
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     return images, targets, basic_size
+
+
+@dataclass
+class BatchLoss:
+    """The training loss of one batch, for any forward (the training network, or AWP's proxy):
+    the two forwards the reference makes in train mode (adversarial images first, then clean ones
+    when the method uses them, each with its own BatchNorm statistics), then the method's loss of
+    their logits, scaled by this process's share of the global batch (``share``; None in one process)."""
+
+    method: Method
+    x_natural: torch.Tensor
+    x_adv: torch.Tensor
+    targets: torch.Tensor
+    prior_rows: Optional[torch.Tensor]
+    basic_size: int
+    device: torch.device
+    precision: str
+    share: Optional[float]
+
+    def __call__(self, forward, split_views: bool = True):
+        with autocast(self.device, self.precision):
+            logits_adv = forward(self.x_adv)
+            logits_nat = forward(self.x_natural) if self.method.forwards_natural else None
+            loss, parts = self.method.loss(logits_adv, logits_nat, self.targets, self.prior_rows, self.basic_size,
+                                           split_views=split_views)
+        return (loss if self.share is None else loss * self.share), {**parts, "loss": loss.detach()}
+
+    def awp_proxy(self, proxy) -> torch.Tensor:
+        """AWP's proxy loss: one robust term over both views of a dual-view batch (`Method.loss`)."""
+        return self(proxy, split_views=False)[0]
 
 
 def train_one_epoch(
@@ -179,16 +169,10 @@ def train_one_epoch(
         train_net.train()
 
         share = global_batch_share(targets.numel(), global_sizes[batch_index]) if global_sizes else None
-
-        def method_loss(forward, split_views=True):
-            with autocast(device, precision):
-                loss, parts = method.loss(forward, x_natural, x_adv, targets, prior_rows, basic_size,
-                                          split_views=split_views)
-            return (loss if share is None else loss * share), {**parts, "loss": loss.detach()}
-
-        perturbation = awp.compute(lambda proxy: method_loss(proxy, split_views=False)[0]) if use_awp else None
+        batch_loss = BatchLoss(method, x_natural, x_adv, targets, prior_rows, basic_size, device, precision, share)
+        perturbation = awp.compute(batch_loss.awp_proxy) if use_awp else None
         with awp.perturbed(perturbation) if use_awp else contextlib.nullcontext():
-            loss, parts = method_loss(train_net)
+            loss, parts = batch_loss(train_net)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -234,15 +218,6 @@ def train_one_epoch(
 
 
 
-def uses_device_loader(cfg: ATConfig, device: torch.device) -> bool:
-    """data.loader resolved: device when asked, or for auto on CUDA where it applies (CIFAR,
-    augment basic or none, no generated data)."""
-    if cfg.data.loader != "auto":
-        return cfg.data.loader == "device"
-    return (device.type == "cuda" and not cfg.generated.path and cfg.data.dataset in ("cifar10", "cifar100")
-            and cfg.data.augment in ("basic", "none"))
-
-
 def averaged_model(model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> torch.nn.Module:
     """A copy of ``model`` holding the weights ``state`` (an epoch average), for evaluation."""
     copy = deepcopy(model)
@@ -254,58 +229,8 @@ def train(cfg: ATConfig) -> Dict[str, object]:
     """Runs (or resumes) a whole training run; returns what results.json holds."""
     device = prepare_runtime(device=cfg.device, precision=cfg.precision, seed=cfg.seed, deterministic=cfg.deterministic,
                              dist_timeout=cfg.dist_timeout)
-    run_dir = Path(cfg.out_dir) / cfg.run_name()
-
-    num_classes = data_lib.num_classes(cfg.data.dataset)
-    train_set = data_lib.build_train_set(
-        cfg.data.dataset, cfg.data.root, augment=cfg.data.augment,
-        download=cfg.data.download, verify_checksum=cfg.data.verify_checksum,
-    )
-    test_set = data_lib.first_examples(
-        data_lib.build_test_set(cfg.data.dataset, cfg.data.root, download=cfg.data.download,
-                                verify_checksum=cfg.data.verify_checksum),
-        cfg.eval.num_examples,
-    )
-    held_out = cfg.data.validation_size
-    if held_out >= len(train_set):
-        raise UserError(f"data.validation_size={held_out} leaves no training image: the training set has "
-                        f"{len(train_set)}")
-    shard = dict(rank=rank(), world_size=world_size())  # the training batch is global: each process takes its share
-    if cfg.generated.path:
-        # Rank 0 rehashes (reading 154 GB once, not once per process); a mismatch stops it, and torchrun the rest.
-        generated = open_generated(cfg.generated.path, num_classes,
-                                   verify_hashes=cfg.generated.verify_hashes and is_main_process())
-        train_loader = make_mixed_loader(
-            train_set.data[held_out:], train_set.targets[held_out:], generated, batch_size=cfg.data.batch_size,
-            unsup_fraction=cfg.generated.unsup_fraction, seed=cfg.seed, epoch_images=cfg.generated.epoch_images,
-            num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda", augment=cfg.data.augment == "basic",
-            rotate_degrees=cfg.generated.rotate_degrees,
-            **shard,
-        )
-    elif uses_device_loader(cfg, device):
-        train_loader = DeviceBatches(
-            train_set.data[held_out:], train_set.targets[held_out:], batch_size=cfg.data.batch_size, device=device,
-            seed=cfg.seed, augment=cfg.data.augment == "basic", drop_last=cfg.data.drop_last, **shard,
-        )
-    else:
-        train_loader = data_lib.make_loader(
-            Subset(train_set, range(held_out, len(train_set))) if held_out else train_set,
-            batch_size=cfg.data.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
-            drop_last=cfg.data.drop_last, seed=cfg.seed, pin_memory=device.type == "cuda", **shard,
-        )
-
-    # Evaluation deals whole batches to the processes: the counts equal one process's exactly.
-    def eval_loader(dataset):
-        return data_lib.make_eval_loader(data_lib.WithIndices(dataset), batch_size=cfg.data.test_batch_size,
-                                         num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda", **shard)
-
-    test_loader = eval_loader(test_set)
-    if cfg.eval.split == "validation":  # the held-out images, without augmentation, as Wang et al.
-        validation_set = data_lib.build_train_set(cfg.data.dataset, cfg.data.root, augment="none",
-                                                  verify_checksum=cfg.data.verify_checksum)
-        monitor_loader, monitor_set = eval_loader(Subset(validation_set, range(held_out))), "val"
-    else:
-        monitor_loader, monitor_set = test_loader, "test"
+    loaders = build_loaders(cfg, device)
+    num_classes, train_loader, monitor_set = loaders.num_classes, loaders.train, loaders.monitor_set
 
     method = build_method(cfg)
     model = build_model(cfg.model.arch, num_classes, dataset=cfg.data.dataset, **cfg.model.build_kwargs()).to(device)
@@ -326,50 +251,38 @@ def train(cfg: ATConfig) -> Dict[str, object]:
     swa = EpochAverage(cfg.swa.tau) if cfg.swa.enabled else None
     swa_end = cfg.swa.last_epoch(cfg.epochs)
 
-    saved_states = {"prior": prior, "ema": ema, "awp": awp, "swa": swa}  # besides model and optimizer
-    last_path = run_dir / "last.pt"
-    if is_main_process():
-        prepare_run_dir(
-            run_dir, config_yaml=to_yaml(cfg), resume=cfg.resume,
-            environment={"seed": cfg.seed, **environment_info(), "device": str(device)},
-        )
-    start_epoch, best = 1, {"robust_acc": -1.0, "epoch": 0}
-    if cfg.resume:
-        state = resume_training_state(last_path, cfg, model, optimizer, saved_states, log=log,
-                                      describe=f"model.arch={cfg.model.arch} with {cfg.data.dataset}")
-        use_kernel(optimizer, cfg.optim.implementation, device)  # the saved groups carry the old kernel's flags
-        best, start_epoch = state["best"], state["epoch"] + 1
-        log(f"Resumed {run_dir} after epoch {state['epoch']}")
-        del state
-    logger = RunLogger(run_dir, enabled=is_main_process(), completed_epochs=start_epoch - 1)
-    if cfg.resume and start_epoch > 1:
-        logger.plot()  # the picture of what the interrupted run had done
-    log(f"Training {cfg.method} on {cfg.data.dataset} with {cfg.model.arch} on {device} -> {run_dir}"
+    run = start_run(cfg, task="adv_training", device=device, model=model, optimizer=optimizer,
+                    states={"prior": prior, "ema": ema, "awp": awp, "swa": swa},  # besides model and optimizer
+                    best={"robust_acc": -1.0, "epoch": 0}, optimizer_implementation=cfg.optim.implementation,
+                    describe=f"model.arch={cfg.model.arch} with {cfg.data.dataset}")
+    folder = run.folder
+    log(f"Training {cfg.method} on {cfg.data.dataset} with {cfg.model.arch} on {device} -> {folder.path}"
         + ("; training images resident on the device" if isinstance(train_loader, DeviceBatches) else "")
         + ("; compiled forwards" if cfg.compile else ""))
 
     eval_eps = cfg.eval.epsilon if cfg.eval.epsilon is not None else cfg.attack.epsilon
 
-    def monitor(prefix: str, network: torch.nn.Module) -> Dict[str, float]:
+    def monitor(owner: str, network: torch.nn.Module) -> Dict[str, float]:
         """Clean and PGD accuracy on the monitored set (and clean test accuracy when that is the
-        validation set), as ``{prefix}_{set}_{clean,robust}_acc``."""
+        validation set), keyed by `metric_key` (``ema_val_robust_acc``, ...)."""
         accuracy = clean_and_pgd_accuracy(
-            network, monitor_loader, device, eps=eval_eps, step_size=cfg.eval.step_size, steps=cfg.eval.pgd_steps,
+            network, loaders.monitor, device, eps=eval_eps, step_size=cfg.eval.step_size, steps=cfg.eval.pgd_steps,
             norm=cfg.attack.norm, channels_last=cfg.channels_last, seed=cfg.seed, objective=cfg.eval.objective)
-        numbers = {f"{prefix}{monitor_set}_{key}": value for key, value in accuracy.items()}
+        numbers = {metric_key(key, split=monitor_set, owner=owner): value for key, value in accuracy.items()}
         if monitor_set != "test":
-            clean = clean_and_pgd_accuracy(network, test_loader, device, eps=eval_eps, step_size=0.0, steps=0,
+            clean = clean_and_pgd_accuracy(network, loaders.test, device, eps=eval_eps, step_size=0.0, steps=0,
                                            channels_last=cfg.channels_last)
-            numbers[f"{prefix}test_clean_acc"] = clean["clean_acc"]
+            numbers[metric_key("clean_acc", owner=owner)] = clean["clean_acc"]
         return numbers
 
-    selected = ("ema_" if cfg.eval.select == "ema" else "") + monitor_set  # whose numbers pick best.pt
-    robust_key = f"{monitor_set}_robust_acc"
+    selector = "ema" if cfg.eval.select == "ema" else "model"  # whose numbers pick best.pt
+    selecting = {kind: metric_key(kind, split=monitor_set, owner=selector) for kind in ("robust_acc", "clean_acc")}
+    robust = {owner: metric_key("robust_acc", split=monitor_set, owner=owner) for owner in ("model", "ema", "swa")}
     network = wrap_model(model, device)  # the training forwards average their gradients across processes
     train_forward = compile_model(network, cfg.compile)
     attack_forward = train_forward if network is model else compile_model(model, cfg.compile)
     try:
-        for epoch in range(start_epoch, cfg.epochs + 1):
+        for epoch in range(run.start_epoch, cfg.epochs + 1):
             started = time.perf_counter()
             lr = learning_rate(
                 epoch, base_lr=cfg.optim.lr, epochs=cfg.epochs, schedule=cfg.optim.schedule,
@@ -394,67 +307,64 @@ def train(cfg: ATConfig) -> Dict[str, object]:
             metrics["train_seconds"] = time.perf_counter() - started
 
             if epoch % cfg.eval.every == 0 or epoch == cfg.epochs:
-                metrics.update(monitor("", model))
+                metrics.update(monitor("model", model))
                 if ema is not None and ema.started:
-                    metrics.update(monitor("ema_", ema.module))
+                    metrics.update(monitor("ema", ema.module))
             if swa is not None and epoch == swa_end:
                 swa_model = averaged_model(model, swa.average)
-                metrics.update(monitor("swa_", swa_model))
+                metrics.update(monitor("swa", swa_model))
                 del swa_model
             metrics["epoch_seconds"] = time.perf_counter() - started
-            logger.log_epoch(epoch, metrics)
+            run.logger.log_epoch(epoch, metrics)
             log(
                 f"epoch {epoch}/{cfg.epochs}  lr {lr:.4f}  eps {metrics['eps'] * 255:.2f}/255  "
                 f"loss {metrics['train_loss']:.4f}  train adv {metrics['train_adv_acc']:.2f}%"
-                + (f"  test clean {metrics['test_clean_acc']:.2f}%" if "test_clean_acc" in metrics else "")
-                + (f"  {monitor_set} PGD-{cfg.eval.pgd_steps} {metrics[robust_key]:.2f}%" if robust_key in metrics else "")
-                + (f"  (EMA {metrics['ema_' + robust_key]:.2f}%)" if "ema_" + robust_key in metrics else "")
-                + (f"  (epoch average {metrics['swa_' + robust_key]:.2f}%)" if "swa_" + robust_key in metrics else "")
+                + (f"  test clean {metrics[clean]:.2f}%" if (clean := metric_key("clean_acc")) in metrics else "")
+                + (f"  {monitor_set} PGD-{cfg.eval.pgd_steps} {metrics[robust['model']]:.2f}%"
+                   if robust["model"] in metrics else "")
+                + (f"  (EMA {metrics[robust['ema']]:.2f}%)" if robust["ema"] in metrics else "")
+                + (f"  (epoch average {metrics[robust['swa']]:.2f}%)" if robust["swa"] in metrics else "")
                 + f"  {metrics['epoch_seconds']:.0f}s"
                 + (f" (compiling {metrics['compile_seconds']:.0f}s)" if metrics.get("compile_seconds") else "")
             )
 
-            rng_states = capture_every_rng_state()  # every process takes part; rank 0 writes them
             if is_main_process():
-                robust = metrics.get(f"{selected}_robust_acc", metrics.get(f"{selected}_clean_acc"))
-                if robust is not None and robust > best["robust_acc"]:  # ties keep the earlier epoch
-                    best = {"robust_acc": robust, "epoch": epoch}
-                    chosen = ema.module if cfg.eval.select == "ema" else model
-                    atomic_save({"model": chosen.state_dict(), "epoch": epoch, "robust_acc": robust}, run_dir / "best.pt")
+                value = metrics.get(selecting["robust_acc"], metrics.get(selecting["clean_acc"]))
+                if value is not None and value > run.best["robust_acc"]:  # ties keep the earlier epoch
+                    run.best = {"robust_acc": value, "epoch": epoch}
+                    chosen = ema.module if selector == "ema" else model
+                    folder.save({"model": chosen.state_dict(), "epoch": epoch, "robust_acc": value}, folder.best)
                 if ema is not None and ema.started:
-                    atomic_save({"model": ema.module.state_dict(), "epoch": epoch}, run_dir / "ema.pt")
+                    folder.save({"model": ema.module.state_dict(), "epoch": epoch}, folder.ema)
                 if cfg.save_every and epoch % cfg.save_every == 0:
-                    atomic_save(model.state_dict(), run_dir / f"ours-model-epoch{epoch}.pt")
+                    folder.save(model.state_dict(), folder.epoch_weights(epoch))
                 if swa is not None and epoch == swa_end:
-                    path = atomic_save(swa.average, swa_output_path(run_dir, cfg.swa.tau, cfg.swa.start, swa_end))
+                    path = folder.save(swa.average, folder.epoch_average(cfg.swa.tau, cfg.swa.start, swa_end))
                     log(f"wrote the epoch average of epochs {cfg.swa.start}-{swa_end}: {path}")
-                atomic_save(training_state(cfg, epoch, model, optimizer, best, saved_states, rng_states), last_path)
-            if epoch == cfg.stop_after and epoch < cfg.epochs:
-                log(f"Stopped after epoch {epoch} as asked (stop_after={cfg.stop_after}); resume=true continues")
-                return {"run_dir": str(run_dir), "stopped_after": epoch}
+            if run.end_epoch(epoch):
+                return run.stopped(epoch)
     finally:
-        logger.close()
+        run.logger.close()
 
     results = {
-        "run_dir": str(run_dir),
+        "run_dir": str(folder.path),
         "epochs": cfg.epochs,
-        "best_epoch": best["epoch"],
-        "best_metric": f"{selected}_robust_acc" if cfg.eval.pgd_steps > 0 else f"{selected}_clean_acc",
-        "best_value": best["robust_acc"],
+        "best_epoch": run.best["epoch"],
+        "best_metric": selecting["robust_acc" if cfg.eval.pgd_steps > 0 else "clean_acc"],
+        "best_value": run.best["robust_acc"],
         # From the last epoch's record, so that resuming a finished run (or one killed after its
         # last checkpoint) rebuilds the same results.
-        "final": {k: v for k, v in (logger.last_record or {}).items()
-                  if k.startswith(tuple(f"{owner}{split}_" for owner in ("", "ema_", "swa_") for split in ("test", "val")))},
+        "final": evaluation_keys(run.logger.last_record or {}),
     }
     if swa is not None:
-        results["swa_file"] = swa_output_path(run_dir, cfg.swa.tau, cfg.swa.start, swa_end).name
-    logger.finish(results)
+        results["swa_file"] = folder.epoch_average(cfg.swa.tau, cfg.swa.start, swa_end).name
+    run.logger.finish(results)
     return results
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     return config_main(
-        ATConfig, train, prog="python -m adv_training.train", argv=argv,
+        ATConfig, train, prog="python -m adv_training.train", argv=argv, check=build_method,
         description="Adversarial training with IKL, TRADES, PGD-AT, MART or standard training. "
         "Settings: --config FILE, then key=value overrides.",
     )

@@ -8,7 +8,7 @@ Both deliver the same thing to the training step: a batch of RandomCrop(32, padd
 RandomHorizontalFlip images as float32 in [0, 1] on the device. The DataLoader runs
 `engine.data.build_train_set`'s transforms on random CIFAR-100-format images written here
 (the real torchvision CIFAR class reads them), ``--workers`` worker processes, pinned memory
-on CUDA; the device-resident loader is `engine.device_data.DeviceBatches`. Each pass is one
+on CUDA; the device-resident loader is `engine.data.DeviceBatches`. Each pass is one
 epoch, after one warm-up epoch of each, interleaved (A, B, A, B, ...), median of
 ``--repeats``; one torch thread in this process. Prints a Markdown table; asserts nothing.
 """
@@ -25,8 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import write_cifar  # noqa: E402  (CIFAR's on-disk format)
 from engine import data as data_lib  # noqa: E402
-from engine.augment import as_float_images  # noqa: E402
-from engine.device_data import DeviceBatches  # noqa: E402
+from engine.data import DeviceBatches, as_float_images  # noqa: E402
 from engine.runtime import resolve_device  # noqa: E402
 
 

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from adv_training.generated_data import IMAGE_SHAPE, GeneratedSet, make_mixed_loader, memory_map_images  # noqa: E402
+from adv_training.generated import GeneratedSet, make_mixed_loader, memory_map_images  # noqa: E402
+from adv_training.generated.store import IMAGE_SHAPE  # noqa: E402
 from engine.data import set_epoch  # noqa: E402
 
 REAL_IMAGES = 50_000

@@ -82,6 +82,7 @@ def main(argv=None):
     from adv_training.train import main as train_at
     from knowledge_distillation.train import main as train_kd
     from engine import runtime
+    from engine.run_folder import RunFolder
 
     def at_run(name, *extra):
         argv = ["--config", str(ROOT / "configs" / "adv_training" / "cifar10_ikl_a4b20t4.yaml"), f"data.root={cifar}",
@@ -143,14 +144,14 @@ def main(argv=None):
     def resume_at():
         whole = at_run("at_whole", deterministic)
         at_run("at_split", deterministic, "stop_after=1")
-        last = work / "runs" / "at_split" / "last.pt"
+        last = RunFolder(work / "runs" / "at_split").last
         state = torch.load(last, map_location="cpu", weights_only=True)
         if "cuda" in state["rng"]:  # the earlier format: every visible GPU's state, the run's first
             state["rng"]["cuda"] = [state["rng"]["cuda"]] + [torch.zeros_like(state["rng"]["cuda"])] * 7
             state["rng_per_rank"] = None
             torch.save(state, last)
         split = at_run("at_split", deterministic, "resume=true")
-        if not same_bits(weights(whole / "last.pt"), weights(split / "last.pt")):
+        if not same_bits(weights(RunFolder(whole).last), weights(RunFolder(split).last)):
             raise AssertionError("the resumed run's weights differ from the uninterrupted run's")
         return "bit-equal weights after 2 epochs"
 
@@ -158,16 +159,16 @@ def main(argv=None):
         whole = kd_run("kd_whole", deterministic)
         kd_run("kd_split", deterministic, "stop_after=1")
         split = kd_run("kd_split", deterministic, "resume=true")
-        if not same_bits(weights(whole / "last.pt"), weights(split / "last.pt")):
+        if not same_bits(weights(RunFolder(whole).last), weights(RunFolder(split).last)):
             raise AssertionError("the resumed distillation's weights differ")
         return "bit-equal weights after 2 epochs"
 
     def determinism():
         again = at_run("at_again", deterministic)
-        if not same_bits(weights(work / "runs" / "at_whole" / "last.pt"), weights(again / "last.pt")):
+        if not same_bits(weights(RunFolder(work / "runs" / "at_whole").last), weights(RunFolder(again).last)):
             raise AssertionError("two runs with deterministic=true differ")
         first, second = at_run("at_free_1"), at_run("at_free_2")
-        free = same_bits(weights(first / "last.pt"), weights(second / "last.pt"))
+        free = same_bits(weights(RunFolder(first).last), weights(RunFolder(second).last))
         return f"equal; without deterministic=true two runs {'are also equal' if free else 'differ (expected)'}"
 
     def host_syncs():

@@ -1,4 +1,5 @@
-"""The command line every training entry point shares.
+"""The command line every entry point shares: `command` (one line and exit status 2 for a
+`UserError`) and `config_main`, the training entry points' config handling.
 
     python -m <task>.train --config FILE [key=value ...]
     python -m <task>.train --config FILE --print-config     # the resolved config, every knob explained
@@ -8,15 +9,42 @@ A `UserError` (bad config, missing data or checkpoint, NaN loss) ends in one lin
 stderr and exit status 2; an interruption says how to resume.
 """
 import argparse
+import functools
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional, Type
+from typing import Callable, List, Optional, Tuple, Type
 
 from .config import get_value, load_config, to_yaml
 from .distributed import shutdown_distributed
 from .errors import UserError
+
+
+def error_exit(error: BaseException) -> int:
+    """The end of every command that met bad input: ``error: ...`` on stderr, exit status 2."""
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+
+
+def command(main: Optional[Callable] = None, *, also: Tuple[Type[BaseException], ...] = ()) -> Callable:
+    """Decorator of a command's ``main(argv) -> int``: a `UserError` (or an exception of ``also``,
+    e.g. OSError for a command that reads files it was given) ends in `error_exit`.
+
+        @command
+        def main(argv=None) -> int: ...
+    """
+    if main is None:
+        return functools.partial(command, also=also)
+
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except (UserError, *also) as error:
+            return error_exit(error)
+
+    return wrapped
 
 
 def nondeterminism_reason(error: RuntimeError) -> Optional[str]:
@@ -34,7 +62,10 @@ def nondeterminism_reason(error: RuntimeError) -> Optional[str]:
     return None
 
 
-def config_main(schema: Type, run: Callable, *, prog: str, description: str, argv: Optional[List[str]] = None) -> int:
+def config_main(schema: Type, run: Callable, *, prog: str, description: str, argv: Optional[List[str]] = None,
+                check: Optional[Callable] = None) -> int:
+    """Parse the command line, load the config (and ``check`` it: the task's registry lookup, which
+    raises the config error of an unknown method), then ``run(cfg)``; errors end in one line."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", help="YAML file (see configs/); without it, the schema's defaults")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config with every knob's meaning, then exit")
@@ -43,6 +74,8 @@ def config_main(schema: Type, run: Callable, *, prog: str, description: str, arg
     args = parser.parse_args(argv)
     try:
         cfg = load_config(schema, args.config, args.overrides)
+        if check is not None:
+            check(cfg)
         if args.print_config:
             print(to_yaml(cfg, with_help=True), end="")
             return 0
@@ -51,8 +84,7 @@ def config_main(schema: Type, run: Callable, *, prog: str, description: str, arg
             return 0
         run(cfg)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return error_exit(error)
     except RuntimeError as error:
         reason = nondeterminism_reason(error)
         if reason is None:

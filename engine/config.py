@@ -15,13 +15,12 @@ relative to itself) < command-line ``key=value`` overrides (values parsed as YAM
 """
 import dataclasses
 import difflib
-import inspect
 import math
 import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Literal, Optional, Tuple, Type, TypeVar, Union
+from typing import Any, ClassVar, Dict, Iterable, List, Literal, Mapping, Optional, Tuple, Type, TypeVar, Union
 
 import yaml
 
@@ -92,14 +91,19 @@ FRACTION = Range(0, 1)  # [0, 1]
 FINITE = Range()
 
 
-def knob(default: Any, help: str, *, valid: Optional[Range] = None, **kwargs) -> Any:
+def knob(default: Any, help: str, *, valid: Optional[Range] = None, changes_result: bool = True, **kwargs) -> Any:
     """A schema field with its description and, for numbers, the `Range` it admits.
+
+    ``changes_result=False`` declares a knob that says where or how a run runs, not what it
+    trains (folders, devices, workers, faster kernels with the same training to float
+    tolerance): runs that differ only in such knobs (and the seed) are one setting for the
+    sweep and the report (`where_and_how_keys`).
 
     Mutable defaults (lists) are copied per instance. Float knobs admit any finite number
     unless ``valid`` says more; every value is checked when a config is loaded, before the
     schema's own ``validate`` (which checks what involves several knobs).
     """
-    metadata = {"help": help, "valid": valid}
+    metadata = {"help": help, "valid": valid, "changes_result": changes_result}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
@@ -389,28 +393,56 @@ def require_increasing(key: str, values: List[int]) -> None:
         raise ConfigError(f"config key '{key}' must list epochs in increasing order, got {values}")
 
 
-def require_model(arch_key: str, arch: str, dataset: str, kwargs: Dict[str, Any]) -> None:
-    """``arch`` is in the model zoo, takes ``dataset``'s images, and accepts the keyword arguments given."""
-    from models.registry import available_models, resolve  # here: engine does not need models otherwise
+# --- the knobs every training run has ---------------------------------------------------------
 
-    try:
-        entry = resolve(arch, dataset)
-    except ValueError as error:
-        raise ConfigError(f"config key '{arch_key}' names no usable model: {error}") from None
-    if dataset not in entry.datasets:
-        raise ConfigError(
-            f"config key '{arch_key}': {arch} takes {'x'.join(map(str, entry.input_size))} images "
-            f"({', '.join(entry.datasets)}), not {dataset}'s; choose a model of that family "
-            f"(models.available_models() lists {len(available_models())})"
-        )
-    section = arch_key.rsplit(".", 1)[0]
-    for name in kwargs:
-        if name not in inspect.signature(entry.builder).parameters:
-            raise ConfigError(f"config key '{section}.{name}' does not apply to {arch}; set it to null "
-                              f"(only the generic WideResNet takes depth and widen_factor)")
-    depth = kwargs.get("depth")
-    if depth is not None and (depth - 4) % 6 != 0:
-        raise ConfigError(f"config key '{section}.depth' must be 6n + 4 (10, 16, 22, 28, 34, ...), got {depth}")
+
+@dataclasses.dataclass
+class RunConfig:
+    """What a training run of either task is asked, besides what it trains: the schema both task
+    configs extend. A task redefines a knob (its default, or a help that says more) in place;
+    ``PAPER_ROWS`` is the task's table of published rows that ``paper_row`` may name."""
+
+    PAPER_ROWS: ClassVar[Mapping[str, Any]] = {}
+
+    method: str = knob("", "training objective: a name in the task's registry")
+    epochs: int = knob(1, "training epochs", valid=EPOCHS)
+    seed: int = knob(0, "seed of every random number generator (set once, in engine.runtime)", valid=SEED)
+    deterministic: bool = knob(False, "deterministic kernels (slower; needed for bit-exact resume on GPU)",
+                               changes_result=False)
+    device: str = knob("auto", "auto (CUDA when present), cpu, cuda or cuda:N", changes_result=False)
+    precision: Literal["fp32", "tf32", "bf16"] = knob(
+        "fp32", "fp32 = strict float32; tf32 = TF32 matrix products and convolutions (Ampere GPUs and later); "
+        "bf16 = bf16 autocast for the training forwards")
+    channels_last: bool = knob(False, "NHWC memory format (faster convolutions on recent GPUs)", changes_result=False)
+    compile: bool = knob(False, "torch.compile the training forwards (the first epoch compiles, reported as "
+                         "compile_seconds; a last smaller batch runs uncompiled)", changes_result=False)
+    sync_bn: bool = knob(False, "several processes: BatchNorm statistics over the global batch (CUDA only); "
+                         "false = per process, as the reference's DataParallel")
+    dist_timeout: float = knob(1800.0, "several processes: seconds a collective waits for the others before the run "
+                               "fails (a dead process never hangs the rest)", valid=POSITIVE, changes_result=False)
+    allow_world_size_change: bool = knob(False, "resume last.pt with another number of processes than wrote it "
+                                         "(the data order then differs from an uninterrupted run)",
+                                         changes_result=False)
+    out_dir: str = knob("runs", "parent folder of run folders", changes_result=False)
+    name: str = knob("", "run folder name under out_dir; empty = the task's name of the run", changes_result=False)
+    resume: bool = knob(False, "continue from <run folder>/last.pt", changes_result=False)
+    stop_after: int = knob(0, "stop after this epoch and keep last.pt, for job time limits (resume=true "
+                           "continues); 0 = run to the end", valid=NON_NEGATIVE, changes_result=False)
+    paper_row: str = knob("", "the row of the paper's tables this config reproduces (the task's paper_rows.py): "
+                          "python -m experiments.report prints its published numbers beside the measured ones",
+                          changes_result=False)
+
+    def validate(self) -> None:
+        """The checks of the shared knobs; a task's ``validate`` calls this first."""
+        require_plain_name("name", self.name)
+        if self.paper_row:
+            require_choice("paper_row", self.paper_row, sorted(self.PAPER_ROWS))
+        require_device("device", self.device)
+        require_not_both_compile_and_sync_bn(self.compile, self.sync_bn)
+
+    def run_name(self) -> str:
+        """The run folder's name under out_dir (``name``, else one the task builds from its settings)."""
+        raise NotImplementedError
 
 
 def get_value(config, key: str) -> Any:
@@ -439,15 +471,16 @@ def to_dict(config) -> Dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-# Knobs (dotted) that say where or how a run runs, not what it trains: runs differing only in
-# these (and the seed) are one setting for the sweep and the report.
-WHERE_AND_HOW_KEYS = frozenset({
-    "name", "out_dir", "resume", "stop_after", "device", "dist_timeout", "allow_world_size_change", "paper_row",
-    "data.root", "data.download", "data.num_workers", "data.test_batch_size", "data.loader",
-    "teacher.checkpoint", "teacher.report_accuracy", "deterministic", "save_every",
-    # the same training to float tolerance, only faster or checked more
-    "compile", "channels_last", "optim.implementation", "data.verify_checksum", "generated.verify_hashes",
-})
+def where_and_how_keys(schema, prefix: str = "") -> List[str]:
+    """The dotted keys of the knobs declared ``changes_result=False``: what the sweep and the
+    report leave out when they compare what runs trained."""
+    keys = []
+    for name, field in _fields(schema).items():
+        if _is_section(field.type):
+            keys.extend(where_and_how_keys(field.type, prefix + name + "."))
+        elif not field.metadata.get("changes_result", True):
+            keys.append(prefix + name)
+    return keys
 
 
 def flat_dict(data: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:

@@ -1,50 +1,14 @@
-"""Per-epoch numbers: running sums kept on the device while an epoch runs, and metrics.jsonl.
+"""Per-epoch numbers: running sums kept on the device while an epoch runs.
 
 `RunningSums` is what both training loops count with: named sums that stay on the device
 (adding costs no host synchronisation), read once per progress update (one transfer for
 all of them) and summed over processes at the end of the epoch.
 """
-import json
-from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Dict, Sequence
 
 import torch
 
 from .distributed import reduce_sum
-from .errors import UserError
-
-METRICS_FILE = "metrics.jsonl"
-
-
-def read_metrics(run_dir: Path, log: Optional[Callable[[str], None]] = None) -> List[Dict[str, Any]]:
-    """The epoch records of a run folder's metrics.jsonl (empty when there is none).
-
-    A last line cut short (a kill while it was written, or a trainer appending it right
-    now) is dropped, and said through ``log``; a damaged line before it is a `UserError`.
-    """
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        return []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise UserError(f"{path} is damaged (not UTF-8 at byte {error.start}); cut it after the last good line, "
-                        f"or delete it (the run resumes without it)") from None
-    lines = [line for line in text.splitlines() if line.strip()]
-    records = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            if number == len(lines):
-                if log is not None:
-                    log(f"note: dropped the incomplete last line of {path} (a run stopped while writing it)")
-                break
-            raise UserError(f"{path}, line {number}, is not JSON ({error.msg}); delete that line to continue") from None
-        if isinstance(record, dict) and isinstance(record.get("epoch"), (int, float)):
-            records.append(record)
-    return records
-
 
 class RunningSums:
     """Named float64 sums on one device, and the number of samples they cover.

@@ -28,11 +28,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .cli import error_exit
 from .file_io import PathLike, write_atomically
 from .errors import UserError
-from .metrics import METRICS_FILE, read_metrics
-
-CURVES = "curves.png"
+from .run_folder import METRICS, RunFolder
 FIGSIZE = (10, 3.2)  # inches; at DPI this is a 1000×320 pixel PNG
 DPI = 100
 PANELS = ("losses", "accuracy", "schedule")
@@ -51,13 +50,13 @@ Series = Tuple[List[int], List[float]]
 
 def read_run(run_dir: PathLike) -> List[Dict[str, Any]]:
     """The records of ``run_dir/metrics.jsonl``, sorted by epoch; UserError if there are none."""
-    run_dir = Path(run_dir)
-    path = run_dir / METRICS_FILE
+    run_dir, folder = Path(run_dir), RunFolder(run_dir)
+    path = folder.metrics
     if not run_dir.is_dir():
-        raise UserError(f"{run_dir} is not a folder; pass a run folder (one that holds {METRICS_FILE})")
+        raise UserError(f"{run_dir} is not a folder; pass a run folder (one that holds {METRICS})")
     if not path.is_file():
-        raise UserError(f"{run_dir} has no {METRICS_FILE}; is it a run folder, and has its first epoch finished?")
-    records = read_metrics(run_dir)
+        raise UserError(f"{run_dir} has no {METRICS}; is it a run folder, and has its first epoch finished?")
+    records = folder.read_metrics()
     if not records:
         raise UserError(f"{path} holds no epochs yet; plot the run once its first epoch has finished")
     return sorted(records, key=lambda record: record["epoch"])
@@ -196,7 +195,7 @@ def plot_run(run_dir: PathLike, output: Optional[PathLike] = None) -> Path:
     # eps alone has no lr axis to sit beside; it is drawn only as lr's companion.
     panels = {panel: keys for panel, keys in _keys_by_panel(records).items() if keys and keys != ["eps"]}
     if not panels:
-        raise UserError(f"{Path(run_dir) / METRICS_FILE} holds no loss, accuracy or lr values to plot")
+        raise UserError(f"{RunFolder(run_dir).metrics} holds no loss, accuracy or lr values to plot")
     figure, axes = _new_figure(len(panels), _run_name(run_dir))
     for ax, (panel, keys) in zip(axes, panels.items()):
         legend_ax = None
@@ -205,7 +204,7 @@ def plot_run(run_dir: PathLike, output: Optional[PathLike] = None) -> Path:
         else:
             handles = [_plot(ax, series(records, key), key, linestyle=_line_style(key)) for key in keys]
         _finish_axes(ax, panel, handles, legend_ax)
-    return _render(figure, Path(output) if output is not None else Path(run_dir) / CURVES)
+    return _render(figure, Path(output) if output is not None else RunFolder(run_dir).curves)
 
 
 def plot_runs(run_dirs: Sequence[PathLike], output: PathLike) -> Path:
@@ -266,8 +265,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             written = plot_runs(args.runs, args.output)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return error_exit(error)
     print(written)
     return 0
 

@@ -1,57 +1,25 @@
-"""The run folder: resolved config, environment, metrics.jsonl, TensorBoard, results.json.
+"""A run's life, shared by both trainers: its start (`start_run`: folder, resume, logger), the end
+of each epoch (`Run.end_epoch`: RNG states, last.pt, stop_after), its logger (metrics.jsonl,
+TensorBoard, results.json, curves.png), last.pt with every state a run needs to continue
+exactly, and the stop on a non-finite loss. Each trainer keeps its own epoch loop between.
 
-One training run writes one folder::
-
-    config.yaml        the resolved configuration (defaults + YAML + overrides)
-    environment.json   seed, versions, hardware, git commit
-    metrics.jsonl      one JSON line per epoch
-    tensorboard/       the same scalars for TensorBoard
-    last.pt, best.pt   checkpoints (written atomically by the trainer; last.pt by `training_state`)
-    results.json       written once the run completes
+The files themselves are named, written and read by `engine.run_folder`.
 """
-import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-from .file_io import atomic_write_text, load_file, remove_stale_temporaries, writing
-from .config import changed_keys, to_dict
-from .distributed import gather_objects, rank, world_size
+import torch
+
+from .config import RunConfig, changed_keys, to_dict, to_yaml
+from .distributed import gather_objects, is_main_process, log, rank, world_size
 from .errors import NonFiniteLossError, UserError
-from .metrics import METRICS_FILE, read_metrics
+from .file_io import load_file, writing
+from .optim import use_kernel
 from .plot import plot_run
-from .runtime import capture_rng_state, restore_rng_state
-
-def prepare_run_dir(run_dir: Path, *, config_yaml: str, environment: Dict[str, Any], resume: bool) -> Path:
-    """Create (or, when resuming, reuse) the run folder and record config and environment.
-
-    A folder that already holds a run is never overwritten by a fresh start: the user
-    either resumes it or names another folder.
-    """
-    run_dir = Path(run_dir)
-    last = run_dir / "last.pt"
-    if resume and not last.is_file():
-        raise UserError(f"resume=true but {last} does not exist; start without resume=true, or check out_dir/name")
-    if not resume and last.is_file():
-        raise UserError(
-            f"{run_dir} already holds a run (last.pt); pass resume=true to continue it, "
-            f"or choose another folder with name=..."
-        )
-    with writing(run_dir):
-        run_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(run_dir)
-    if resume and (run_dir / "config.yaml").is_file():
-        saved = (run_dir / "config.yaml").read_text(encoding="utf-8")
-        if _without_resume(saved) != _without_resume(config_yaml):
-            atomic_write_text(saved, run_dir / "config.previous.yaml")
-    atomic_write_text(config_yaml, run_dir / "config.yaml")
-    atomic_write_text(json.dumps(environment, indent=2) + "\n", run_dir / "environment.json")
-    return run_dir
-
-
-def _without_resume(config_yaml: str) -> str:
-    """The config text minus its ``resume:`` line, which differs between a start and its resume."""
-    return "\n".join(line for line in config_yaml.splitlines() if not line.startswith("resume:"))
+from .run_folder import RunFolder
+from .runtime import capture_rng_state, environment_info, restore_rng_state
 
 
 class RunLogger:
@@ -64,25 +32,25 @@ class RunLogger:
 
     def __init__(self, run_dir: Path, *, enabled: bool = True, completed_epochs: int = 0):
         self.run_dir = Path(run_dir)
+        self.folder = RunFolder(run_dir)
         self.enabled = enabled
         self.writer = None
         self.last_record: Optional[Dict[str, Any]] = None  # the newest epoch's metrics, logged or read back
         if not enabled:
             return
-        kept = [m for m in read_metrics(self.run_dir, log=print) if m.get("epoch", 0) <= completed_epochs]
-        atomic_write_text("".join(json.dumps(m) + "\n" for m in kept), self.run_dir / METRICS_FILE)
+        kept = [m for m in self.folder.read_metrics(log=print) if m.get("epoch", 0) <= completed_epochs]
+        self.folder.write_metrics(kept)
         self.last_record = kept[-1] if kept else None
         from torch.utils.tensorboard import SummaryWriter
 
-        with writing(self.run_dir / "tensorboard"):
-            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=completed_epochs + 1)
+        with writing(self.folder.tensorboard):
+            self.writer = SummaryWriter(str(self.folder.tensorboard), purge_step=completed_epochs + 1)
 
     def log_epoch(self, epoch: int, metrics: Dict[str, Any]) -> None:
         if not self.enabled:
             return
         record = {"epoch": epoch, **metrics}
-        with writing(self.run_dir / METRICS_FILE), open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as stream:
-            stream.write(json.dumps(record) + "\n")
+        self.folder.append_metrics(record)
         self.last_record = record
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
@@ -92,19 +60,19 @@ class RunLogger:
     def write_results(self, results: Dict[str, Any]) -> Optional[Path]:
         if not self.enabled:
             return None
-        return atomic_write_text(json.dumps(results, indent=2) + "\n", self.run_dir / "results.json")
+        return self.folder.write_results(results)
 
     def finish(self, results: Dict[str, Any]) -> None:
         """The end of a completed run: results.json, curves.png and the line that says where they are."""
         if not self.enabled:
             return
         if self.last_record is None:
-            print(f"note: {self.run_dir / METRICS_FILE} holds no epoch, so results.json has no final metrics "
+            print(f"note: {self.folder.metrics} holds no epoch, so results.json has no final metrics "
                   f"(the weights and best-so-far are complete)", flush=True)
         self.write_results(results)
         curves = self.plot()
         where = f", curves in {curves}" if curves is not None else ""
-        print(f"Done. Results in {self.run_dir / 'results.json'}{where}", flush=True)
+        print(f"Done. Results in {self.folder.results}{where}", flush=True)
 
     def plot(self) -> Optional[Path]:
         """curves.png of the run so far; a run whose metrics.jsonl is gone goes on without it."""
@@ -215,3 +183,65 @@ def raise_if_not_finite(mean_loss: float, *, epoch: int, batch: int, advice: str
             f"the training loss became {mean_loss} in epoch {epoch} (by batch {batch}); "
             f"the run stopped and {kept}. {advice}"
         )
+
+
+# --- one run, start to end -----------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """A started (or resumed) run: its folder and logger, what last.pt saves, the first epoch to
+    train and the best-so-far record (which the trainer updates when it writes best.pt)."""
+
+    cfg: RunConfig
+    folder: RunFolder
+    logger: RunLogger
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    states: Mapping[str, Optional[Any]]
+    start_epoch: int
+    best: Dict[str, Any]
+
+    def end_epoch(self, epoch: int) -> bool:
+        """Every process calls it after the epoch's own files (best.pt, ...): the RNG states of
+        every process (a collective), then last.pt from rank 0. True when ``stop_after`` ends the
+        run here (last.pt kept; resume=true continues)."""
+        rng_states = capture_every_rng_state()
+        if is_main_process():
+            state = training_state(self.cfg, epoch, self.model, self.optimizer, self.best, self.states, rng_states)
+            self.folder.save(state, self.folder.last)
+        if epoch == self.cfg.stop_after and epoch < self.cfg.epochs:
+            log(f"Stopped after epoch {epoch} as asked (stop_after={self.cfg.stop_after}); resume=true continues")
+            return True
+        return False
+
+    def stopped(self, epoch: int) -> Dict[str, Any]:
+        """What a run stopped by ``stop_after`` returns instead of its results."""
+        return {"run_dir": str(self.folder.path), "stopped_after": epoch}
+
+
+def start_run(cfg: RunConfig, *, task: str, device: torch.device, model: torch.nn.Module,
+              optimizer: torch.optim.Optimizer, states: Mapping[str, Optional[Any]], best: Dict[str, Any],
+              describe: str, optimizer_implementation: str) -> Run:
+    """The run folder prepared (config and environment written by rank 0), last.pt read back with
+    ``resume=true`` (model, optimizer, every object of ``states``, RNGs), and the logger opened.
+
+    ``best`` is the best-so-far record of a fresh start; ``describe`` names the architecture for
+    the message of a last.pt that does not fit; the optimizer's update kernel is set again after
+    a resume (the saved parameter groups carry the old kernel's flags).
+    """
+    folder = RunFolder(Path(cfg.out_dir) / cfg.run_name())
+    if is_main_process():
+        folder.prepare(config_yaml=to_yaml(cfg), resume=cfg.resume,
+                       environment={"task": task, "seed": cfg.seed, **environment_info(), "device": str(device)})
+    start_epoch = 1
+    if cfg.resume:
+        state = resume_training_state(folder.last, cfg, model, optimizer, states, log=log, describe=describe)
+        use_kernel(optimizer, optimizer_implementation, device)
+        best, start_epoch = state["best"], state["epoch"] + 1
+        log(f"Resumed {folder.path} after epoch {state['epoch']}")
+        del state
+    logger = RunLogger(folder.path, enabled=is_main_process(), completed_epochs=start_epoch - 1)
+    if cfg.resume and start_epoch > 1:
+        logger.plot()  # the picture of what the interrupted run had done
+    return Run(cfg, folder, logger, model, optimizer, states, start_epoch, best)

@@ -14,31 +14,28 @@ from engine.config import (
     EPOCHS,
     NON_NEGATIVE,
     POSITIVE,
-    SEED,
     ConfigError,
     Range,
+    RunConfig,
     knob,
-    require_choice,
     require_increasing,
-    require_model,
-    require_device,
-    require_not_both_compile_and_sync_bn,
-    require_plain_name,
     section,
 )
-from engine.paper_rows import PAPER_ROWS
+from models.registry import require_model
+
+from .paper_rows import PAPER_ROWS, PaperRow
 
 
 @dataclass
 class KDDataConfig:
     dataset: Literal["cifar100", "imagenet", "digits"] = knob("cifar100", "training and validation set")
-    root: str = knob("data", "cifar-100-python/ folder for cifar100; train/ and val/ ImageFolder trees for imagenet")
-    download: bool = knob(False, "download CIFAR-100 into `root` when missing (ImageNet cannot be downloaded)")
-    verify_checksum: bool = knob(True, "check CIFAR's official MD5 sums; false only for locally written test data")
+    root: str = knob("data", "cifar-100-python/ folder for cifar100; train/ and val/ ImageFolder trees for imagenet", changes_result=False)
+    download: bool = knob(False, "download CIFAR-100 into `root` when missing (ImageNet cannot be downloaded)", changes_result=False)
+    verify_checksum: bool = knob(True, "check CIFAR's official MD5 sums; false only for locally written test data", changes_result=False)
     normalize: bool = knob(True, "mean/std normalisation in the data pipeline, as mdistiller (the teachers expect it)")
     batch_size: int = knob(64, "global training batch size (several processes share it)", valid=BATCH)
-    test_batch_size: int = knob(128, "validation batch size of each process (whole batches are dealt to the processes)", valid=BATCH)
-    num_workers: int = knob(4, "DataLoader worker processes", valid=Range(0, 256))
+    test_batch_size: int = knob(128, "validation batch size of each process (whole batches are dealt to the processes)", valid=BATCH, changes_result=False)
+    num_workers: int = knob(4, "DataLoader worker processes", valid=Range(0, 256), changes_result=False)
 
 
 @dataclass
@@ -48,8 +45,9 @@ class TeacherConfig:
         "download_ckpts/cifar_teachers/resnet32x4_vanilla/ckpt_epoch_240.pth",
         "teacher weights: a file (mdistiller {'model': ...}, a plain state dict, ...), or "
         "torchvision:WEIGHTS (e.g. torchvision:IMAGENET1K_V1) for the ImageNet ResNets",
+        changes_result=False,
     )
-    report_accuracy: bool = knob(True, "evaluate the teacher on the validation set before training")
+    report_accuracy: bool = knob(True, "evaluate the teacher on the validation set before training", changes_result=False)
 
 
 @dataclass
@@ -97,7 +95,7 @@ class KDOptimConfig:
     nesterov: bool = knob(False, "Nesterov momentum")
     implementation: Literal["auto", "fused", "foreach", "for_loop"] = knob(
         "auto", "SGD's update kernel: fused (one kernel for all parameters), foreach, for_loop; the same update "
-        "to 1e-6; auto = fused on CUDA, torch's default elsewhere")
+        "to 1e-6; auto = fused on CUDA, torch's default elsewhere", changes_result=False)
     milestones: List[int] = knob([150, 180, 210], "epochs after which lr is multiplied by decay (LR_DECAY_STAGES)", valid=Range(1))
     decay: float = knob(0.1, "step decay factor (LR_DECAY_RATE)", valid=Range(0, 1, low_open=True))
     warmup_epochs: int = knob(0, "linear learning-rate warm-up epochs", valid=NON_NEGATIVE)
@@ -109,35 +107,21 @@ class KDEvalConfig:
 
 
 @dataclass
-class KDConfig:
+class KDConfig(RunConfig):
+    PAPER_ROWS: ClassVar[Dict[str, PaperRow]] = PAPER_ROWS
+
     method: str = knob(
         "ikl", "distiller, a name in knowledge_distillation.distillers: vanilla = CE only; kd = Hinton; "
         "dkd = Zhao et al.; ikl = IKL-KD"
     )
     epochs: int = knob(240, "training epochs", valid=EPOCHS)
-    seed: int = knob(0, "seed of every random number generator (set once, in engine.runtime)", valid=SEED)
-    deterministic: bool = knob(False, "deterministic kernels (slower; needed for bit-exact resume on GPU)")
-    device: str = knob("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     precision: Literal["fp32", "tf32", "bf16"] = knob(
         "fp32", "fp32 = strict float32; tf32 = TF32 matrix products and convolutions (Ampere GPUs and later); bf16 = "
         "bf16 autocast for the training forwards (stems and heads in float32), TF32 elsewhere; validation in float32 "
         "at that TF32 setting")
-    channels_last: bool = knob(False, "NHWC memory format (faster convolutions on recent GPUs)")
     compile: bool = knob(False, "torch.compile the teacher's and the student's training forwards (the first "
-                         "epoch compiles, reported as compile_seconds; a last smaller batch runs uncompiled)")
-    sync_bn: bool = knob(False, "several processes: BatchNorm statistics over the global batch (CUDA only); "
-                         "false = per process, as the reference's DataParallel")
-    dist_timeout: float = knob(1800.0, "several processes: seconds a collective waits for the others before the run "
-                               "fails (a dead process never hangs the rest)", valid=POSITIVE)
-    allow_world_size_change: bool = knob(False, "resume last.pt with another number of processes than wrote it "
-                                         "(the data order then differs from an uninterrupted run)")
-    out_dir: str = knob("runs", "parent folder of run folders")
-    name: str = knob("", "run folder name under out_dir; empty = <dataset>_<method>_<teacher>_<student>_seed<seed>")
-    resume: bool = knob(False, "continue from <run folder>/last.pt")
-    stop_after: int = knob(0, "stop after this epoch and keep last.pt, for job time limits (resume=true "
-                           "continues); 0 = run to the end", valid=NON_NEGATIVE)
-    paper_row: str = knob("", "the row of the paper's tables this config reproduces (engine/paper_rows.py): "
-                          "python -m engine.report prints its published numbers beside the measured ones")
+                         "epoch compiles, reported as compile_seconds; a last smaller batch runs uncompiled)", changes_result=False)
+    name: str = knob("", "run folder name under out_dir; empty = <dataset>_<method>_<teacher>_<student>_seed<seed>", changes_result=False)
     data: KDDataConfig = section(KDDataConfig, "dataset and loaders")
     teacher: TeacherConfig = section(TeacherConfig, "the frozen teacher")
     student: StudentConfig = section(StudentConfig, "the student being trained")
@@ -151,14 +135,7 @@ class KDConfig:
     RENAMED_KEYS: ClassVar[Dict[str, str]] = {"distiller": "method", "ikl.weight_temperature": "ikl.prior_temperature"}
 
     def validate(self) -> None:
-        from .distillers import DISTILLERS  # here: the registry's module annotates with this schema
-
-        require_choice("method", self.method, sorted(DISTILLERS))
-        require_plain_name("name", self.name)
-        if self.paper_row:
-            require_choice("paper_row", self.paper_row, sorted(PAPER_ROWS))
-        require_device("device", self.device)
-        require_not_both_compile_and_sync_bn(self.compile, self.sync_bn)
+        super().validate()
         require_model("student.arch", self.student.arch, self.data.dataset, {})
         if self.teacher.arch:
             require_model("teacher.arch", self.teacher.arch, self.data.dataset, {})
@@ -166,8 +143,6 @@ class KDConfig:
         if self.optim.warmup_epochs >= self.epochs and self.optim.warmup_epochs > 0:
             raise ConfigError(f"config key 'optim.warmup_epochs' ({self.optim.warmup_epochs}) must be smaller "
                               f"than epochs ({self.epochs})")
-        if not self.teacher.arch and DISTILLERS[self.method].needs_teacher:
-            raise ConfigError(f"method={self.method} needs a teacher: set teacher.arch and teacher.checkpoint")
         if self.data.dataset == "digits" and self.data.normalize:
             raise ConfigError("data.normalize=true is not available for digits (pixels stay in [0, 1]); set data.normalize=false")
 

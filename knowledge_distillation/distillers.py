@@ -11,19 +11,21 @@ the per-sample softmax(t / T2), T2 = ``ikl.prior_temperature``.
 
 A distiller owns its loss, its warm-up and its use of the class prior; the trainer asks it
 (`build_distiller`) and never tests its name. As mdistiller's ``distiller_dict``, without
-wrapping the student: the trainer keeps the models, a distiller only maps logits to a loss.
+wrapping the student: the trainer keeps the models, runs the forwards and fetches the prior
+rows, and a distiller only maps logits (and prior rows) to a loss, as an adversarial-training
+method does.
 The losses themselves live in `losses` and are never re-implemented here.
 """
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from engine.config import ConfigError
 from engine.registry import Registry
-from losses import ClassPrior, dkd_loss, ikl_loss, kd_loss
+from losses import dkd_loss, ikl_loss, kd_loss
 
-if TYPE_CHECKING:  # only for annotations: the config module imports this registry
-    from .config import KDConfig
+from .config import KDConfig
 
 Parts = Dict[str, torch.Tensor]
 
@@ -41,7 +43,7 @@ class Distiller:
     uses_prior = False
     prior_temperature = 1.0  # the temperature of the teacher softmax the class prior averages
 
-    def __init__(self, cfg: "KDConfig"):
+    def __init__(self, cfg: KDConfig):
         pass
 
     def loss(
@@ -50,9 +52,11 @@ class Distiller:
         logits_teacher: Optional[torch.Tensor],
         targets: torch.Tensor,
         epoch: int,
-        prior: Optional[ClassPrior] = None,
+        prior_rows: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, Parts]:
-        """The loss to minimise and its parts ``ce`` and ``kd`` (the weighted terms, detached)."""
+        """The loss to minimise and its parts ``ce`` and ``kd`` (the weighted terms, detached), from
+        the logits of the trainer's forwards and, for a distiller that uses the class prior, the
+        batch's rows of it (``ClassPrior.rows(targets)``, fetched by the trainer)."""
         raise NotImplementedError
 
 
@@ -64,9 +68,13 @@ def available_distillers() -> List[str]:
     return DISTILLERS.names()
 
 
-def build_distiller(cfg: "KDConfig") -> Distiller:
-    """The distiller ``cfg.method`` names, with its settings from ``cfg``."""
-    return DISTILLERS[cfg.method](cfg)
+def build_distiller(cfg: KDConfig) -> Distiller:
+    """The distiller ``cfg.method`` names, with its settings from ``cfg``; a `ConfigError` for a
+    name that is not registered, or for a distiller that needs a teacher the config lacks."""
+    distiller = DISTILLERS.lookup(cfg.method)
+    if distiller.needs_teacher and not cfg.teacher.arch:
+        raise ConfigError(f"method={cfg.method} needs a teacher: set teacher.arch and teacher.checkpoint")
+    return distiller(cfg)
 
 
 @register("vanilla")
@@ -75,7 +83,7 @@ class Vanilla(Distiller):
 
     needs_teacher = False
 
-    def loss(self, logits_student, logits_teacher, targets, epoch, prior=None):
+    def loss(self, logits_student, logits_teacher, targets, epoch, prior_rows=None):
         ce = F.cross_entropy(logits_student, targets)
         return ce, {"ce": ce.detach(), "kd": torch.zeros_like(ce.detach())}
 
@@ -84,11 +92,11 @@ class Vanilla(Distiller):
 class KD(Distiller):
     """Hinton et al.'s KD with mdistiller's weights (T^2 inside `kd_loss`)."""
 
-    def __init__(self, cfg: "KDConfig"):
+    def __init__(self, cfg: KDConfig):
         super().__init__(cfg)
         self.settings = cfg.kd
 
-    def loss(self, logits_student, logits_teacher, targets, epoch, prior=None):
+    def loss(self, logits_student, logits_teacher, targets, epoch, prior_rows=None):
         s = self.settings
         ce = s.ce_weight * F.cross_entropy(logits_student, targets)
         distill = s.kd_weight * kd_loss(logits_student, logits_teacher.detach(), s.temperature)
@@ -99,11 +107,11 @@ class KD(Distiller):
 class DKD(Distiller):
     """Zhao et al.'s decoupled KD, ramped in over ``dkd.warmup`` epochs (T^2 inside `dkd_loss`)."""
 
-    def __init__(self, cfg: "KDConfig"):
+    def __init__(self, cfg: KDConfig):
         super().__init__(cfg)
         self.settings = cfg.dkd
 
-    def loss(self, logits_student, logits_teacher, targets, epoch, prior=None):
+    def loss(self, logits_student, logits_teacher, targets, epoch, prior_rows=None):
         s = self.settings
         ce = s.ce_weight * F.cross_entropy(logits_student, targets)
         distill = loss_warmup(epoch, s.warmup) * dkd_loss(
@@ -117,19 +125,18 @@ class IKL(Distiller):
     """IKL-KD, ramped in over ``ikl.warmup`` epochs; wMSE weighted by the class prior
     (``ikl.class_prior``) or by the teacher's per-sample softmax(t / T2)."""
 
-    def __init__(self, cfg: "KDConfig"):
+    def __init__(self, cfg: KDConfig):
         super().__init__(cfg)
         self.settings = cfg.ikl
         self.uses_prior = cfg.ikl.class_prior
         self.prior_temperature = cfg.ikl.prior_temperature
 
-    def loss(self, logits_student, logits_teacher, targets, epoch, prior=None):
+    def loss(self, logits_student, logits_teacher, targets, epoch, prior_rows=None):
         s = self.settings
         ce = s.ce_weight * F.cross_entropy(logits_student, targets)
-        weights = prior.rows(targets) if self.uses_prior else None
         distill = loss_warmup(epoch, s.warmup) * ikl_loss(
             logits_student, logits_teacher.detach(),
             alpha=s.alpha, beta=s.beta, temperature=s.temperature,
-            gamma=s.gamma, weights=weights, weight_temperature=s.prior_temperature,
+            gamma=s.gamma, weights=prior_rows if self.uses_prior else None, weight_temperature=s.prior_temperature,
         )
         return ce + distill, {"ce": ce.detach(), "kd": distill.detach()}

@@ -22,9 +22,8 @@ import torch
 from tqdm import tqdm
 
 from engine import data as data_lib
-from engine.file_io import atomic_save, sha256_file
+from engine.file_io import sha256_file
 from engine.cli import config_main
-from engine.config import to_yaml
 from engine.distributed import (
     broadcast_buffers_,
     global_batch_share,
@@ -37,22 +36,15 @@ from engine.distributed import (
 )
 from engine.metrics import RunningSums
 from engine.errors import UserError
-from engine.run import (
-    RunLogger,
-    capture_every_rng_state,
-    prepare_run_dir,
-    raise_if_not_finite,
-    resume_training_state,
-    training_state,
-)
-from engine.optim import sgd, use_kernel, weight_decay_groups
+from engine.run import raise_if_not_finite, start_run
+from engine.run_folder import evaluation_keys, metric_key
+from engine.optim import sgd, weight_decay_groups
 from engine import runtime
 from engine.runtime import (
     autocast,
     compile_model,
     compile_seconds,
     eager,
-    environment_info,
     prepare_runtime,
     sync_batch_norm,
 )
@@ -214,7 +206,8 @@ def train_one_epoch(
                 with torch.no_grad():
                     logits_teacher, teacher_bad = screen_teacher_output(teacher_net(images).float(), cfg)
             logits_student = student_net(images)
-            loss, parts = distiller.loss(logits_student, logits_teacher, targets, epoch, prior)
+            prior_rows = prior.rows(targets) if distiller.uses_prior else None
+            loss, parts = distiller.loss(logits_student, logits_teacher, targets, epoch, prior_rows)
         share = global_batch_share(targets.numel(), global_sizes[batch_index]) if global_sizes else None
         optimizer.zero_grad(set_to_none=True)
         (loss if share is None else loss * share).backward()
@@ -262,7 +255,6 @@ def train(cfg: KDConfig) -> Dict[str, object]:
     """Runs (or resumes) a whole distillation run; returns what results.json holds."""
     device = prepare_runtime(device=cfg.device, precision=cfg.precision, seed=cfg.seed, deterministic=cfg.deterministic,
                              dist_timeout=cfg.dist_timeout)
-    run_dir = Path(cfg.out_dir) / cfg.run_name()
 
     num_classes = data_lib.num_classes(cfg.data.dataset)
     augment = "none" if cfg.data.dataset == "digits" else "basic"
@@ -289,33 +281,22 @@ def train(cfg: KDConfig) -> Dict[str, object]:
                     nesterov=cfg.optim.nesterov, implementation=cfg.optim.implementation, device=device)
     prior = ClassPrior(num_classes, temperature=distiller.prior_temperature).to(device)
 
-    last_path = run_dir / "last.pt"
-    if is_main_process():
-        prepare_run_dir(run_dir, config_yaml=to_yaml(cfg), resume=cfg.resume,
-                        environment={"seed": cfg.seed, **environment_info(), "device": str(device)})
-    start_epoch, best = 1, {"top1": -1.0, "epoch": 0}
-    if cfg.resume:
-        state = resume_training_state(last_path, cfg, student, optimizer, {"prior": prior}, log=log,
-                                      describe=f"student.arch={cfg.student.arch}")
-        use_kernel(optimizer, cfg.optim.implementation, device)  # the saved groups carry the old kernel's flags
-        best, start_epoch = state["best"], state["epoch"] + 1
-        log(f"Resumed {run_dir} after epoch {state['epoch']}")
-        del state
+    run = start_run(cfg, task="knowledge_distillation", device=device, model=student, optimizer=optimizer,
+                    states={"prior": prior}, best={"top1": -1.0, "epoch": 0},
+                    optimizer_implementation=cfg.optim.implementation, describe=f"student.arch={cfg.student.arch}")
+    folder = run.folder
 
     teacher_accuracy = None
     if teacher is not None and cfg.teacher.report_accuracy:
         teacher_accuracy = evaluate_topk(teacher, val_loader, device, cfg.channels_last)
         log(f"Teacher {cfg.teacher.arch}: top-1 {teacher_accuracy['top1']:.2f}%  top-5 {teacher_accuracy['top5']:.2f}%")
-    logger = RunLogger(run_dir, enabled=is_main_process(), completed_epochs=start_epoch - 1)
-    if cfg.resume and start_epoch > 1:
-        logger.plot()  # the picture of what the interrupted run had done
     source = f"{cfg.teacher.arch} -> " if teacher is not None else ""
-    log(f"Training {source}{cfg.student.arch} with {cfg.method} on {cfg.data.dataset} ({device}) -> {run_dir}")
+    log(f"Training {source}{cfg.student.arch} with {cfg.method} on {cfg.data.dataset} ({device}) -> {folder.path}")
 
     network = compile_model(wrap_model(student, device), cfg.compile)  # DDP averages the processes' gradients
     teacher_forward = compile_model(teacher, cfg.compile) if teacher is not None else None
     try:
-        for epoch in range(start_epoch, cfg.epochs + 1):
+        for epoch in range(run.start_epoch, cfg.epochs + 1):
             started = time.perf_counter()
             lr = learning_rate(epoch, base_lr=cfg.optim.lr, epochs=cfg.epochs, schedule="step",
                                warmup_epochs=cfg.optim.warmup_epochs, milestones=cfg.optim.milestones,
@@ -333,45 +314,44 @@ def train(cfg: KDConfig) -> Dict[str, object]:
             if epoch % cfg.eval.every == 0 or epoch == cfg.epochs:
                 metrics.update({f"test_{k}": v for k, v in evaluate_topk(student, val_loader, device, cfg.channels_last).items()})
             metrics["epoch_seconds"] = time.perf_counter() - started
-            logger.log_epoch(epoch, metrics)
+            run.logger.log_epoch(epoch, metrics)
             log(
                 f"epoch {epoch}/{cfg.epochs}  lr {lr:.4g}  loss {metrics['train_loss']:.4f}  "
                 f"train {metrics['train_acc']:.2f}%"
                 + (f"  val top-1 {metrics['test_top1']:.2f}%  top-5 {metrics['test_top5']:.2f}%" if "test_top1" in metrics else "")
                 + f"  {metrics['sec_per_iter']:.3f} s/iter (data {metrics['data_sec_per_iter']:.3f})"
             )
-            rng_states = capture_every_rng_state()  # every process takes part; rank 0 writes them
-            if is_main_process():
-                if "test_top1" in metrics and metrics["test_top1"] > best["top1"]:
-                    best = {"top1": metrics["test_top1"], "epoch": epoch}
-                    atomic_save({"model": student.state_dict(), "epoch": epoch, "top1": best["top1"]}, run_dir / "best.pt")
-                atomic_save(training_state(cfg, epoch, student, optimizer, best, {"prior": prior}, rng_states), last_path)
-            if epoch == cfg.stop_after and epoch < cfg.epochs:
-                log(f"Stopped after epoch {epoch} as asked (stop_after={cfg.stop_after}); resume=true continues")
-                return {"run_dir": str(run_dir), "stopped_after": epoch}
+            top1 = metric_key("top1")
+            if is_main_process() and top1 in metrics and metrics[top1] > run.best["top1"]:
+                run.best = {"top1": metrics[top1], "epoch": epoch}
+                folder.save({"model": student.state_dict(), "epoch": epoch, "top1": run.best["top1"]}, folder.best)
+            if run.end_epoch(epoch):
+                return run.stopped(epoch)
     finally:
-        logger.close()
+        run.logger.close()
 
+    last = run.logger.last_record or {}
     results = {
-        "run_dir": str(run_dir),
+        "run_dir": str(folder.path),
         "epochs": cfg.epochs,
         "teacher": cfg.teacher.arch,
         "student": cfg.student.arch,
         "method": cfg.method,
         "teacher_accuracy": teacher_accuracy,
-        "best_epoch": best["epoch"],
-        "best_test_top1": best["top1"],
+        "best_epoch": run.best["epoch"],
+        "best_" + metric_key("top1"): run.best["top1"],
         # From the last epoch's record, so that resuming a finished run (or one killed after its
         # last checkpoint) rebuilds the same results.
-        "final": {k: v for k, v in (logger.last_record or {}).items() if k.startswith("test_") or k.endswith("sec_per_iter")},
+        "final": {k: v for k, v in last.items() if k in evaluation_keys(last, splits=("test",))
+                  or k.endswith("sec_per_iter")},
     }
-    logger.finish(results)
+    run.logger.finish(results)
     return results
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     return config_main(
-        KDConfig, train, prog="python -m knowledge_distillation.train", argv=argv,
+        KDConfig, train, prog="python -m knowledge_distillation.train", argv=argv, check=build_distiller,
         description="Knowledge distillation with IKL, KD or DKD. Settings: --config FILE, then key=value overrides.",
     )
 

@@ -14,12 +14,9 @@ from . import wide_resnet, dm_wide_resnet, preact_resnet  # noqa: F401, I001
 from . import cifar_resnet, cifar_wrn, vgg, mobilenetv2, shufflenet  # noqa: F401, I001
 from . import imagenet  # noqa: F401
 from . import small_cnn  # noqa: F401
-from .weights import (
-    CheckpointError,
-    CheckpointMismatchError,
-    UnsafeCheckpointError,
-    load_weights,
-)
+from engine.file_io import UnsafeCheckpointError
+
+from .weights import CheckpointError, CheckpointMismatchError, load_weights
 from .registry import available_models, build_model, register_model
 
 __all__ = [

@@ -15,6 +15,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch.nn as nn
 
+from engine.config import ConfigError
+
 from .float32_ends import keep_ends_in_float32
 
 # Dataset names that each family is meant for.  A family added later (e.g. a
@@ -150,3 +152,26 @@ def build_model(name: str, num_classes: Optional[int] = None, dataset: Optional[
     # Lets checkpoint errors say which registered name the user asked for.
     model.arch_name = name
     return model
+
+
+def require_model(arch_key: str, arch: str, dataset: str, kwargs: Dict[str, object]) -> None:
+    """For a config's ``validate``: ``arch`` is in the zoo, takes ``dataset``'s images, and accepts
+    the keyword arguments given; else a `ConfigError` that names the config key ``arch_key``."""
+    try:
+        entry = resolve(arch, dataset)
+    except ValueError as error:
+        raise ConfigError(f"config key '{arch_key}' names no usable model: {error}") from None
+    if dataset not in entry.datasets:
+        raise ConfigError(
+            f"config key '{arch_key}': {arch} takes {'x'.join(map(str, entry.input_size))} images "
+            f"({', '.join(entry.datasets)}), not {dataset}'s; choose a model of that family "
+            f"(models.available_models() lists {len(available_models())})"
+        )
+    section = arch_key.rsplit(".", 1)[0]
+    for name in kwargs:
+        if name not in inspect.signature(entry.builder).parameters:
+            raise ConfigError(f"config key '{section}.{name}' does not apply to {arch}; set it to null "
+                              f"(only the generic WideResNet takes depth and widen_factor)")
+    depth = kwargs.get("depth")
+    if depth is not None and (depth - 4) % 6 != 0:
+        raise ConfigError(f"config key '{section}.depth' must be 6n + 4 (10, 16, 22, 28, 34, ...), got {depth}")

@@ -17,7 +17,7 @@ from typing import Dict, Mapping, Union
 import torch
 import torch.nn as nn
 
-from engine.file_io import CheckpointError, UnsafeCheckpointError, load_file, require_finite
+from engine.file_io import CheckpointError, load_file, require_finite
 
 _WRAPPER_KEYS = ("model_state_dict", "state_dict", "model")
 _PREFIXES = ("module.0.", "module.")

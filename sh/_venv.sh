@@ -53,7 +53,7 @@ dkl_python() {
 #   python -m MODULE ARGS in one process, or under torchrun when NPROC (processes per node) or
 #   NNODES asks for more. Several nodes also need NODE_RANK (0 .. NNODES-1) and MASTER=host:port,
 #   the address of node 0. --print-config and --get never start more than one process.
-#   SEEDS="0 1 2" runs the config once per seed through python -m engine.sweep (one folder per
+#   SEEDS="0 1 2" runs the config once per seed through python -m experiments.sweep (one folder per
 #   seed under out_dir/<run name>/, finished runs skipped, interrupted ones resumed; with --print
 #   it prints the commands instead).
 dkl_run() {
@@ -68,7 +68,7 @@ dkl_run() {
     done
     if [[ -n "${SEEDS:-}" ]]; then
         # shellcheck disable=SC2086  # SEEDS is a list of numbers
-        "$DKL_PY" -m engine.sweep --task "${module%%.*}" --seeds $SEEDS "$@"
+        "$DKL_PY" -m experiments.sweep --task "${module%%.*}" --seeds $SEEDS "$@"
         return
     fi
     if [[ "$nproc" == 1 && "$nnodes" == 1 ]]; then

@@ -5,8 +5,8 @@
 #
 #   bash sh/quickstart.sh                        # IKL-AT + AutoAttack (a few minutes on 2 CPU cores)
 #   bash sh/quickstart.sh --compare              # also standard training and TRADES, one row each
-#   bash sh/quickstart.sh --compare --seeds 3    # each method with seeds 0, 1, 2 (python -m engine.sweep),
-#                                                # then python -m engine.report: mean ± std over the seeds
+#   bash sh/quickstart.sh --compare --seeds 3    # each method with seeds 0, 1, 2 (python -m experiments.sweep),
+#                                                # then python -m experiments.report: mean ± std over the seeds
 #   bash sh/quickstart.sh --smoke                # 1 epoch and a cheap attack list: checks the wiring only
 #
 # Creates (or reuses) the same virtual environment as sh/test.sh. Outputs: runs/quickstart/<time>/.
@@ -47,7 +47,7 @@ if [[ $seeds -gt 0 ]]; then
     started=$SECONDS
     for method in "${methods[@]}"; do
         echo "== training digits_$method with seeds 0..$((seeds - 1))"
-        "$DKL_PY" -m engine.sweep --config "$DKL_ROOT/configs/adv_training/digits_$method.yaml" \
+        "$DKL_PY" -m experiments.sweep --config "$DKL_ROOT/configs/adv_training/digits_$method.yaml" \
             --seeds $(seq 0 $((seeds - 1))) "${train_overrides[@]}"
         for run_dir in "$out/digits_$method"/seed=*; do
             echo "== AutoAttack on $run_dir"
@@ -58,7 +58,7 @@ if [[ $seeds -gt 0 ]]; then
     done
     echo
     echo "Digits (8x8 images), Linf eps 0.2; clean and PGD-20 on the 450 test images; $seeds seeds per method."
-    "$DKL_PY" -m engine.report "$out" --csv "$out/report.csv" --plot "$out/report.png"
+    "$DKL_PY" -m experiments.report "$out" --csv "$out/report.csv" --plot "$out/report.png"
     echo "Wall time: $(((SECONDS - started) / 60)) min $(((SECONDS - started) % 60)) s for $((${#methods[@]} * seeds)) runs"
     exit 0
 fi

@@ -13,7 +13,7 @@ import torch
 from adv_training.auto_attacks.eval import main as autoattack_main
 from adv_training.export import export, robustbench_layout
 from adv_training.export import main as export_main
-from engine import report, sweep
+from experiments import report, sweep
 from engine.file_io import atomic_save, load_file
 from models import build_model, load_weights
 from models.dm_wide_resnet import DMWideResNet

@@ -12,6 +12,7 @@ from adv_training import train as at_train
 from adv_training.attacks import natural_logits, pgd
 from adv_training.config import ATConfig
 from adv_training.methods import build_method
+from adv_training.train import BatchLoss
 from engine.config import ConfigError
 from engine.distributed import unwrap
 from engine.file_io import load_file
@@ -46,7 +47,7 @@ def loss_gradients_buffers(network, module, method, x, x_adv, y, rows):
     """One training forward and backward; the loss, the gradients and the BatchNorm buffers after it."""
     module.zero_grad(set_to_none=True)
     network.train()
-    loss, _ = method.loss(network, x, x_adv, y, rows, len(y))
+    loss, _ = BatchLoss(method, x, x_adv, y, rows, len(y), torch.device("cpu"), "fp32", None)(network)
     loss.backward()
     return loss.detach(), [p.grad.clone() for p in module.parameters()], [b.clone() for b in module.buffers()]
 

@@ -12,10 +12,10 @@ import torch.nn as nn
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def readme_example(name):
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+def readme_example(name, page="docs/losses.md"):
+    text = (ROOT / page).read_text(encoding="utf-8")
     match = re.search(rf"<!-- example: {name} -->\s*```python\n(.*?)```", text, re.S)
-    assert match, f"README.md has no ```python block after '<!-- example: {name} -->'"
+    assert match, f"{page} has no ```python block after '<!-- example: {name} -->'"
     return match.group(1)
 
 
@@ -38,7 +38,7 @@ def test_readme_drop_in_example_trains_with_ikl():
         "num_classes": 4,
     }
     before = [p.detach().clone() for p in model.parameters()]
-    exec(compile(readme_example("ikl-drop-in"), "README.md", "exec"), namespace)
+    exec(compile(readme_example("ikl-drop-in"), "docs/losses.md", "exec"), namespace)
 
     prior = namespace["prior"]
     assert not torch.allclose(prior.prior, torch.full((4, 4), 0.25)), "the prior was never stepped"

@@ -43,7 +43,6 @@ if not __package__:  # run as `python eval.py` from inside adv_training/auto_att
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
-import yaml  # noqa: E402
 
 from adv_training.auto_attacks.resumable import (  # noqa: E402
     ATTACKS,
@@ -54,11 +53,12 @@ from adv_training.auto_attacks.resumable import (  # noqa: E402
     run_autoattack,
 )
 from adv_training.config import ATConfig  # noqa: E402
-from adv_training.swa import output_path as swa_output_path  # noqa: E402
+from engine.cli import command  # noqa: E402
 from engine.file_io import CheckpointNotFoundError, atomic_save, atomic_write_text, sha256_file, writing  # noqa: E402
 from engine.data import build_test_set, first_examples  # noqa: E402
 from engine.data import num_classes as data_num_classes  # noqa: E402
 from engine.errors import UserError  # noqa: E402
+from engine.run_folder import RunFolder  # noqa: E402
 from engine.runtime import (  # noqa: E402
     capture_rng_state,
     configure_precision,
@@ -76,8 +76,6 @@ MEAN_STD = {
 }
 DATASETS = {"CIFAR10": "cifar10", "CIFAR100": "cifar100", "digits": "digits"}  # digits: the quickstart
 DEFAULT_ARCH = "WideResNet34"  # the authors' default
-RUN_FILES = {"ema": "ema.pt", "best": "best.pt", "last": "last.pt"}
-SWA_PATTERN = "ours-model-epoch-SWA*.pt"
 
 
 # --- the model -------------------------------------------------------------------------------
@@ -119,86 +117,53 @@ class Target:
     which: Optional[str] = None
 
 
-def _newest(paths: List[Path]) -> Optional[Path]:
-    return max(paths, key=lambda p: p.stat().st_mtime) if paths else None
+def file_target(path: Path, *, arch: Optional[str] = None, data: Optional[str] = None, depth: Optional[int] = None,
+                widen_factor: Optional[int] = None) -> Target:
+    """A weights file of the architecture the flags name (the authors' defaults otherwise)."""
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"no checkpoint file at {path}")
+    kwargs = {k: v for k, v in (("depth", depth), ("widen_factor", widen_factor)) if v is not None}
+    return Target(path, arch or DEFAULT_ARCH, DATASETS[data or "CIFAR10"], kwargs)
 
 
-def _run_swa_file(run_dir: Path) -> Optional[Path]:
-    """The epoch average the run's config names, else the newest ``ours-model-epoch-SWA*.pt``."""
-    try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-        swa, epochs = config.get("swa") or {}, config.get("epochs")
-        named = swa_output_path(run_dir, swa["tau"], swa["start"], swa.get("end") or epochs)
-        if named.is_file():
-            return named
-    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError):
-        pass  # no config, or one from before the epoch average: fall back to the files present
-    return _newest(sorted(run_dir.glob(SWA_PATTERN)))
-
-
-def pick_run_file(run_dir: Path, which: Optional[str]) -> tuple:
-    """(file, which) in a run folder: ``--which``, else the epoch average, else the EMA, else best.pt.
-
-    The epoch average (the reference's swa.py) comes first because it is what the authors
-    release and report; the in-training EMA is an extra of this repository.
-    """
-    swa = _run_swa_file(run_dir)
-    if which == "swa":
-        if swa is None:
-            raise UserError(f"{run_dir} holds no {SWA_PATTERN}; write one with "
-                            f"python -m adv_training.swa {run_dir} 0.9 1 EPOCHS")
-        return swa, which
-    if which is not None:
-        path = run_dir / RUN_FILES[which]
-        if not path.is_file():
-            candidates = [run_dir / name for name in RUN_FILES.values()] + ([swa] if swa else [])
-            present = ", ".join(p.name for p in candidates if p.is_file()) or "no weights"
-            raise UserError(f"{path} does not exist (--which {which}); the run folder holds: {present}")
-        return path, which
-    for choice, path in (("swa", swa), ("ema", run_dir / "ema.pt"), ("best", run_dir / "best.pt")):
-        if path is not None and path.is_file():
-            return path, choice
-    raise UserError(f"{run_dir} holds no weights to evaluate ({SWA_PATTERN}, ema.pt or best.pt); "
-                    f"pass --which last for last.pt, or a checkpoint file")
+def run_target(run_dir: Path, which: Optional[str] = None, *, arch: Optional[str] = None, data: Optional[str] = None,
+               depth: Optional[int] = None, widen_factor: Optional[int] = None) -> Target:
+    """The weights of a training run folder that ``which`` names (else those that stand for the
+    run, `RunFolder.weights`), with the architecture and dataset of its config; flags that
+    contradict the config are refused."""
+    folder = RunFolder(run_dir)
+    if not folder.is_run():
+        raise UserError(f"{run_dir} is a folder without config.yaml: pass a checkpoint file, "
+                        f"or a run folder written by adv_training.train")
+    config = folder.read_config()
+    defaults = ATConfig()
+    model, dataset_config = config.get("model") or {}, config.get("data") or {}
+    trained_arch = model.get("arch", defaults.model.arch)
+    dataset = dataset_config.get("dataset", defaults.data.dataset)
+    kwargs = {k: model[k] for k in ("depth", "widen_factor") if model.get(k) is not None}
+    asked = {
+        "--arch": (arch, trained_arch),
+        "--data": (data and DATASETS[data], dataset),
+        "--depth": (depth, kwargs.get("depth")),
+        "--widen_factor": (widen_factor, kwargs.get("widen_factor")),
+    }
+    for flag, (given, trained) in asked.items():
+        if given is not None and given != trained:
+            raise UserError(f"{flag} {given} contradicts the run folder {run_dir}, trained with {trained}; "
+                            f"drop {flag} (a run folder's config says what it is)")
+    file, which = folder.weights(which)
+    return Target(file, trained_arch, dataset, kwargs, run_dir=run_dir, which=which)
 
 
 def resolve_target(args) -> Target:
     """The weights file and architecture named by the command line."""
     path = Path(args.checkpoint)
-    if not path.is_dir():
-        if args.which:
-            raise UserError("--which picks the weights inside a training run folder, but --checkpoint is a file")
-        if not path.is_file():
-            raise CheckpointNotFoundError(f"no checkpoint file at {path}")
-        dataset = DATASETS[args.data or "CIFAR10"]
-        kwargs = {k: v for k, v in (("depth", args.depth), ("widen_factor", args.widen_factor)) if v is not None}
-        return Target(path, args.arch or DEFAULT_ARCH, dataset, kwargs)
-
-    config_path = path / "config.yaml"
-    if not config_path.is_file():
-        raise UserError(f"{path} is a folder without config.yaml: pass a checkpoint file, "
-                        f"or a run folder written by adv_training.train")
-    try:
-        config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise UserError(f"{config_path} is not valid YAML: {error}") from None
-    defaults = ATConfig()
-    model, data = config.get("model") or {}, config.get("data") or {}
-    arch = model.get("arch", defaults.model.arch)
-    dataset = data.get("dataset", defaults.data.dataset)
-    kwargs = {k: model[k] for k in ("depth", "widen_factor") if model.get(k) is not None}
-    asked = {
-        "--arch": (args.arch, arch),
-        "--data": (args.data and DATASETS[args.data], dataset),
-        "--depth": (args.depth, kwargs.get("depth")),
-        "--widen_factor": (args.widen_factor, kwargs.get("widen_factor")),
-    }
-    for flag, (given, trained) in asked.items():
-        if given is not None and given != trained:
-            raise UserError(f"{flag} {given} contradicts the run folder {path}, trained with {trained}; "
-                            f"drop {flag} (a run folder's config says what it is)")
-    file, which = pick_run_file(path, args.which)
-    return Target(file, arch, dataset, kwargs, run_dir=path, which=which)
+    flags = dict(arch=args.arch, data=args.data, depth=args.depth, widen_factor=args.widen_factor)
+    if path.is_dir():
+        return run_target(path, args.which, **flags)
+    if args.which:
+        raise UserError("--which picks the weights inside a training run folder, but --checkpoint is a file")
+    return file_target(path, **flags)
 
 
 def build_network(target: Target) -> nn.Module:
@@ -456,6 +421,7 @@ def evaluate(args, command: str = "eval.py") -> dict:
     return report
 
 
+@command
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -466,9 +432,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     configure_precision("fp32")
     try:
         evaluate(args, command=" ".join(["eval.py", *argv]))
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"interrupted; rerun the same command to continue from {results_paths(args)[2]}", file=sys.stderr)
         return 130

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 import adv_training.auto_attacks.resumable as resumable
-from adv_training.auto_attacks.eval import main, pick_run_file, preprocessing
+from adv_training.auto_attacks.eval import main, preprocessing
+from engine.run_folder import RunFolder
 from engine.file_io import load_file
 from engine.data import build_test_set, build_train_set
 from models import build_model
@@ -192,23 +193,23 @@ def test_a_training_run_folder_is_evaluated_with_its_own_architecture(cifar10_ro
 def test_run_folder_weights_are_chosen_swa_then_ema_then_best(tmp_path):
     for name in ("best.pt", "last.pt"):
         (tmp_path / name).touch()
-    assert pick_run_file(tmp_path, None) == (tmp_path / "best.pt", "best")
+    assert RunFolder(tmp_path).weights(None) == (tmp_path / "best.pt", "best")
     (tmp_path / "ema.pt").touch()
-    assert pick_run_file(tmp_path, None) == (tmp_path / "ema.pt", "ema")
+    assert RunFolder(tmp_path).weights(None) == (tmp_path / "ema.pt", "ema")
     (tmp_path / "ours-model-epoch-SWA0.91200.pt").touch()
-    assert pick_run_file(tmp_path, None) == (tmp_path / "ours-model-epoch-SWA0.91200.pt", "swa")
+    assert RunFolder(tmp_path).weights(None) == (tmp_path / "ours-model-epoch-SWA0.91200.pt", "swa")
     newer = tmp_path / "ours-model-epoch-SWA0.81200.pt"
     newer.touch()
     os.utime(newer, (2e9, 2e9))
-    assert pick_run_file(tmp_path, "swa") == (newer, "swa")  # without a config: the newest average
+    assert RunFolder(tmp_path).weights("swa") == (newer, "swa")  # without a config: the newest average
     # the average the run's config names wins over a newer one written by hand
     (tmp_path / "config.yaml").write_text("epochs: 200\nswa: {enabled: true, tau: 0.9, start: 1, end: null}\n")
-    assert pick_run_file(tmp_path, None) == (tmp_path / "ours-model-epoch-SWA0.91200.pt", "swa")
-    assert pick_run_file(tmp_path, "ema") == (tmp_path / "ema.pt", "ema")
-    assert pick_run_file(tmp_path, "last") == (tmp_path / "last.pt", "last")
+    assert RunFolder(tmp_path).weights(None) == (tmp_path / "ours-model-epoch-SWA0.91200.pt", "swa")
+    assert RunFolder(tmp_path).weights("ema") == (tmp_path / "ema.pt", "ema")
+    assert RunFolder(tmp_path).weights("last") == (tmp_path / "last.pt", "last")
     (tmp_path / "ema.pt").unlink()
     with pytest.raises(Exception, match="ema.pt does not exist"):
-        pick_run_file(tmp_path, "ema")
+        RunFolder(tmp_path).weights("ema")
 
 
 def test_a_run_folder_contradicting_the_command_line_is_refused(tmp_path, capsys):

@@ -15,10 +15,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from adv_training.generated_data import (
-    IMAGES,
-    LABELS,
-    MANIFEST,
+from adv_training.generated import (
     BatchKey,
     MixedBatches,
     MixedBatchSampler,
@@ -26,8 +23,9 @@ from adv_training.generated_data import (
     open_generated,
     prepare_generated,
 )
+from adv_training.generated.store import IMAGES, LABELS, MANIFEST
 from adv_training.prepare_generated import main as prepare_main
-from engine.augment import as_float_images, crop_flip, draw_crop_flip, draw_rotations, keyed_generator, rotate_nearest
+from engine.data import as_float_images, crop_flip, draw_crop_flip, draw_rotations, keyed_generator, rotate_nearest
 from engine.data import global_batch_sizes, set_epoch
 from engine.errors import UserError
 

@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from adv_training.config import ATConfig
+from adv_training.train import BatchLoss
 from adv_training.methods import METHODS, MART, Method, available_methods, build_method, register
 from engine.config import ConfigError, load_config
 from losses.pairwise_oracle import wmse_loss_pairwise
@@ -70,7 +71,7 @@ def test_the_registry_holds_every_method_and_the_config_accepts_exactly_those():
         assert load_config(ATConfig, None, [f"method={name}"]).method == name
         assert type(method(name)) is METHODS[name] and METHODS[name].name == name
     with pytest.raises(ConfigError, match="'method' must be one of ikl, mart, pgd, standard, trades, got 'ilk'; did you mean 'ikl'"):
-        load_config(ATConfig, None, ["method=ilk"])
+        build_method(load_config(ATConfig, None, ["method=ilk"]))  # the registry lookup raises the config error
 
 
 def test_flags_say_what_each_method_needs():
@@ -114,15 +115,20 @@ def test_single_view_training_loss_by_hand(name, dual_view_batch):
         "mart": lambda: mart_by_hand(logits_adv, logits_nat, targets, 6.0),
     }[name]()
     rows = rows if name == "ikl" else None
-    loss, parts = method(name).loss(model, x_natural, x_adv, targets, rows, len(targets))
+    loss, parts = batch_loss(method(name), x_natural, x_adv, targets, rows, len(targets))(model)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
-    awp_loss, _ = method(name).loss(model, x_natural, x_adv, targets, rows, len(targets), split_views=False)
+    awp_loss, _ = batch_loss(method(name), x_natural, x_adv, targets, rows, len(targets))(model, split_views=False)
     assert awp_loss.item() == loss.item()
     # gradients with respect to the weights agree with the hand formula's too
     (ours,) = torch.autograd.grad(loss, [model.weight])
     (theirs,) = torch.autograd.grad(expected, [model.weight])
     torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
     assert (parts["logits_nat"] is None) == (name in ("pgd", "standard"))
+
+
+def batch_loss(chosen, x_natural, x_adv, targets, rows, basic_size):
+    """The trainer's loss of one batch (its forwards, then the method's loss), in one process, fp32."""
+    return BatchLoss(chosen, x_natural, x_adv, targets, rows, basic_size, torch.device("cpu"), "fp32", None)
 
 
 def smooth_ce_by_hand(logits, targets, smoothing):
@@ -139,8 +145,8 @@ def test_label_smoothing_smooths_the_clean_term_only(name, dual_view_batch):
     robust = (ikl_by_hand(logits_adv, logits_nat, rows, 4.0, 20.0) if name == "ikl"
               else trades_by_hand(logits_adv, logits_nat, 6.0))
     cfg = ATConfig(method=name, label_smoothing=0.1)
-    loss, parts = build_method(cfg).loss(model, x_natural, x_adv, targets, rows if name == "ikl" else None,
-                                         len(targets))
+    loss, parts = batch_loss(build_method(cfg), x_natural, x_adv, targets, rows if name == "ikl" else None,
+                             len(targets))(model)
     assert parts["natural"].item() == pytest.approx(smooth_ce_by_hand(logits_nat, targets, 0.1).item(), rel=1e-12)
     assert parts["robust"].item() == pytest.approx(robust.item(), rel=1e-12)
     assert parts["natural"].item() != pytest.approx(F.cross_entropy(logits_nat, targets).item(), rel=1e-3)
@@ -166,8 +172,8 @@ def test_dual_view_training_loss_weights_the_augmented_view_and_awp_averages_bot
     assert robust(slice(None)).item() == pytest.approx(0.5 * (robust(basic) + robust(augmented)).item(), rel=1e-12)
 
     rows = rows if name == "ikl" else None
-    training, parts = chosen.loss(model, x_natural, x_adv, targets, rows, BASIC)
-    awp, _ = chosen.loss(model, x_natural, x_adv, targets, rows, BASIC, split_views=False)
+    training, parts = batch_loss(chosen, x_natural, x_adv, targets, rows, BASIC)(model)
+    awp, _ = batch_loss(chosen, x_natural, x_adv, targets, rows, BASIC)(model, split_views=False)
     assert training.item() == pytest.approx(expected_training.item(), rel=1e-12)
     assert awp.item() == pytest.approx(expected_awp.item(), rel=1e-12)
     assert parts["natural"].item() == pytest.approx(natural.item(), rel=1e-12)
@@ -204,11 +210,10 @@ def test_a_new_method_is_one_registered_class():
 
 def test_the_readme_example_is_the_code_of_methods_py():
     root = Path(__file__).resolve().parents[2]
-    readme = (root / "README.md").read_text(encoding="utf-8")
-    section = readme.split("### Adding a method", 1)[1]
-    block = section.split("```python\n", 1)[1].split("```", 1)[0]
+    page = (root / "docs" / "adding_a_method.md").read_text(encoding="utf-8")
+    block = page.split("```python\n", 1)[1].split("```", 1)[0]
     shown = [line for line in block.splitlines() if line.strip()]
     source = iter((root / "adv_training" / "methods.py").read_text(encoding="utf-8").splitlines())
     missing = [line for line in shown if not any(line == candidate for candidate in source)]
-    assert not missing, f"README lines not in methods.py, in order: {missing}"
+    assert not missing, f"docs/adding_a_method.md lines not in methods.py, in order: {missing}"
     assert len(shown) >= 15

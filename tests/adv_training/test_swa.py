@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from adv_training.swa import average_checkpoints, output_path
+from adv_training.swa import average_checkpoints
+from engine.run_folder import RunFolder
 from engine.file_io import atomic_save, load_file
 from engine.errors import UserError
 
@@ -78,8 +79,8 @@ def test_wrapped_and_prefixed_checkpoints(tmp_path):
 
 
 def test_output_name_formats_like_the_reference():
-    assert output_path("runs/x", 0.9, 1, 200).name == "ours-model-epoch-SWA0.91200.pt"
-    assert output_path("runs/x", float("0.90"), 150, 200).name == "ours-model-epoch-SWA0.9150200.pt"
+    assert RunFolder("runs/x").epoch_average(0.9, 1, 200).name == "ours-model-epoch-SWA0.91200.pt"
+    assert RunFolder("runs/x").epoch_average(float("0.90"), 150, 200).name == "ours-model-epoch-SWA0.9150200.pt"
 
 
 def test_cli_writes_the_average(tmp_path):

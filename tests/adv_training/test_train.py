@@ -15,7 +15,8 @@ import adv_training.train as train_module
 from adv_training.config import ATConfig, AttackConfig
 from adv_training.methods import Method
 from adv_training.swa import average_checkpoints
-from adv_training.train import _to_device, attack_budget, epoch_precision, main
+from adv_training.attacks import attack_budget
+from adv_training.train import _to_device, epoch_precision, main
 from engine.file_io import load_file
 from engine.config import load_config
 from losses import ClassPrior

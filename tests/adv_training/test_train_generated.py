@@ -10,11 +10,11 @@ import pytest
 import torch
 import yaml
 
-from adv_training import generated_data
+from adv_training import generated as generated_data
 from adv_training.prepare_generated import main as prepare_main
 from adv_training.train import main
 from engine.file_io import load_file
-from engine.metrics import read_metrics
+from engine.run_folder import RunFolder
 
 from .test_train import flatten
 from .test_train_distributed import free_port
@@ -57,7 +57,7 @@ def test_a_generated_data_run_trains_on_mixed_batches(cifar10_root, generated_ro
 
     monkeypatch.setattr(generated_data.MixedBatches, "__getitem__", recording)
     assert main(generated_run(cifar10_root, generated_root, tmp_path)) == 0
-    assert [m["epoch"] for m in read_metrics(tmp_path / "run")] == [1, 2]
+    assert [m["epoch"] for m in RunFolder(tmp_path / "run").read_metrics()] == [1, 2]
     assert [(key.epoch, key.number) for key in seen] == [(e, n) for e in (1, 2) for n in range(5)]  # ceil(200/40)
     for key in seen:
         assert len(key.indices) == 40 and sum(i >= 200 for i in key.indices) == 20  # 200 real images come first
@@ -144,7 +144,7 @@ def test_validation_split_monitors_held_out_images_and_best_holds_the_selected_a
     assert main(args) == 0
     real = data_lib.build_train_set("cifar10", cifar10_root, augment="none", verify_checksum=False).data
     assert np.array_equal(trained_on[0], real[30:])  # the first 30 real images are held out
-    (record,) = read_metrics(tmp_path / "run")
+    (record,) = RunFolder(tmp_path / "run").read_metrics()
     for key in ("val_clean_acc", "val_robust_acc", "test_clean_acc", "ema_val_robust_acc", "ema_test_clean_acc"):
         assert 0 <= record[key] <= 100, key
     assert "test_robust_acc" not in record
@@ -268,7 +268,7 @@ def test_the_papers_generated_data_rows_train_end_to_end_on_tiny_data(run, cifar
         f"out_dir={tmp_path}",
     ]
     assert main(["--config", str(ROOT / "configs" / "adv_training" / f"{run}.yaml"), *overrides]) == 0
-    records = read_metrics(tmp_path / run)
+    records = RunFolder(tmp_path / run).read_metrics()
     assert [r["epoch"] for r in records] == [1, 2]
     assert all(0 <= r["ema_val_robust_acc"] <= r["ema_val_clean_acc"] <= 100 for r in records)
     assert records[0]["lr"] > records[1]["lr"]  # cosinew over 2 epochs: already falling

@@ -7,7 +7,7 @@ from scipy.stats import chi2_contingency, chisquare
 from torchvision import transforms
 
 from engine.data import global_batch_sizes, set_epoch
-from engine.device_data import DeviceBatches
+from engine.data import DeviceBatches
 from engine.errors import UserError
 
 SIDE, PADDING = 32, 4

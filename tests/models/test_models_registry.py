@@ -76,5 +76,5 @@ def test_readme_table_matches_the_registry():
 
     from models.summary import markdown_table
 
-    readme = Path(__file__).resolve().parents[2] / "README.md"
-    assert markdown_table() in readme.read_text(encoding="utf-8"), "run `python -m models.summary` and update the README"
+    page = Path(__file__).resolve().parents[2] / "docs" / "models.md"
+    assert markdown_table() in page.read_text(encoding="utf-8"), "run `python -m models.summary` and update docs/models.md"

@@ -1,0 +1,34 @@
+"""Reading the AutoAttack reports of a run folder: which of them count for the run's numbers.
+
+A report counts when it is the standard AutoAttack (all four attacks) at the run's own threat
+model and evaluated exactly the weights now in the folder (same sha256). Quick checks (custom
+attack lists, other budgets) and reports of weights since overwritten do not count. The model
+card (`adv_training.export`) and the report of many runs (`experiments.report`) read them so.
+"""
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+from engine.file_io import sha256_file
+from engine.run_folder import RunFolder
+
+
+def threat_model(config: Dict[str, Any]) -> Tuple[str, Optional[float]]:
+    """(norm, epsilon) a run was trained for and is evaluated at: eval.epsilon, else attack.epsilon."""
+    attack, evaluation = config.get("attack") or {}, config.get("eval") or {}
+    epsilon = evaluation.get("epsilon") if evaluation.get("epsilon") is not None else attack.get("epsilon")
+    return str(attack.get("norm", "linf")).lower(), epsilon
+
+
+def is_standard_autoattack(report: Dict[str, Any], norm: str, epsilon: Optional[float]) -> bool:
+    """The standard AutoAttack (all four attacks) at the run's own threat model: what counts."""
+    return (report.get("version") == "standard" and str(report.get("norm", "")).lower() == norm
+            and epsilon is not None and abs(float(report.get("epsilon", -1)) - float(epsilon)) < 1e-9)
+
+
+def matching_autoattack(run_dir: Path, weights: Path, norm: str,
+                        epsilon: Optional[float]) -> Optional[Tuple[Path, Dict[str, Any]]]:
+    """The newest standard AutoAttack report at (norm, epsilon) in ``run_dir`` that evaluated
+    exactly the file ``weights`` (by sha256)."""
+    digest = sha256_file(weights)
+    return next(((path, report) for path, report in RunFolder(run_dir).autoattack_reports()
+                 if report["checkpoint_sha256"] == digest and is_standard_autoattack(report, norm, epsilon)), None)

@@ -1,0 +1,35 @@
+"""The published numbers of the adversarial-training rows a config may name with ``paper_row``.
+
+Per row: where it was published, and per method the clean and AutoAttack accuracy (Linf
+8/255, percent). These are the authors' numbers, not runs of this code; `experiments.report`
+prints them beside the measured ones.
+"""
+from typing import Dict, NamedTuple
+
+
+class PaperRow(NamedTuple):
+    source: str
+    values: Dict[str, Dict[str, float]]  # method -> {"clean": ..., "autoattack": ...}
+
+
+NEURIPS = "Cui et al., NeurIPS 2024"
+DKLV1_LOG = "the authors' AutoAttack log DKLv1/Adv-training-dkl/auto_attacks/logs/{}"
+
+
+def _ikl(clean: float, autoattack: float) -> Dict[str, Dict[str, float]]:
+    return {"ikl": {"clean": clean, "autoattack": autoattack}}
+
+
+PAPER_ROWS: Dict[str, PaperRow] = {
+    "cifar100_ikl": PaperRow(f"{NEURIPS}, Table 2, IKL-AT on CIFAR-100 (mean of 3 runs)", _ikl(65.76, 31.91)),
+    "cifar100_ikl_autoaug": PaperRow(f"{NEURIPS}, Table 2, IKL-AT on CIFAR-100 with AutoAugment", _ikl(66.08, 32.53)),
+    "cifar10_ikl": PaperRow(f"{NEURIPS}, Table 3, IKL-AT on CIFAR-10", _ikl(84.80, 57.09)),
+    "cifar100_ikl_a3b20t4_released": PaperRow(DKLV1_LOG.format("cifar100_dkl_a3_b20_T4.log"), _ikl(66.51, 31.43)),
+    "cifar100_ikl_a4b20t2_released": PaperRow(DKLV1_LOG.format("cifar100_dkl_a4_b20_T2.log"), _ikl(64.08, 31.65)),
+    "cifar10_ikl_a3b20t4_released": PaperRow(DKLV1_LOG.format("cifar10_dkl_a3_b20_T4.log"), _ikl(85.31, 57.09)),
+    "cifar10_ikl_1m": PaperRow("DKLv1 README (IKL-AT, WRN-28-10, CIFAR-10 + 1M generated images)", _ikl(90.75, 63.54)),
+    "cifar100_ikl_1m": PaperRow("DKLv1 README (IKL-AT, WRN-28-10, CIFAR-100 + 1M generated images)", _ikl(68.99, 35.89)),
+    "cifar10_ikl_20m": PaperRow("DKLv1 README (IKL-AT, WRN-28-10, CIFAR-10 + 20M generated images)", _ikl(92.16, 67.75)),
+    "cifar100_ikl_50m": PaperRow("DKLv1 README (IKL-AT, WRN-28-10, CIFAR-100 + 50M generated images)",
+                                 _ikl(73.85, 39.18)),
+}
