@@ -1,4 +1,5 @@
 """Installs the DKL/IKL packages so that they import from anywhere: ``pip install -e .``"""
+
 import re
 from pathlib import Path
 
@@ -9,7 +10,7 @@ PACKAGES = ["losses", "models", "engine", "adv_training", "knowledge_distillatio
 VERSION = re.search(r'^__version__ = "([^"]+)"', (ROOT / "engine" / "__init__.py").read_text(), re.M).group(1)
 
 
-TEST_ONLY = ("pytest",)
+TEST_ONLY = ("pytest", "ruff")
 
 
 def read_requirements():

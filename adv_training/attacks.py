@@ -17,6 +17,7 @@ eval mode (no dropout, BatchNorm on running statistics) that recomputation retur
 same tensor each time, and no gradient with respect to ``x_adv`` flows through it, so
 computing it once changes nothing but the cost.
 """
+
 import contextlib
 import math
 from typing import Callable, Iterator, Optional, Tuple
@@ -49,8 +50,11 @@ def attack_mode(model: nn.Module, eval_mode: bool = True, freeze_bn_stats: bool 
     attack: Wang et al.'s ``track_bn_stats(False)`` around their TRADES attack).
     """
     previous = [(module, module.training) for module in model.modules()]
-    frozen = [(module, module.track_running_stats) for module in model.modules()
-              if isinstance(module, _BatchNorm)] if freeze_bn_stats and not eval_mode else []
+    frozen = (
+        [(module, module.track_running_stats) for module in model.modules() if isinstance(module, _BatchNorm)]
+        if freeze_bn_stats and not eval_mode
+        else []
+    )
     try:
         if eval_mode:
             model.eval()
@@ -64,8 +68,9 @@ def attack_mode(model: nn.Module, eval_mode: bool = True, freeze_bn_stats: bool 
             module.track_running_stats = tracked
 
 
-def natural_logits(model: nn.Module, x: torch.Tensor, eval_mode: bool = True,
-                   freeze_bn_stats: bool = False) -> torch.Tensor:
+def natural_logits(
+    model: nn.Module, x: torch.Tensor, eval_mode: bool = True, freeze_bn_stats: bool = False
+) -> torch.Tensor:
     """``model(x)`` in attack mode and without gradient: the fixed target of KL/IKL attacks."""
     with attack_mode(model, eval_mode, freeze_bn_stats), torch.no_grad():
         return model(x)
@@ -126,8 +131,9 @@ def keyed_uniform(keys: torch.Tensor, seed: int, count: int, stream: int = 0) ->
     """
     offset = (seed * START_SEED_STRIDE) % 2**32
     key_hash = _hash32((keys.to(torch.int64) + offset) & _MASK32)
-    counter = _hash32(torch.arange(stream * count, (stream + 1) * count, device=keys.device, dtype=torch.int64)
-                      & _MASK32)
+    counter = _hash32(
+        torch.arange(stream * count, (stream + 1) * count, device=keys.device, dtype=torch.int64) & _MASK32
+    )
     bits = _hash32(counter.unsqueeze(0) ^ key_hash.unsqueeze(1))
     return (bits >> 8).to(torch.float32) * 2.0**-24
 
@@ -138,8 +144,9 @@ def _keyed_normal(keys: torch.Tensor, seed: int, count: int, stream: int) -> tor
     return radius * torch.cos(2 * math.pi * keyed_uniform(keys, seed, count, stream + 1))
 
 
-def _keyed_random_start(x: torch.Tensor, keys: torch.Tensor, seed: int, eps: float, norm: str, random_start: str,
-                        init_std: float) -> torch.Tensor:
+def _keyed_random_start(
+    x: torch.Tensor, keys: torch.Tensor, seed: int, eps: float, norm: str, random_start: str, init_std: float
+) -> torch.Tensor:
     """Each sample's start drawn from its key (`keyed_uniform`), for the whole batch at once.
 
     So a sample (keyed by its index in the dataset) starts from the same point whatever the
@@ -286,6 +293,7 @@ def pgd(
 
 
 # --- the training attack's budget per epoch ------------------------------------------------------
+
 
 def attack_budget(attack: AttackConfig, epoch: int, epochs: int) -> Tuple[float, float, int]:
     """(eps_t, step size, steps) of the training attack at ``epoch`` (1-based).

@@ -31,6 +31,7 @@ Usage (``loss_fn`` computes the method's training loss with whatever model it is
         loss = training_loss(model, x_natural, x_adv, targets)
         optimizer.zero_grad(); loss.backward(); optimizer.step()
 """
+
 import contextlib
 import copy
 from typing import Callable, Dict, Iterator

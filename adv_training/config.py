@@ -7,6 +7,7 @@ epoch average of swa.py with tau 0.9 from epoch 1), so a
 YAML file only states what differs. ``python -m adv_training.train --print-config`` lists
 them all.
 """
+
 from dataclasses import dataclass
 from typing import ClassVar, Dict, List, Literal, Optional
 
@@ -35,7 +36,9 @@ class DataConfig:
     )
     root: str = knob("data", "folder holding cifar-10-batches-py / cifar-100-python", changes_result=False)
     download: bool = knob(False, "download the dataset into `root` when it is missing", changes_result=False)
-    verify_checksum: bool = knob(True, "check the official MD5 sums; false only for locally written test data", changes_result=False)
+    verify_checksum: bool = knob(
+        True, "check the official MD5 sums; false only for locally written test data", changes_result=False
+    )
     augment: Literal["none", "basic", "autoaug", "cutout"] = knob(
         "basic", "basic = crop+flip; autoaug/cutout add a second, augmented view per image; none = as stored"
     )
@@ -48,38 +51,69 @@ class DataConfig:
     )
     batch_size: int = knob(128, "global training batch size (per view; several processes share it)", valid=BATCH)
     drop_last: bool = knob(False, "drop the last incomplete training batch (the reference's TRADES script does)")
-    test_batch_size: int = knob(256, "evaluation batch size of each process (whole batches are dealt to the processes)", valid=BATCH, changes_result=False)
-    validation_size: int = knob(0, "hold the first N real training images out of training as a validation set (test "
-                                "transform; Wang et al.: 1024, for eval.split=validation); 0 = none", valid=NON_NEGATIVE)
+    test_batch_size: int = knob(
+        256,
+        "evaluation batch size of each process (whole batches are dealt to the processes)",
+        valid=BATCH,
+        changes_result=False,
+    )
+    validation_size: int = knob(
+        0,
+        "hold the first N real training images out of training as a validation set (test "
+        "transform; Wang et al.: 1024, for eval.split=validation); 0 = none",
+        valid=NON_NEGATIVE,
+    )
     num_workers: int = knob(4, "DataLoader worker processes", valid=Range(0, 256), changes_result=False)
     loader: Literal["auto", "workers", "device"] = knob(
-        "auto", "device: the whole CIFAR training set on the device as uint8, shuffled, cropped and flipped there a "
+        "auto",
+        "device: the whole CIFAR training set on the device as uint8, shuffled, cropped and flipped there a "
         "batch at a time (RandomCrop(32, padding=4) + flip's distribution, no workers; augment basic or none, no "
-        "generated data); workers: DataLoader worker processes; auto: device on CUDA where it applies, else workers", changes_result=False)
+        "generated data); workers: DataLoader worker processes; auto: device on CUDA where it applies, else workers",
+        changes_result=False,
+    )
 
 
 @dataclass
 class GeneratedConfig:
-    path: str = knob("", "folder written by `python -m adv_training.prepare_generated` from Wang et al.'s generated "
-                     "images, mixed into every batch; empty = the real training set only")
+    path: str = knob(
+        "",
+        "folder written by `python -m adv_training.prepare_generated` from Wang et al.'s generated "
+        "images, mixed into every batch; empty = the real training set only",
+    )
     unsup_fraction: float = knob(
-        0.7, "share of generated images in every batch, int(fraction * batch_size) of them, drawn with replacement; "
+        0.7,
+        "share of generated images in every batch, int(fraction * batch_size) of them, drawn with replacement; "
         "the rest real images without replacement (Wang et al.'s --unsup-fraction, 0.7 in their README's 1M "
-        "command)", valid=Range(0, 1, high_open=True))
+        "command)",
+        valid=Range(0, 1, high_open=True),
+    )
     epoch_images: int = knob(
-        50_000, "an epoch is ceil(epoch_images / batch_size) batches whatever the amount of generated data (Wang "
-        "et al.'s semisup.py: the 50,000 real CIFAR training images)", valid=Range(1))
-    verify_hashes: bool = knob(False, "recompute the prepared files' sha256 before training (reads them all once)", changes_result=False)
-    rotate_degrees: float = knob(0.0, "after crop and flip, rotate every training image by an angle uniform in "
-                                 "[-d, d] degrees, nearest neighbour, zero fill (Wang et al.'s CIFAR-100 loader: "
-                                 "RandomRotation(15)); 0 = none", valid=Range(0, 180))
+        50_000,
+        "an epoch is ceil(epoch_images / batch_size) batches whatever the amount of generated data (Wang "
+        "et al.'s semisup.py: the 50,000 real CIFAR training images)",
+        valid=Range(1),
+    )
+    verify_hashes: bool = knob(
+        False, "recompute the prepared files' sha256 before training (reads them all once)", changes_result=False
+    )
+    rotate_degrees: float = knob(
+        0.0,
+        "after crop and flip, rotate every training image by an angle uniform in "
+        "[-d, d] degrees, nearest neighbour, zero fill (Wang et al.'s CIFAR-100 loader: "
+        "RandomRotation(15)); 0 = none",
+        valid=Range(0, 180),
+    )
 
 
 @dataclass
 class ModelConfig:
     arch: str = knob("WideResNet34_10", "name in the model zoo (models.available_models())")
-    depth: Optional[int] = knob(None, "depth of the generic `WideResNet` arch (null = the architecture's own)", valid=Range(10, 1000))
-    widen_factor: Optional[int] = knob(None, "width of the generic `WideResNet` arch (null = the architecture's own)", valid=Range(1, 64))
+    depth: Optional[int] = knob(
+        None, "depth of the generic `WideResNet` arch (null = the architecture's own)", valid=Range(10, 1000)
+    )
+    widen_factor: Optional[int] = knob(
+        None, "width of the generic `WideResNet` arch (null = the architecture's own)", valid=Range(1, 64)
+    )
 
     def build_kwargs(self) -> dict:
         return {k: v for k, v in (("depth", self.depth), ("widen_factor", self.widen_factor)) if v is not None}
@@ -89,7 +123,9 @@ class ModelConfig:
 class IKLConfig:
     alpha: float = knob(4.0, "weight of the soft-label CE term of IKL (the paper's beta)", valid=NON_NEGATIVE)
     beta: float = knob(20.0, "weight of the wMSE term of IKL (the paper's alpha)", valid=NON_NEGATIVE)
-    gamma: float = knob(1.0, "exponent on the class-prior weights (GKL uses 0.4 on CIFAR-100, 0.2 on CIFAR-10)", valid=NON_NEGATIVE)
+    gamma: float = knob(
+        1.0, "exponent on the class-prior weights (GKL uses 0.4 on CIFAR-100, 0.2 on CIFAR-10)", valid=NON_NEGATIVE
+    )
     temperature: float = knob(1.0, "temperature of the IKL soft-label CE term", valid=POSITIVE)
     prior_temperature: float = knob(4.0, "temperature of the softmax averaged into the class prior", valid=POSITIVE)
 
@@ -101,7 +137,9 @@ class TradesConfig:
 
 @dataclass
 class MARTConfig:
-    beta: float = knob(6.0, "weight of MART's misclassification-aware KL term (lambda; MART's own default 6)", valid=NON_NEGATIVE)
+    beta: float = knob(
+        6.0, "weight of MART's misclassification-aware KL term (lambda; MART's own default 6)", valid=NON_NEGATIVE
+    )
 
 
 @dataclass
@@ -119,11 +157,18 @@ class AttackConfig:
     random_start: Literal["normal", "uniform", "none"] = knob(
         "normal", "normal: x + 0.001*N(0,1) (TRADES/reference); uniform: U(-eps, eps) (Madry PGD-AT)"
     )
-    alpha: float = knob(1.0, "IKL inner objective: CE weight (reference: 1 on CIFAR-100 and CIFAR-10)", valid=NON_NEGATIVE)
-    beta: float = knob(1.0, "IKL inner objective: wMSE weight (reference: 1 on CIFAR-100, 0 on CIFAR-10)", valid=NON_NEGATIVE)
+    alpha: float = knob(
+        1.0, "IKL inner objective: CE weight (reference: 1 on CIFAR-100 and CIFAR-10)", valid=NON_NEGATIVE
+    )
+    beta: float = knob(
+        1.0, "IKL inner objective: wMSE weight (reference: 1 on CIFAR-100, 0 on CIFAR-10)", valid=NON_NEGATIVE
+    )
     eval_mode: bool = knob(True, "model in eval mode (BN running statistics) while attacking")
-    freeze_bn_stats: bool = knob(False, "with eval_mode=false: BatchNorm normalises with the batch's statistics but "
-                                 "does not update its running ones while attacking (Wang et al.'s TRADES attack)")
+    freeze_bn_stats: bool = knob(
+        False,
+        "with eval_mode=false: BatchNorm normalises with the batch's statistics but "
+        "does not update its running ones while attacking (Wang et al.'s TRADES attack)",
+    )
 
 
 @dataclass
@@ -131,7 +176,9 @@ class AWPConfig:
     enabled: bool = knob(True, "adversarial weight perturbation (Wu et al. 2020)")
     gamma: float = knob(0.005, "relative size of the weight perturbation", valid=NON_NEGATIVE)
     warmup: int = knob(10, "first epoch with AWP", valid=NON_NEGATIVE)
-    proxy_lr: float = knob(0.01, "proxy SGD step (cancels out of the per-layer normalised perturbation)", valid=POSITIVE)
+    proxy_lr: float = knob(
+        0.01, "proxy SGD step (cancels out of the per-layer normalised perturbation)", valid=POSITIVE
+    )
 
 
 @dataclass
@@ -140,11 +187,17 @@ class EMAConfig:
     tau: float = knob(0.9996, "EMA decay per iteration", valid=Range(0, 1, high_open=True))
     start_epoch: int = knob(150, "epoch at which the average starts from a copy of the model", valid=NON_NEGATIVE)
     warmup_fraction: float = knob(
-        0.0, "0 = the DKL reference (copy through start_epoch, then tau); > 0 = Wang et al.'s weight average: copy "
+        0.0,
+        "0 = the DKL reference (copy through start_epoch, then tau); > 0 = Wang et al.'s weight average: copy "
         "for the first warmup_fraction * epochs * batches-per-epoch updates, then decay min(tau, (1+d)/(10+d)) d "
-        "updates later (theirs: 0.025, tau 0.995, from epoch 1)", valid=FRACTION)
-    average_buffers: bool = knob(True, "average the BatchNorm statistics too (the DKL reference); false = copy the "
-                                 "model's (Wang et al.'s average shares them)")
+        "updates later (theirs: 0.025, tau 0.995, from epoch 1)",
+        valid=FRACTION,
+    )
+    average_buffers: bool = knob(
+        True,
+        "average the BatchNorm statistics too (the DKL reference); false = copy the "
+        "model's (Wang et al.'s average shares them)",
+    )
 
 
 @dataclass
@@ -154,7 +207,11 @@ class SWAConfig:
         "average the end-of-epoch weights as the reference's `swa.py TAU START END` (run after every launcher "
         "run) and write ours-model-epoch-SWA{tau}{start}{end}.pt; the released models are this average",
     )
-    tau: float = knob(0.9, "weight of the running average: avg = (1 - tau) * epoch weights + tau * avg", valid=Range(0, 1, high_open=True))
+    tau: float = knob(
+        0.9,
+        "weight of the running average: avg = (1 - tau) * epoch weights + tau * avg",
+        valid=Range(0, 1, high_open=True),
+    )
     start: int = knob(1, "first epoch of the average (its weights start the average)", valid=Range(1))
     end: Optional[int] = knob(None, "last epoch of the average; null = the last epoch of the run", valid=Range(1))
 
@@ -167,12 +224,18 @@ class OptimConfig:
     lr: float = knob(0.2, "peak learning rate of SGD", valid=POSITIVE)
     momentum: float = knob(0.9, "SGD momentum", valid=Range(0, 1, high_open=True))
     weight_decay: float = knob(5e-4, "L2 weight decay", valid=NON_NEGATIVE)
-    batchnorm_weight_decay: bool = knob(True, "apply weight_decay to BatchNorm weights and biases too (the DKL "
-                                        "scripts); false = none on them (Wang et al.'s watrain.py)")
+    batchnorm_weight_decay: bool = knob(
+        True,
+        "apply weight_decay to BatchNorm weights and biases too (the DKL "
+        "scripts); false = none on them (Wang et al.'s watrain.py)",
+    )
     nesterov: bool = knob(False, "Nesterov momentum")
     implementation: Literal["auto", "fused", "foreach", "for_loop"] = knob(
-        "auto", "SGD's update kernel: fused (one kernel for all parameters), foreach, for_loop; the same update "
-        "to 1e-6; auto = fused on CUDA, torch's default elsewhere", changes_result=False)
+        "auto",
+        "SGD's update kernel: fused (one kernel for all parameters), foreach, for_loop; the same update "
+        "to 1e-6; auto = fused on CUDA, torch's default elsewhere",
+        changes_result=False,
+    )
     schedule: Literal["cosine", "cosine_trades", "step", "cosinew"] = knob(
         "cosine",
         "cosine: lr*(1+cos(pi*(e-w)/(E-w+1)))/2 after w warmup epochs (the DKL scripts); "
@@ -187,19 +250,30 @@ class OptimConfig:
 
 @dataclass
 class EvalConfig:
-    num_examples: Optional[int] = knob(1000, "first N test images evaluated each epoch; null = the whole test set", valid=Range(1))
-    pgd_steps: int = knob(20, "steps of the per-epoch PGD evaluation (CE objective, uniform random start)", valid=Range(0, 10000))
+    num_examples: Optional[int] = knob(
+        1000, "first N test images evaluated each epoch; null = the whole test set", valid=Range(1)
+    )
+    pgd_steps: int = knob(
+        20, "steps of the per-epoch PGD evaluation (CE objective, uniform random start)", valid=Range(0, 10000)
+    )
     step_size: float = knob(2 / 255, "step size of the per-epoch PGD evaluation", valid=NON_NEGATIVE)
     epsilon: Optional[float] = knob(None, "evaluation budget; null = attack.epsilon", valid=POSITIVE)
     every: int = knob(1, "evaluate every N epochs (the last epoch always)", valid=Range(1))
     split: Literal["test", "validation"] = knob(
-        "test", "the set the per-epoch PGD monitor attacks: test = the first num_examples test images; validation = "
-        "the data.validation_size held-out training images (Wang et al.), with clean accuracy on the test set too")
+        "test",
+        "the set the per-epoch PGD monitor attacks: test = the first num_examples test images; validation = "
+        "the data.validation_size held-out training images (Wang et al.), with clean accuracy on the test set too",
+    )
     objective: Literal["ce", "margin"] = knob(
-        "ce", "the monitor's attack loss: ce, or margin = -max(o_y - max_{k!=y} o_k, 0) (Carlini-Wagner's, Wang et "
-        "al.'s PGD-40 on the validation set)")
-    select: Literal["model", "ema"] = knob("model", "whose monitored robust accuracy picks best.pt, which then holds "
-                                           "that model's weights (Wang et al.: their weight average, ema)")
+        "ce",
+        "the monitor's attack loss: ce, or margin = -max(o_y - max_{k!=y} o_k, 0) (Carlini-Wagner's, Wang et "
+        "al.'s PGD-40 on the validation set)",
+    )
+    select: Literal["model", "ema"] = knob(
+        "model",
+        "whose monitored robust accuracy picks best.pt, which then holds "
+        "that model's weights (Wang et al.: their weight average, ema)",
+    )
 
 
 @dataclass
@@ -207,28 +281,48 @@ class ATConfig(RunConfig):
     PAPER_ROWS: ClassVar[Dict[str, PaperRow]] = PAPER_ROWS
 
     method: str = knob(
-        "ikl", "training objective, a name in adv_training.methods: ikl (IKL-AT), trades, pgd (Madry PGD-AT), "
-        "mart, or standard (clean CE, no attack)"
+        "ikl",
+        "training objective, a name in adv_training.methods: ikl (IKL-AT), trades, pgd (Madry PGD-AT), "
+        "mart, or standard (clean CE, no attack)",
     )
     epochs: int = knob(200, "training epochs", valid=EPOCHS)
     precision: Literal["fp32", "tf32", "bf16"] = knob(
-        "fp32", "fp32 = strict float32; tf32 = TF32 matrix products and convolutions (Ampere GPUs and later); bf16 = "
+        "fp32",
+        "fp32 = strict float32; tf32 = TF32 matrix products and convolutions (Ampere GPUs and later); bf16 = "
         "bf16 autocast for training and attacks (stem and head in float32), TF32 elsewhere, the per-epoch monitor "
-        "included; AutoAttack always evaluates in float32")
+        "included; AutoAttack always evaluates in float32",
+    )
     bf16_min_eps: float = knob(
-        1 / 255, "precision=bf16: epochs whose attack budget eps_t is below this train and attack in TF32 instead "
+        1 / 255,
+        "precision=bf16: epochs whose attack budget eps_t is below this train and attack in TF32 instead "
         "(bf16's rounding hides smaller perturbations: the README's 'Precision' table); 0 = bf16 throughout",
-        valid=Range(0, 1))
-    compile: bool = knob(False, "torch.compile the model for the attack and training forwards (the first epoch "
-                         "compiles, reported as compile_seconds; a last smaller batch runs uncompiled)", changes_result=False)
-    name: str = knob("", "run folder name under out_dir; empty = <dataset>_<method>_<arch>_seed<seed>", changes_result=False)
-    save_every: int = knob(0, "also write ours-model-epoch{N}.pt every N epochs (plain state dict, for swa.py); 0 = never", valid=NON_NEGATIVE, changes_result=False)
+        valid=Range(0, 1),
+    )
+    compile: bool = knob(
+        False,
+        "torch.compile the model for the attack and training forwards (the first epoch "
+        "compiles, reported as compile_seconds; a last smaller batch runs uncompiled)",
+        changes_result=False,
+    )
+    name: str = knob(
+        "", "run folder name under out_dir; empty = <dataset>_<method>_<arch>_seed<seed>", changes_result=False
+    )
+    save_every: int = knob(
+        0,
+        "also write ours-model-epoch{N}.pt every N epochs (plain state dict, for swa.py); 0 = never",
+        valid=NON_NEGATIVE,
+        changes_result=False,
+    )
     label_smoothing: float = knob(
-        0.0, "label smoothing of the clean-image CE term of ikl and trades, (1-ls)*CE + ls*mean_k(-log p_k) (Wang "
-        "et al.'s --ls 0.1 in their generated-data runs); 0 = none, as the DKL scripts", valid=Range(0, 1, high_open=True))
+        0.0,
+        "label smoothing of the clean-image CE term of ikl and trades, (1-ls)*CE + ls*mean_k(-log p_k) (Wang "
+        "et al.'s --ls 0.1 in their generated-data runs); 0 = none, as the DKL scripts",
+        valid=Range(0, 1, high_open=True),
+    )
     data: DataConfig = section(DataConfig, "dataset, augmentation and loaders")
-    generated: GeneratedConfig = section(GeneratedConfig, "generated images mixed into the training batches "
-                                         "(Wang et al. 2023)")
+    generated: GeneratedConfig = section(
+        GeneratedConfig, "generated images mixed into the training batches (Wang et al. 2023)"
+    )
     model: ModelConfig = section(ModelConfig, "architecture")
     ikl: IKLConfig = section(IKLConfig, "IKL-AT loss (method=ikl)")
     trades: TradesConfig = section(TradesConfig, "TRADES loss (method=trades)")
@@ -248,55 +342,84 @@ class ATConfig(RunConfig):
         if self.attack.norm == "linf":
             for key, eps in (("attack.epsilon", self.attack.epsilon), ("eval.epsilon", self.eval.epsilon)):
                 if eps is not None and eps > 1:
-                    raise ConfigError(f"config key '{key}' must be at most 1 for linf (images lie in [0, 1]), "
-                                      f"got {eps}; write 8/255, not 8")
+                    raise ConfigError(
+                        f"config key '{key}' must be at most 1 for linf (images lie in [0, 1]), "
+                        f"got {eps}; write 8/255, not 8"
+                    )
         swa_end = self.swa.last_epoch(self.epochs)
         if not self.swa.start <= swa_end <= self.epochs:
             raise ConfigError(
                 f"config keys 'swa.start' ({self.swa.start}) and 'swa.end' ({self.swa.end}) must satisfy "
                 f"1 <= start <= end <= epochs ({self.epochs})"
             )
-        for key, enabled, first in (("awp.warmup", self.awp.enabled, self.awp.warmup),
-                                    ("ema.start_epoch", self.ema.enabled, self.ema.start_epoch)):
+        for key, enabled, first in (
+            ("awp.warmup", self.awp.enabled, self.awp.warmup),
+            ("ema.start_epoch", self.ema.enabled, self.ema.start_epoch),
+        ):
             if enabled and first > self.epochs:
-                raise ConfigError(f"config key '{key}' ({first}) is after the last epoch ({self.epochs}), so it would "
-                                  f"never act; lower it, or switch it off ({key.split('.')[0]}.enabled=false)")
+                raise ConfigError(
+                    f"config key '{key}' ({first}) is after the last epoch ({self.epochs}), so it would "
+                    f"never act; lower it, or switch it off ({key.split('.')[0]}.enabled=false)"
+                )
         if self.eval.split == "validation" and self.data.validation_size == 0:
-            raise ConfigError("config key 'eval.split' is validation but data.validation_size is 0: hold some "
-                              "training images out (Wang et al.: data.validation_size=1024) or use eval.split=test")
+            raise ConfigError(
+                "config key 'eval.split' is validation but data.validation_size is 0: hold some "
+                "training images out (Wang et al.: data.validation_size=1024) or use eval.split=test"
+            )
         if self.eval.select == "ema" and not self.ema.enabled:
-            raise ConfigError("config key 'eval.select' is ema but ema.enabled is false: enable the average or "
-                              "select by the model (eval.select=model)")
+            raise ConfigError(
+                "config key 'eval.select' is ema but ema.enabled is false: enable the average or "
+                "select by the model (eval.select=model)"
+            )
         if self.generated.path:
             if self.data.dataset not in ("cifar10", "cifar100"):
-                raise ConfigError(f"config key 'generated.path' needs data.dataset cifar10 or cifar100 (32x32 RGB "
-                                  f"images), got {self.data.dataset}")
+                raise ConfigError(
+                    f"config key 'generated.path' needs data.dataset cifar10 or cifar100 (32x32 RGB "
+                    f"images), got {self.data.dataset}"
+                )
             if self.data.augment not in ("basic", "none"):
-                raise ConfigError(f"config key 'data.augment' must be basic or none with generated.path (the mixing "
-                                  f"loader crops and flips whole batches), got {self.data.augment}")
+                raise ConfigError(
+                    f"config key 'data.augment' must be basic or none with generated.path (the mixing "
+                    f"loader crops and flips whole batches), got {self.data.augment}"
+                )
             if self.data.augment == "none" and self.generated.rotate_degrees > 0:
-                raise ConfigError("config key 'generated.rotate_degrees' rotates after crop and flip, and "
-                                  "data.augment is none: use data.augment=basic or generated.rotate_degrees=0")
+                raise ConfigError(
+                    "config key 'generated.rotate_degrees' rotates after crop and flip, and "
+                    "data.augment is none: use data.augment=basic or generated.rotate_degrees=0"
+                )
             if self.data.drop_last:
-                raise ConfigError("config key 'data.drop_last' has no meaning with generated.path (every mixed batch "
-                                  "is full): set data.drop_last=false")
+                raise ConfigError(
+                    "config key 'data.drop_last' has no meaning with generated.path (every mixed batch "
+                    "is full): set data.drop_last=false"
+                )
             if self.data.loader == "device":
-                raise ConfigError("config key 'data.loader' is device, but generated.path mixes generated images in "
-                                  "with its own loader: use data.loader=auto or workers")
+                raise ConfigError(
+                    "config key 'data.loader' is device, but generated.path mixes generated images in "
+                    "with its own loader: use data.loader=auto or workers"
+                )
         elif self.generated.rotate_degrees > 0:
-            raise ConfigError("config key 'generated.rotate_degrees' acts on the mixing loader only: set "
-                              "generated.path, or generated.rotate_degrees=0")
-        if self.data.loader == "device" and (self.data.dataset not in ("cifar10", "cifar100")
-                                             or self.data.augment not in ("basic", "none")):
-            raise ConfigError(f"config key 'data.loader' is device, which holds CIFAR images and crops and flips "
-                              f"them (augment basic or none); got data.dataset={self.data.dataset} and "
-                              f"data.augment={self.data.augment}: use data.loader=workers")
+            raise ConfigError(
+                "config key 'generated.rotate_degrees' acts on the mixing loader only: set "
+                "generated.path, or generated.rotate_degrees=0"
+            )
+        if self.data.loader == "device" and (
+            self.data.dataset not in ("cifar10", "cifar100") or self.data.augment not in ("basic", "none")
+        ):
+            raise ConfigError(
+                f"config key 'data.loader' is device, which holds CIFAR images and crops and flips "
+                f"them (augment basic or none); got data.dataset={self.data.dataset} and "
+                f"data.augment={self.data.augment}: use data.loader=workers"
+            )
         if self.optim.schedule == "cosinew" and self.optim.warmup_epochs > 0:
-            raise ConfigError("config key 'optim.warmup_epochs' does not apply to optim.schedule=cosinew (it warms "
-                              "up by itself over 2.5% of the epochs): set optim.warmup_epochs=0")
+            raise ConfigError(
+                "config key 'optim.warmup_epochs' does not apply to optim.schedule=cosinew (it warms "
+                "up by itself over 2.5% of the epochs): set optim.warmup_epochs=0"
+            )
         if self.optim.warmup_epochs >= self.epochs and self.optim.warmup_epochs > 0:
-            raise ConfigError(f"config key 'optim.warmup_epochs' ({self.optim.warmup_epochs}) must be smaller "
-                              f"than epochs ({self.epochs})")
+            raise ConfigError(
+                f"config key 'optim.warmup_epochs' ({self.optim.warmup_epochs}) must be smaller "
+                f"than epochs ({self.epochs})"
+            )
 
     def run_name(self) -> str:
         return self.name or f"{self.data.dataset}_{self.method}_{self.model.arch}_seed{self.seed}"

@@ -17,6 +17,7 @@ Layouts: our ``WideResNet*`` models have the keys of RobustBench's
 architectures are exported in this repository's own layout (``models.build_model`` loads
 them) and the card says there is no RobustBench definition.
 """
+
 import argparse
 import json
 import sys
@@ -48,13 +49,16 @@ def robustbench_layout(model: torch.nn.Module, num_classes: int) -> Tuple[Option
         depth, width = 6 * len(model.layer[0].block) + 4, model.layer[0].block[0].conv_0.out_channels // 16
         state["mean"], state["std"] = model.mean.detach().clone(), model.std.detach().clone()
         mean, std = (tuple(round(v, 4) for v in t.flatten().tolist()) for t in (model.mean, model.std))
-        return (f"DMWideResNet(num_classes={num_classes}, depth={depth}, width={width}, activation_fn=Swish, "
-                f"mean={mean}, std={std})"), state
+        return (
+            f"DMWideResNet(num_classes={num_classes}, depth={depth}, width={width}, activation_fn=Swish, "
+            f"mean={mean}, std={std})"
+        ), state
     return None, state
 
 
-def model_card(run_dir: Path, weights: Path, which: str, arch: str, dataset: str, constructor: Optional[str],
-               export: Path) -> Dict[str, Any]:
+def model_card(
+    run_dir: Path, weights: Path, which: str, arch: str, dataset: str, constructor: Optional[str], export: Path
+) -> Dict[str, Any]:
     folder = RunFolder(run_dir)
     config = folder.read_config_or_empty()
     evaluation = config.get("eval") or {}
@@ -74,30 +78,51 @@ def model_card(run_dir: Path, weights: Path, which: str, arch: str, dataset: str
     if found is not None:
         path, report = found
         card["clean_acc"] = {"value": report["clean_acc"], "n_ex": report.get("n_ex"), "source": str(path)}
-        card["autoattack_acc"] = {"value": report["robust_acc"], "n_ex": report.get("n_ex"),
-                                  "version": report.get("version"), "epsilon": report.get("epsilon"),
-                                  "source": str(path)}
+        card["autoattack_acc"] = {
+            "value": report["robust_acc"],
+            "n_ex": report.get("n_ex"),
+            "version": report.get("version"),
+            "epsilon": report.get("epsilon"),
+            "source": str(path),
+        }
     else:
         # The last epoch's monitor measured the model, the EMA and (at its last epoch) the epoch
         # average as they ended; best.pt holds another epoch's weights, so it gets no number.
         owner = {"ema": "ema", "swa": "swa", "last": "model"}.get(which)
         clean = folder.final_metrics().get(metric_key("clean_acc", owner=owner)) if owner is not None else None
-        card["clean_acc"] = None if clean is None else {
-            "value": clean, "n_ex": evaluation.get("num_examples"),
-            "source": f"{folder.results} (the last epoch's monitor)"}
+        card["clean_acc"] = (
+            None
+            if clean is None
+            else {
+                "value": clean,
+                "n_ex": evaluation.get("num_examples"),
+                "source": f"{folder.results} (the last epoch's monitor)",
+            }
+        )
         card["autoattack_acc"] = None
-        card["note"] = (f"no standard AutoAttack report at this threat model in {run_dir} for these weights; run "
-                        f"python -m adv_training.auto_attacks.eval --checkpoint {run_dir} --which {which}, then "
-                        f"export again")
-    card.update({"config": config, "seed": config.get("seed"), "commit": environment.get("git_commit"),
-                 "torch": environment.get("torch"), "exported": datetime.now().isoformat(timespec="seconds")})
+        card["note"] = (
+            f"no standard AutoAttack report at this threat model in {run_dir} for these weights; run "
+            f"python -m adv_training.auto_attacks.eval --checkpoint {run_dir} --which {which}, then "
+            f"export again"
+        )
+    card.update(
+        {
+            "config": config,
+            "seed": config.get("seed"),
+            "commit": environment.get("git_commit"),
+            "torch": environment.get("torch"),
+            "exported": datetime.now().isoformat(timespec="seconds"),
+        }
+    )
     return card
 
 
 def export(run_dir: Path, which: Optional[str], out: Path) -> Dict[str, Any]:
     """Write ``out`` (the weights) and ``out`` with suffix .json (the card); return the card."""
     if out.suffix != ".pt":
-        raise UserError(f"--out {out} must end in .pt (the model card goes beside it as {out.with_suffix('.json').name})")
+        raise UserError(
+            f"--out {out} must end in .pt (the model card goes beside it as {out.with_suffix('.json').name})"
+        )
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a run folder")
     target = run_target(run_dir, which)
@@ -113,19 +138,26 @@ def export(run_dir: Path, which: Optional[str], out: Path) -> Dict[str, Any]:
 
 @command
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m adv_training.export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m adv_training.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("run_dir", type=Path, help="a run folder written by adv_training.train")
-    parser.add_argument("--which", choices=["swa", "ema", "best", "last"], default=None,
-                        help="whose weights (default: the epoch average, else the EMA, else best.pt)")
+    parser.add_argument(
+        "--which",
+        choices=["swa", "ema", "best", "last"],
+        default=None,
+        help="whose weights (default: the epoch average, else the EMA, else best.pt)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="FILE.pt; the card is written as FILE.json")
     args = parser.parse_args(argv)
     card = export(args.run_dir, args.which, args.out)
     accuracy = card["autoattack_acc"]
-    print(f"wrote {args.out} ({card['architecture']}, {card['weights']['which']} weights of {args.run_dir}; "
-          f"{'RobustBench: ' + card['robustbench_model'] if card['robustbench_model'] else 'no RobustBench definition'})"
-          f" and {args.out.with_suffix('.json')}"
-          + (f"; AutoAttack {accuracy['value']}% on {accuracy['n_ex']} images" if accuracy else "; no AutoAttack yet"))
+    print(
+        f"wrote {args.out} ({card['architecture']}, {card['weights']['which']} weights of {args.run_dir}; "
+        f"{'RobustBench: ' + card['robustbench_model'] if card['robustbench_model'] else 'no RobustBench definition'})"
+        f" and {args.out.with_suffix('.json')}"
+        + (f"; AutoAttack {accuracy['value']}% on {accuracy['n_ex']} images" if accuracy else "; no AutoAttack yet")
+    )
     return 0
 
 

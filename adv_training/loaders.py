@@ -6,6 +6,7 @@ share of each global batch (`engine.data.samplers`). Evaluation: the first ``eva
 test images, and the monitored set (those, or the ``data.validation_size`` held-out training
 images), dealt to the processes in whole batches, so every count equals one process's.
 """
+
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -35,59 +36,93 @@ def uses_device_loader(cfg: ATConfig, device: torch.device) -> bool:
     augment basic or none, no generated data)."""
     if cfg.data.loader != "auto":
         return cfg.data.loader == "device"
-    return (device.type == "cuda" and not cfg.generated.path and cfg.data.dataset in ("cifar10", "cifar100")
-            and cfg.data.augment in ("basic", "none"))
+    return (
+        device.type == "cuda"
+        and not cfg.generated.path
+        and cfg.data.dataset in ("cifar10", "cifar100")
+        and cfg.data.augment in ("basic", "none")
+    )
 
 
 def build_loaders(cfg: ATConfig, device: torch.device) -> Loaders:
     """The training, test and monitored loaders of ``cfg`` on ``device``."""
     num_classes = data_lib.num_classes(cfg.data.dataset)
     train_set = data_lib.build_train_set(
-        cfg.data.dataset, cfg.data.root, augment=cfg.data.augment,
-        download=cfg.data.download, verify_checksum=cfg.data.verify_checksum,
+        cfg.data.dataset,
+        cfg.data.root,
+        augment=cfg.data.augment,
+        download=cfg.data.download,
+        verify_checksum=cfg.data.verify_checksum,
     )
     test_set = data_lib.first_examples(
-        data_lib.build_test_set(cfg.data.dataset, cfg.data.root, download=cfg.data.download,
-                                verify_checksum=cfg.data.verify_checksum),
+        data_lib.build_test_set(
+            cfg.data.dataset, cfg.data.root, download=cfg.data.download, verify_checksum=cfg.data.verify_checksum
+        ),
         cfg.eval.num_examples,
     )
     held_out = cfg.data.validation_size
     if held_out >= len(train_set):
-        raise UserError(f"data.validation_size={held_out} leaves no training image: the training set has "
-                        f"{len(train_set)}")
+        raise UserError(
+            f"data.validation_size={held_out} leaves no training image: the training set has {len(train_set)}"
+        )
     shard = dict(rank=rank(), world_size=world_size())  # the training batch is global: each process takes its share
     if cfg.generated.path:
         # Rank 0 rehashes (reading 154 GB once, not once per process); a mismatch stops it, and torchrun the rest.
-        generated = open_generated(cfg.generated.path, num_classes,
-                                   verify_hashes=cfg.generated.verify_hashes and is_main_process())
+        generated = open_generated(
+            cfg.generated.path, num_classes, verify_hashes=cfg.generated.verify_hashes and is_main_process()
+        )
         train_loader = make_mixed_loader(
-            train_set.data[held_out:], train_set.targets[held_out:], generated, batch_size=cfg.data.batch_size,
-            unsup_fraction=cfg.generated.unsup_fraction, seed=cfg.seed, epoch_images=cfg.generated.epoch_images,
-            num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda", augment=cfg.data.augment == "basic",
+            train_set.data[held_out:],
+            train_set.targets[held_out:],
+            generated,
+            batch_size=cfg.data.batch_size,
+            unsup_fraction=cfg.generated.unsup_fraction,
+            seed=cfg.seed,
+            epoch_images=cfg.generated.epoch_images,
+            num_workers=cfg.data.num_workers,
+            pin_memory=device.type == "cuda",
+            augment=cfg.data.augment == "basic",
             rotate_degrees=cfg.generated.rotate_degrees,
             **shard,
         )
     elif uses_device_loader(cfg, device):
         train_loader = DeviceBatches(
-            train_set.data[held_out:], train_set.targets[held_out:], batch_size=cfg.data.batch_size, device=device,
-            seed=cfg.seed, augment=cfg.data.augment == "basic", drop_last=cfg.data.drop_last, **shard,
+            train_set.data[held_out:],
+            train_set.targets[held_out:],
+            batch_size=cfg.data.batch_size,
+            device=device,
+            seed=cfg.seed,
+            augment=cfg.data.augment == "basic",
+            drop_last=cfg.data.drop_last,
+            **shard,
         )
     else:
         train_loader = data_lib.make_loader(
             Subset(train_set, range(held_out, len(train_set))) if held_out else train_set,
-            batch_size=cfg.data.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
-            drop_last=cfg.data.drop_last, seed=cfg.seed, pin_memory=device.type == "cuda", **shard,
+            batch_size=cfg.data.batch_size,
+            shuffle=True,
+            num_workers=cfg.data.num_workers,
+            drop_last=cfg.data.drop_last,
+            seed=cfg.seed,
+            pin_memory=device.type == "cuda",
+            **shard,
         )
 
     # Evaluation deals whole batches to the processes: the counts equal one process's exactly.
     def eval_loader(dataset):
-        return data_lib.make_eval_loader(data_lib.WithIndices(dataset), batch_size=cfg.data.test_batch_size,
-                                         num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda", **shard)
+        return data_lib.make_eval_loader(
+            data_lib.WithIndices(dataset),
+            batch_size=cfg.data.test_batch_size,
+            num_workers=cfg.data.num_workers,
+            pin_memory=device.type == "cuda",
+            **shard,
+        )
 
     test_loader = eval_loader(test_set)
     if cfg.eval.split == "validation":  # the held-out images, without augmentation, as Wang et al.
-        validation_set = data_lib.build_train_set(cfg.data.dataset, cfg.data.root, augment="none",
-                                                  verify_checksum=cfg.data.verify_checksum)
+        validation_set = data_lib.build_train_set(
+            cfg.data.dataset, cfg.data.root, augment="none", verify_checksum=cfg.data.verify_checksum
+        )
         monitor_loader, monitor_set = eval_loader(Subset(validation_set, range(held_out))), "val"
     else:
         monitor_loader, monitor_set = test_loader, "test"

@@ -27,6 +27,7 @@ Adding a method (see `MART` at the end, and docs/adding_a_method.md): subclass `
 with ``@register("name")``, give its knobs a section in `ATConfig` if it has any, and add a
 YAML file under configs/adv_training/.
 """
+
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -36,11 +37,10 @@ from engine.registry import Registry
 from losses import ikl_loss, trades_kl_loss
 
 from .attacks import Objective
-
 from .config import ATConfig
 
-
 # --- attack objectives -----------------------------------------------------------------------
+
 
 def cross_entropy_objective(targets: torch.Tensor) -> Objective:
     """Cross-entropy with the true labels: the objective of PGD-AT, MART and the PGD-20 monitor."""
@@ -62,6 +62,7 @@ def kl_objective(logits_natural: torch.Tensor) -> Objective:
 def margin_objective(targets: torch.Tensor) -> Objective:
     """Carlini-Wagner's margin, as Wang et al.'s ``CWLoss`` (confidence 0): the sum over the batch
     of ``-max(o_y - max_{k != y} o_k, 0)``. A sample already misclassified has no gradient."""
+
     def objective(logits: torch.Tensor) -> torch.Tensor:
         true = logits.gather(1, targets[:, None]).squeeze(1)
         other = logits.scatter(1, targets[:, None], float("-inf")).amax(dim=1)
@@ -89,6 +90,7 @@ def ikl_objective(
 
 
 # --- the methods -------------------------------------------------------------------------------
+
 
 class Method:
     """The base of every method; subclasses set the flags and override the losses they change."""
@@ -202,8 +204,15 @@ class IKL(Method):
 
     def robust_loss(self, logits_adv, logits_nat, targets, prior_rows):
         s = self.settings
-        return ikl_loss(logits_adv, logits_nat, alpha=s.alpha, beta=s.beta, gamma=s.gamma,
-                        temperature=s.temperature, weights=prior_rows)
+        return ikl_loss(
+            logits_adv,
+            logits_nat,
+            alpha=s.alpha,
+            beta=s.beta,
+            gamma=s.gamma,
+            temperature=s.temperature,
+            weights=prior_rows,
+        )
 
 
 @register("trades")

@@ -4,6 +4,7 @@ Per row: where it was published, and per method the clean and AutoAttack accurac
 8/255, percent). These are the authors' numbers, not runs of this code; `experiments.report`
 prints them beside the measured ones.
 """
+
 from typing import Dict, NamedTuple
 
 
@@ -28,8 +29,13 @@ PAPER_ROWS: Dict[str, PaperRow] = {
     "cifar100_ikl_a4b20t2_released": PaperRow(DKLV1_LOG.format("cifar100_dkl_a4_b20_T2.log"), _ikl(64.08, 31.65)),
     "cifar10_ikl_a3b20t4_released": PaperRow(DKLV1_LOG.format("cifar10_dkl_a3_b20_T4.log"), _ikl(85.31, 57.09)),
     "cifar10_ikl_1m": PaperRow("DKLv1 README (IKL-AT, WRN-28-10, CIFAR-10 + 1M generated images)", _ikl(90.75, 63.54)),
-    "cifar100_ikl_1m": PaperRow("DKLv1 README (IKL-AT, WRN-28-10, CIFAR-100 + 1M generated images)", _ikl(68.99, 35.89)),
-    "cifar10_ikl_20m": PaperRow("DKLv1 README (IKL-AT, WRN-28-10, CIFAR-10 + 20M generated images)", _ikl(92.16, 67.75)),
-    "cifar100_ikl_50m": PaperRow("DKLv1 README (IKL-AT, WRN-28-10, CIFAR-100 + 50M generated images)",
-                                 _ikl(73.85, 39.18)),
+    "cifar100_ikl_1m": PaperRow(
+        "DKLv1 README (IKL-AT, WRN-28-10, CIFAR-100 + 1M generated images)", _ikl(68.99, 35.89)
+    ),
+    "cifar10_ikl_20m": PaperRow(
+        "DKLv1 README (IKL-AT, WRN-28-10, CIFAR-10 + 20M generated images)", _ikl(92.16, 67.75)
+    ),
+    "cifar100_ikl_50m": PaperRow(
+        "DKLv1 README (IKL-AT, WRN-28-10, CIFAR-100 + 50M generated images)", _ikl(73.85, 39.18)
+    ),
 }

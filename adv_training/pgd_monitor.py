@@ -13,6 +13,7 @@ batches of `engine.data.make_eval_loader`, each computed as one process computes
 same images start from the same points at every epoch, and evaluating does not move the
 training's random stream.
 """
+
 from typing import Dict
 
 import torch
@@ -21,7 +22,6 @@ from engine.distributed import reduce_sum
 
 from .attacks import attack_mode, pgd
 from .methods import cross_entropy_objective, margin_objective
-
 
 OBJECTIVES = {"ce": cross_entropy_objective, "margin": margin_objective}
 
@@ -58,8 +58,16 @@ def clean_and_pgd_accuracy(
                 correct_clean += (model(images).argmax(1) == targets).sum()
             if steps > 0:
                 adversarial = pgd(
-                    model, images, OBJECTIVES[objective](targets), eps=eps, step_size=step_size, steps=steps,
-                    norm=norm, random_start="uniform", start_keys=indices, start_seed=seed,
+                    model,
+                    images,
+                    OBJECTIVES[objective](targets),
+                    eps=eps,
+                    step_size=step_size,
+                    steps=steps,
+                    norm=norm,
+                    random_start="uniform",
+                    start_keys=indices,
+                    start_seed=seed,
                 )
                 with torch.no_grad():
                     correct_robust += (model(adversarial).argmax(1) == targets).sum()

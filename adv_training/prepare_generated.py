@@ -1,4 +1,5 @@
 """Convert Wang et al.'s generated-image .npz files, once, into a folder training reads by memory map."""
+
 import argparse
 import sys
 from typing import List, Optional
@@ -37,12 +38,19 @@ whatever the part's size. Files are written under temporary names and renamed.
 
 @command(also=(OSError,))  # OSError: an unreadable part, an unwritable --out
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m adv_training.prepare_generated", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m adv_training.prepare_generated",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("parts", nargs="+", metavar="PART.npz", help="the .npz file(s) of one generated set, in order")
     parser.add_argument("--out", required=True, metavar="DIR", help="the folder to write (must not hold a manifest)")
-    parser.add_argument("--dataset", required=True, choices=("cifar10", "cifar100"),
-                        help="the dataset the images were generated for (sets the number of classes)")
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        choices=("cifar10", "cifar100"),
+        help="the dataset the images were generated for (sets the number of classes)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     manifest = prepare_generated(args.parts, args.out, num_classes(args.dataset), show_progress=not args.quiet)

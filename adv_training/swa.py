@@ -25,6 +25,7 @@ Differences from the reference, none of which changes a floating-point result:
   and the output is written without the prefix;
 * every read goes through `load_file` (``weights_only``) and the write is atomic.
 """
+
 import argparse
 import sys
 from pathlib import Path
@@ -33,9 +34,9 @@ from typing import Callable, Dict, Optional, Sequence
 import torch
 
 from engine.cli import command
-from engine.file_io import PathLike, load_file, require_finite
 from engine.ema import EpochAverage
 from engine.errors import UserError
+from engine.file_io import PathLike, load_file, require_finite
 from engine.run_folder import RunFolder
 
 _PREFIX = "module."
@@ -48,7 +49,7 @@ def _state_dict(obj, path: Path) -> Dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"{path} is not a model state dict (a dict of tensors, or {{'model': state_dict}})")
     if all(key.startswith(_PREFIX) for key in obj):
-        obj = {key[len(_PREFIX):]: value for key, value in obj.items()}
+        obj = {key[len(_PREFIX) :]: value for key, value in obj.items()}
     return obj
 
 
@@ -82,7 +83,9 @@ def average_checkpoints(
         try:
             average.add(state)
         except ValueError as error:
-            raise UserError(f"{path} does not fit the earlier epochs ({error}); were they saved from the same model?") from None
+            raise UserError(
+                f"{path} does not fit the earlier epochs ({error}); were they saved from the same model?"
+            ) from None
 
     destination = folder.save(average.average, folder.epoch_average(tau, start, end))
     log(f"wrote {destination}")

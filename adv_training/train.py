@@ -13,19 +13,20 @@ atomically written last.pt from which ``resume=true`` continues. The last epoch 
 average writes ours-model-epoch-SWA{tau}{start}{end}.pt, the weights the reported numbers
 of the reference come from.
 """
+
 import contextlib
-from dataclasses import dataclass
 import sys
-from copy import deepcopy
 import time
+from copy import deepcopy
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import torch
 from tqdm import tqdm
 
 from engine import data as data_lib
-from engine.data import DeviceBatches, as_float_images
 from engine.cli import config_main
+from engine.data import DeviceBatches, as_float_images
 from engine.distributed import (
     broadcast_buffers_,
     global_batch_share,
@@ -36,6 +37,7 @@ from engine.distributed import (
 )
 from engine.ema import EpochAverage, ModelEMA
 from engine.metrics import RunningSums
+from engine.optim import sgd, weight_decay_groups
 from engine.run import raise_if_not_finite, start_run
 from engine.run_folder import evaluation_keys, metric_key
 from engine.runtime import (
@@ -46,15 +48,14 @@ from engine.runtime import (
     prepare_runtime,
     sync_batch_norm,
 )
-from engine.optim import sgd, weight_decay_groups
 from engine.schedule import learning_rate, momentum
 from losses import ClassPrior
 from models import build_model
 
 from .attacks import attack_budget, natural_logits, pgd
 from .awp import AdversarialWeightPerturbation
-from .loaders import build_loaders
 from .config import ATConfig
+from .loaders import build_loaders
 from .methods import Method, build_method
 from .pgd_monitor import clean_and_pgd_accuracy
 
@@ -109,8 +110,9 @@ class BatchLoss:
         with autocast(self.device, self.precision):
             logits_adv = forward(self.x_adv)
             logits_nat = forward(self.x_natural) if self.method.forwards_natural else None
-            loss, parts = self.method.loss(logits_adv, logits_nat, self.targets, self.prior_rows, self.basic_size,
-                                           split_views=split_views)
+            loss, parts = self.method.loss(
+                logits_adv, logits_nat, self.targets, self.prior_rows, self.basic_size, split_views=split_views
+            )
         return (loss if self.share is None else loss * self.share), {**parts, "loss": loss.detach()}
 
     def awp_proxy(self, proxy) -> torch.Tensor:
@@ -157,12 +159,23 @@ def train_one_epoch(
             with autocast(device, precision):
                 logits_natural = None
                 if method.attack_needs_natural_logits:
-                    logits_natural = natural_logits(attack_net, x_natural, eval_mode=cfg.attack.eval_mode,
-                                                    freeze_bn_stats=cfg.attack.freeze_bn_stats).float()
+                    logits_natural = natural_logits(
+                        attack_net,
+                        x_natural,
+                        eval_mode=cfg.attack.eval_mode,
+                        freeze_bn_stats=cfg.attack.freeze_bn_stats,
+                    ).float()
                 objective = method.attack_objective(logits_natural, targets, prior_rows)
                 x_adv = pgd(
-                    attack_net, x_natural, objective, eps=eps_t, step_size=step_size, steps=steps,
-                    norm=cfg.attack.norm, random_start=cfg.attack.random_start, eval_mode=cfg.attack.eval_mode,
+                    attack_net,
+                    x_natural,
+                    objective,
+                    eps=eps_t,
+                    step_size=step_size,
+                    steps=steps,
+                    norm=cfg.attack.norm,
+                    random_start=cfg.attack.random_start,
+                    eval_mode=cfg.attack.eval_mode,
                     freeze_bn_stats=cfg.attack.freeze_bn_stats,
                 )
 
@@ -183,7 +196,9 @@ def train_one_epoch(
             prior.update(parts["logits_nat"][:basic_size], targets[:basic_size])
 
         batch_size = targets.numel()
-        clean_correct = (parts["logits_nat"].argmax(1) == targets).sum() if parts["logits_nat"] is not None else loss.new_zeros(())
+        clean_correct = (
+            (parts["logits_nat"].argmax(1) == targets).sum() if parts["logits_nat"] is not None else loss.new_zeros(())
+        )
         sums.add(
             batch_size,
             loss=parts["loss"].double() * batch_size,
@@ -195,8 +210,12 @@ def train_one_epoch(
         if (batch_index + 1) % PROGRESS_EVERY == 0 or batch_index + 1 == len(loader):
             running = sums.totals(across_processes=True)  # a NaN on any process stops every process
             mean_loss = running["loss"] / running["count"]
-            raise_if_not_finite(mean_loss, epoch=epoch, batch=batch_index + 1,
-                                advice="Lower optim.lr, use precision=fp32, or check the data.")
+            raise_if_not_finite(
+                mean_loss,
+                epoch=epoch,
+                batch=batch_index + 1,
+                advice="Lower optim.lr, use precision=fp32, or check the data.",
+            )
             bar.set_postfix(loss=f"{mean_loss:.4f}", adv_acc=f"{100 * running['adv_correct'] / running['count']:.1f}")
 
     totals = sums.totals(across_processes=True)
@@ -217,7 +236,6 @@ def train_one_epoch(
     return summary
 
 
-
 def averaged_model(model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> torch.nn.Module:
     """A copy of ``model`` holding the weights ``state`` (an epoch average), for evaluation."""
     copy = deepcopy(model)
@@ -227,8 +245,13 @@ def averaged_model(model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> to
 
 def train(cfg: ATConfig) -> Dict[str, object]:
     """Runs (or resumes) a whole training run; returns what results.json holds."""
-    device = prepare_runtime(device=cfg.device, precision=cfg.precision, seed=cfg.seed, deterministic=cfg.deterministic,
-                             dist_timeout=cfg.dist_timeout)
+    device = prepare_runtime(
+        device=cfg.device,
+        precision=cfg.precision,
+        seed=cfg.seed,
+        deterministic=cfg.deterministic,
+        dist_timeout=cfg.dist_timeout,
+    )
     loaders = build_loaders(cfg, device)
     num_classes, train_loader, monitor_set = loaders.num_classes, loaders.train, loaders.monitor_set
 
@@ -238,27 +261,50 @@ def train(cfg: ATConfig) -> Dict[str, object]:
         model = model.to(memory_format=torch.channels_last)
     model = sync_batch_norm(model, cfg.sync_bn, device)
     optimizer = sgd(
-        weight_decay_groups(model, cfg.optim.weight_decay, cfg.optim.batchnorm_weight_decay), lr=cfg.optim.lr,
-        momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov, implementation=cfg.optim.implementation,
+        weight_decay_groups(model, cfg.optim.weight_decay, cfg.optim.batchnorm_weight_decay),
+        lr=cfg.optim.lr,
+        momentum=cfg.optim.momentum,
+        nesterov=cfg.optim.nesterov,
+        implementation=cfg.optim.implementation,
         device=device,
     )
     prior = ClassPrior(num_classes, temperature=method.prior_temperature).to(device)
-    ema = ModelEMA(
-        model, tau=cfg.ema.tau, start_epoch=cfg.ema.start_epoch, average_buffers=cfg.ema.average_buffers,
-        warmup_steps=cfg.ema.warmup_fraction * cfg.epochs * len(train_loader),
-    ) if cfg.ema.enabled else None
-    awp = AdversarialWeightPerturbation(model, gamma=cfg.awp.gamma, proxy_lr=cfg.awp.proxy_lr) if cfg.awp.enabled else None
+    ema = (
+        ModelEMA(
+            model,
+            tau=cfg.ema.tau,
+            start_epoch=cfg.ema.start_epoch,
+            average_buffers=cfg.ema.average_buffers,
+            warmup_steps=cfg.ema.warmup_fraction * cfg.epochs * len(train_loader),
+        )
+        if cfg.ema.enabled
+        else None
+    )
+    awp = (
+        AdversarialWeightPerturbation(model, gamma=cfg.awp.gamma, proxy_lr=cfg.awp.proxy_lr)
+        if cfg.awp.enabled
+        else None
+    )
     swa = EpochAverage(cfg.swa.tau) if cfg.swa.enabled else None
     swa_end = cfg.swa.last_epoch(cfg.epochs)
 
-    run = start_run(cfg, task="adv_training", device=device, model=model, optimizer=optimizer,
-                    states={"prior": prior, "ema": ema, "awp": awp, "swa": swa},  # besides model and optimizer
-                    best={"robust_acc": -1.0, "epoch": 0}, optimizer_implementation=cfg.optim.implementation,
-                    describe=f"model.arch={cfg.model.arch} with {cfg.data.dataset}")
+    run = start_run(
+        cfg,
+        task="adv_training",
+        device=device,
+        model=model,
+        optimizer=optimizer,
+        states={"prior": prior, "ema": ema, "awp": awp, "swa": swa},  # besides model and optimizer
+        best={"robust_acc": -1.0, "epoch": 0},
+        optimizer_implementation=cfg.optim.implementation,
+        describe=f"model.arch={cfg.model.arch} with {cfg.data.dataset}",
+    )
     folder = run.folder
-    log(f"Training {cfg.method} on {cfg.data.dataset} with {cfg.model.arch} on {device} -> {folder.path}"
+    log(
+        f"Training {cfg.method} on {cfg.data.dataset} with {cfg.model.arch} on {device} -> {folder.path}"
         + ("; training images resident on the device" if isinstance(train_loader, DeviceBatches) else "")
-        + ("; compiled forwards" if cfg.compile else ""))
+        + ("; compiled forwards" if cfg.compile else "")
+    )
 
     eval_eps = cfg.eval.epsilon if cfg.eval.epsilon is not None else cfg.attack.epsilon
 
@@ -266,12 +312,22 @@ def train(cfg: ATConfig) -> Dict[str, object]:
         """Clean and PGD accuracy on the monitored set (and clean test accuracy when that is the
         validation set), keyed by `metric_key` (``ema_val_robust_acc``, ...)."""
         accuracy = clean_and_pgd_accuracy(
-            network, loaders.monitor, device, eps=eval_eps, step_size=cfg.eval.step_size, steps=cfg.eval.pgd_steps,
-            norm=cfg.attack.norm, channels_last=cfg.channels_last, seed=cfg.seed, objective=cfg.eval.objective)
+            network,
+            loaders.monitor,
+            device,
+            eps=eval_eps,
+            step_size=cfg.eval.step_size,
+            steps=cfg.eval.pgd_steps,
+            norm=cfg.attack.norm,
+            channels_last=cfg.channels_last,
+            seed=cfg.seed,
+            objective=cfg.eval.objective,
+        )
         numbers = {metric_key(key, split=monitor_set, owner=owner): value for key, value in accuracy.items()}
         if monitor_set != "test":
-            clean = clean_and_pgd_accuracy(network, loaders.test, device, eps=eval_eps, step_size=0.0, steps=0,
-                                           channels_last=cfg.channels_last)
+            clean = clean_and_pgd_accuracy(
+                network, loaders.test, device, eps=eval_eps, step_size=0.0, steps=0, channels_last=cfg.channels_last
+            )
             numbers[metric_key("clean_acc", owner=owner)] = clean["clean_acc"]
         return numbers
 
@@ -285,17 +341,37 @@ def train(cfg: ATConfig) -> Dict[str, object]:
         for epoch in range(run.start_epoch, cfg.epochs + 1):
             started = time.perf_counter()
             lr = learning_rate(
-                epoch, base_lr=cfg.optim.lr, epochs=cfg.epochs, schedule=cfg.optim.schedule,
-                warmup_epochs=cfg.optim.warmup_epochs, milestones=cfg.optim.milestones, decay=cfg.optim.decay,
+                epoch,
+                base_lr=cfg.optim.lr,
+                epochs=cfg.epochs,
+                schedule=cfg.optim.schedule,
+                warmup_epochs=cfg.optim.warmup_epochs,
+                milestones=cfg.optim.milestones,
+                decay=cfg.optim.decay,
             )
-            sgd_momentum = momentum(epoch, base_momentum=cfg.optim.momentum, epochs=cfg.epochs,
-                                    schedule=cfg.optim.schedule)
+            sgd_momentum = momentum(
+                epoch, base_momentum=cfg.optim.momentum, epochs=cfg.epochs, schedule=cfg.optim.schedule
+            )
             for group in optimizer.param_groups:
                 group["lr"], group["momentum"] = lr, sgd_momentum
             data_lib.set_epoch(train_loader, epoch)
             compiling_since = compile_seconds()
-            metrics = {"lr": lr, **train_one_epoch(cfg, method, epoch, train_forward, train_loader, optimizer, prior,
-                                                   ema, awp, device, attack_model=attack_forward)}
+            metrics = {
+                "lr": lr,
+                **train_one_epoch(
+                    cfg,
+                    method,
+                    epoch,
+                    train_forward,
+                    train_loader,
+                    optimizer,
+                    prior,
+                    ema,
+                    awp,
+                    device,
+                    attack_model=attack_forward,
+                ),
+            }
             if cfg.compile:
                 metrics["compile_seconds"] = compile_seconds() - compiling_since
             prior.step()
@@ -320,8 +396,11 @@ def train(cfg: ATConfig) -> Dict[str, object]:
                 f"epoch {epoch}/{cfg.epochs}  lr {lr:.4f}  eps {metrics['eps'] * 255:.2f}/255  "
                 f"loss {metrics['train_loss']:.4f}  train adv {metrics['train_adv_acc']:.2f}%"
                 + (f"  test clean {metrics[clean]:.2f}%" if (clean := metric_key("clean_acc")) in metrics else "")
-                + (f"  {monitor_set} PGD-{cfg.eval.pgd_steps} {metrics[robust['model']]:.2f}%"
-                   if robust["model"] in metrics else "")
+                + (
+                    f"  {monitor_set} PGD-{cfg.eval.pgd_steps} {metrics[robust['model']]:.2f}%"
+                    if robust["model"] in metrics
+                    else ""
+                )
                 + (f"  (EMA {metrics[robust['ema']]:.2f}%)" if robust["ema"] in metrics else "")
                 + (f"  (epoch average {metrics[robust['swa']]:.2f}%)" if robust["swa"] in metrics else "")
                 + f"  {metrics['epoch_seconds']:.0f}s"
@@ -364,7 +443,11 @@ def train(cfg: ATConfig) -> Dict[str, object]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     return config_main(
-        ATConfig, train, prog="python -m adv_training.train", argv=argv, check=build_method,
+        ATConfig,
+        train,
+        prog="python -m adv_training.train",
+        argv=argv,
+        check=build_method,
         description="Adversarial training with IKL, TRADES, PGD-AT, MART or standard training. "
         "Settings: --config FILE, then key=value overrides.",
     )

@@ -23,6 +23,7 @@ GPU each, or gloo on the CPU with ``--threads`` each) on the same global batch, 
 seconds per global iteration, the speed-up over one process and the scaling efficiency
 (speed-up / N).
 """
+
 import argparse
 import collections
 import math
@@ -45,10 +46,10 @@ from adv_training.awp import AdversarialWeightPerturbation  # noqa: E402
 from adv_training.config import ATConfig  # noqa: E402
 from adv_training.methods import build_method  # noqa: E402
 from adv_training.train import train_one_epoch  # noqa: E402
+from bench.timing import interleaved_medians, timed  # noqa: E402
 from engine.distributed import init_distributed, shutdown_distributed, world_size, wrap_model  # noqa: E402
 from engine.ema import ModelEMA  # noqa: E402
 from engine.optim import sgd, weight_decay_groups  # noqa: E402
-from bench.timing import interleaved_medians, timed  # noqa: E402
 from engine.runtime import compile_model, configure_precision, resolve_device  # noqa: E402
 from losses import ClassPrior  # noqa: E402
 from losses.pairwise_oracle import wmse_loss_pairwise  # noqa: E402
@@ -64,15 +65,23 @@ def _setup(args, precision, device, channels_last=None, fused=False):
     model = build_model(args.arch, 100, dataset="cifar100", **kwargs).to(device)
     if args.channels_last if channels_last is None else channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = sgd(weight_decay_groups(model, 5e-4), lr=0.1, momentum=0.9, nesterov=False, device=device,
-                    implementation="auto" if fused else "default")  # the authors' loop: torch's default kernel
+    optimizer = sgd(
+        weight_decay_groups(model, 5e-4),
+        lr=0.1,
+        momentum=0.9,
+        nesterov=False,
+        device=device,
+        implementation="auto" if fused else "default",
+    )  # the authors' loop: torch's default kernel
     prior = ClassPrior(100, temperature=4.0).to(device)
     ema = ModelEMA(model, tau=0.9996, start_epoch=1)
     awp = AdversarialWeightPerturbation(model, gamma=0.005)
     local_batch = args.batch_size // world_size()  # the global batch, shared by the processes
     # Already on the device, as the device-resident loader delivers them (the training data's cost is apart).
-    batches = [(torch.rand(local_batch, 3, 32, 32).to(device), torch.randint(0, 100, (local_batch,)).to(device))
-               for _ in range(args.iterations)]
+    batches = [
+        (torch.rand(local_batch, 3, 32, 32).to(device), torch.randint(0, 100, (local_batch,)).to(device))
+        for _ in range(args.iterations)
+    ]
     return model, optimizer, prior, ema, awp, batches
 
 
@@ -88,9 +97,24 @@ def our_iterations(method, args, precision, device, channels_last=None, compiled
     network = wrap_model(model, device)
     train_forward = compile_model(network, compiled)
     attack_forward = train_forward if network is model else compile_model(model, compiled)
-    run = timed(device, args.iterations, lambda: train_one_epoch(
-        cfg, build_method(cfg), EPOCHS, train_forward, batches, optimizer, prior, ema, awp, device,
-        attack_model=attack_forward), precision)
+    run = timed(
+        device,
+        args.iterations,
+        lambda: train_one_epoch(
+            cfg,
+            build_method(cfg),
+            EPOCHS,
+            train_forward,
+            batches,
+            optimizer,
+            prior,
+            ema,
+            awp,
+            device,
+            attack_model=attack_forward,
+        ),
+        precision,
+    )
     run.model = model  # for tests/test_bench.py
     return run
 
@@ -146,8 +170,9 @@ def time_iterations(method, args, precision, device):
 
 
 def _process(rank, nproc, port, args, precision, queue):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(nproc))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc)
+    )
     torch.set_num_threads(args.threads)
     device = init_distributed(resolve_device(args.device), 600)
     try:
@@ -165,8 +190,9 @@ def time_processes(nproc, args, precision):
         port = sock.getsockname()[1]
     context = mp.get_context("spawn")
     queue = context.Queue()
-    processes = [context.Process(target=_process, args=(rank, nproc, port, args, precision, queue))
-                 for rank in range(nproc)]
+    processes = [
+        context.Process(target=_process, args=(rank, nproc, port, args, precision, queue)) for rank in range(nproc)
+    ]
     for process in processes:
         process.start()
     seconds = queue.get(timeout=3600)
@@ -203,60 +229,91 @@ def main():
     parser.add_argument("--channels-last", action="store_true", help="channels_last at fp32/tf32 too (bf16 always)")
     parser.add_argument("--compile", action="store_true", help="also time our IKL loop compiled, at the last precision")
     parser.add_argument("--check-syncs", action="store_true", help="on CUDA: list where our loop waits for the GPU")
-    parser.add_argument("--nproc", type=int, nargs="+", default=None,
-                        help="time IKL-AT with these numbers of processes instead (list 1 first for the baseline)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads on the CPU (per process with --nproc); one, so that ratios are not noise")
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        nargs="+",
+        default=None,
+        help="time IKL-AT with these numbers of processes instead (list 1 first for the baseline)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads on the CPU (per process with --nproc); one, so that ratios are not noise",
+    )
     args = parser.parse_args()
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = True
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{args.arch} batch {args.batch_size} on {name}, torch {torch.__version__}; "
-          f"budget high (5 PGD steps), AWP and EMA on; median of {args.repeats} x {args.iterations} iterations\n")
+    print(
+        f"{args.arch} batch {args.batch_size} on {name}, torch {torch.__version__}; "
+        f"budget high (5 PGD steps), AWP and EMA on; median of {args.repeats} x {args.iterations} iterations\n"
+    )
     if args.nproc:
         scaling_table(args)
         return
     iterations_per_run = math.ceil(TRAIN_IMAGES / args.batch_size) * EPOCHS
     flops = iteration_flops(args, device)
     peak = bf16_peak_tflops(device)
-    print(f"One IKL-AT iteration: {flops / 1e9:.1f} GFLOP (counted as it runs)"
-          + (f"; bf16 matrix-product peak measured here: {peak:.0f} TFLOP/s" if peak else "") + "\n")
-    print("| precision | loop | s / iteration | speed-up over the authors' loop | TFLOP/s"
-          + (" (share of bf16 peak)" if peak else "") + " | projected hours, 200 epochs |")
+    print(
+        f"One IKL-AT iteration: {flops / 1e9:.1f} GFLOP (counted as it runs)"
+        + (f"; bf16 matrix-product peak measured here: {peak:.0f} TFLOP/s" if peak else "")
+        + "\n"
+    )
+    print(
+        "| precision | loop | s / iteration | speed-up over the authors' loop | TFLOP/s"
+        + (" (share of bf16 peak)" if peak else "")
+        + " | projected hours, 200 epochs |"
+    )
     print("|---|---|---:|---:|---:|---:|")
     authors = {}
     for precision in args.precisions:
         channels_last = args.channels_last or precision == "bf16"
         label = precision + (" + channels_last" if channels_last else "")
         runners = {"authors' IKL loop": authors_iterations(args, precision, device)} if precision != "bf16" else {}
-        runners.update({"our TRADES": our_iterations("trades", args, precision, device, channels_last),
-                        "our IKL": our_iterations("ikl", args, precision, device, channels_last)})
+        runners.update(
+            {
+                "our TRADES": our_iterations("trades", args, precision, device, channels_last),
+                "our IKL": our_iterations("ikl", args, precision, device, channels_last),
+            }
+        )
 
         def print_rows(medians, compiling):
             reference = precision if precision in authors else ("tf32" if "tf32" in authors else "fp32")
             for name, value in medians.items():
                 speedup = "—"
                 if reference in authors:
-                    speedup = f"{authors[reference] / value:.2f}x" + ("" if reference == precision else f" (vs {reference})")
+                    speedup = f"{authors[reference] / value:.2f}x" + (
+                        "" if reference == precision else f" (vs {reference})"
+                    )
                 rate = flops / value / 1e12
                 share = f" ({100 * rate / peak:.0f}%)" if peak else ""
                 note = f" (compiling took {compiling[name]:.0f} s)" if compiling.get(name, 0) > 0 else ""
-                print(f"| {label} | {name}{note} | {value:.3f} | {speedup} | {rate:.3g}{share} | "
-                      f"{value * iterations_per_run / 3600:.1f} |", flush=True)
+                print(
+                    f"| {label} | {name}{note} | {value:.3f} | {speedup} | {rate:.3g}{share} | "
+                    f"{value * iterations_per_run / 3600:.1f} |",
+                    flush=True,
+                )
 
         medians, compiling = interleaved_medians(runners, args.repeats)
         if "authors' IKL loop" in medians:
             authors[precision] = medians["authors' IKL loop"]
         print_rows(medians, compiling)  # the eager rows, before anything compiles
         if args.compile and precision == args.precisions[-1]:
-            compiled = {"our IKL, compiled": our_iterations("ikl", args, precision, device, channels_last, compiled=True),
-                        "our IKL (again, beside it)": runners["our IKL"]}
+            compiled = {
+                "our IKL, compiled": our_iterations("ikl", args, precision, device, channels_last, compiled=True),
+                "our IKL (again, beside it)": runners["our IKL"],
+            }
             print_rows(*interleaved_medians(compiled, args.repeats))
         if args.check_syncs and device.type == "cuda":
-            print(f"\n{label}: where our IKL loop waits for the GPU in {args.iterations} iterations (the progress "
-                  f"read and the epoch's totals are meant): {host_syncs(runners['our IKL'])}\n", flush=True)
+            print(
+                f"\n{label}: where our IKL loop waits for the GPU in {args.iterations} iterations (the progress "
+                f"read and the epoch's totals are meant): {host_syncs(runners['our IKL'])}\n",
+                flush=True,
+            )
         del runners
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -307,7 +364,7 @@ def bf16_peak_tflops(device, seconds: float = 1.0) -> float:
             a @ b
         products += 20
         torch.cuda.synchronize()
-    return 2 * 8192 ** 3 * products / (time.perf_counter() - start) / 1e12
+    return 2 * 8192**3 * products / (time.perf_counter() - start) / 1e12
 
 
 def host_syncs(run) -> str:
@@ -320,9 +377,13 @@ def host_syncs(run) -> str:
             run()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    places = collections.Counter(f"{Path(w.filename).parent.name}/{Path(w.filename).name}:{w.lineno}"
-                                 for w in caught if "synchroniz" in str(w.message))
+    places = collections.Counter(
+        f"{Path(w.filename).parent.name}/{Path(w.filename).name}:{w.lineno}"
+        for w in caught
+        if "synchroniz" in str(w.message)
+    )
     return ", ".join(f"{place} x{count}" for place, count in places.most_common()) or "none"
+
 
 if __name__ == "__main__":
     main()

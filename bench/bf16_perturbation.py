@@ -23,6 +23,7 @@ Random images (uniform in [0, 1]) and a freshly initialised model in eval mode: 
 question is one of number formats, which trained weights change little. Prints a table;
 asserts nothing.
 """
+
 import argparse
 import sys
 from pathlib import Path
@@ -61,8 +62,11 @@ class TF32Operands(TorchDispatchMode):
     """Convolutions and matrix products of float32 operands rounded to TF32, accumulated in float32:
     what TF32 tensor cores compute, for a CPU that has none."""
 
-    PRODUCTS = {torch.ops.aten.convolution.default: (0, 1), torch.ops.aten.mm.default: (0, 1),
-                torch.ops.aten.addmm.default: (1, 2)}
+    PRODUCTS = {
+        torch.ops.aten.convolution.default: (0, 1),
+        torch.ops.aten.mm.default: (0, 1),
+        torch.ops.aten.addmm.default: (1, 2),
+    }
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         operands = self.PRODUCTS.get(func, ())
@@ -119,8 +123,10 @@ def main(argv=None):
     plain = plain_ends(build_model(args.arch, args.num_classes, dataset="cifar100", **kwargs).to(device).eval())
     plain.load_state_dict(model.state_dict())
 
-    print(f"{args.arch}{'-%d-%d' % (args.depth, args.widen_factor) if args.arch == 'WideResNet' else ''}, "
-          f"batch {args.batch_size}, {device}, torch {torch.__version__}")
+    print(
+        f"{args.arch}{'-%d-%d' % (args.depth, args.widen_factor) if args.arch == 'WideResNet' else ''}, "
+        f"batch {args.batch_size}, {device}, torch {torch.__version__}"
+    )
     tf32 = "TF32" if device.type == "cuda" else "TF32 (emulated)"
     print("cosine / relative error of the logit change against fp32's")
     print(f"| epoch of 200 | eps (/255) | bf16, float32 stem+head | bf16, every layer | {tf32} |")

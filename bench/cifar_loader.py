@@ -12,6 +12,7 @@ on CUDA; the device-resident loader is `engine.data.DeviceBatches`. Each pass is
 epoch, after one warm-up epoch of each, interleaved (A, B, A, B, ...), median of
 ``--repeats``; one torch thread in this process. Prints a Markdown table; asserts nothing.
 """
+
 import argparse
 import statistics
 import sys
@@ -24,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import write_cifar  # noqa: E402  (CIFAR's on-disk format)
+
 from engine import data as data_lib  # noqa: E402
 from engine.data import DeviceBatches, as_float_images  # noqa: E402
 from engine.runtime import resolve_device  # noqa: E402
@@ -57,10 +59,16 @@ def main():
         train_set = data_lib.build_train_set("cifar100", root, augment="basic", verify_checksum=False)
         loaders = {
             f"torchvision transforms, DataLoader ({args.workers} workers)": data_lib.make_loader(
-                train_set, batch_size=args.batch_size, shuffle=True, num_workers=args.workers, seed=0,
-                pin_memory=device.type == "cuda"),
+                train_set,
+                batch_size=args.batch_size,
+                shuffle=True,
+                num_workers=args.workers,
+                seed=0,
+                pin_memory=device.type == "cuda",
+            ),
             "device-resident, whole-batch crop and flip": DeviceBatches(
-                train_set.data, train_set.targets, batch_size=args.batch_size, device=device, seed=0),
+                train_set.data, train_set.targets, batch_size=args.batch_size, device=device, seed=0
+            ),
         }
         times = {name: [] for name in loaders}
         for loader in loaders.values():  # a warm-up epoch: worker start-up, page cache, the device's allocator
@@ -69,8 +77,10 @@ def main():
             for name, loader in loaders.items():
                 times[name].append(epoch_seconds(loader, device, epoch))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU, one thread in this process"
-    print(f"{args.images} CIFAR images, batch {args.batch_size}, on {name}, torch {torch.__version__}; "
-          f"median of {args.repeats} epochs\n")
+    print(
+        f"{args.images} CIFAR images, batch {args.batch_size}, on {name}, torch {torch.__version__}; "
+        f"median of {args.repeats} epochs\n"
+    )
     print("| loader | s / epoch | images / s | speed-up |")
     print("|---|---:|---:|---:|")
     baseline = statistics.median(next(iter(times.values())))

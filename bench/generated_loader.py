@@ -14,6 +14,7 @@ the gather from the memory map, crop and flip of the whole uint8 batch. One torc
 the DataLoader in the main process (``--workers`` adds worker processes). Prints a
 Markdown table; asserts nothing.
 """
+
 import argparse
 import json
 import resource
@@ -50,9 +51,16 @@ def child(args) -> None:
         rng = np.random.default_rng(0)
         real_images = rng.integers(0, 256, (REAL_IMAGES, *IMAGE_SHAPE), dtype=np.uint8)
         real_labels = rng.integers(0, 10, REAL_IMAGES)
-        loader = make_mixed_loader(real_images, real_labels, generated, batch_size=args.batch_size,
-                                   unsup_fraction=args.fraction, seed=0, num_workers=args.workers,
-                                   rotate_degrees=args.rotate_degrees)
+        loader = make_mixed_loader(
+            real_images,
+            real_labels,
+            generated,
+            batch_size=args.batch_size,
+            unsup_fraction=args.fraction,
+            seed=0,
+            num_workers=args.workers,
+            rotate_degrees=args.rotate_degrees,
+        )
         set_epoch(loader, 1)
         iterator, images = iter(loader), 0
         for _ in range(2):  # warm-up (workers start, first page faults of the code)
@@ -63,14 +71,34 @@ def child(args) -> None:
             images += len(batch)
         seconds = time.perf_counter() - started
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"images_per_second": images / seconds, "peak_rss_mib": peak_kib / 1024,
-                      "growth_mib": (peak_kib - before_kib) / 1024}))
+    print(
+        json.dumps(
+            {
+                "images_per_second": images / seconds,
+                "peak_rss_mib": peak_kib / 1024,
+                "growth_mib": (peak_kib - before_kib) / 1024,
+            }
+        )
+    )
 
 
 def run_child(args, size: int) -> dict:
-    command = [sys.executable, __file__, "--child", str(size), "--batch-size", str(args.batch_size),
-               "--fraction", str(args.fraction), "--batches", str(args.batches), "--workers", str(args.workers),
-               "--rotate-degrees", str(args.rotate_degrees)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        str(size),
+        "--batch-size",
+        str(args.batch_size),
+        "--fraction",
+        str(args.fraction),
+        "--batches",
+        str(args.batches),
+        "--workers",
+        str(args.workers),
+        "--rotate-degrees",
+        str(args.rotate_degrees),
+    ]
     if args.dir:
         command += ["--dir", args.dir]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -85,8 +113,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=40, help="timed batches per run")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per size (median reported)")
     parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--rotate-degrees", type=float, default=0.0,
-                        help="also rotate, as the CIFAR-100 configs (15)")
+    parser.add_argument("--rotate-degrees", type=float, default=0.0, help="also rotate, as the CIFAR-100 configs (15)")
     parser.add_argument("--dir", default=None, help="where the sparse files go (default: the temp folder)")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -98,13 +125,17 @@ def main() -> None:
     for _ in range(args.repeats):
         for size in args.sizes:
             runs[size].append(run_child(args, size))
-    print(f"Generated-data loader, batch {args.batch_size}, fraction {args.fraction}, {args.workers} worker(s), "
-          f"rotation {args.rotate_degrees:g} degrees, "
-          f"one torch thread, median of {args.repeats} interleaved runs of {args.batches} batches; torch "
-          f"{torch.__version__}")
+    print(
+        f"Generated-data loader, batch {args.batch_size}, fraction {args.fraction}, {args.workers} worker(s), "
+        f"rotation {args.rotate_degrees:g} degrees, "
+        f"one torch thread, median of {args.repeats} interleaved runs of {args.batches} batches; torch "
+        f"{torch.__version__}"
+    )
     print()
-    print("| generated images | images/s | peak RSS (MiB) | peak growth while timed (MiB) | images/s vs first | "
-          "RSS vs first |")
+    print(
+        "| generated images | images/s | peak RSS (MiB) | peak growth while timed (MiB) | images/s vs first | "
+        "RSS vs first |"
+    )
     print("|---:|---:|---:|---:|---:|---:|")
     base = None
     for size in args.sizes:
@@ -112,8 +143,9 @@ def main() -> None:
         rss = statistics.median(r["peak_rss_mib"] for r in runs[size])
         growth = statistics.median(r["growth_mib"] for r in runs[size])
         base = base or (speed, rss)
-        print(f"| {size:,} | {speed:,.0f} | {rss:,.0f} | {growth:,.0f} | {speed / base[0]:.2f}x | "
-              f"{rss / base[1]:.2f}x |")
+        print(
+            f"| {size:,} | {speed:,.0f} | {rss:,.0f} | {growth:,.0f} | {speed / base[0]:.2f}x | {rss / base[1]:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

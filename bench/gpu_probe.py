@@ -25,6 +25,7 @@ One line per check as it finishes: PASS, FAIL (with what was seen) or SKIP (no C
 Exits 1 when a check fails. Small models and data written here in CIFAR's format: about two
 to three minutes on one H100, most of it the compiles of check 7.
 """
+
 import argparse
 import contextlib
 import sys
@@ -41,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import write_cifar  # noqa: E402  (CIFAR's on-disk format)
 
+
 def run_checks(checks) -> bool:
     """Run each (name, needs_cuda, function) in order, printing its line as it ends; a failure is
     reported and the next check runs. True when none failed."""
@@ -56,8 +58,11 @@ def run_checks(checks) -> bool:
         except Exception as error:  # every fault is reported, then the next check runs
             failed += 1
             where = traceback.extract_tb(error.__traceback__)[-1]
-            print(f"FAIL {name} ({time.perf_counter() - started:.0f} s): {type(error).__name__}: {error} "
-                  f"[{Path(where.filename).name}:{where.lineno}]", flush=True)
+            print(
+                f"FAIL {name} ({time.perf_counter() - started:.0f} s): {type(error).__name__}: {error} "
+                f"[{Path(where.filename).name}:{where.lineno}]",
+                flush=True,
+            )
     print(f"{len(checks) - failed} of {len(checks)} checks did not fail", flush=True)
     return failed == 0
 
@@ -80,16 +85,33 @@ def main(argv=None):
     cifar = write_cifar(work / "data", "cifar10", num_train=1024, num_test=200)
 
     from adv_training.train import main as train_at
-    from knowledge_distillation.train import main as train_kd
     from engine import runtime
     from engine.run_folder import RunFolder
+    from knowledge_distillation.train import main as train_kd
 
     def at_run(name, *extra):
-        argv = ["--config", str(ROOT / "configs" / "adv_training" / "cifar10_ikl_a4b20t4.yaml"), f"data.root={cifar}",
-                "data.verify_checksum=false", "data.num_workers=0", "data.batch_size=128", "data.test_batch_size=200",
-                "model.arch=WideResNet", "model.depth=10", "model.widen_factor=1", "epochs=2", f"device={args.device}",
-                f"out_dir={work / 'runs'}", f"name={name}", "eval.num_examples=200", "eval.pgd_steps=2",
-                "awp.warmup=1", "ema.start_epoch=1", "swa.enabled=false", *extra]
+        argv = [
+            "--config",
+            str(ROOT / "configs" / "adv_training" / "cifar10_ikl_a4b20t4.yaml"),
+            f"data.root={cifar}",
+            "data.verify_checksum=false",
+            "data.num_workers=0",
+            "data.batch_size=128",
+            "data.test_batch_size=200",
+            "model.arch=WideResNet",
+            "model.depth=10",
+            "model.widen_factor=1",
+            "epochs=2",
+            f"device={args.device}",
+            f"out_dir={work / 'runs'}",
+            f"name={name}",
+            "eval.num_examples=200",
+            "eval.pgd_steps=2",
+            "awp.warmup=1",
+            "ema.start_epoch=1",
+            "swa.enabled=false",
+            *extra,
+        ]
         code = train_at(argv)
         if code != 0:
             raise RuntimeError(f"the IKL-AT run {name} exited with {code}")
@@ -100,11 +122,20 @@ def main(argv=None):
     def kd_run(name, *extra):
         if not teacher.exists():
             from models import build_model
+
             torch.manual_seed(0)
             torch.save(build_model("digits_cnn", 10).state_dict(), teacher)
-        argv = ["--config", str(ROOT / "configs" / "knowledge_distillation" / "digits_ikl.yaml"), "epochs=2",
-                f"device={args.device}", f"out_dir={work / 'runs'}", f"name={name}", f"teacher.checkpoint={teacher}",
-                "ikl.class_prior=true", *extra]
+        argv = [
+            "--config",
+            str(ROOT / "configs" / "knowledge_distillation" / "digits_ikl.yaml"),
+            "epochs=2",
+            f"device={args.device}",
+            f"out_dir={work / 'runs'}",
+            f"name={name}",
+            f"teacher.checkpoint={teacher}",
+            "ikl.class_prior=true",
+            *extra,
+        ]
         code = train_kd(argv)
         if code != 0:
             raise RuntimeError(f"the IKL-KD run {name} exited with {code}")
@@ -175,8 +206,9 @@ def main(argv=None):
         import bench.at_step as at_step
         import bench.kd_step as kd_step
 
-        at_args = argparse.Namespace(arch="WideResNet", depth=16, widen_factor=2, batch_size=128, iterations=3,
-                                     channels_last=True)
+        at_args = argparse.Namespace(
+            arch="WideResNet", depth=16, widen_factor=2, batch_size=128, iterations=3, channels_last=True
+        )
         ikl = at_step.our_iterations("ikl", at_args, "bf16", device, channels_last=True)
         ikl()  # warm-up
         kd_args = argparse.Namespace(batch_size=64, image_size=64, iterations=3)
@@ -184,25 +216,33 @@ def main(argv=None):
         kd()
         from knowledge_distillation.train import evaluate_topk
 
-        validation = [(torch.rand(64, 3, 64, 64).pin_memory(), torch.randint(0, 1000, (64,)).pin_memory())
-                      for _ in range(3)]  # as a DataLoader with pin_memory delivers them
+        validation = [
+            (torch.rand(64, 3, 64, 64).pin_memory(), torch.randint(0, 1000, (64,)).pin_memory()) for _ in range(3)
+        ]  # as a DataLoader with pin_memory delivers them
         evaluate = lambda: evaluate_topk(kd.student, validation, device, channels_last=True)  # noqa: E731
         evaluate()
-        places = {"IKL-AT": at_step.host_syncs(ikl), "IKL-KD": at_step.host_syncs(kd),
-                  "KD validation": at_step.host_syncs(evaluate)}
+        places = {
+            "IKL-AT": at_step.host_syncs(ikl),
+            "IKL-KD": at_step.host_syncs(kd),
+            "KD validation": at_step.host_syncs(evaluate),
+        }
         # The reads meant: the running sums at the epoch's last batch and its totals (metrics.py),
         # the timer's own synchronize (timing.py), the KD epoch's before it reads the clock, and
         # the validation's one read of its counts at the end.
         kd_source = (ROOT / "knowledge_distillation" / "train.py").read_text().splitlines()
-        kd_reads = {f"knowledge_distillation/train.py:{n}" for n, line in enumerate(kd_source, 1)
-                    if "torch.cuda.synchronize()" in line or "reduce_sum(counts).tolist()" in line}
+        kd_reads = {
+            f"knowledge_distillation/train.py:{n}"
+            for n, line in enumerate(kd_source, 1)
+            if "torch.cuda.synchronize()" in line or "reduce_sum(counts).tolist()" in line
+        }
 
         def meant(place):  # "folder/file.py:line xN"
             where = place.rsplit(" x", 1)[0]
             return where.startswith(("engine/metrics.py:", "bench/timing.py:")) or where in kd_reads
 
-        unexpected = {loop: [p for p in found.split(", ") if p != "none" and not meant(p)]
-                      for loop, found in places.items()}
+        unexpected = {
+            loop: [p for p in found.split(", ") if p != "none" and not meant(p)] for loop, found in places.items()
+        }
         if any(unexpected.values()):
             raise AssertionError(f"host syncs outside the progress reads: {unexpected}; all: {places}")
         return "; ".join(f"{loop}: {found}" for loop, found in places.items())
@@ -230,10 +270,18 @@ def main(argv=None):
             if not frozen:
                 attacks.parameters_frozen = lambda module: contextlib.nullcontext()  # the code before the fix
             try:
+
                 def attack():
                     with torch.autocast("cuda", dtype=torch.bfloat16):
-                        return attacks.pgd(compiled, x, lambda logits: F.cross_entropy(logits.float(), y),
-                                           eps=8 / 255, step_size=2 / 255, steps=5)
+                        return attacks.pgd(
+                            compiled,
+                            x,
+                            lambda logits: F.cross_entropy(logits.float(), y),
+                            eps=8 / 255,
+                            step_size=2 / 255,
+                            steps=5,
+                        )
+
                 attack()  # compiles
                 torch.cuda.synchronize()
                 started = time.perf_counter()
@@ -247,26 +295,36 @@ def main(argv=None):
         ours, before = seconds_per_attack(True), seconds_per_attack(False)
         if ours > 1.1 * before:
             raise AssertionError(f"frozen weights made the compiled attack slower: {ours:.4f} s against {before:.4f} s")
-        return (f"WRN-16-4, batch 128, bf16, 5 steps: {1000 * ours:.1f} ms with frozen weights, "
-                f"{1000 * before:.1f} ms with weights requiring grad ({before / ours:.2f}x)")
+        return (
+            f"WRN-16-4, batch 128, bf16, 5 steps: {1000 * ours:.1f} ms with frozen weights, "
+            f"{1000 * before:.1f} ms with weights requiring grad ({before / ours:.2f}x)"
+        )
 
     checks = [
-        ("rng: last.pt keeps the run's own GPU state; an eight-GPU file restores on one",
-         True, rng_of_the_runs_gpu),
-        ("device checks: negative weights give NaN, the CUDA context lives on; DKD without host sync",
-         True, value_checks_on_the_device),
-        ("resume: IKL-AT on the device loader, stopped and resumed from an eight-GPU last.pt, equals uninterrupted",
-         False, resume_at),
-        ("resume: IKL-KD stopped and resumed equals uninterrupted",
-         False, resume_kd),
-        ("determinism: two deterministic IKL-AT runs give the same bits",
-         False, determinism),
-        ("syncs: only the progress read and the totals make the host wait, in IKL-AT and IKL-KD",
-         True, host_syncs),
-        ("bf16: the logit change for x_adv - x per eps of the ramp, bf16 and TF32 against fp32",
-         True, bf16_perturbation),
-        ("compiled attack: a compiled PGD attack with frozen weights against one with weights requiring grad",
-         True, compiled_attack),
+        ("rng: last.pt keeps the run's own GPU state; an eight-GPU file restores on one", True, rng_of_the_runs_gpu),
+        (
+            "device checks: negative weights give NaN, the CUDA context lives on; DKD without host sync",
+            True,
+            value_checks_on_the_device,
+        ),
+        (
+            "resume: IKL-AT on the device loader, stopped and resumed from an eight-GPU last.pt, equals uninterrupted",
+            False,
+            resume_at,
+        ),
+        ("resume: IKL-KD stopped and resumed equals uninterrupted", False, resume_kd),
+        ("determinism: two deterministic IKL-AT runs give the same bits", False, determinism),
+        ("syncs: only the progress read and the totals make the host wait, in IKL-AT and IKL-KD", True, host_syncs),
+        (
+            "bf16: the logit change for x_adv - x per eps of the ramp, bf16 and TF32 against fp32",
+            True,
+            bf16_perturbation,
+        ),
+        (
+            "compiled attack: a compiled PGD attack with frozen weights against one with weights requiring grad",
+            True,
+            compiled_attack,
+        ),
     ]
     ok = run_checks(checks)
     if not ok:

@@ -30,6 +30,7 @@ The paper states 0.197 s/iter for ResNet-34 -> ResNet-18 and 0.252 s/iter for Re
 MobileNetV1 on 4 RTX 3090s at batch 512; the table prints them beside ours.
 Prints Markdown tables; asserts nothing.
 """
+
 import argparse
 import sys
 import tempfile
@@ -41,10 +42,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.timing import interleaved_medians, timed  # noqa: E402
 from engine import data as data_lib  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.optim import sgd, weight_decay_groups  # noqa: E402
-from bench.timing import interleaved_medians, timed  # noqa: E402
 from engine.runtime import compile_model, configure_precision, resolve_device  # noqa: E402
 from knowledge_distillation.config import KDConfig  # noqa: E402
 from knowledge_distillation.distillers import build_distiller  # noqa: E402
@@ -62,8 +63,11 @@ EPOCH = 2  # after the one-epoch warm-up of the IKL term: the full loss
 
 def pair_config(pair: str, precision: str, channels_last: bool, compiled: bool) -> KDConfig:
     path = ROOT / "configs" / "knowledge_distillation" / "imagenet" / PAIRS[pair]
-    return load_config(KDConfig, path, [f"precision={precision}", f"channels_last={channels_last}",
-                                        f"compile={compiled}", "device=cpu"])
+    return load_config(
+        KDConfig,
+        path,
+        [f"precision={precision}", f"channels_last={channels_last}", f"compile={compiled}", "device=cpu"],
+    )
 
 
 def _setup(cfg: KDConfig, args, device):
@@ -76,23 +80,38 @@ def _setup(cfg: KDConfig, args, device):
     if cfg.channels_last:
         teacher, student = (m.to(memory_format=torch.channels_last) for m in (teacher, student))
     generator = torch.Generator().manual_seed(1)
-    batches = [(torch.rand(args.batch_size, 3, args.image_size, args.image_size, generator=generator).to(device),
-                torch.randint(0, CLASSES, (args.batch_size,), generator=generator).to(device))
-               for _ in range(args.iterations)]
+    batches = [
+        (
+            torch.rand(args.batch_size, 3, args.image_size, args.image_size, generator=generator).to(device),
+            torch.randint(0, CLASSES, (args.batch_size,), generator=generator).to(device),
+        )
+        for _ in range(args.iterations)
+    ]
     return teacher, student, batches
 
 
 def our_iterations(cfg: KDConfig, args, device):
     """Our distillation loop over ``args.iterations`` batches, as a timed function."""
     teacher, student, batches = _setup(cfg, args, device)
-    optimizer = sgd(weight_decay_groups(student, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                    momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov,
-                    implementation=cfg.optim.implementation, device=device)
+    optimizer = sgd(
+        weight_decay_groups(student, cfg.optim.weight_decay),
+        lr=cfg.optim.lr,
+        momentum=cfg.optim.momentum,
+        nesterov=cfg.optim.nesterov,
+        implementation=cfg.optim.implementation,
+        device=device,
+    )
     distiller = build_distiller(cfg)
     prior = ClassPrior(CLASSES, temperature=distiller.prior_temperature).to(device)
     student_forward, teacher_forward = compile_model(student, cfg.compile), compile_model(teacher, cfg.compile)
-    run = timed(device, args.iterations, lambda: train_one_epoch(
-        cfg, distiller, EPOCH, student_forward, teacher_forward, batches, optimizer, prior, device), cfg.precision)
+    run = timed(
+        device,
+        args.iterations,
+        lambda: train_one_epoch(
+            cfg, distiller, EPOCH, student_forward, teacher_forward, batches, optimizer, prior, device
+        ),
+        cfg.precision,
+    )
     run.student = student  # for tests/test_bench.py
     return run
 
@@ -104,8 +123,9 @@ def mdistiller_iterations(cfg: KDConfig, args, device):
     loss and top-1/top-5 read on the host every iteration."""
     teacher, student, batches = _setup(cfg, args, device)
     s = cfg.ikl
-    optimizer = torch.optim.SGD(student.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                                weight_decay=cfg.optim.weight_decay)
+    optimizer = torch.optim.SGD(
+        student.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
+    )
     prior = torch.full((CLASSES, CLASSES), 1.0 / CLASSES, device=device)  # the first epoch's uniform prior
     accumulated = torch.zeros(CLASSES, CLASSES, device=device)
     ramp = min(EPOCH / s.warmup, 1.0)
@@ -118,8 +138,14 @@ def mdistiller_iterations(cfg: KDConfig, args, device):
             logits_student = student(images)
             one_hot = F.one_hot(targets, CLASSES).float()
             rows = one_hot @ prior
-            soft_ce = -(F.softmax(logits_teacher / s.temperature, dim=1)
-                        * F.log_softmax(logits_student / s.temperature, dim=1)).sum(1).mean()
+            soft_ce = (
+                -(
+                    F.softmax(logits_teacher / s.temperature, dim=1)
+                    * F.log_softmax(logits_student / s.temperature, dim=1)
+                )
+                .sum(1)
+                .mean()
+            )
             distill = s.beta * wmse_loss_pairwise(logits_student, logits_teacher, rows) + s.alpha * soft_ce
             loss = s.ce_weight * F.cross_entropy(logits_student, targets) + ramp * distill
             optimizer.zero_grad()
@@ -156,9 +182,14 @@ def data_seconds(args, device) -> float:
         write_jpeg_folder(root, args.data_images)
         images = data_lib.build_train_set("imagenet", root, augment="basic", normalize=True)
         repeats = -(-args.batch_size * (args.data_batches + max(args.workers, 1)) // len(images))
-        loader = data_lib.make_loader(torch.utils.data.ConcatDataset([images] * repeats),
-                                      batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                                      drop_last=True, pin_memory=device.type == "cuda")
+        loader = data_lib.make_loader(
+            torch.utils.data.ConcatDataset([images] * repeats),
+            batch_size=args.batch_size,
+            shuffle=True,
+            num_workers=args.workers,
+            drop_last=True,
+            pin_memory=device.type == "cuda",
+        )
         batches = iter(loader)
         for _ in range(max(args.workers, 1)):  # the workers' first batches: start-up, not throughput
             next(batches)
@@ -184,15 +215,19 @@ def main():
     parser.add_argument("--workers", type=int, default=16, help="DataLoader workers of the data measurement")
     parser.add_argument("--data-images", type=int, default=1024, help="JPEG files written for the data measurement")
     parser.add_argument("--data-batches", type=int, default=32, help="batches timed by the data measurement; 0 = none")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads on the CPU; one, so that ratios are not noise")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads on the CPU; one, so that ratios are not noise"
+    )
     args = parser.parse_args()
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = True
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"batch {args.batch_size} at {args.image_size}x{args.image_size} on {name}, torch {torch.__version__}; "
-          f"median of {args.repeats} x {args.iterations} iterations\n")
+    print(
+        f"batch {args.batch_size} at {args.image_size}x{args.image_size} on {name}, torch {torch.__version__}; "
+        f"median of {args.repeats} x {args.iterations} iterations\n"
+    )
     print("| pair | loop | precision | compute s / iteration | speed-up over the authors' loop |")
     print("|---|---|---|---:|---:|")
     for pair in args.pairs:
@@ -200,7 +235,8 @@ def main():
         for precision in args.precisions:
             if precision != "bf16":
                 runners[f"authors' (mdistiller) loop|{precision}"] = mdistiller_iterations(
-                    pair_config(pair, precision, False, False), args, device)
+                    pair_config(pair, precision, False, False), args, device
+                )
             channels_last = precision == "bf16"
             label = "bf16 + channels_last" if channels_last else precision
             runners[f"ours|{label}"] = our_iterations(pair_config(pair, precision, channels_last, False), args, device)
@@ -214,15 +250,20 @@ def main():
                 reference = precision if precision in baselines else ("tf32" if "tf32" in baselines else "fp32")
                 speedup = "—"
                 if reference in baselines:
-                    speedup = f"{baselines[reference] / value:.2f}x" + ("" if reference == precision else f" (vs {reference})")
+                    speedup = f"{baselines[reference] / value:.2f}x" + (
+                        "" if reference == precision else f" (vs {reference})"
+                    )
                 note = f" (compiling took {compiling[key]:.0f} s)" if compiling.get(key, 0) > 0 else ""
                 print(f"| {pair} | {loop}{note} | {precision} | {value:.4f} | {speedup} |", flush=True)
 
         print_rows(*interleaved_medians(runners, args.repeats))  # the eager rows, before anything compiles
         if args.compile:
             eager_bf16 = "ours|bf16 + channels_last"
-            compiled = {"ours, compiled|bf16 + channels_last": our_iterations(pair_config(pair, "bf16", True, True),
-                                                                              args, device)}
+            compiled = {
+                "ours, compiled|bf16 + channels_last": our_iterations(
+                    pair_config(pair, "bf16", True, True), args, device
+                )
+            }
             if eager_bf16 in runners:
                 compiled["ours (again, beside it)|bf16 + channels_last"] = runners[eager_bf16]
             print_rows(*interleaved_medians(compiled, args.repeats))
@@ -232,9 +273,11 @@ def main():
             torch.cuda.empty_cache()
     if args.data_batches:
         seconds = data_seconds(args, device)
-        print(f"\nData: the ImageNet training loader ({args.workers} workers, JPEG decoding, RandomResizedCrop, flip, "
-              f"normalisation) delivers a batch of {args.batch_size} every {seconds:.4f} s "
-              f"({args.batch_size / seconds:.0f} images/s).")
+        print(
+            f"\nData: the ImageNet training loader ({args.workers} workers, JPEG decoding, RandomResizedCrop, flip, "
+            f"normalisation) delivers a batch of {args.batch_size} every {seconds:.4f} s "
+            f"({args.batch_size / seconds:.0f} images/s)."
+        )
 
 
 if __name__ == "__main__":

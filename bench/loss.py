@@ -8,6 +8,7 @@ memory is measured in a fresh subprocess per cell: on CUDA the allocator's peak 
 the inputs, on the CPU the growth of the resident set's high-water mark (Linux
 /proc/self/clear_refs) above the inputs. Prints a Markdown table; asserts nothing.
 """
+
 import argparse
 import json
 import platform
@@ -116,8 +117,10 @@ def main():
         return
 
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} CPU threads" + (f", {torch.cuda.get_device_name()}" if "cuda" in devices else ""))
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} CPU threads" + (f", {torch.cuda.get_device_name()}" if "cuda" in devices else "")
+    )
     print("forward+backward of wMSE in float32; time = median; peak = memory above the inputs\n")
     print("| device | B x C | closed form | pairwise | speed-up | peak closed | peak pairwise |")
     print("|---|---|---:|---:|---:|---:|---:|")
@@ -134,8 +137,11 @@ def main():
             peaks = [peak_bytes_in_subprocess(form, batch, classes, device) for form in ("closed", "pairwise")]
             pairwise_text = "OOM" if pairwise is None else f"{pairwise * 1e3:.3f} ms"
             speedup = "-" if pairwise is None else f"{pairwise / closed:.0f}x"
-            print(f"| {device} | {batch} x {classes} | {closed * 1e3:.3f} ms | {pairwise_text} | {speedup} "
-                  f"| {format_bytes(peaks[0])} | {format_bytes(peaks[1])} |", flush=True)
+            print(
+                f"| {device} | {batch} x {classes} | {closed * 1e3:.3f} ms | {pairwise_text} | {speedup} "
+                f"| {format_bytes(peaks[0])} | {format_bytes(peaks[1])} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

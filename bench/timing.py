@@ -1,4 +1,5 @@
 """Timing shared by the benchmarks."""
+
 import statistics
 import time
 from typing import Callable, Dict, List, Tuple
@@ -12,6 +13,7 @@ def timed(device: torch.device, iterations: int, body, precision: str):
     """A function that runs ``body()`` at ``precision`` and returns seconds per iteration, the
     GPU's queue drained before and after. The precision flags are process-wide, so each timed
     function sets its own: the benchmarks interleave runners of several precisions."""
+
     def run():
         configure_precision(precision)
         if device.type == "cuda":
@@ -25,7 +27,9 @@ def timed(device: torch.device, iterations: int, body, precision: str):
     return run
 
 
-def interleaved_medians(runners: Dict[str, Callable[[], float]], repeats: int) -> Tuple[Dict[str, float], Dict[str, float]]:
+def interleaved_medians(
+    runners: Dict[str, Callable[[], float]], repeats: int
+) -> Tuple[Dict[str, float], Dict[str, float]]:
     """Each runner once to warm up (allocator, cuDNN autotuning, compilation), then ``repeats``
     rounds of all of them in turn (A, B, C, A, B, C, ...): the median seconds of each, and the
     seconds torch.compile spent in each warm-up."""

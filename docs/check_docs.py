@@ -8,6 +8,7 @@ method, clean, PGD-20 and AutoAttack columns (not wall time, not the run folder'
 Exit status 0 when they agree, 1 when a table differs (each difference is printed), 2 when no
 table is found. `sh/check_docs.sh` runs this with the project's interpreter.
 """
+
 import argparse
 import re
 import subprocess
@@ -26,7 +27,7 @@ def quickstart_tables(text):
     for i, line in enumerate(lines):
         if line.strip().startswith(HEADER):
             rows = []
-            for following in lines[i + 2:]:  # after the header line and the column names
+            for following in lines[i + 2 :]:  # after the header line and the column names
                 match = ROW.match(following.strip())
                 if not match:
                     break
@@ -65,8 +66,9 @@ def main(argv=None):
     elif args.output:
         output = Path(args.output).read_text(encoding="utf-8")
     else:
-        result = subprocess.run(["bash", str(ROOT / "sh" / "quickstart.sh"), "--compare"], cwd=ROOT,
-                                stdout=subprocess.PIPE, text=True)
+        result = subprocess.run(
+            ["bash", str(ROOT / "sh" / "quickstart.sh"), "--compare"], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
         output = result.stdout
         print(output, end="")
         if result.returncode != 0:

@@ -8,6 +8,7 @@
 A `UserError` (bad config, missing data or checkpoint, NaN loss) ends in one line on
 stderr and exit status 2; an interruption says how to resume.
 """
+
 import argparse
 import functools
 import os
@@ -56,20 +57,33 @@ def nondeterminism_reason(error: RuntimeError) -> Optional[str]:
     if "CUBLAS_WORKSPACE_CONFIG" in text:
         value = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
         if value in (":4096:8", ":16:8"):
-            return (f"CUBLAS_WORKSPACE_CONFIG={value} was set after this process's first CUDA matrix product, "
-                    f"which torch reads it at (start the run in a fresh process, or export it before)")
+            return (
+                f"CUBLAS_WORKSPACE_CONFIG={value} was set after this process's first CUDA matrix product, "
+                f"which torch reads it at (start the run in a fresh process, or export it before)"
+            )
         return f"CUBLAS_WORKSPACE_CONFIG is set to {value!r}, which is not deterministic (unset it, or set :4096:8)"
     return None
 
 
-def config_main(schema: Type, run: Callable, *, prog: str, description: str, argv: Optional[List[str]] = None,
-                check: Optional[Callable] = None) -> int:
+def config_main(
+    schema: Type,
+    run: Callable,
+    *,
+    prog: str,
+    description: str,
+    argv: Optional[List[str]] = None,
+    check: Optional[Callable] = None,
+) -> int:
     """Parse the command line, load the config (and ``check`` it: the task's registry lookup, which
     raises the config error of an unknown method), then ``run(cfg)``; errors end in one line."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", help="YAML file (see configs/); without it, the schema's defaults")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config with every knob's meaning, then exit")
-    parser.add_argument("--get", metavar="KEY", help="print one resolved value (a dotted config key, or run_dir), then exit")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config with every knob's meaning, then exit"
+    )
+    parser.add_argument(
+        "--get", metavar="KEY", help="print one resolved value (a dotted config key, or run_dir), then exit"
+    )
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. optim.lr=0.1")
     args = parser.parse_args(argv)
     try:
@@ -89,8 +103,11 @@ def config_main(schema: Type, run: Callable, *, prog: str, description: str, arg
         reason = nondeterminism_reason(error)
         if reason is None:
             raise
-        print(f"error: deterministic=true, but {reason}; run with deterministic=false (the run is then reproducible "
-              f"only up to the order of floating-point sums)", file=sys.stderr)
+        print(
+            f"error: deterministic=true, but {reason}; run with deterministic=false (the run is then reproducible "
+            f"only up to the order of floating-point sums)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("interrupted; rerun the same command with resume=true to continue from last.pt", file=sys.stderr)

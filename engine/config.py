@@ -13,6 +13,7 @@ one-line description (``--print-config`` shows all three). Loading is strict:
 Precedence: schema defaults < YAML file (which may name a ``base:`` file it extends,
 relative to itself) < command-line ``key=value`` overrides (values parsed as YAML).
 """
+
 import dataclasses
 import difflib
 import math
@@ -27,6 +28,8 @@ import yaml
 from .errors import UserError
 
 T = TypeVar("T")
+
+
 class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader with YAML 1.2 integers: decimal only. YAML 1.1 would read 010 as 8
     (octal), 1:00 as 60 (base 60) and 0b101 as 5; here they stay text, and a number knob refuses them."""
@@ -143,8 +146,9 @@ def valid_keys(schema, prefix: str = "") -> List[str]:
 def _unknown_key_error(key: str, schema_root, where: str) -> ConfigError:
     renamed = getattr(schema_root, "RENAMED_KEYS", {})
     if key in renamed:
-        return ConfigError(f"config key '{key}' ({where}) is now called '{renamed[key]}'; "
-                           f"write {renamed[key]} instead (same meaning)")
+        return ConfigError(
+            f"config key '{key}' ({where}) is now called '{renamed[key]}'; write {renamed[key]} instead (same meaning)"
+        )
     candidates = valid_keys(schema_root)
     close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
     if not close:  # a misspelt last component under the right section
@@ -227,7 +231,9 @@ def _convert(value: Any, field_type, key: str) -> Any:
 
 def _merge(config, updates: Dict[str, Any], schema_root, prefix: str, where: str) -> None:
     if not isinstance(updates, dict):
-        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping ({where}), got {updates!r}")
+        raise ConfigError(
+            f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping ({where}), got {updates!r}"
+        )
     fields = _fields(config)
     for name, value in updates.items():
         key = prefix + str(name)
@@ -263,7 +269,9 @@ def _set_dotted(config, key: str, raw_value: str, schema_root) -> None:
 
 def _parse_command_line_value(raw_value: str, field_type) -> Any:
     """YAML parsing of a command-line value, except that a string knob keeps the text as typed."""
-    options = typing.get_args(field_type) if typing.get_origin(field_type) in (Union, types.UnionType) else (field_type,)
+    options = (
+        typing.get_args(field_type) if typing.get_origin(field_type) in (Union, types.UnionType) else (field_type,)
+    )
     if str in options:
         if type(None) in options and raw_value in ("null", "~", "None"):
             return None
@@ -284,7 +292,9 @@ def _read_yaml(path: Path, seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
     try:
         data = _yaml(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as error:
-        raise ConfigError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
+        raise ConfigError(
+            f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8"
+        ) from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from None
     if not isinstance(data, dict):
@@ -344,7 +354,9 @@ def check_ranges(config, prefix: str = "") -> None:
 
 
 def _admits_float(field_type) -> bool:
-    options = typing.get_args(field_type) if typing.get_origin(field_type) in (Union, types.UnionType) else (field_type,)
+    options = (
+        typing.get_args(field_type) if typing.get_origin(field_type) in (Union, types.UnionType) else (field_type,)
+    )
     return float in options
 
 
@@ -382,10 +394,12 @@ def require_not_both_compile_and_sync_bn(compile_: bool, sync_bn: bool) -> None:
     breaks its graph at every SyncBatchNorm layer, or fails there: open PyTorch issues), so the
     pair is refused before anything runs rather than left to fail, or crawl, on a cluster."""
     if compile_ and sync_bn:
-        raise ConfigError("config keys 'compile' and 'sync_bn' are both true, which is refused: torch.compile breaks "
-                          "its graph at every SyncBatchNorm layer under several processes; use compile=true with "
-                          "BatchNorm per process (sync_bn=false, the reference's statistics), or sync_bn=true "
-                          "without compile")
+        raise ConfigError(
+            "config keys 'compile' and 'sync_bn' are both true, which is refused: torch.compile breaks "
+            "its graph at every SyncBatchNorm layer under several processes; use compile=true with "
+            "BatchNorm per process (sync_bn=false, the reference's statistics), or sync_bn=true "
+            "without compile"
+        )
 
 
 def require_increasing(key: str, values: List[int]) -> None:
@@ -407,30 +421,55 @@ class RunConfig:
     method: str = knob("", "training objective: a name in the task's registry")
     epochs: int = knob(1, "training epochs", valid=EPOCHS)
     seed: int = knob(0, "seed of every random number generator (set once, in engine.runtime)", valid=SEED)
-    deterministic: bool = knob(False, "deterministic kernels (slower; needed for bit-exact resume on GPU)",
-                               changes_result=False)
+    deterministic: bool = knob(
+        False, "deterministic kernels (slower; needed for bit-exact resume on GPU)", changes_result=False
+    )
     device: str = knob("auto", "auto (CUDA when present), cpu, cuda or cuda:N", changes_result=False)
     precision: Literal["fp32", "tf32", "bf16"] = knob(
-        "fp32", "fp32 = strict float32; tf32 = TF32 matrix products and convolutions (Ampere GPUs and later); "
-        "bf16 = bf16 autocast for the training forwards")
+        "fp32",
+        "fp32 = strict float32; tf32 = TF32 matrix products and convolutions (Ampere GPUs and later); "
+        "bf16 = bf16 autocast for the training forwards",
+    )
     channels_last: bool = knob(False, "NHWC memory format (faster convolutions on recent GPUs)", changes_result=False)
-    compile: bool = knob(False, "torch.compile the training forwards (the first epoch compiles, reported as "
-                         "compile_seconds; a last smaller batch runs uncompiled)", changes_result=False)
-    sync_bn: bool = knob(False, "several processes: BatchNorm statistics over the global batch (CUDA only); "
-                         "false = per process, as the reference's DataParallel")
-    dist_timeout: float = knob(1800.0, "several processes: seconds a collective waits for the others before the run "
-                               "fails (a dead process never hangs the rest)", valid=POSITIVE, changes_result=False)
-    allow_world_size_change: bool = knob(False, "resume last.pt with another number of processes than wrote it "
-                                         "(the data order then differs from an uninterrupted run)",
-                                         changes_result=False)
+    compile: bool = knob(
+        False,
+        "torch.compile the training forwards (the first epoch compiles, reported as "
+        "compile_seconds; a last smaller batch runs uncompiled)",
+        changes_result=False,
+    )
+    sync_bn: bool = knob(
+        False,
+        "several processes: BatchNorm statistics over the global batch (CUDA only); "
+        "false = per process, as the reference's DataParallel",
+    )
+    dist_timeout: float = knob(
+        1800.0,
+        "several processes: seconds a collective waits for the others before the run "
+        "fails (a dead process never hangs the rest)",
+        valid=POSITIVE,
+        changes_result=False,
+    )
+    allow_world_size_change: bool = knob(
+        False,
+        "resume last.pt with another number of processes than wrote it "
+        "(the data order then differs from an uninterrupted run)",
+        changes_result=False,
+    )
     out_dir: str = knob("runs", "parent folder of run folders", changes_result=False)
     name: str = knob("", "run folder name under out_dir; empty = the task's name of the run", changes_result=False)
     resume: bool = knob(False, "continue from <run folder>/last.pt", changes_result=False)
-    stop_after: int = knob(0, "stop after this epoch and keep last.pt, for job time limits (resume=true "
-                           "continues); 0 = run to the end", valid=NON_NEGATIVE, changes_result=False)
-    paper_row: str = knob("", "the row of the paper's tables this config reproduces (the task's paper_rows.py): "
-                          "python -m experiments.report prints its published numbers beside the measured ones",
-                          changes_result=False)
+    stop_after: int = knob(
+        0,
+        "stop after this epoch and keep last.pt, for job time limits (resume=true continues); 0 = run to the end",
+        valid=NON_NEGATIVE,
+        changes_result=False,
+    )
+    paper_row: str = knob(
+        "",
+        "the row of the paper's tables this config reproduces (the task's paper_rows.py): "
+        "python -m experiments.report prints its published numbers beside the measured ones",
+        changes_result=False,
+    )
 
     def validate(self) -> None:
         """The checks of the shared knobs; a task's ``validate`` calls this first."""

@@ -6,6 +6,7 @@ group (nccl on CUDA, gloo on the CPU) and does nothing in a plain ``python`` run
 that crosses samples goes through these helpers or through `ClassPrior`, so the loops stay
 the same in one process and in many.
 """
+
 import datetime
 import inspect
 import os
@@ -110,16 +111,23 @@ def init_distributed(device: torch.device, timeout_seconds: float) -> torch.devi
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
         return device
     if device.type == "cuda":
-        device = torch.device("cuda", local_gpu_index(int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()))
+        device = torch.device(
+            "cuda", local_gpu_index(int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count())
+        )
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     try:
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_seconds),
-                                device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(
+            backend,
+            timeout=datetime.timedelta(seconds=timeout_seconds),
+            device_id=device if device.type == "cuda" else None,
+        )
     except (RuntimeError, ValueError) as error:
-        raise UserError(f"could not join the {backend} process group that torchrun describes "
-                        f"(RANK {os.environ.get('RANK')}, WORLD_SIZE {os.environ.get('WORLD_SIZE')}, MASTER "
-                        f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}): {error}") from None
+        raise UserError(
+            f"could not join the {backend} process group that torchrun describes "
+            f"(RANK {os.environ.get('RANK')}, WORLD_SIZE {os.environ.get('WORLD_SIZE')}, MASTER "
+            f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}): {error}"
+        ) from None
     return device
 
 
@@ -128,12 +136,15 @@ def local_gpu_index(local_rank: int, visible_gpus: int) -> int:
     every GPU of its node (torchrun's usual case), and its one GPU where a scheduler gives each
     process its own CUDA_VISIBLE_DEVICES (SLURM, Kubernetes): ``LOCAL_RANK mod visible``."""
     if visible_gpus < 1:
-        raise UserError("this process sees no GPU (CUDA_VISIBLE_DEVICES is empty?); give every process one GPU "
-                        "or use device=cpu")
+        raise UserError(
+            "this process sees no GPU (CUDA_VISIBLE_DEVICES is empty?); give every process one GPU or use device=cpu"
+        )
     if visible_gpus > 1 and local_rank >= visible_gpus:
-        raise UserError(f"LOCAL_RANK {local_rank} but this node's processes see {visible_gpus} GPUs: two processes "
-                        f"would share one; start at most {visible_gpus} processes per node (NPROC / "
-                        f"--nproc_per_node), or give each process its own GPU with CUDA_VISIBLE_DEVICES")
+        raise UserError(
+            f"LOCAL_RANK {local_rank} but this node's processes see {visible_gpus} GPUs: two processes "
+            f"would share one; start at most {visible_gpus} processes per node (NPROC / "
+            f"--nproc_per_node), or give each process its own GPU with CUDA_VISIBLE_DEVICES"
+        )
     return local_rank % visible_gpus
 
 
@@ -159,8 +170,9 @@ def wrap_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     # torch 2.13 renamed broadcast_buffers (deprecated, and False also skips the initial sync)
     # to forward_sync_buffers; the requirements admit torch 2.11 and 2.12, which have only the old name.
     parameters = inspect.signature(DistributedDataParallel.__init__).parameters
-    no_forward_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in parameters
-                       else {"broadcast_buffers": False})
+    no_forward_sync = (
+        {"forward_sync_buffers": False} if "forward_sync_buffers" in parameters else {"broadcast_buffers": False}
+    )
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None, **no_forward_sync)
 
 

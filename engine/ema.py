@@ -35,6 +35,7 @@ update of epoch ``e_0 + 1`` averages the current weights with themselves; here t
 is a real one, so that update averages them with the end-of-epoch weights. Both give
 weight 1 - tau to one extra step; with tau = 0.9996 the difference is negligible.
 """
+
 import copy
 from typing import Dict, Mapping, Optional
 
@@ -45,8 +46,9 @@ import torch.nn as nn
 class ModelEMA:
     """An averaged copy of a model (``self.module``, in eval mode, without gradients)."""
 
-    def __init__(self, model: nn.Module, tau: float, start_epoch: int, warmup_steps: float = 0.0,
-                 average_buffers: bool = True):
+    def __init__(
+        self, model: nn.Module, tau: float, start_epoch: int, warmup_steps: float = 0.0, average_buffers: bool = True
+    ):
         """
         Args:
             model: the model being trained (the plain module, not a DDP wrapper).
@@ -165,7 +167,9 @@ class EpochAverage:
             raise ValueError(f"state does not match the average: missing {missing[:5]}, unexpected {extra[:5]}")
         for key, value in state.items():
             if value.shape != self.average[key].shape:
-                raise ValueError(f"entry {key!r} has shape {tuple(value.shape)}, the average {tuple(self.average[key].shape)}")
+                raise ValueError(
+                    f"entry {key!r} has shape {tuple(value.shape)}, the average {tuple(self.average[key].shape)}"
+                )
             if value.is_floating_point() or value.is_complex():
                 # The reference's exact expression (not lerp), so the result matches it bit for bit.
                 # A resumed average was read onto the CPU: it follows the weights to their device.

@@ -1,4 +1,5 @@
 """Reading and writing files that hold tensors: atomically, and never executing code."""
+
 import contextlib
 import errno
 import hashlib
@@ -20,8 +21,13 @@ class WriteError(UserError, OSError):
     """A file or folder could not be written (full disk, read-only file system, no permission)."""
 
 
-_CAUSES = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
-           errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
+_CAUSES = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
 
 
 @contextlib.contextmanager
@@ -168,6 +174,7 @@ def require_finite(state: Any, source: PathLike) -> None:
     A run that diverged can save such weights; loading them would only produce NaN later,
     far from the cause.
     """
+
     def entries(obj, prefix=""):
         if isinstance(obj, torch.Tensor):
             yield prefix, obj

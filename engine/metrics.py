@@ -4,11 +4,13 @@
 (adding costs no host synchronisation), read once per progress update (one transfer for
 all of them) and summed over processes at the end of the epoch.
 """
+
 from typing import Dict, Sequence
 
 import torch
 
 from .distributed import reduce_sum
+
 
 class RunningSums:
     """Named float64 sums on one device, and the number of samples they cover.
@@ -31,8 +33,9 @@ class RunningSums:
     def add(self, count: int, **values) -> None:
         if set(values) != set(self.names):
             raise ValueError(f"add() needs exactly {list(self.names)}, got {sorted(values)}")
-        self._sums += torch.stack([torch.as_tensor(values[name], device=self._sums.device).double()
-                                   for name in self.names])
+        self._sums += torch.stack(
+            [torch.as_tensor(values[name], device=self._sums.device).double() for name in self.names]
+        )
         self.count += count
 
     def totals(self, across_processes: bool = False) -> Dict[str, float]:

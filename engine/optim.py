@@ -1,4 +1,5 @@
 """Parameter groups for the optimiser."""
+
 from typing import Dict, List
 
 import torch
@@ -20,8 +21,9 @@ def weight_decay_groups(model: nn.Module, weight_decay: float, batchnorm_weight_
     ]
 
 
-def sgd(groups: List[Dict], *, lr: float, momentum: float, nesterov: bool, implementation: str,
-        device: torch.device) -> torch.optim.SGD:
+def sgd(
+    groups: List[Dict], *, lr: float, momentum: float, nesterov: bool, implementation: str, device: torch.device
+) -> torch.optim.SGD:
     """torch's SGD over ``groups`` with the update kernel ``implementation`` asks for.
 
     ``fused`` updates every parameter in one kernel, ``foreach`` in a few per group,
@@ -29,15 +31,21 @@ def sgd(groups: List[Dict], *, lr: float, momentum: float, nesterov: bool, imple
     rounds the few multiply-adds in another order, within 1e-6 relative). ``auto`` takes
     fused on CUDA and torch's own default elsewhere, so CPU runs keep their exact numbers.
     """
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, **kernel_options(implementation, device))
+    return torch.optim.SGD(
+        groups, lr=lr, momentum=momentum, nesterov=nesterov, **kernel_options(implementation, device)
+    )
 
 
 def kernel_options(implementation: str, device: torch.device) -> Dict:
     """SGD's ``fused`` and ``foreach`` for ``implementation`` on ``device``."""
     if implementation == "auto":
         implementation = "fused" if device.type == "cuda" else "default"
-    return {"fused": {"fused": True, "foreach": None}, "foreach": {"fused": None, "foreach": True},
-            "for_loop": {"fused": None, "foreach": False}, "default": {"fused": None, "foreach": None}}[implementation]
+    return {
+        "fused": {"fused": True, "foreach": None},
+        "foreach": {"fused": None, "foreach": True},
+        "for_loop": {"fused": None, "foreach": False},
+        "default": {"fused": None, "foreach": None},
+    }[implementation]
 
 
 def use_kernel(optimizer: torch.optim.Optimizer, implementation: str, device: torch.device) -> None:

@@ -17,6 +17,7 @@ simply not a point, and the line joins the epochs that were measured.
 Figures are drawn on a ``matplotlib.figure.Figure`` with the Agg canvas, never through
 pyplot, so importing this module changes no global matplotlib state (backend, rcParams).
 """
+
 import argparse
 import io
 import math
@@ -29,9 +30,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .cli import error_exit
-from .file_io import PathLike, write_atomically
 from .errors import UserError
+from .file_io import PathLike, write_atomically
 from .run_folder import METRICS, RunFolder
+
 FIGSIZE = (10, 3.2)  # inches; at DPI this is a 1000×320 pixel PNG
 DPI = 100
 PANELS = ("losses", "accuracy", "schedule")
@@ -165,8 +167,9 @@ def _draw_schedule(ax, runs: Sequence[Tuple[str, List[Dict[str, Any]]]], keys, c
         if twin is not None and _has_data(values):
             # With one run, lr takes the first colour; eps the next one, so they differ.
             eps_colour = colour if prefix else "C1"
-            handles.append(_plot(twin, (epochs, [v * scale for v in values]), label + "eps",
-                                 color=eps_colour, linestyle="--"))
+            handles.append(
+                _plot(twin, (epochs, [v * scale for v in values]), label + "eps", color=eps_colour, linestyle="--")
+            )
     return handles, twin
 
 
@@ -253,9 +256,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         description="Plot the curves of one run (RUN/curves.png) or compare several runs in one figure.",
     )
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s) holding metrics.jsonl")
-    parser.add_argument("-o", "--output", metavar="FILE",
-                        help="file to write (.png, .pdf, .svg); default RUN/curves.png for one run, "
-                             "required for several")
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="file to write (.png, .pdf, .svg); default RUN/curves.png for one run, required for several",
+    )
     args = parser.parse_args(argv)
     try:
         if len(args.runs) == 1:
@@ -274,8 +280,12 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-GROUP_PANELS = {"test_clean_acc": "clean accuracy", "test_robust_acc": "robust accuracy (test)",
-                "val_robust_acc": "robust accuracy (validation)", "test_top1": "top-1"}
+GROUP_PANELS = {
+    "test_clean_acc": "clean accuracy",
+    "test_robust_acc": "robust accuracy (test)",
+    "val_robust_acc": "robust accuracy (validation)",
+    "test_top1": "top-1",
+}
 
 
 def plot_groups(groups: Sequence[Tuple[str, Sequence[List[Dict[str, Any]]]]], output: PathLike) -> Path:
@@ -283,8 +293,9 @@ def plot_groups(groups: Sequence[Tuple[str, Sequence[List[Dict[str, Any]]]]], ou
     mean over the group's runs at each epoch, and a band from its lowest to its highest run."""
     if not groups:
         raise UserError("no finished runs to plot")
-    keys = [key for key in GROUP_PANELS
-            if any(_has_data(series(records, key)[1]) for _, runs in groups for records in runs)]
+    keys = [
+        key for key in GROUP_PANELS if any(_has_data(series(records, key)[1]) for _, runs in groups for records in runs)
+    ]
     if not keys:
         raise UserError("none of the runs logs test accuracy")
     figure, axes = _new_figure(len(keys), "mean over seeds, band from the lowest to the highest run")
@@ -300,10 +311,22 @@ def plot_groups(groups: Sequence[Tuple[str, Sequence[List[Dict[str, Any]]]]], ou
                 continue
             epochs = sorted(by_epoch)
             colour = f"C{index % 10}"
-            handles.append(_plot(ax, (epochs, [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs]),
-                                 f"{label} ({len(runs)})", color=colour))
-            ax.fill_between(epochs, [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs],
-                            color=colour, alpha=0.2, linewidth=0)
+            handles.append(
+                _plot(
+                    ax,
+                    (epochs, [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs]),
+                    f"{label} ({len(runs)})",
+                    color=colour,
+                )
+            )
+            ax.fill_between(
+                epochs,
+                [min(by_epoch[e]) for e in epochs],
+                [max(by_epoch[e]) for e in epochs],
+                color=colour,
+                alpha=0.2,
+                linewidth=0,
+            )
         _finish_axes(ax, "accuracy", handles)
         ax.set_title(GROUP_PANELS[key], fontsize=10)
     return _render(figure, Path(output))

@@ -1,4 +1,5 @@
 """A name -> class registry filled by a class decorator (the methods of each task use one)."""
+
 from typing import Callable, Dict, List, TypeVar
 
 from .config import require_choice

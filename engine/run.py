@@ -5,6 +5,7 @@ exactly, and the stop on a non-finite loss. Each trainer keeps its own epoch loo
 
 The files themselves are named, written and read by `engine.run_folder`.
 """
+
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,8 +68,11 @@ class RunLogger:
         if not self.enabled:
             return
         if self.last_record is None:
-            print(f"note: {self.folder.metrics} holds no epoch, so results.json has no final metrics "
-                  f"(the weights and best-so-far are complete)", flush=True)
+            print(
+                f"note: {self.folder.metrics} holds no epoch, so results.json has no final metrics "
+                f"(the weights and best-so-far are complete)",
+                flush=True,
+            )
         self.write_results(results)
         curves = self.plot()
         where = f", curves in {curves}" if curves is not None else ""
@@ -101,9 +105,15 @@ def capture_every_rng_state() -> List[Dict[str, Any]]:
     return gather_objects(capture_rng_state())
 
 
-def training_state(cfg, epoch: int, model, optimizer, best: Dict[str, Any],
-                   states: Mapping[str, Optional[Any]], rng_states: Optional[List[Dict[str, Any]]] = None
-                   ) -> Dict[str, Any]:
+def training_state(
+    cfg,
+    epoch: int,
+    model,
+    optimizer,
+    best: Dict[str, Any],
+    states: Mapping[str, Optional[Any]],
+    rng_states: Optional[List[Dict[str, Any]]] = None,
+) -> Dict[str, Any]:
     """What ``last.pt`` holds: model, optimizer, best-so-far, RNG states and the config, plus the
     state of every object in ``states`` (anything with ``state_dict()``: the class prior, the
     EMA, AWP, the epoch average, ...), or None for the ones a run does not use."""
@@ -125,8 +135,16 @@ def training_state(cfg, epoch: int, model, optimizer, best: Dict[str, Any],
     }
 
 
-def resume_training_state(path: Path, cfg, model, optimizer, states: Mapping[str, Optional[Any]], *,
-                          describe: str, log: Callable[[str], None] = print) -> Dict[str, Any]:
+def resume_training_state(
+    path: Path,
+    cfg,
+    model,
+    optimizer,
+    states: Mapping[str, Optional[Any]],
+    *,
+    describe: str,
+    log: Callable[[str], None] = print,
+) -> Dict[str, Any]:
     """Load ``last.pt`` into model, optimizer, every object of ``states`` and the RNGs; return it.
 
     Settings that differ from the ones the run was started with are listed (the user may
@@ -138,13 +156,21 @@ def resume_training_state(path: Path, cfg, model, optimizer, states: Mapping[str
     RNG states must be CPU tensors (NumPy's key cannot be read from a GPU tensor).
     """
     state = load_file(path, map_location="cpu")
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or state.get("task") != type(cfg).__name__:
-        raise UserError(f"{path} is not a last.pt written by this training entry point; start a new run with another name=...")
+    if (
+        not isinstance(state, dict)
+        or state.get("format") != CHECKPOINT_FORMAT
+        or state.get("task") != type(cfg).__name__
+    ):
+        raise UserError(
+            f"{path} is not a last.pt written by this training entry point; start a new run with another name=..."
+        )
     saved_world = state.get("world_size", 1)
     if saved_world != world_size() and not getattr(cfg, "allow_world_size_change", False):
-        raise UserError(f"{path} was written by {saved_world} process(es) and this run has {world_size()}: resume "
-                        f"with NPROC={saved_world} (torchrun --nproc_per_node), or pass allow_world_size_change=true "
-                        f"(the data order then differs from an uninterrupted run)")
+        raise UserError(
+            f"{path} was written by {saved_world} process(es) and this run has {world_size()}: resume "
+            f"with NPROC={saved_world} (torchrun --nproc_per_node), or pass allow_world_size_change=true "
+            f"(the data order then differs from an uninterrupted run)"
+        )
     changed = [c for c in changed_keys(state["config"], to_dict(cfg)) if not c.startswith("resume:")]
     if changed:
         log("note: resuming with changed settings: " + "; ".join(changed))
@@ -159,16 +185,22 @@ def resume_training_state(path: Path, cfg, model, optimizer, states: Mapping[str
         if obj is None:
             continue
         if name not in state:
-            raise UserError(f"{path} holds no {name} state: it was written by an earlier version of this code "
-                            f"that had none; resume with {name} switched off, or start a new run")
+            raise UserError(
+                f"{path} holds no {name} state: it was written by an earlier version of this code "
+                f"that had none; resume with {name} switched off, or start a new run"
+            )
         if state[name] is None:
-            raise UserError(f"{path} holds no {name} state: the run was started with {name} switched off; "
-                            f"resume with the settings it was started with")
+            raise UserError(
+                f"{path} holds no {name} state: the run was started with {name} switched off; "
+                f"resume with the settings it was started with"
+            )
         try:
             obj.load_state_dict(state[name])
         except (KeyError, TypeError, ValueError) as error:
-            raise UserError(f"{path}: its {name} state does not fit this run ({error}); resume with the settings "
-                            f"the run was started with, or start a new run") from None
+            raise UserError(
+                f"{path}: its {name} state does not fit this run ({error}); resume with the settings "
+                f"the run was started with, or start a new run"
+            ) from None
     per_rank = state.get("rng_per_rank")
     restore_rng_state(per_rank[rank()] if per_rank and len(per_rank) == world_size() else state["rng"])
     return state
@@ -177,8 +209,11 @@ def resume_training_state(path: Path, cfg, model, optimizer, states: Mapping[str
 def raise_if_not_finite(mean_loss: float, *, epoch: int, batch: int, advice: str) -> None:
     """Stop a run whose running mean loss is NaN or infinite; last.pt (the previous epoch) stays."""
     if not math.isfinite(mean_loss):
-        kept = (f"last.pt still holds epoch {epoch - 1} (resume=true continues from it)" if epoch > 1
-                else "no epoch had finished, so there is no last.pt: start again")
+        kept = (
+            f"last.pt still holds epoch {epoch - 1} (resume=true continues from it)"
+            if epoch > 1
+            else "no epoch had finished, so there is no last.pt: start again"
+        )
         raise NonFiniteLossError(
             f"the training loss became {mean_loss} in epoch {epoch} (by batch {batch}); "
             f"the run stopped and {kept}. {advice}"
@@ -220,9 +255,18 @@ class Run:
         return {"run_dir": str(self.folder.path), "stopped_after": epoch}
 
 
-def start_run(cfg: RunConfig, *, task: str, device: torch.device, model: torch.nn.Module,
-              optimizer: torch.optim.Optimizer, states: Mapping[str, Optional[Any]], best: Dict[str, Any],
-              describe: str, optimizer_implementation: str) -> Run:
+def start_run(
+    cfg: RunConfig,
+    *,
+    task: str,
+    device: torch.device,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    states: Mapping[str, Optional[Any]],
+    best: Dict[str, Any],
+    describe: str,
+    optimizer_implementation: str,
+) -> Run:
     """The run folder prepared (config and environment written by rank 0), last.pt read back with
     ``resume=true`` (model, optimizer, every object of ``states``, RNGs), and the logger opened.
 
@@ -232,8 +276,11 @@ def start_run(cfg: RunConfig, *, task: str, device: torch.device, model: torch.n
     """
     folder = RunFolder(Path(cfg.out_dir) / cfg.run_name())
     if is_main_process():
-        folder.prepare(config_yaml=to_yaml(cfg), resume=cfg.resume,
-                       environment={"task": task, "seed": cfg.seed, **environment_info(), "device": str(device)})
+        folder.prepare(
+            config_yaml=to_yaml(cfg),
+            resume=cfg.resume,
+            environment={"task": task, "seed": cfg.seed, **environment_info(), "device": str(device)},
+        )
     start_epoch = 1
     if cfg.resume:
         state = resume_training_state(folder.last, cfg, model, optimizer, states, log=log, describe=describe)

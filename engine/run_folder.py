@@ -21,6 +21,7 @@ moment leaves each file either as it was or complete. `RunFolder.weights` picks 
 stands for a run (what AutoAttack evaluates and export publishes); `metric_key` names the
 per-epoch numbers that results.json's ``final`` holds.
 """
+
 import json
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
@@ -142,11 +143,14 @@ class RunFolder:
         either resumes it or names another folder.
         """
         if resume and not self.last.is_file():
-            raise UserError(f"resume=true but {self.last} does not exist; start without resume=true, or check "
-                            f"out_dir/name")
+            raise UserError(
+                f"resume=true but {self.last} does not exist; start without resume=true, or check out_dir/name"
+            )
         if not resume and self.last.is_file():
-            raise UserError(f"{self.path} already holds a run ({LAST}); pass resume=true to continue it, "
-                            f"or choose another folder with name=...")
+            raise UserError(
+                f"{self.path} already holds a run ({LAST}); pass resume=true to continue it, "
+                f"or choose another folder with name=..."
+            )
         with writing(self.path):
             self.path.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.path)
@@ -213,8 +217,10 @@ class RunFolder:
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as error:
-            raise UserError(f"{path} is damaged (not UTF-8 at byte {error.start}); cut it after the last good "
-                            f"line, or delete it (the run resumes without it)") from None
+            raise UserError(
+                f"{path} is damaged (not UTF-8 at byte {error.start}); cut it after the last good "
+                f"line, or delete it (the run resumes without it)"
+            ) from None
         lines = [line for line in text.splitlines() if line.strip()]
         records = []
         for number, line in enumerate(lines, start=1):
@@ -225,8 +231,9 @@ class RunFolder:
                     if log is not None:
                         log(f"note: dropped the incomplete last line of {path} (a run stopped while writing it)")
                     break
-                raise UserError(f"{path}, line {number}, is not JSON ({error.msg}); delete that line to "
-                                f"continue") from None
+                raise UserError(
+                    f"{path}, line {number}, is not JSON ({error.msg}); delete that line to continue"
+                ) from None
             if isinstance(record, dict) and isinstance(record.get("epoch"), (int, float)):
                 records.append(record)
         return records
@@ -264,8 +271,10 @@ class RunFolder:
         average = self.configured_epoch_average()
         if which == "swa":
             if average is None:
-                raise UserError(f"{self.path} holds no {EPOCH_AVERAGE_GLOB}; write one with "
-                                f"python -m adv_training.swa {self.path} 0.9 1 EPOCHS")
+                raise UserError(
+                    f"{self.path} holds no {EPOCH_AVERAGE_GLOB}; write one with "
+                    f"python -m adv_training.swa {self.path} 0.9 1 EPOCHS"
+                )
             return average, which
         if which is not None:
             path = self.path / NAMED_WEIGHTS[which]
@@ -277,8 +286,10 @@ class RunFolder:
         for choice, path in (("swa", average), ("ema", self.ema), ("best", self.best)):
             if path is not None and path.is_file():
                 return path, choice
-        raise UserError(f"{self.path} holds no weights to evaluate ({EPOCH_AVERAGE_GLOB}, {EMA} or {BEST}); "
-                        f"pass --which last for {LAST}, or a checkpoint file")
+        raise UserError(
+            f"{self.path} holds no weights to evaluate ({EPOCH_AVERAGE_GLOB}, {EMA} or {BEST}); "
+            f"pass --which last for {LAST}, or a checkpoint file"
+        )
 
 
 def _without_resume(config_yaml: str) -> str:

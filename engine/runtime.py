@@ -1,4 +1,5 @@
 """Seeds, devices, precision and random-number state: set in one place for every run."""
+
 import contextlib
 import os
 import platform
@@ -54,8 +55,9 @@ def deterministic_cublas() -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
 
 
-def prepare_runtime(*, device: str, precision: str, seed: int, deterministic: bool,
-                    dist_timeout: float = 1800.0) -> torch.device:
+def prepare_runtime(
+    *, device: str, precision: str, seed: int, deterministic: bool, dist_timeout: float = 1800.0
+) -> torch.device:
     """What every training run does first: pick the device, join torchrun's process group when
     started by torchrun, set precision flags, seed everything.
 
@@ -219,7 +221,9 @@ def environment_info() -> Dict[str, Any]:
 def _git_commit():
     try:
         root = Path(__file__).resolve().parents[1]
-        result = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        result = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
         return result.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None

@@ -1,4 +1,5 @@
 """Learning-rate (and momentum) schedules as pure functions of the (1-based) epoch."""
+
 import math
 from typing import Sequence, Tuple
 

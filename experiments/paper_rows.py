@@ -4,6 +4,7 @@ Each task keeps its published numbers beside its configs (`adv_training.paper_ro
 `knowledge_distillation.paper_rows`, so that its config refuses a row of the other task);
 the report reads them here. These are the authors' numbers, not runs of this code.
 """
+
 from typing import Dict, Optional, Tuple
 
 from adv_training.paper_rows import PAPER_ROWS as ADVERSARIAL_TRAINING_ROWS

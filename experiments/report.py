@@ -23,6 +23,7 @@ averaged in. A row whose runs name a paper row (``paper_row``) shows the paper's
 column; ``--plot`` draws each row's accuracy curves, the mean over seeds with a band from the
 lowest to the highest seed.
 """
+
 import argparse
 import csv
 import glob
@@ -41,7 +42,8 @@ from engine.cli import error_exit
 from engine.errors import UserError
 from engine.file_io import atomic_write_text, sha256_file
 from engine.plot import plot_groups
-from engine.run_folder import OWNER_PREFIXES, RunFolder, find_run_folders as run_folders_below, metric_key
+from engine.run_folder import OWNER_PREFIXES, RunFolder, metric_key
+from engine.run_folder import find_run_folders as run_folders_below
 
 from .paper_rows import paper_values
 from .sweep import setting
@@ -115,22 +117,33 @@ def read_run(path: Path, which: str) -> Run:
     task = task_of_run(folder, config)
     records = folder.read_metrics()
     results = folder.read_results()
-    run = Run(path, task, config, finished=results is not None,
-              epochs_done=max((int(r["epoch"]) for r in records), default=0), records=records)
+    run = Run(
+        path,
+        task,
+        config,
+        finished=results is not None,
+        epochs_done=max((int(r["epoch"]) for r in records), default=0),
+        records=records,
+    )
     if results is None:
         if folder.results_damaged():
             run.notes.append(f"{folder.results} cannot be read (damaged?): the run is listed as in progress")
         return run
     final = results.get("final") or {}
     if task is TASKS["knowledge_distillation"]:
-        run.numbers = {"top1_best": results.get("best_" + metric_key("top1")), "top1_last": final.get(metric_key("top1"))}
+        run.numbers = {
+            "top1_best": results.get("best_" + metric_key("top1")),
+            "top1_last": final.get(metric_key("top1")),
+        }
     else:
         if which == "swa" and not any(key.startswith(OWNER_PREFIXES["swa"]) for key in final):
             run.notes.append(f"{path}: no epoch-average numbers in results.json")
         split = "val" if (config.get("eval") or {}).get("split") == "validation" else "test"
-        run.numbers = {"clean": final.get(metric_key("clean_acc", owner=which)),
-                       "pgd": final.get(metric_key("robust_acc", split=split, owner=which)),
-                       "autoattack": autoattack_accuracy(run, which)}
+        run.numbers = {
+            "clean": final.get(metric_key("clean_acc", owner=which)),
+            "pgd": final.get(metric_key("robust_acc", split=split, owner=which)),
+            "autoattack": autoattack_accuracy(run, which),
+        }
     run.numbers = {key: float(value) for key, value in run.numbers.items() if value is not None}
     return run
 
@@ -200,7 +213,8 @@ def table(groups: Sequence[Group], which: str) -> Tuple[str, List[Dict[str, Any]
             steps = {(g.runs[0].config.get("eval") or {}).get("pgd_steps") for g in selected}
             splits = {(g.runs[0].config.get("eval") or {}).get("split", "test") for g in selected}
             headers[1] = (f"PGD-{steps.pop()}" if len(steps) == 1 else "PGD") + (
-                f" ({splits.pop()})" if len(splits) == 1 and "validation" in splits else "")
+                f" ({splits.pop()})" if len(splits) == 1 and "validation" in splits else ""
+            )
             images = {run.autoattack_images for g in selected for run in g.finished if run.autoattack_images}
             if len(images) == 1:
                 headers[2] = f"AutoAttack ({images.pop()} images)"
@@ -211,15 +225,18 @@ def table(groups: Sequence[Group], which: str) -> Tuple[str, List[Dict[str, Any]
             title = "Knowledge distillation (student top-1, %)"
         papers = {id(group): paper_cell(group) for group in selected}
         with_paper = any(source for _, source in papers.values())  # no empty column for rows the paper lacks
-        lines += [f"**{title}**", "", "| setting | runs | " + " | ".join(headers)
-                  + (f" | {paper_header} |" if with_paper else " |"),
-                  "|---|---|" + "---:|" * len(headers) + ("---|" if with_paper else "")]
+        lines += [
+            f"**{title}**",
+            "",
+            "| setting | runs | " + " | ".join(headers) + (f" | {paper_header} |" if with_paper else " |"),
+            "|---|---|" + "---:|" * len(headers) + ("---|" if with_paper else ""),
+        ]
         for group in selected:
             finished = group.finished
             count = f"{len(finished)}" + (f" (+{len(group.running)} running)" if group.running else "")
             cells = []
             row = {"setting": group.label, "task": task, "runs": len(finished), "running": len(group.running)}
-            for key, name in columns:
+            for key, _ in columns:
                 values = [run.numbers[key] for run in finished if key in run.numbers]
                 mean, std = summarise(values)
                 row.update({f"{key}_mean": mean, f"{key}_std": std, f"{key}_n": len(values)})
@@ -234,14 +251,17 @@ def table(groups: Sequence[Group], which: str) -> Tuple[str, List[Dict[str, Any]
                     sources.append(source)
                 paper += f" [{sources.index(source) + 1}]"
             row["paper"], row["paper_source"] = paper, source or ""
-            lines.append(f"| {group.label} | {count} | " + " | ".join(cells) + (f" | {paper} |" if with_paper else " |"))
+            lines.append(
+                f"| {group.label} | {count} | " + " | ".join(cells) + (f" | {paper} |" if with_paper else " |")
+            )
             rows.append(row)
         lines.append("")
     lines += [f"[{number}] {source}" for number, source in enumerate(sources, start=1)]
     running = [run for group in groups for run in group.running]
     if running:
         lines += ["", "In progress (not averaged):"] + [
-            f"- {run.path} (epoch {run.epochs_done} of {run.config.get('epochs', '?')})" for run in running]
+            f"- {run.path} (epoch {run.epochs_done} of {run.config.get('epochs', '?')})" for run in running
+        ]
     notes = [note for group in groups for run in group.runs for note in run.notes]
     if notes:
         lines += ["", "Notes:"] + [f"- {note}" for note in notes]
@@ -254,18 +274,26 @@ def write_csv(rows: Sequence[Dict[str, Any]], path: Path) -> None:
     writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
     for row in rows:
-        writer.writerow({key: ("" if value is None or (isinstance(value, float) and math.isnan(value)) else value)
-                         for key, value in row.items()})
+        writer.writerow(
+            {
+                key: ("" if value is None or (isinstance(value, float) and math.isnan(value)) else value)
+                for key, value in row.items()
+            }
+        )
     atomic_write_text(buffer.getvalue(), path)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("runs", nargs="+", help="run folders, folders holding run folders, or globs of them")
-    parser.add_argument("--which", choices=sorted(AUTOATTACK_WEIGHTS), default="model",
-                        help="adversarial training: whose numbers, the model's (last epoch), the EMA's or the "
-                             "epoch average's")
+    parser.add_argument(
+        "--which",
+        choices=sorted(AUTOATTACK_WEIGHTS),
+        default="model",
+        help="adversarial training: whose numbers, the model's (last epoch), the EMA's or the epoch average's",
+    )
     parser.add_argument("--csv", type=Path, default=None, help="also write the table as CSV")
     parser.add_argument("--plot", type=Path, default=None, help="draw each row's accuracy curves (mean and seed band)")
     args = parser.parse_args(argv)
@@ -277,8 +305,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             write_csv(rows, args.csv)
             print(f"\nwrote {args.csv}")
         if args.plot:
-            plot_groups([(group.label, [run.records for run in group.finished]) for group in groups
-                         if group.finished], args.plot)
+            plot_groups(
+                [(group.label, [run.records for run in group.finished]) for group in groups if group.finished],
+                args.plot,
+            )
             print(f"wrote {args.plot}")
     except UserError as error:
         return error_exit(error)

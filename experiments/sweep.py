@@ -17,6 +17,7 @@ A grid that changes the recipe no longer reproduces the paper's row, so the swee
 
 Every run's config is resolved before the first starts: a misspelt key fails at once.
 """
+
 import argparse
 import os
 import re
@@ -27,9 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-
-from engine.config import ConfigError, flat_dict, from_dict, load_config, to_dict, where_and_how_keys
 from engine.cli import error_exit
+from engine.config import ConfigError, flat_dict, from_dict, load_config, to_dict, where_and_how_keys
 from engine.errors import UserError
 from engine.run_folder import RunFolder
 
@@ -49,8 +49,14 @@ class PlannedRun:
         if self.status == "resume":
             arguments.append("resume=true")
         if nproc > 1:
-            return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone",
-                    *arguments]
+            return [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                f"--nproc_per_node={nproc}",
+                "--standalone",
+                *arguments,
+            ]
         return [sys.executable, *arguments]
 
 
@@ -116,8 +122,10 @@ def require_same_setting(run_dir: Path, task: Task, planned: Dict, status: str) 
     differing = sorted(key for key in set(saved) | set(planned) if saved.get(key) != planned.get(key))
     if differing:
         kind = "finished" if status == "finished" else "interrupted"
-        raise UserError(f"{run_dir} holds a {kind} run of another setting (it differs in "
-                        f"{', '.join(differing[:5])}); remove it, or give the sweep another out_dir")
+        raise UserError(
+            f"{run_dir} holds a {kind} run of another setting (it differs in "
+            f"{', '.join(differing[:5])}); remove it, or give the sweep another out_dir"
+        )
 
 
 def plan(config: Path, task: Task, seeds: Sequence[int], overrides: Sequence[str]) -> List[PlannedRun]:
@@ -137,13 +145,20 @@ def plan(config: Path, task: Task, seeds: Sequence[int], overrides: Sequence[str
         for seed in seeds:
             name = folder_name(setting, seed)
             if name in folders:
-                raise UserError(f"two runs of the sweep would share the folder {name} ({folders[name]} and "
-                                f"{setting}); use values that differ in letters or digits")
+                raise UserError(
+                    f"two runs of the sweep would share the folder {name} ({folders[name]} and "
+                    f"{setting}); use values that differ in letters or digits"
+                )
             folders[name] = setting
             paper = [] if keep_paper_row or not axes else ["paper_row="]
-            run_overrides = [*(item for item in fixed if not item.startswith("out_dir=")),
-                             *(f"{k}={v}" for k, v in setting), *paper, f"seed={seed}", f"out_dir={sweep_dir}",
-                             f"name={name}"]
+            run_overrides = [
+                *(item for item in fixed if not item.startswith("out_dir=")),
+                *(f"{k}={v}" for k, v in setting),
+                *paper,
+                f"seed={seed}",
+                f"out_dir={sweep_dir}",
+                f"name={name}",
+            ]
             try:
                 resolved = load_config(schema, config, run_overrides)
                 task.check(resolved)
@@ -166,19 +181,33 @@ def _seeds_apart(argv: List[str]) -> List[str]:
     end = start
     while end < len(argv) and re.fullmatch(r"-?\d+", argv[end]):
         end += 1
-    return argv[:start - 1] + argv[end:] + argv[start - 1:end]
+    return argv[: start - 1] + argv[end:] + argv[start - 1 : end]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.sweep", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", required=True, type=Path, help="the YAML file every run starts from")
-    parser.add_argument("--seeds", metavar="SEED", nargs="+", default=None,
-                        help="seeds (default: the config's); the numbers after --seeds, up to the first override")
-    parser.add_argument("--task", choices=sorted(TASKS), default=None,
-                        help="adv_training or knowledge_distillation (default: from the config's folder)")
-    parser.add_argument("--print", action="store_true", dest="print_only",
-                        help="print one command per run to stdout instead of running them (statuses on stderr)")
+    parser.add_argument(
+        "--seeds",
+        metavar="SEED",
+        nargs="+",
+        default=None,
+        help="seeds (default: the config's); the numbers after --seeds, up to the first override",
+    )
+    parser.add_argument(
+        "--task",
+        choices=sorted(TASKS),
+        default=None,
+        help="adv_training or knowledge_distillation (default: from the config's folder)",
+    )
+    parser.add_argument(
+        "--print",
+        action="store_true",
+        dest="print_only",
+        help="print one command per run to stdout instead of running them (statuses on stderr)",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value (every run) or key=a,b,c (an axis of the grid)")
     args = parser.parse_args(_seeds_apart(sys.argv[1:] if argv is None else list(argv)))
     try:
@@ -191,16 +220,23 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise UserError(f"NPROC={nproc} and NNODES={nnodes} must be whole numbers of at least 1")
         nproc = int(nproc)
         if int(nnodes) > 1:
-            raise UserError("the sweep starts runs on this node only (NPROC processes each); for several nodes, "
-                            "print the commands (--print) and start each on every node with the launchers' NNODES")
-        seeds = [int(seed) for seed in args.seeds] if args.seeds is not None else [load_config(schema, args.config).seed]
+            raise UserError(
+                "the sweep starts runs on this node only (NPROC processes each); for several nodes, "
+                "print the commands (--print) and start each on every node with the launchers' NNODES"
+            )
+        seeds = (
+            [int(seed) for seed in args.seeds] if args.seeds is not None else [load_config(schema, args.config).seed]
+        )
         runs = plan(args.config, task, seeds, args.overrides)
     except UserError as error:  # a ConfigError is one
         return error_exit(error)
 
     counts = {status: sum(run.status == status for run in runs) for status in ("finished", "resume", "start")}
-    print(f"sweep of {len(runs)} runs under {runs[0].run_dir.parent}: {counts['finished']} finished (skipped), "
-          f"{counts['resume']} to resume, {counts['start']} to start", file=sys.stderr)
+    print(
+        f"sweep of {len(runs)} runs under {runs[0].run_dir.parent}: {counts['finished']} finished (skipped), "
+        f"{counts['resume']} to resume, {counts['start']} to start",
+        file=sys.stderr,
+    )
     failed = []
     for run in runs:
         if run.status == "finished":
@@ -214,8 +250,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         if subprocess.run(command).returncode != 0:
             failed.append(run.run_dir)
     if failed:
-        print(f"error: {len(failed)} of {len(runs)} runs failed: {', '.join(map(str, failed))}; run the sweep "
-              f"again to resume them once fixed", file=sys.stderr)
+        print(
+            f"error: {len(failed)} of {len(runs)} runs failed: {', '.join(map(str, failed))}; run the sweep "
+            f"again to resume them once fixed",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

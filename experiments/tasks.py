@@ -1,5 +1,6 @@
 """The two tasks as the sweep and the report see them: the training command, the config schema,
 the check that a config names a registered method, and how to tell a run folder's task."""
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Type
@@ -23,8 +24,7 @@ class Task:
 
 TASKS: Dict[str, Task] = {
     "adv_training": Task("adv_training", "adv_training.train", ATConfig, build_method),
-    "knowledge_distillation": Task("knowledge_distillation", "knowledge_distillation.train", KDConfig,
-                                   build_distiller),
+    "knowledge_distillation": Task("knowledge_distillation", "knowledge_distillation.train", KDConfig, build_distiller),
 }
 
 
@@ -35,8 +35,9 @@ def task_of_config_file(config: Path, task: Optional[str]) -> Task:
     for part in reversed(Path(config).resolve().parts):
         if part in TASKS:
             return TASKS[part]
-    raise UserError(f"cannot tell the task of {config} from its folder; pass --task adv_training or "
-                    f"--task knowledge_distillation")
+    raise UserError(
+        f"cannot tell the task of {config} from its folder; pass --task adv_training or --task knowledge_distillation"
+    )
 
 
 def task_of_run(folder: RunFolder, config: Dict[str, Any]) -> Task:

@@ -6,6 +6,7 @@ T 4, T2 100, no class prior, warm-up 20 epochs). One YAML file per teacher/stude
 states the pair, its learning rate and each distiller's pair-specific weights, so that
 ``method=kd`` or ``method=dkd`` on the command line switches method on the same pair.
 """
+
 from dataclasses import dataclass
 from typing import ClassVar, Dict, List, Literal
 
@@ -29,25 +30,42 @@ from .paper_rows import PAPER_ROWS, PaperRow
 @dataclass
 class KDDataConfig:
     dataset: Literal["cifar100", "imagenet", "digits"] = knob("cifar100", "training and validation set")
-    root: str = knob("data", "cifar-100-python/ folder for cifar100; train/ and val/ ImageFolder trees for imagenet", changes_result=False)
-    download: bool = knob(False, "download CIFAR-100 into `root` when missing (ImageNet cannot be downloaded)", changes_result=False)
-    verify_checksum: bool = knob(True, "check CIFAR's official MD5 sums; false only for locally written test data", changes_result=False)
+    root: str = knob(
+        "data",
+        "cifar-100-python/ folder for cifar100; train/ and val/ ImageFolder trees for imagenet",
+        changes_result=False,
+    )
+    download: bool = knob(
+        False, "download CIFAR-100 into `root` when missing (ImageNet cannot be downloaded)", changes_result=False
+    )
+    verify_checksum: bool = knob(
+        True, "check CIFAR's official MD5 sums; false only for locally written test data", changes_result=False
+    )
     normalize: bool = knob(True, "mean/std normalisation in the data pipeline, as mdistiller (the teachers expect it)")
     batch_size: int = knob(64, "global training batch size (several processes share it)", valid=BATCH)
-    test_batch_size: int = knob(128, "validation batch size of each process (whole batches are dealt to the processes)", valid=BATCH, changes_result=False)
+    test_batch_size: int = knob(
+        128,
+        "validation batch size of each process (whole batches are dealt to the processes)",
+        valid=BATCH,
+        changes_result=False,
+    )
     num_workers: int = knob(4, "DataLoader worker processes", valid=Range(0, 256), changes_result=False)
 
 
 @dataclass
 class TeacherConfig:
-    arch: str = knob("resnet32x4", "teacher architecture (models.available_models()); empty = none (method=vanilla only)")
+    arch: str = knob(
+        "resnet32x4", "teacher architecture (models.available_models()); empty = none (method=vanilla only)"
+    )
     checkpoint: str = knob(
         "download_ckpts/cifar_teachers/resnet32x4_vanilla/ckpt_epoch_240.pth",
         "teacher weights: a file (mdistiller {'model': ...}, a plain state dict, ...), or "
         "torchvision:WEIGHTS (e.g. torchvision:IMAGENET1K_V1) for the ImageNet ResNets",
         changes_result=False,
     )
-    report_accuracy: bool = knob(True, "evaluate the teacher on the validation set before training", changes_result=False)
+    report_accuracy: bool = knob(
+        True, "evaluate the teacher on the validation set before training", changes_result=False
+    )
 
 
 @dataclass
@@ -78,25 +96,35 @@ class IKLLossConfig:
     beta: float = knob(8.0, "weight of the wMSE term of IKL", valid=NON_NEGATIVE)
     temperature: float = knob(4.0, "temperature of the soft-label CE term (no T^2)", valid=POSITIVE)
     prior_temperature: float = knob(
-        100.0, "T2: temperature of the teacher softmax that weights wMSE (averaged per class with class_prior, "
+        100.0,
+        "T2: temperature of the teacher softmax that weights wMSE (averaged per class with class_prior, "
         "else per sample); the same key as adversarial training's class-prior temperature",
         valid=POSITIVE,
     )
     gamma: float = knob(1.0, "exponent on the wMSE weights", valid=NON_NEGATIVE)
-    class_prior: bool = knob(False, "weights = previous epoch's class-wise mean of softmax(teacher / T2), else per sample")
+    class_prior: bool = knob(
+        False, "weights = previous epoch's class-wise mean of softmax(teacher / T2), else per sample"
+    )
     warmup: int = knob(20, "the IKL term ramps linearly to full weight over this many epochs", valid=NON_NEGATIVE)
 
 
 @dataclass
 class KDOptimConfig:
-    lr: float = knob(0.05, "learning rate of SGD (mdistiller: 0.05, or 0.01 for ShuffleNet/MobileNet students)", valid=POSITIVE)
+    lr: float = knob(
+        0.05, "learning rate of SGD (mdistiller: 0.05, or 0.01 for ShuffleNet/MobileNet students)", valid=POSITIVE
+    )
     momentum: float = knob(0.9, "SGD momentum", valid=Range(0, 1, high_open=True))
     weight_decay: float = knob(5e-4, "L2 weight decay", valid=NON_NEGATIVE)
     nesterov: bool = knob(False, "Nesterov momentum")
     implementation: Literal["auto", "fused", "foreach", "for_loop"] = knob(
-        "auto", "SGD's update kernel: fused (one kernel for all parameters), foreach, for_loop; the same update "
-        "to 1e-6; auto = fused on CUDA, torch's default elsewhere", changes_result=False)
-    milestones: List[int] = knob([150, 180, 210], "epochs after which lr is multiplied by decay (LR_DECAY_STAGES)", valid=Range(1))
+        "auto",
+        "SGD's update kernel: fused (one kernel for all parameters), foreach, for_loop; the same update "
+        "to 1e-6; auto = fused on CUDA, torch's default elsewhere",
+        changes_result=False,
+    )
+    milestones: List[int] = knob(
+        [150, 180, 210], "epochs after which lr is multiplied by decay (LR_DECAY_STAGES)", valid=Range(1)
+    )
     decay: float = knob(0.1, "step decay factor (LR_DECAY_RATE)", valid=Range(0, 1, low_open=True))
     warmup_epochs: int = knob(0, "linear learning-rate warm-up epochs", valid=NON_NEGATIVE)
 
@@ -111,17 +139,28 @@ class KDConfig(RunConfig):
     PAPER_ROWS: ClassVar[Dict[str, PaperRow]] = PAPER_ROWS
 
     method: str = knob(
-        "ikl", "distiller, a name in knowledge_distillation.distillers: vanilla = CE only; kd = Hinton; "
-        "dkd = Zhao et al.; ikl = IKL-KD"
+        "ikl",
+        "distiller, a name in knowledge_distillation.distillers: vanilla = CE only; kd = Hinton; "
+        "dkd = Zhao et al.; ikl = IKL-KD",
     )
     epochs: int = knob(240, "training epochs", valid=EPOCHS)
     precision: Literal["fp32", "tf32", "bf16"] = knob(
-        "fp32", "fp32 = strict float32; tf32 = TF32 matrix products and convolutions (Ampere GPUs and later); bf16 = "
+        "fp32",
+        "fp32 = strict float32; tf32 = TF32 matrix products and convolutions (Ampere GPUs and later); bf16 = "
         "bf16 autocast for the training forwards (stems and heads in float32), TF32 elsewhere; validation in float32 "
-        "at that TF32 setting")
-    compile: bool = knob(False, "torch.compile the teacher's and the student's training forwards (the first "
-                         "epoch compiles, reported as compile_seconds; a last smaller batch runs uncompiled)", changes_result=False)
-    name: str = knob("", "run folder name under out_dir; empty = <dataset>_<method>_<teacher>_<student>_seed<seed>", changes_result=False)
+        "at that TF32 setting",
+    )
+    compile: bool = knob(
+        False,
+        "torch.compile the teacher's and the student's training forwards (the first "
+        "epoch compiles, reported as compile_seconds; a last smaller batch runs uncompiled)",
+        changes_result=False,
+    )
+    name: str = knob(
+        "",
+        "run folder name under out_dir; empty = <dataset>_<method>_<teacher>_<student>_seed<seed>",
+        changes_result=False,
+    )
     data: KDDataConfig = section(KDDataConfig, "dataset and loaders")
     teacher: TeacherConfig = section(TeacherConfig, "the frozen teacher")
     student: StudentConfig = section(StudentConfig, "the student being trained")
@@ -141,12 +180,15 @@ class KDConfig(RunConfig):
             require_model("teacher.arch", self.teacher.arch, self.data.dataset, {})
         require_increasing("optim.milestones", self.optim.milestones)
         if self.optim.warmup_epochs >= self.epochs and self.optim.warmup_epochs > 0:
-            raise ConfigError(f"config key 'optim.warmup_epochs' ({self.optim.warmup_epochs}) must be smaller "
-                              f"than epochs ({self.epochs})")
+            raise ConfigError(
+                f"config key 'optim.warmup_epochs' ({self.optim.warmup_epochs}) must be smaller "
+                f"than epochs ({self.epochs})"
+            )
         if self.data.dataset == "digits" and self.data.normalize:
-            raise ConfigError("data.normalize=true is not available for digits (pixels stay in [0, 1]); set data.normalize=false")
+            raise ConfigError(
+                "data.normalize=true is not available for digits (pixels stay in [0, 1]); set data.normalize=false"
+            )
 
     def run_name(self) -> str:
         pair = f"{self.teacher.arch}_{self.student.arch}" if self.teacher.arch else self.student.arch
         return self.name or f"{self.data.dataset}_{self.method}_{pair}_seed{self.seed}"
-

@@ -16,6 +16,7 @@ rows, and a distiller only maps logits (and prior rows) to a loss, as an adversa
 method does.
 The losses themselves live in `losses` and are never re-implemented here.
 """
+
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -115,7 +116,12 @@ class DKD(Distiller):
         s = self.settings
         ce = s.ce_weight * F.cross_entropy(logits_student, targets)
         distill = loss_warmup(epoch, s.warmup) * dkd_loss(
-            logits_student, logits_teacher.detach(), targets, alpha=s.alpha, beta=s.beta, temperature=s.temperature,
+            logits_student,
+            logits_teacher.detach(),
+            targets,
+            alpha=s.alpha,
+            beta=s.beta,
+            temperature=s.temperature,
         )
         return ce + distill, {"ce": ce.detach(), "kd": distill.detach()}
 
@@ -135,8 +141,13 @@ class IKL(Distiller):
         s = self.settings
         ce = s.ce_weight * F.cross_entropy(logits_student, targets)
         distill = loss_warmup(epoch, s.warmup) * ikl_loss(
-            logits_student, logits_teacher.detach(),
-            alpha=s.alpha, beta=s.beta, temperature=s.temperature,
-            gamma=s.gamma, weights=prior_rows if self.uses_prior else None, weight_temperature=s.prior_temperature,
+            logits_student,
+            logits_teacher.detach(),
+            alpha=s.alpha,
+            beta=s.beta,
+            temperature=s.temperature,
+            gamma=s.gamma,
+            weights=prior_rows if self.uses_prior else None,
+            weight_temperature=s.prior_temperature,
         )
         return ce + distill, {"ce": ce.detach(), "kd": distill.detach()}

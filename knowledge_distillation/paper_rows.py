@@ -3,6 +3,7 @@
 Per row: where it was published, and per method the student's top-1 (percent). These are the
 authors' numbers, not runs of this code; `experiments.report` prints them beside the measured ones.
 """
+
 from typing import Dict, NamedTuple
 
 

@@ -12,6 +12,7 @@ TensorBoard scalars and an atomically written last.pt from which ``resume=true``
 Training speed is reported per iteration, data loading and compute separately, as the
 paper's KD table compares methods by it.
 """
+
 import re
 import sys
 import time
@@ -22,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from engine import data as data_lib
-from engine.file_io import sha256_file
+from engine import runtime
 from engine.cli import config_main
 from engine.distributed import (
     broadcast_buffers_,
@@ -34,12 +35,12 @@ from engine.distributed import (
     world_size,
     wrap_model,
 )
-from engine.metrics import RunningSums
 from engine.errors import UserError
+from engine.file_io import sha256_file
+from engine.metrics import RunningSums
+from engine.optim import sgd, weight_decay_groups
 from engine.run import raise_if_not_finite, start_run
 from engine.run_folder import evaluation_keys, metric_key
-from engine.optim import sgd, weight_decay_groups
-from engine import runtime
 from engine.runtime import (
     autocast,
     compile_model,
@@ -57,7 +58,6 @@ from .distillers import Distiller, build_distiller
 
 PROGRESS_EVERY = 20  # batches between progress-bar updates (each one synchronises with the GPU)
 TEACHERS_URL = "https://github.com/megvii-research/mdistiller/releases/tag/checkpoints"
-
 
 
 def torchvision_weights_file(arch: str, weights_name: str) -> Path:
@@ -83,8 +83,9 @@ def torchvision_weights_file(arch: str, weights_name: str) -> Path:
     if not path.is_file():
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(weights.url, str(path), hash_prefix=published and published.group(1),
-                                           progress=is_main_process())
+            torch.hub.download_url_to_file(
+                weights.url, str(path), hash_prefix=published and published.group(1), progress=is_main_process()
+            )
         except Exception as error:  # no network, proxy, disk full, wrong hash: all end the same way
             raise UserError(
                 f"could not fetch torchvision's {arch} {weights_name} weights ({type(error).__name__}: {error}); "
@@ -97,8 +98,10 @@ def torchvision_weights_file(arch: str, weights_name: str) -> Path:
 
 def require_sha256_prefix(path: Path, prefix: str) -> None:
     if not sha256_file(path).startswith(prefix):
-        raise UserError(f"{path} does not match its published sha256 (which starts with {prefix}): the file "
-                        f"was replaced or damaged; delete it and run again to fetch it anew")
+        raise UserError(
+            f"{path} does not match its published sha256 (which starts with {prefix}): the file "
+            f"was replaced or damaged; delete it and run again to fetch it anew"
+        )
 
 
 def load_teacher(cfg: KDConfig, num_classes: int, device: torch.device) -> Optional[torch.nn.Module]:
@@ -125,9 +128,11 @@ def load_teacher(cfg: KDConfig, num_classes: int, device: torch.device) -> Optio
 
 
 def teacher_output_error(cfg: KDConfig) -> UserError:
-    return UserError(f"the teacher ({cfg.teacher.arch}, {cfg.teacher.checkpoint}) outputs NaN or inf: its weights do "
-                     f"not fit these inputs; check teacher.checkpoint and data.normalize (mdistiller's teachers expect "
-                     f"normalised images)")
+    return UserError(
+        f"the teacher ({cfg.teacher.arch}, {cfg.teacher.checkpoint}) outputs NaN or inf: its weights do "
+        f"not fit these inputs; check teacher.checkpoint and data.normalize (mdistiller's teachers expect "
+        f"normalised images)"
+    )
 
 
 def screen_teacher_output(logits_teacher: torch.Tensor, cfg: KDConfig):
@@ -147,7 +152,9 @@ def screen_teacher_output(logits_teacher: torch.Tensor, cfg: KDConfig):
 
 
 @torch.no_grad()
-def evaluate_topk(model: torch.nn.Module, loader, device: torch.device, channels_last: bool = False) -> Dict[str, float]:
+def evaluate_topk(
+    model: torch.nn.Module, loader, device: torch.device, channels_last: bool = False
+) -> Dict[str, float]:
     """Top-1 and top-5 accuracy in percent, fp32, eval mode (the previous mode is restored)."""
     was_training = model.training
     model.eval()
@@ -229,8 +236,12 @@ def train_one_epoch(
             if running["teacher_nonfinite"]:
                 raise teacher_output_error(cfg)
             mean_loss = running["loss"] / running["count"]
-            raise_if_not_finite(mean_loss, epoch=epoch, batch=batch_index + 1,
-                                advice="Lower optim.lr, use precision=fp32, or check the data and the teacher.")
+            raise_if_not_finite(
+                mean_loss,
+                epoch=epoch,
+                batch=batch_index + 1,
+                advice="Lower optim.lr, use precision=fp32, or check the data and the teacher.",
+            )
             bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{100 * running['correct'] / running['count']:.1f}")
         waiting_since = time.perf_counter()
 
@@ -253,21 +264,36 @@ def train_one_epoch(
 
 def train(cfg: KDConfig) -> Dict[str, object]:
     """Runs (or resumes) a whole distillation run; returns what results.json holds."""
-    device = prepare_runtime(device=cfg.device, precision=cfg.precision, seed=cfg.seed, deterministic=cfg.deterministic,
-                             dist_timeout=cfg.dist_timeout)
+    device = prepare_runtime(
+        device=cfg.device,
+        precision=cfg.precision,
+        seed=cfg.seed,
+        deterministic=cfg.deterministic,
+        dist_timeout=cfg.dist_timeout,
+    )
 
     num_classes = data_lib.num_classes(cfg.data.dataset)
     augment = "none" if cfg.data.dataset == "digits" else "basic"
-    data_kwargs = dict(download=cfg.data.download, verify_checksum=cfg.data.verify_checksum, normalize=cfg.data.normalize)
+    data_kwargs = dict(
+        download=cfg.data.download, verify_checksum=cfg.data.verify_checksum, normalize=cfg.data.normalize
+    )
     train_set = data_lib.build_train_set(cfg.data.dataset, cfg.data.root, augment=augment, **data_kwargs)
     val_set = data_lib.build_test_set(cfg.data.dataset, cfg.data.root, **data_kwargs)
     pin = device.type == "cuda"
     shard = dict(rank=rank(), world_size=world_size())  # the training batch is global: each process takes its share
-    train_loader = data_lib.make_loader(train_set, batch_size=cfg.data.batch_size, shuffle=True,
-                                        num_workers=cfg.data.num_workers, seed=cfg.seed, pin_memory=pin, **shard)
+    train_loader = data_lib.make_loader(
+        train_set,
+        batch_size=cfg.data.batch_size,
+        shuffle=True,
+        num_workers=cfg.data.num_workers,
+        seed=cfg.seed,
+        pin_memory=pin,
+        **shard,
+    )
     # Evaluation deals whole batches to the processes: the counts equal one process's exactly.
-    val_loader = data_lib.make_eval_loader(val_set, batch_size=cfg.data.test_batch_size,
-                                           num_workers=cfg.data.num_workers, pin_memory=pin, **shard)
+    val_loader = data_lib.make_eval_loader(
+        val_set, batch_size=cfg.data.test_batch_size, num_workers=cfg.data.num_workers, pin_memory=pin, **shard
+    )
 
     distiller = build_distiller(cfg)
     teacher = load_teacher(cfg, num_classes, device)
@@ -277,13 +303,27 @@ def train(cfg: KDConfig) -> Dict[str, object]:
         if teacher is not None:
             teacher = teacher.to(memory_format=torch.channels_last)
     student = sync_batch_norm(student, cfg.sync_bn, device)
-    optimizer = sgd(weight_decay_groups(student, cfg.optim.weight_decay), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                    nesterov=cfg.optim.nesterov, implementation=cfg.optim.implementation, device=device)
+    optimizer = sgd(
+        weight_decay_groups(student, cfg.optim.weight_decay),
+        lr=cfg.optim.lr,
+        momentum=cfg.optim.momentum,
+        nesterov=cfg.optim.nesterov,
+        implementation=cfg.optim.implementation,
+        device=device,
+    )
     prior = ClassPrior(num_classes, temperature=distiller.prior_temperature).to(device)
 
-    run = start_run(cfg, task="knowledge_distillation", device=device, model=student, optimizer=optimizer,
-                    states={"prior": prior}, best={"top1": -1.0, "epoch": 0},
-                    optimizer_implementation=cfg.optim.implementation, describe=f"student.arch={cfg.student.arch}")
+    run = start_run(
+        cfg,
+        task="knowledge_distillation",
+        device=device,
+        model=student,
+        optimizer=optimizer,
+        states={"prior": prior},
+        best={"top1": -1.0, "epoch": 0},
+        optimizer_implementation=cfg.optim.implementation,
+        describe=f"student.arch={cfg.student.arch}",
+    )
     folder = run.folder
 
     teacher_accuracy = None
@@ -298,27 +338,43 @@ def train(cfg: KDConfig) -> Dict[str, object]:
     try:
         for epoch in range(run.start_epoch, cfg.epochs + 1):
             started = time.perf_counter()
-            lr = learning_rate(epoch, base_lr=cfg.optim.lr, epochs=cfg.epochs, schedule="step",
-                               warmup_epochs=cfg.optim.warmup_epochs, milestones=cfg.optim.milestones,
-                               decay=cfg.optim.decay)
+            lr = learning_rate(
+                epoch,
+                base_lr=cfg.optim.lr,
+                epochs=cfg.epochs,
+                schedule="step",
+                warmup_epochs=cfg.optim.warmup_epochs,
+                milestones=cfg.optim.milestones,
+                decay=cfg.optim.decay,
+            )
             for group in optimizer.param_groups:
                 group["lr"] = lr
             data_lib.set_epoch(train_loader, epoch)
             compiling_since = compile_seconds()
-            metrics = {"lr": lr, **train_one_epoch(cfg, distiller, epoch, network, teacher_forward, train_loader,
-                                                   optimizer, prior, device)}
+            metrics = {
+                "lr": lr,
+                **train_one_epoch(
+                    cfg, distiller, epoch, network, teacher_forward, train_loader, optimizer, prior, device
+                ),
+            }
             if cfg.compile:
                 metrics["compile_seconds"] = compile_seconds() - compiling_since
             prior.step()
             broadcast_buffers_(student)  # rank 0's BatchNorm statistics everywhere: evaluated and saved alike
             if epoch % cfg.eval.every == 0 or epoch == cfg.epochs:
-                metrics.update({f"test_{k}": v for k, v in evaluate_topk(student, val_loader, device, cfg.channels_last).items()})
+                metrics.update(
+                    {f"test_{k}": v for k, v in evaluate_topk(student, val_loader, device, cfg.channels_last).items()}
+                )
             metrics["epoch_seconds"] = time.perf_counter() - started
             run.logger.log_epoch(epoch, metrics)
             log(
                 f"epoch {epoch}/{cfg.epochs}  lr {lr:.4g}  loss {metrics['train_loss']:.4f}  "
                 f"train {metrics['train_acc']:.2f}%"
-                + (f"  val top-1 {metrics['test_top1']:.2f}%  top-5 {metrics['test_top5']:.2f}%" if "test_top1" in metrics else "")
+                + (
+                    f"  val top-1 {metrics['test_top1']:.2f}%  top-5 {metrics['test_top5']:.2f}%"
+                    if "test_top1" in metrics
+                    else ""
+                )
                 + f"  {metrics['sec_per_iter']:.3f} s/iter (data {metrics['data_sec_per_iter']:.3f})"
             )
             top1 = metric_key("top1")
@@ -342,8 +398,9 @@ def train(cfg: KDConfig) -> Dict[str, object]:
         "best_" + metric_key("top1"): run.best["top1"],
         # From the last epoch's record, so that resuming a finished run (or one killed after its
         # last checkpoint) rebuilds the same results.
-        "final": {k: v for k, v in last.items() if k in evaluation_keys(last, splits=("test",))
-                  or k.endswith("sec_per_iter")},
+        "final": {
+            k: v for k, v in last.items() if k in evaluation_keys(last, splits=("test",)) or k.endswith("sec_per_iter")
+        },
     }
     run.logger.finish(results)
     return results
@@ -351,7 +408,11 @@ def train(cfg: KDConfig) -> Dict[str, object]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     return config_main(
-        KDConfig, train, prog="python -m knowledge_distillation.train", argv=argv, check=build_distiller,
+        KDConfig,
+        train,
+        prog="python -m knowledge_distillation.train",
+        argv=argv,
+        check=build_distiller,
         description="Knowledge distillation with IKL, KD or DKD. Settings: --config FILE, then key=value overrides.",
     )
 

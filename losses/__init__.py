@@ -4,6 +4,7 @@
 ``kl_loss`` their parts and reference; ``ClassPrior`` the class-wise global information
 IKL weights its wMSE term with; ``kd_loss``, ``dkd_loss`` and ``trades_kl_loss`` the baselines.
 """
+
 from .dkl import dkl_loss, ikl_loss, kl_loss, soft_ce_loss, wmse_loss
 from .kd import dkd_loss, kd_loss, trades_kl_loss
 from .prior import ClassPrior

@@ -4,6 +4,7 @@ A loss that silently broadcasts a [B, C] against a [B, 1] tensor, or accepts int
 labels where logits were meant, trains for hours on the wrong objective. Every public
 loss calls these checks first, so a wrong call fails at once with the shapes in the message.
 """
+
 from typing import Callable, Optional
 
 import torch
@@ -101,8 +102,10 @@ def check_targets(targets: torch.Tensor, logits: torch.Tensor) -> None:
     if targets.numel() and runtime.checks_on_host(targets.device):
         _require(
             ((targets >= 0) & (targets < num_classes)).all(),
-            lambda: f"targets must lie in [0, {num_classes - 1}], got values from {int(targets.min())} to "
-                    f"{int(targets.max())}",
+            lambda: (
+                f"targets must lie in [0, {num_classes - 1}], got values from {int(targets.min())} to "
+                f"{int(targets.max())}"
+            ),
         )
 
 

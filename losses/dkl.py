@@ -20,6 +20,7 @@ these losses multiplies by T^2 (unlike Hinton KD and DKD in `losses.kd`).
 All functions return the batch mean as a 0-dim tensor, compute in at least float32
 (bf16/fp16 logits are upcast) and validate their inputs.
 """
+
 from typing import Optional
 
 import torch

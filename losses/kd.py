@@ -1,4 +1,5 @@
 r"""Baseline losses the paper compares against: Hinton KD, DKD and TRADES' KL term."""
+
 import torch
 
 from ._checks import check_logits, check_positive, check_targets

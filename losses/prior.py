@@ -1,4 +1,5 @@
 """Class-wise global information for IKL: the mean tempered softmax of each class."""
+
 from typing import Any, Dict
 
 import torch
@@ -108,8 +109,10 @@ class ClassPrior:
         for name in ("prior", "sums", "counts"):
             values = state[name]
             if not (torch.isfinite(values).all() and (values >= 0).all()):
-                raise ValueError(f"ClassPrior state holds {name} that are NaN, infinite or negative: the file is "
-                                 f"damaged, or was written by a run whose logits had become NaN")
+                raise ValueError(
+                    f"ClassPrior state holds {name} that are NaN, infinite or negative: the file is "
+                    f"damaged, or was written by a run whose logits had become NaN"
+                )
         device = self.device
         self.prior = state["prior"].to(device=device, dtype=self.prior.dtype).clone()
         self.sums = state["sums"].to(device=device, dtype=self.sums.dtype).clone()

@@ -16,6 +16,7 @@ The swapped layers are subclasses of ``nn.Conv2d`` and ``nn.Linear`` holding the
 parameters under the same names, so state dicts, checkpoints and published weights are
 unchanged; without autocast they compute exactly what the plain layers compute.
 """
+
 import contextlib
 from typing import Optional, Tuple
 
@@ -37,8 +38,7 @@ class Float32Conv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with _no_autocast(x.device.type):
-            return self._conv_forward(x.float(), self.weight.float(),
-                                      None if self.bias is None else self.bias.float())
+            return self._conv_forward(x.float(), self.weight.float(), None if self.bias is None else self.bias.float())
 
 
 class Float32Linear(nn.Linear):
@@ -52,9 +52,18 @@ class Float32Linear(nn.Linear):
 def _float32_like(layer: nn.Module) -> nn.Module:
     """A float32 twin of ``layer`` that holds ``layer``'s own parameters (nothing is copied)."""
     if isinstance(layer, nn.Conv2d):
-        twin = Float32Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
-                             padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
-                             bias=layer.bias is not None, padding_mode=layer.padding_mode, device="meta")
+        twin = Float32Conv2d(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            groups=layer.groups,
+            bias=layer.bias is not None,
+            padding_mode=layer.padding_mode,
+            device="meta",
+        )
     else:
         twin = Float32Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
     twin.weight = layer.weight

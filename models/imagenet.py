@@ -20,20 +20,35 @@ from .registry import register_model
 _TV = "torchvision `{}` ImageNet weights (e.g. IMAGENET1K_V1 .pth files)"
 
 
-@register_model("ResNet18", family="imagenet", input_size=(3, 224, 224), default_num_classes=1000,
-                checkpoints=_TV.format("resnet18"))
+@register_model(
+    "ResNet18",
+    family="imagenet",
+    input_size=(3, 224, 224),
+    default_num_classes=1000,
+    checkpoints=_TV.format("resnet18"),
+)
 def resnet18_imagenet(num_classes=1000):
     return torchvision.models.resnet18(weights=None, num_classes=num_classes)
 
 
-@register_model("ResNet34", family="imagenet", input_size=(3, 224, 224), default_num_classes=1000,
-                checkpoints=_TV.format("resnet34"))
+@register_model(
+    "ResNet34",
+    family="imagenet",
+    input_size=(3, 224, 224),
+    default_num_classes=1000,
+    checkpoints=_TV.format("resnet34"),
+)
 def resnet34_imagenet(num_classes=1000):
     return torchvision.models.resnet34(weights=None, num_classes=num_classes)
 
 
-@register_model("ResNet50", family="imagenet", input_size=(3, 224, 224), default_num_classes=1000,
-                checkpoints=_TV.format("resnet50"))
+@register_model(
+    "ResNet50",
+    family="imagenet",
+    input_size=(3, 224, 224),
+    default_num_classes=1000,
+    checkpoints=_TV.format("resnet50"),
+)
 def resnet50_imagenet(num_classes=1000):
     return torchvision.models.resnet50(weights=None, num_classes=num_classes)
 
@@ -59,8 +74,21 @@ def _conv_dw(inp: int, oup: int, stride: int) -> nn.Sequential:
 
 class MobileNetV1(nn.Module):
     # (output channels, stride) of the 13 depthwise-separable layers
-    LAYERS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
-              (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1)]
+    LAYERS = [
+        (64, 1),
+        (128, 2),
+        (128, 1),
+        (256, 2),
+        (256, 1),
+        (512, 2),
+        (512, 1),
+        (512, 1),
+        (512, 1),
+        (512, 1),
+        (512, 1),
+        (1024, 2),
+        (1024, 1),
+    ]
 
     def __init__(self, num_classes: int = 1000):
         super().__init__()

@@ -1,4 +1,5 @@
 """The weight initialisation shared by the reference architectures."""
+
 import math
 from typing import Optional
 

@@ -8,7 +8,6 @@ has its 1x1 expansion conv, which mdistiller's checkpoints contain.
 Returns logits only; no input normalisation inside.
 """
 
-
 import torch.nn as nn
 
 from .init import init_he_fan_out
@@ -46,8 +45,15 @@ class InvertedResidual(nn.Module):
 
 class MobileNetV2Cifar(nn.Module):
     # (expansion, channels, repeats, first stride); expansion None -> T
-    STAGES = [(1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2),
-              (None, 96, 3, 1), (None, 160, 3, 2), (None, 320, 1, 1)]
+    STAGES = [
+        (1, 16, 1, 1),
+        (None, 24, 2, 1),
+        (None, 32, 3, 2),
+        (None, 64, 4, 2),
+        (None, 96, 3, 1),
+        (None, 160, 3, 2),
+        (None, 320, 1, 1),
+    ]
 
     def __init__(self, num_classes: int = 100, expansion: int = 6, width_mult: float = 0.5):
         super().__init__()

@@ -97,9 +97,7 @@ def normalize_dataset(dataset: Optional[str]) -> Optional[str]:
 def available_models(family: Optional[str] = None) -> List[str]:
     """Sorted registered names, optionally only those of one family."""
     return sorted(
-        name
-        for name, entries in _REGISTRY.items()
-        if family is None or any(e.family == family for e in entries)
+        name for name, entries in _REGISTRY.items() if family is None or any(e.family == family for e in entries)
     )
 
 
@@ -170,8 +168,10 @@ def require_model(arch_key: str, arch: str, dataset: str, kwargs: Dict[str, obje
     section = arch_key.rsplit(".", 1)[0]
     for name in kwargs:
         if name not in inspect.signature(entry.builder).parameters:
-            raise ConfigError(f"config key '{section}.{name}' does not apply to {arch}; set it to null "
-                              f"(only the generic WideResNet takes depth and widen_factor)")
+            raise ConfigError(
+                f"config key '{section}.{name}' does not apply to {arch}; set it to null "
+                f"(only the generic WideResNet takes depth and widen_factor)"
+            )
     depth = kwargs.get("depth")
     if depth is not None and (depth - 4) % 6 != 0:
         raise ConfigError(f"config key '{section}.depth' must be 6n + 4 (10, 16, 22, 28, 34, ...), got {depth}")

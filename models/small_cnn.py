@@ -14,6 +14,7 @@ works on GPUs only). Inputs are images in [0, 1] with no
 normalisation inside, as for the CIFAR adversarial-training models, so an
 L∞ budget such as eps=0.2 is measured in pixel units. ``forward`` returns logits.
 """
+
 import torch.nn as nn
 import torch.nn.functional as F
 

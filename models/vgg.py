@@ -10,7 +10,6 @@ single ``classifier`` Linear(512, num_classes).  At 32x32 the pool after
 Returns logits only; no input normalisation inside.
 """
 
-
 import torch.nn as nn
 import torch.nn.functional as F
 

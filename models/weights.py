@@ -51,7 +51,7 @@ def extract_state_dict(obj: object) -> Dict[str, torch.Tensor]:
 def _strip_prefix(state: Dict[str, torch.Tensor], model_keys) -> Dict[str, torch.Tensor]:
     for prefix in _PREFIXES:
         if all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in model_keys):
-            return {k[len(prefix):]: v for k, v in state.items()}
+            return {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 

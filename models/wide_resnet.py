@@ -10,7 +10,6 @@ mdistiller's CIFAR-100 ``wrn_*`` networks use this same class (see
 ``cifar_wrn.py``).
 """
 
-
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -31,9 +30,7 @@ class BasicBlock(nn.Module):
         # The reference decides on the channel count alone: a block that keeps
         # the width never gets a projection, even when strided.
         self.equalInOut = in_planes == out_planes
-        self.convShortcut = (
-            None if self.equalInOut else nn.Conv2d(in_planes, out_planes, 1, stride, 0, bias=False)
-        )
+        self.convShortcut = None if self.equalInOut else nn.Conv2d(in_planes, out_planes, 1, stride, 0, bias=False)
 
     def forward(self, x):
         pre = self.relu1(self.bn1(x))

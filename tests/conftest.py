@@ -6,6 +6,7 @@ load them with ``verify_checksum=False``); the ImageFolder trees are what torchv
 ``ImageFolder`` reads. Images are a per-class colour plus noise, so a tiny model can learn
 to tell the classes apart.
 """
+
 import pickle
 import struct
 from pathlib import Path
@@ -16,8 +17,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-CIFAR10_LABEL_NAMES = ["airplane", "automobile", "bird", "cat", "deer",
-                       "dog", "frog", "horse", "ship", "truck"]
+CIFAR10_LABEL_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 class _Python2Pickler(pickle._Pickler):
@@ -54,8 +54,7 @@ def _images(labels: np.ndarray, colours: np.ndarray, rng: np.random.Generator) -
     return np.clip(np.rint(pixels), 0, 255).astype(np.uint8).reshape(len(labels), 3 * 32 * 32)
 
 
-def write_cifar(root, name: str = "cifar10", num_train: int = 200, num_test: int = 100,
-                seed: int = 0) -> Path:
+def write_cifar(root, name: str = "cifar10", num_train: int = 200, num_test: int = 100, seed: int = 0) -> Path:
     """Write a small ``name`` dataset ("cifar10" or "cifar100") under ``root``; return ``root``.
 
     Labels run round-robin over all classes (sample ``i`` has class ``i % num_classes``), so
@@ -78,24 +77,49 @@ def write_cifar(root, name: str = "cifar10", num_train: int = 200, num_test: int
         folder.mkdir(parents=True, exist_ok=True)
         labels, data, filenames = split(num_train, "synthetic_train")
         for number, rows in enumerate(np.array_split(np.arange(num_train), 5), start=1):
-            _dump({"batch_label": f"training batch {number} of 5", "labels": labels[rows].tolist(),
-                   "data": data[rows], "filenames": [filenames[i] for i in rows]},
-                  folder / f"data_batch_{number}")
+            _dump(
+                {
+                    "batch_label": f"training batch {number} of 5",
+                    "labels": labels[rows].tolist(),
+                    "data": data[rows],
+                    "filenames": [filenames[i] for i in rows],
+                },
+                folder / f"data_batch_{number}",
+            )
         labels, data, filenames = split(num_test, "synthetic_test")
-        _dump({"batch_label": "testing batch 1 of 1", "labels": labels.tolist(), "data": data,
-               "filenames": filenames}, folder / "test_batch")
-        _dump({"num_cases_per_batch": -(-num_train // 5), "label_names": CIFAR10_LABEL_NAMES,
-               "num_vis": 3 * 32 * 32}, folder / "batches.meta")
+        _dump(
+            {"batch_label": "testing batch 1 of 1", "labels": labels.tolist(), "data": data, "filenames": filenames},
+            folder / "test_batch",
+        )
+        _dump(
+            {"num_cases_per_batch": -(-num_train // 5), "label_names": CIFAR10_LABEL_NAMES, "num_vis": 3 * 32 * 32},
+            folder / "batches.meta",
+        )
     elif name == "cifar100":
         folder = root / "cifar-100-python"
         folder.mkdir(parents=True, exist_ok=True)
-        for filename, count, batch_label in (("train", num_train, "training batch 1 of 1"),
-                                             ("test", num_test, "testing batch 1 of 1")):
+        for filename, count, batch_label in (
+            ("train", num_train, "training batch 1 of 1"),
+            ("test", num_test, "testing batch 1 of 1"),
+        ):
             labels, data, filenames = split(count, f"synthetic_{filename}")
-            _dump({"filenames": filenames, "batch_label": batch_label, "fine_labels": labels.tolist(),
-                   "coarse_labels": (labels // 5).tolist(), "data": data}, folder / filename)
-        _dump({"fine_label_names": [f"fine_class_{c:02d}" for c in range(100)],
-               "coarse_label_names": [f"coarse_class_{c:02d}" for c in range(20)]}, folder / "meta")
+            _dump(
+                {
+                    "filenames": filenames,
+                    "batch_label": batch_label,
+                    "fine_labels": labels.tolist(),
+                    "coarse_labels": (labels // 5).tolist(),
+                    "data": data,
+                },
+                folder / filename,
+            )
+        _dump(
+            {
+                "fine_label_names": [f"fine_class_{c:02d}" for c in range(100)],
+                "coarse_label_names": [f"coarse_class_{c:02d}" for c in range(20)],
+            },
+            folder / "meta",
+        )
     else:
         raise ValueError(f"write_cifar: unknown dataset {name!r} (cifar10 or cifar100)")
     return root
@@ -119,8 +143,9 @@ def cifar100_root(tmp_path_factory) -> Path:
     return write_cifar(tmp_path_factory.mktemp("cifar100"), "cifar100", num_train=300, num_test=100)
 
 
-def write_image_folder(root, num_classes: int = 3, train_per_class: int = 4, val_per_class: int = 2,
-                       size=(40, 30), seed: int = 0) -> Path:
+def write_image_folder(
+    root, num_classes: int = 3, train_per_class: int = 4, val_per_class: int = 2, size=(40, 30), seed: int = 0
+) -> Path:
     """Write an ImageNet-style tree of RGB PNG files under ``root``; return ``root``.
 
     ``root/train/<class>/*.png`` and ``root/val/<class>/*.png``, ``size`` = (width, height)

@@ -10,6 +10,7 @@ into strictly.
   with Swish: mean and std as persistent buffers, init_conv, layer.<g>.block.<i>.{batchnorm_0,
   conv_0, batchnorm_1, conv_1, shortcut}, batchnorm, logits.
 """
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -22,7 +23,9 @@ class _PreActBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_planes, out_planes, 3, stride, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_planes)
         self.conv2 = nn.Conv2d(out_planes, out_planes, 3, 1, 1, bias=False)
-        self.convShortcut = nn.Conv2d(in_planes, out_planes, 1, stride, 0, bias=False) if in_planes != out_planes else None
+        self.convShortcut = (
+            nn.Conv2d(in_planes, out_planes, 1, stride, 0, bias=False) if in_planes != out_planes else None
+        )
 
     def forward(self, x):
         activated = F.relu(self.bn1(x))
@@ -33,8 +36,9 @@ class _PreActBlock(nn.Module):
 class _Stage(nn.Module):
     def __init__(self, blocks, in_planes, out_planes, stride):
         super().__init__()
-        self.layer = nn.Sequential(*[_PreActBlock(out_planes if i else in_planes, out_planes, 1 if i else stride)
-                                     for i in range(blocks)])
+        self.layer = nn.Sequential(
+            *[_PreActBlock(out_planes if i else in_planes, out_planes, 1 if i else stride) for i in range(blocks)]
+        )
 
     def forward(self, x):
         return self.layer(x)
@@ -76,23 +80,26 @@ class _DMBlock(nn.Module):
 class _DMGroup(nn.Module):
     def __init__(self, blocks, in_planes, out_planes, stride):
         super().__init__()
-        self.block = nn.Sequential(*[_DMBlock(out_planes if i else in_planes, out_planes, 1 if i else stride)
-                                     for i in range(blocks)])
+        self.block = nn.Sequential(
+            *[_DMBlock(out_planes if i else in_planes, out_planes, 1 if i else stride) for i in range(blocks)]
+        )
 
     def forward(self, x):
         return self.block(x)
 
 
 class RBDMWideResNet(nn.Module):
-    def __init__(self, num_classes=10, depth=28, width=10, mean=(0.4914, 0.4822, 0.4465),
-                 std=(0.2471, 0.2435, 0.2616)):
+    def __init__(self, num_classes=10, depth=28, width=10, mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616)):
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(3, 1, 1))
         blocks, widths = (depth - 4) // 6, [16, 16 * width, 32 * width, 64 * width]
         self.init_conv = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
-        self.layer = nn.Sequential(_DMGroup(blocks, widths[0], widths[1], 1), _DMGroup(blocks, widths[1], widths[2], 2),
-                                   _DMGroup(blocks, widths[2], widths[3], 2))
+        self.layer = nn.Sequential(
+            _DMGroup(blocks, widths[0], widths[1], 1),
+            _DMGroup(blocks, widths[1], widths[2], 2),
+            _DMGroup(blocks, widths[2], widths[3], 2),
+        )
         self.batchnorm = nn.BatchNorm2d(widths[3])
         self.logits = nn.Linear(widths[3], num_classes)
 

@@ -1,4 +1,5 @@
 """The benchmarks' baselines do the work they claim to (the timings themselves are not tested)."""
+
 import importlib.util
 from argparse import Namespace
 from pathlib import Path

@@ -1,6 +1,7 @@
 """The README and docs/ pages: their links and paths exist, the README stays short, its table of
 paper rows agrees with the configs and the published numbers, and docs/check_docs.py notices a
 quickstart table that no longer matches."""
+
 import ast
 import importlib.util
 import itertools
@@ -12,8 +13,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # top-level folders of this repository; a path in backticks starting with one of them is ours
-REPO_DIRS = ("losses", "models", "adv_training", "knowledge_distillation", "engine", "experiments",
-             "configs", "sh", "bench", "tests", "docs", ".ci")
+REPO_DIRS = (
+    "losses",
+    "models",
+    "adv_training",
+    "knowledge_distillation",
+    "engine",
+    "experiments",
+    "configs",
+    "sh",
+    "bench",
+    "tests",
+    "docs",
+    ".ci",
+)
 # folders of this repository that running it creates (AutoAttack's logs of sh/eval.sh)
 MADE_BY_USE = {"adv_training/auto_attacks/logs"}
 # bare names of files a run writes, or placeholders, that are not configs of configs/
@@ -39,8 +52,9 @@ def slug(heading):
 
 
 def anchors(page):
-    return {slug(line.lstrip("#")) for line in prose(page.read_text(encoding="utf-8")).splitlines()
-            if line.startswith("#")}
+    return {
+        slug(line.lstrip("#")) for line in prose(page.read_text(encoding="utf-8")).splitlines() if line.startswith("#")
+    }
 
 
 def ignored_dirs():
@@ -65,7 +79,7 @@ def mentioned_paths(text):
             if not (ROOT / cd.group(1)).is_dir():
                 continue  # a command run in the authors' repository
             base = cd.group(1).rstrip("/") + "/"
-            span = span[cd.end():]
+            span = span[cd.end() :]
         tokens = span.split()
         for i, token in enumerate(tokens):
             token = token.strip("'\",;:()")
@@ -95,7 +109,7 @@ def missing_paths():
     for page in PAGES:
         for path, bare_config in mentioned_paths(page.read_text(encoding="utf-8")):
             if path.startswith("module:"):
-                found = module_exists(path[len("module:"):])
+                found = module_exists(path[len("module:") :])
             elif bare_config:
                 found = path in configs
             elif ignored & set(Path(path).parts) or any(path.startswith(d) for d in MADE_BY_USE):
@@ -128,13 +142,20 @@ def test_every_repository_path_in_backticks_exists():
 
 
 def test_the_path_finder_sees_paths_modules_and_configs():
-    text = ("Run `python -m experiments.sweep --config configs/adv_training/x_{a,b}.yaml` and read "
-            "`adv_training/attacks.py`, `cifar10_mart.yaml`, not `runs/<name>/` or `key=value`;\n"
-            "```bash\nbash sh/in_a_fence.sh\n```\n`cd adv_training/auto_attacks && bash sh/eval.sh`")
+    text = (
+        "Run `python -m experiments.sweep --config configs/adv_training/x_{a,b}.yaml` and read "
+        "`adv_training/attacks.py`, `cifar10_mart.yaml`, not `runs/<name>/` or `key=value`;\n"
+        "```bash\nbash sh/in_a_fence.sh\n```\n`cd adv_training/auto_attacks && bash sh/eval.sh`"
+    )
     found = list(mentioned_paths(text))
-    assert found == [("module:experiments.sweep", False), ("configs/adv_training/x_a.yaml", False),
-                     ("configs/adv_training/x_b.yaml", False), ("adv_training/attacks.py", False),
-                     ("cifar10_mart.yaml", True), ("adv_training/auto_attacks/sh/eval.sh", False)]
+    assert found == [
+        ("module:experiments.sweep", False),
+        ("configs/adv_training/x_a.yaml", False),
+        ("configs/adv_training/x_b.yaml", False),
+        ("adv_training/attacks.py", False),
+        ("cifar10_mart.yaml", True),
+        ("adv_training/auto_attacks/sh/eval.sh", False),
+    ]
 
 
 def test_the_readme_is_a_short_front_door():
@@ -179,7 +200,11 @@ def rows_of(text):
 
     rows = {}
     for node in tree.body:
-        target = node.target if isinstance(node, ast.AnnAssign) else (node.targets[0] if isinstance(node, ast.Assign) else None)
+        target = (
+            node.target
+            if isinstance(node, ast.AnnAssign)
+            else (node.targets[0] if isinstance(node, ast.Assign) else None)
+        )
         if not (isinstance(target, ast.Name) and target.id == "PAPER_ROWS" and isinstance(node.value, ast.Dict)):
             continue
         for key, call in zip(node.value.keys, node.value.values):
@@ -263,7 +288,7 @@ def shown_quickstart_output():
     """The quickstart output the README shows, as the command printed it."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     start = text.index(check_docs().HEADER)
-    return text[start:text.index("```", start)]
+    return text[start : text.index("```", start)]
 
 
 def test_check_docs_accepts_the_table_the_docs_show():

@@ -1,4 +1,5 @@
 """Sweeps, the report and the export on real digits runs (and tiny CIFAR-format WRN runs)."""
+
 import csv
 import json
 import math
@@ -13,8 +14,8 @@ import torch
 from adv_training.auto_attacks.eval import main as autoattack_main
 from adv_training.export import export, robustbench_layout
 from adv_training.export import main as export_main
-from experiments import report, sweep
 from engine.file_io import atomic_save, load_file
+from experiments import report, sweep
 from models import build_model, load_weights
 from models.dm_wide_resnet import DMWideResNet
 
@@ -24,7 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def _robustbench_layouts():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("robustbench_layouts", Path(__file__).with_name("robustbench_layouts.py"))
+    spec = importlib.util.spec_from_file_location(
+        "robustbench_layouts", Path(__file__).with_name("robustbench_layouts.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -43,10 +46,32 @@ def results(run_dir):
 def autoattack(run_dir, images, name="autoattack", version="standard"):
     """AutoAttack's eval.py on the first ``images`` test images of a digits run's last.pt."""
     run_dir = Path(run_dir)
-    assert autoattack_main(["--checkpoint", str(run_dir), "--which", "last", "--epsilon", "0.2", "--version", version,
-                            *(["--attacks", "apgd-ce"] if version == "custom" else []), "--n_ex", str(images),
-                            "--batch_size", str(images), "--log_path", str(run_dir / f"{name}.log"),
-                            "--save_dir", str(run_dir / "adv_inputs"), "--device", "cpu"]) == 0
+    assert (
+        autoattack_main(
+            [
+                "--checkpoint",
+                str(run_dir),
+                "--which",
+                "last",
+                "--epsilon",
+                "0.2",
+                "--version",
+                version,
+                *(["--attacks", "apgd-ce"] if version == "custom" else []),
+                "--n_ex",
+                str(images),
+                "--batch_size",
+                str(images),
+                "--log_path",
+                str(run_dir / f"{name}.log"),
+                "--save_dir",
+                str(run_dir / "adv_inputs"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     return json.loads((run_dir / f"{name}.json").read_text())
 
 
@@ -59,8 +84,9 @@ def sample_std(values):
 def at_sweep(tmp_path_factory):
     """IKL-AT on digits, beta 10 and 20, seeds 0 and 1: four runs of two epochs, through the sweep."""
     out = tmp_path_factory.mktemp("sweeps")
-    assert sweep.main(["--config", str(AT_DIGITS), "--seeds", "0", "1", *QUICK, f"out_dir={out}",
-                       "ikl.beta=10,20"]) == 0
+    assert (
+        sweep.main(["--config", str(AT_DIGITS), "--seeds", "0", "1", *QUICK, f"out_dir={out}", "ikl.beta=10,20"]) == 0
+    )
     return out / "digits_ikl"
 
 
@@ -77,8 +103,9 @@ def test_sweep_gives_every_setting_and_seed_its_folder_and_config(at_sweep):
 def test_sweep_skips_finished_runs_and_resumes_interrupted_ones(at_sweep, tmp_path, capfd):
     stamps = {path: path.stat().st_mtime_ns for path in at_sweep.glob("*/results.json")}
     out = at_sweep.parent
-    assert sweep.main(["--config", str(AT_DIGITS), "--seeds", "0", "1", *QUICK, f"out_dir={out}",
-                       "ikl.beta=10,20"]) == 0
+    assert (
+        sweep.main(["--config", str(AT_DIGITS), "--seeds", "0", "1", *QUICK, f"out_dir={out}", "ikl.beta=10,20"]) == 0
+    )
     assert "4 finished (skipped), 0 to resume, 0 to start" in capfd.readouterr().err
     assert stamps == {path: path.stat().st_mtime_ns for path in at_sweep.glob("*/results.json")}
 
@@ -97,23 +124,31 @@ def test_sweep_prints_torchrun_commands_for_a_cluster(at_sweep, tmp_path, monkey
     monkeypatch.setenv("NPROC", "2")
     (tmp_path / "digits_ikl" / "ikl.beta=20,seed=0").mkdir(parents=True)
     atomic_save({"epoch": 1}, tmp_path / "digits_ikl" / "ikl.beta=20,seed=0" / "last.pt")  # an interrupted run
-    assert sweep.main(["--config", str(AT_DIGITS), "--seeds", "0", *QUICK, f"out_dir={tmp_path}", "ikl.beta=10,20",
-                       "--print"]) == 0
+    assert (
+        sweep.main(
+            ["--config", str(AT_DIGITS), "--seeds", "0", *QUICK, f"out_dir={tmp_path}", "ikl.beta=10,20", "--print"]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 and all("-m torch.distributed.run --nproc_per_node=2 --standalone -m adv_training.train"
-                                   in line for line in lines)
+    assert len(lines) == 2 and all(
+        "-m torch.distributed.run --nproc_per_node=2 --standalone -m adv_training.train" in line for line in lines
+    )
     assert "resume=true" not in lines[0] and lines[1].endswith("resume=true")
     assert "name=ikl.beta=10,seed=0" in lines[0]
     assert not (tmp_path / "digits_ikl" / "ikl.beta=10,seed=0").exists()  # printed, not run
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["ikl.betta=10,20"], "ikl.betta"),
-    (["seed=3"], "use --seeds"),
-    (["name=x"], "names, places and resumes"),
-    (["resume=true"], "names, places and resumes"),
-    (["ikl.beta=10,10"], "distinct"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["ikl.betta=10,20"], "ikl.betta"),
+        (["seed=3"], "use --seeds"),
+        (["name=x"], "names, places and resumes"),
+        (["resume=true"], "names, places and resumes"),
+        (["ikl.beta=10,10"], "distinct"),
+    ],
+)
 def test_sweep_refuses_bad_grids_before_running_anything(overrides, message, tmp_path, capsys):
     assert sweep.main(["--config", str(AT_DIGITS), "--seeds", "0", f"out_dir={tmp_path}", *overrides]) == 2
     error = capsys.readouterr().err
@@ -148,7 +183,10 @@ def test_report_is_the_mean_and_sample_std_of_the_seeds(at_sweep, tmp_path, caps
             assert f"{sum(values) / 2:.2f} ± {sample_std(values):.2f}" in text
         assert row["runs"] == "2" and row["running"] == "0"
     assert float(rows["digits_ikl/ikl.beta=10"]["autoattack_mean"]) == autoattack_acc
-    assert rows["digits_ikl/ikl.beta=10"]["autoattack_n"] == "1" and rows["digits_ikl/ikl.beta=20"]["autoattack_mean"] == ""
+    assert (
+        rows["digits_ikl/ikl.beta=10"]["autoattack_n"] == "1"
+        and rows["digits_ikl/ikl.beta=20"]["autoattack_mean"] == ""
+    )
     assert f"{autoattack_acc:.2f} (n=1)" in text and "| PGD-20 | AutoAttack (60 images) |" in text
     assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
 
@@ -175,15 +213,48 @@ def test_report_marks_runs_in_progress_and_stale_autoattack_results(at_sweep, tm
 
 def test_report_shows_the_papers_row_and_kd_top1(tmp_path, capsys):
     out, kd_out = tmp_path / "runs", tmp_path / "kd_runs"
-    assert sweep.main(["--config", str(AT_DIGITS), "--seeds", "0", "epochs=1", "device=cpu", f"out_dir={out}",
-                       "paper_row=cifar100_ikl"]) == 0
-    teacher_args = ["--config", str(KD_CONFIGS / "digits_teacher.yaml"), "epochs=1", "device=cpu", f"out_dir={tmp_path}"]
+    assert (
+        sweep.main(
+            [
+                "--config",
+                str(AT_DIGITS),
+                "--seeds",
+                "0",
+                "epochs=1",
+                "device=cpu",
+                f"out_dir={out}",
+                "paper_row=cifar100_ikl",
+            ]
+        )
+        == 0
+    )
+    teacher_args = [
+        "--config",
+        str(KD_CONFIGS / "digits_teacher.yaml"),
+        "epochs=1",
+        "device=cpu",
+        f"out_dir={tmp_path}",
+    ]
     from knowledge_distillation.train import main as kd_main
 
     assert kd_main(teacher_args) == 0
     teacher = tmp_path / "digits_teacher" / "best.pt"
-    assert sweep.main(["--config", str(KD_CONFIGS / "digits_ikl.yaml"), "--seeds", "0", "1", "epochs=2", "device=cpu",
-                       f"out_dir={kd_out}", f"teacher.checkpoint={teacher}"]) == 0
+    assert (
+        sweep.main(
+            [
+                "--config",
+                str(KD_CONFIGS / "digits_ikl.yaml"),
+                "--seeds",
+                "0",
+                "1",
+                "epochs=2",
+                "device=cpu",
+                f"out_dir={kd_out}",
+                f"teacher.checkpoint={teacher}",
+            ]
+        )
+        == 0
+    )
     assert report.main([str(out), str(kd_out), "--csv", str(tmp_path / "r.csv")]) == 0
     text = capsys.readouterr().out
     assert "| 65.76 / 31.91 [1] |" in text and "[1] Cui et al., NeurIPS 2024, Table 2" in text
@@ -209,18 +280,41 @@ def test_export_of_a_digits_run_with_its_autoattack_card(at_sweep, tmp_path):
     attack = json.loads((run / "autoattack.json").read_text())
     assert card["autoattack_acc"]["value"] == attack["robust_acc"] and card["clean_acc"]["value"] == attack["clean_acc"]
     assert card["autoattack_acc"]["source"].endswith("autoattack.json")
-    assert (card["architecture"], card["robustbench_model"], card["threat_model"], card["eps"]) == \
-        ("digits_cnn", None, "Linf", 0.2)
+    assert (card["architecture"], card["robustbench_model"], card["threat_model"], card["eps"]) == (
+        "digits_cnn",
+        None,
+        "Linf",
+        0.2,
+    )
     assert card["seed"] == 0 and card["config"]["ikl"]["beta"] == 10.0 and "commit" in card
 
 
 def test_export_of_a_wide_resnet_loads_strictly_into_robustbenchs_layout(cifar10_root, tmp_path):
     from adv_training.train import main as train_main
 
-    assert train_main([f"data.root={cifar10_root}", "data.dataset=cifar10", "data.verify_checksum=false",
-                       "data.num_workers=0", "data.batch_size=50", "model.arch=WideResNet", "model.depth=10",
-                       "model.widen_factor=1", "epochs=1", "device=cpu", f"out_dir={tmp_path}", "name=wrn",
-                       "eval.num_examples=50", "eval.pgd_steps=1", "awp.enabled=false", "ema.start_epoch=1"]) == 0
+    assert (
+        train_main(
+            [
+                f"data.root={cifar10_root}",
+                "data.dataset=cifar10",
+                "data.verify_checksum=false",
+                "data.num_workers=0",
+                "data.batch_size=50",
+                "model.arch=WideResNet",
+                "model.depth=10",
+                "model.widen_factor=1",
+                "epochs=1",
+                "device=cpu",
+                f"out_dir={tmp_path}",
+                "name=wrn",
+                "eval.num_examples=50",
+                "eval.pgd_steps=1",
+                "awp.enabled=false",
+                "ema.start_epoch=1",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "wrn.pt"
     card = export(tmp_path / "wrn", "swa", out)
     assert card["robustbench_model"] == "WideResNet(depth=10, widen_factor=1, num_classes=10)"
@@ -253,8 +347,14 @@ def test_export_refuses_what_it_cannot_write(tmp_path, capsys):
 
 def test_launchers_take_seeds(tmp_path):
     env = {**os.environ, "SEEDS": "0 1", "DKL_PYTHON": sys.executable}
-    result = subprocess.run(["bash", str(ROOT / "sh" / "train_dkl_cifar100.sh"), f"out_dir={tmp_path}", "--print"],
-                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    result = subprocess.run(
+        ["bash", str(ROOT / "sh" / "train_dkl_cifar100.sh"), f"out_dir={tmp_path}", "--print"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 4  # two configs, two seeds each

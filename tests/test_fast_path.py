@@ -1,6 +1,7 @@
 """The fast path on the CPU: compiled forwards equal eager ones, bf16 + channels_last give the
 fp32 loss to bf16 precision, the device-resident loader trains and resumes exactly, and the
 fused SGD takes torch's plain steps."""
+
 import copy
 import json
 from pathlib import Path
@@ -85,8 +86,9 @@ def test_bf16_and_channels_last_give_the_fp32_loss_to_bf16_precision():
         network = model.to(memory_format=torch.channels_last) if channels_last else model
         inputs = [t.contiguous(memory_format=torch.channels_last) if channels_last else t for t in (x, x_adv)]
         with autocast(CPU, precision):
-            results[precision, channels_last] = loss_gradients_buffers(network, model, method, *inputs[:1],
-                                                                       inputs[1], y, rows)
+            results[precision, channels_last] = loss_gradients_buffers(
+                network, model, method, *inputs[:1], inputs[1], y, rows
+            )
         model.to(memory_format=torch.contiguous_format)
     reference, layout, bf16 = results["fp32", False], results["fp32", True], results["bf16", True]
     assert layout[0] == pytest.approx(reference[0].item(), rel=1e-5)
@@ -113,8 +115,17 @@ def test_compiled_kd_epoch_equals_the_eager_epoch():
         student.load_state_dict(start)
         optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9)
         prior = ClassPrior(10, temperature=distiller.prior_temperature)
-        summary = kd_train_one_epoch(cfg, distiller, 1, compile_model(student, compiled),
-                                     compile_model(teacher, compiled), batches, optimizer, prior, CPU)
+        summary = kd_train_one_epoch(
+            cfg,
+            distiller,
+            1,
+            compile_model(student, compiled),
+            compile_model(teacher, compiled),
+            batches,
+            optimizer,
+            prior,
+            CPU,
+        )
         return summary, copy.deepcopy(student.state_dict())
 
     (eager_summary, eager_state), (fast_summary, fast_state) = epoch(False), epoch(True)
@@ -126,10 +137,24 @@ def test_compiled_kd_epoch_equals_the_eager_epoch():
 
 def tiny_run(data_root, out_dir, *extra, name="run"):
     return [
-        f"data.root={data_root}", "data.dataset=cifar10", "data.verify_checksum=false", "data.num_workers=0",
-        "data.batch_size=40", "data.test_batch_size=50", "model.arch=WideResNet", "model.depth=10",
-        "model.widen_factor=1", "epochs=2", "device=cpu", f"out_dir={out_dir}", f"name={name}",
-        "eval.num_examples=50", "eval.pgd_steps=2", "awp.warmup=1", "ema.start_epoch=1", *extra,
+        f"data.root={data_root}",
+        "data.dataset=cifar10",
+        "data.verify_checksum=false",
+        "data.num_workers=0",
+        "data.batch_size=40",
+        "data.test_batch_size=50",
+        "model.arch=WideResNet",
+        "model.depth=10",
+        "model.widen_factor=1",
+        "epochs=2",
+        "device=cpu",
+        f"out_dir={out_dir}",
+        f"name={name}",
+        "eval.num_examples=50",
+        "eval.pgd_steps=2",
+        "awp.warmup=1",
+        "ema.start_epoch=1",
+        *extra,
     ]
 
 
@@ -166,11 +191,14 @@ def test_compiled_run_with_awp_reports_compile_time_and_saves_plain_weights(cifa
     assert (flat(compiled) - flat(eager)).norm() / flat(eager).norm() < 0.02
 
 
-@pytest.mark.parametrize("override,message", [
-    (["data.dataset=digits", "model.arch=digits_cnn", "data.loader=device"], "data.loader' is device"),
-    (["data.augment=autoaug", "data.loader=device"], "data.loader' is device"),
-    (["generated.path=x", "data.loader=device"], "mixes generated images in"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (["data.dataset=digits", "model.arch=digits_cnn", "data.loader=device"], "data.loader' is device"),
+        (["data.augment=autoaug", "data.loader=device"], "data.loader' is device"),
+        (["generated.path=x", "data.loader=device"], "mixes generated images in"),
+    ],
+)
 def test_device_loader_refuses_what_it_cannot_do(override, message):
     cfg = ATConfig()
     for item in override:

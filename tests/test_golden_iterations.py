@@ -17,6 +17,7 @@ its reproducible mode, one thread), slower but the same on every x86-64 machine.
 Regenerate (only after a deliberate change of the numbers, and say so in the commit):
     DKL_UPDATE_GOLDEN=1 python -m pytest tests/test_golden_iterations.py
 """
+
 import json
 import os
 import subprocess
@@ -35,8 +36,13 @@ RECORDED_BACKWARDS = 6  # losses handed to backward (AWP's proxy loss included)
 
 
 ROOT = Path(__file__).resolve().parents[1]
-PORTABLE_KERNELS = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "1",
-                    "MKL_NUM_THREADS": "1", "DKL_GOLDEN_NO_ONEDNN": "1"}
+PORTABLE_KERNELS = {
+    "ATEN_CPU_CAPABILITY": "default",
+    "MKL_CBWR": "COMPATIBLE",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "DKL_GOLDEN_NO_ONEDNN": "1",
+}
 
 
 def record_training(record: dict):
@@ -54,8 +60,14 @@ def record_training(record: dict):
 
     def before_step(optimizer, args, kwargs):
         if optimizer.defaults.get("momentum", 0) > 0 and len(record["grads"]) < RECORDED_STEPS:
-            record["grads"].append([p.grad.detach().clone() for group in optimizer.param_groups
-                                    for p in group["params"] if p.grad is not None])
+            record["grads"].append(
+                [
+                    p.grad.detach().clone()
+                    for group in optimizer.param_groups
+                    for p in group["params"]
+                    if p.grad is not None
+                ]
+            )
 
     torch.Tensor.backward = backward
     register_optimizer_step_pre_hook(before_step)
@@ -101,8 +113,16 @@ def run_at(out_dir: Path, record: dict) -> dict:
     from adv_training.train import main
 
     overrides = [
-        "epochs=2", "device=cpu", f"out_dir={out_dir}", "name=at", "model.arch=digits_cnn_small",
-        "awp.enabled=true", "awp.warmup=1", "ema.enabled=true", "ema.start_epoch=1", "eval.every=2",
+        "epochs=2",
+        "device=cpu",
+        f"out_dir={out_dir}",
+        "name=at",
+        "model.arch=digits_cnn_small",
+        "awp.enabled=true",
+        "awp.warmup=1",
+        "ema.enabled=true",
+        "ema.start_epoch=1",
+        "eval.every=2",
     ]
     assert main(["--config", str(CONFIGS / "adv_training" / "digits_ikl.yaml"), *overrides]) == 0
     return run_outcome(out_dir / "at", record, ("model", "ema", "prior", "swa"))
@@ -116,8 +136,13 @@ def run_kd(out_dir: Path, record: dict) -> dict:
     teacher = out_dir / "teacher.pt"
     atomic_save(build_model("digits_cnn", 10).state_dict(), teacher)
     overrides = [
-        "epochs=2", "device=cpu", f"out_dir={out_dir}", "name=kd", f"teacher.checkpoint={teacher}",
-        "ikl.class_prior=true", "ikl.warmup=2",
+        "epochs=2",
+        "device=cpu",
+        f"out_dir={out_dir}",
+        "name=kd",
+        f"teacher.checkpoint={teacher}",
+        "ikl.class_prior=true",
+        "ikl.warmup=2",
     ]
     assert main(["--config", str(CONFIGS / "knowledge_distillation" / "digits_ikl.yaml"), *overrides]) == 0
     return run_outcome(out_dir / "kd", record, ("model", "prior"))
@@ -128,9 +153,14 @@ CASES = {"at": run_at, "kd": run_kd}
 
 def outcome_with_portable_kernels(case: str, out_dir: Path) -> dict:
     """``CASES[case]`` run in a fresh Python with `PORTABLE_KERNELS`; its outcome."""
-    env = {**os.environ, **PORTABLE_KERNELS, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, __file__, case, str(out_dir)], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=900)
+    env = {
+        **os.environ,
+        **PORTABLE_KERNELS,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, __file__, case, str(out_dir)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return load_file(out_dir / "outcome.pt")
 

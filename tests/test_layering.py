@@ -1,9 +1,9 @@
 """The layering of the packages, read from their source: experiments -> the two tasks -> models,
 losses -> engine. An import that points up, or a cycle between modules, fails here; so does a
 run-folder file name spelt outside `engine.run_folder`."""
+
 import ast
 from pathlib import Path
-
 
 from engine.config import where_and_how_keys
 
@@ -48,13 +48,18 @@ def modules_of(root: Path):
 
 
 def import_graph(modules):
-    return {name: {t for t in imported_modules(name, path) if t in modules and t != name}
-            for name, path in modules.items()}
+    return {
+        name: {t for t in imported_modules(name, path) if t in modules and t != name} for name, path in modules.items()
+    }
 
 
 def upward_imports(modules):
-    return [f"{name} imports {target}" for name, targets in import_graph(modules).items() for target in sorted(targets)
-            if target.split(".")[0] != name.split(".")[0] and target.split(".")[0] not in LAYERS[name.split(".")[0]]]
+    return [
+        f"{name} imports {target}"
+        for name, targets in import_graph(modules).items()
+        for target in sorted(targets)
+        if target.split(".")[0] != name.split(".")[0] and target.split(".")[0] not in LAYERS[name.split(".")[0]]
+    ]
 
 
 def import_cycles(modules):
@@ -64,7 +69,7 @@ def import_cycles(modules):
         stack.append(node)
         for target in sorted(edges[node]):
             if target in stack:
-                cycles.append(" -> ".join(stack[stack.index(target):] + [target]))
+                cycles.append(" -> ".join(stack[stack.index(target) :] + [target]))
             elif target not in done:
                 visit(target, stack)
         stack.pop()
@@ -101,8 +106,18 @@ def source_files():
     return sorted(modules_of(ROOT).values())
 
 
-RUN_FOLDER_NAMES = {"config.yaml", "config.previous.yaml", "environment.json", "metrics.jsonl", "tensorboard",
-                    "curves.png", "last.pt", "best.pt", "ema.pt", "results.json"}
+RUN_FOLDER_NAMES = {
+    "config.yaml",
+    "config.previous.yaml",
+    "environment.json",
+    "metrics.jsonl",
+    "tensorboard",
+    "curves.png",
+    "last.pt",
+    "best.pt",
+    "ema.pt",
+    "results.json",
+}
 
 
 def test_run_folder_file_names_are_spelt_in_one_module():
@@ -115,8 +130,12 @@ def test_run_folder_file_names_are_spelt_in_one_module():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Constant) and node.value in RUN_FOLDER_NAMES:
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
-            if isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant) \
-                    and str(node.values[0].value).startswith("ours-model-epoch"):
+            if (
+                isinstance(node, ast.JoinedStr)
+                and node.values
+                and isinstance(node.values[0], ast.Constant)
+                and str(node.values[0].value).startswith("ours-model-epoch")
+            ):
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno} f-string {node.values[0].value!r}...")
     assert not found, "run-folder names outside engine/run_folder.py: " + "; ".join(found)
 
@@ -128,8 +147,26 @@ def test_the_knobs_that_do_not_change_a_result_are_declared_so():
     from knowledge_distillation.config import KDConfig
 
     assert set(where_and_how_keys(ATConfig)) | set(where_and_how_keys(KDConfig)) == {
-        "name", "out_dir", "resume", "stop_after", "device", "dist_timeout", "allow_world_size_change", "paper_row",
-        "data.root", "data.download", "data.num_workers", "data.test_batch_size", "data.loader",
-        "teacher.checkpoint", "teacher.report_accuracy", "deterministic", "save_every",
-        "compile", "channels_last", "optim.implementation", "data.verify_checksum", "generated.verify_hashes",
+        "name",
+        "out_dir",
+        "resume",
+        "stop_after",
+        "device",
+        "dist_timeout",
+        "allow_world_size_change",
+        "paper_row",
+        "data.root",
+        "data.download",
+        "data.num_workers",
+        "data.test_batch_size",
+        "data.loader",
+        "teacher.checkpoint",
+        "teacher.report_accuracy",
+        "deterministic",
+        "save_every",
+        "compile",
+        "channels_last",
+        "optim.implementation",
+        "data.verify_checksum",
+        "generated.verify_hashes",
     }

@@ -1,4 +1,5 @@
 """The project's own promises: the README example runs, and the test command cannot pass empty."""
+
 import hashlib
 import os
 import re
@@ -6,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -61,3 +63,13 @@ def test_test_command_fails_when_no_test_is_collected(tmp_path):
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "collected no tests" in result.stderr
+
+
+@pytest.mark.parametrize("check", [["check"], ["format", "--check"]], ids=["lint", "format"])
+def test_the_tree_is_as_the_linter_and_formatter_leave_it(check):
+    """pyproject.toml's ruff settings (pyflakes, pycodestyle, import order, bugbear; format at 120)."""
+    result = subprocess.run([sys.executable, "-m", "ruff", *check, "."], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, (
+        f"ruff {' '.join(check)} . found something; run `ruff check --fix .` and "
+        f"`ruff format .`:\n{result.stdout[-3000:]}{result.stderr[-1000:]}"
+    )

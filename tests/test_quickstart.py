@@ -1,4 +1,5 @@
 """sh/quickstart.sh --smoke: the quickstart's wiring (train, AutoAttack, table) in seconds."""
+
 import json
 import os
 import subprocess
@@ -11,8 +12,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_quickstart_smoke_trains_attacks_and_prints_the_table(tmp_path):
     env = dict(os.environ, DKL_PYTHON=sys.executable)
     result = subprocess.run(
-        ["bash", str(ROOT / "sh" / "quickstart.sh"), "--smoke"], cwd=tmp_path, env=env,
-        capture_output=True, text=True, timeout=600,
+        ["bash", str(ROOT / "sh" / "quickstart.sh"), "--smoke"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (run,) = (tmp_path / "runs" / "quickstart").glob("*/digits_ikl")
@@ -26,6 +31,12 @@ def test_quickstart_smoke_trains_attacks_and_prints_the_table(tmp_path):
 
 def test_quickstart_refuses_unknown_arguments(tmp_path):
     env = dict(os.environ, DKL_PYTHON=sys.executable)
-    result = subprocess.run(["bash", str(ROOT / "sh" / "quickstart.sh"), "--fast"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["bash", str(ROOT / "sh" / "quickstart.sh"), "--fast"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "unknown argument '--fast'" in result.stderr

@@ -26,6 +26,7 @@ only reports the saved results; delete the state file to evaluate again from scr
 of ``adv_training.train`` (holding config.yaml), whose architecture and dataset come from its
 config and whose weights ``--which`` picks.
 """
+
 import argparse
 import contextlib
 import json
@@ -54,10 +55,10 @@ from adv_training.auto_attacks.resumable import (  # noqa: E402
 )
 from adv_training.config import ATConfig  # noqa: E402
 from engine.cli import command  # noqa: E402
-from engine.file_io import CheckpointNotFoundError, atomic_save, atomic_write_text, sha256_file, writing  # noqa: E402
 from engine.data import build_test_set, first_examples  # noqa: E402
 from engine.data import num_classes as data_num_classes  # noqa: E402
 from engine.errors import UserError  # noqa: E402
+from engine.file_io import CheckpointNotFoundError, atomic_save, atomic_write_text, sha256_file, writing  # noqa: E402
 from engine.run_folder import RunFolder  # noqa: E402
 from engine.runtime import (  # noqa: E402
     capture_rng_state,
@@ -71,14 +72,17 @@ from models import build_model, load_weights  # noqa: E402
 # The statistics of the authors' eval.py for --preprocess meanstd.
 MEAN_STD = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
-    "cifar100": ((0.5070751592371323, 0.48654887331495095, 0.4409178433670343),
-                 (0.2673342858792401, 0.2564384629170883, 0.27615047132568404)),
+    "cifar100": (
+        (0.5070751592371323, 0.48654887331495095, 0.4409178433670343),
+        (0.2673342858792401, 0.2564384629170883, 0.27615047132568404),
+    ),
 }
 DATASETS = {"CIFAR10": "cifar10", "CIFAR100": "cifar100", "digits": "digits"}  # digits: the quickstart
 DEFAULT_ARCH = "WideResNet34"  # the authors' default
 
 
 # --- the model -------------------------------------------------------------------------------
+
 
 class Normalize(nn.Module):
     """(x - mean) / std per channel, in front of a model that expects normalised images."""
@@ -117,8 +121,14 @@ class Target:
     which: Optional[str] = None
 
 
-def file_target(path: Path, *, arch: Optional[str] = None, data: Optional[str] = None, depth: Optional[int] = None,
-                widen_factor: Optional[int] = None) -> Target:
+def file_target(
+    path: Path,
+    *,
+    arch: Optional[str] = None,
+    data: Optional[str] = None,
+    depth: Optional[int] = None,
+    widen_factor: Optional[int] = None,
+) -> Target:
     """A weights file of the architecture the flags name (the authors' defaults otherwise)."""
     if not path.is_file():
         raise CheckpointNotFoundError(f"no checkpoint file at {path}")
@@ -126,15 +136,24 @@ def file_target(path: Path, *, arch: Optional[str] = None, data: Optional[str] =
     return Target(path, arch or DEFAULT_ARCH, DATASETS[data or "CIFAR10"], kwargs)
 
 
-def run_target(run_dir: Path, which: Optional[str] = None, *, arch: Optional[str] = None, data: Optional[str] = None,
-               depth: Optional[int] = None, widen_factor: Optional[int] = None) -> Target:
+def run_target(
+    run_dir: Path,
+    which: Optional[str] = None,
+    *,
+    arch: Optional[str] = None,
+    data: Optional[str] = None,
+    depth: Optional[int] = None,
+    widen_factor: Optional[int] = None,
+) -> Target:
     """The weights of a training run folder that ``which`` names (else those that stand for the
     run, `RunFolder.weights`), with the architecture and dataset of its config; flags that
     contradict the config are refused."""
     folder = RunFolder(run_dir)
     if not folder.is_run():
-        raise UserError(f"{run_dir} is a folder without config.yaml: pass a checkpoint file, "
-                        f"or a run folder written by adv_training.train")
+        raise UserError(
+            f"{run_dir} is a folder without config.yaml: pass a checkpoint file, "
+            f"or a run folder written by adv_training.train"
+        )
     config = folder.read_config()
     defaults = ATConfig()
     model, dataset_config = config.get("model") or {}, config.get("data") or {}
@@ -149,8 +168,10 @@ def run_target(run_dir: Path, which: Optional[str] = None, *, arch: Optional[str
     }
     for flag, (given, trained) in asked.items():
         if given is not None and given != trained:
-            raise UserError(f"{flag} {given} contradicts the run folder {run_dir}, trained with {trained}; "
-                            f"drop {flag} (a run folder's config says what it is)")
+            raise UserError(
+                f"{flag} {given} contradicts the run folder {run_dir}, trained with {trained}; "
+                f"drop {flag} (a run folder's config says what it is)"
+            )
     file, which = folder.weights(which)
     return Target(file, trained_arch, dataset, kwargs, run_dir=run_dir, which=which)
 
@@ -177,6 +198,7 @@ def build_network(target: Target) -> nn.Module:
 
 
 # --- logging ---------------------------------------------------------------------------------
+
 
 class EvalLog:
     """Each line to stdout and appended to the log file (append-only, like the authors' logs)."""
@@ -227,6 +249,7 @@ def autoattack_warnings_into(log: EvalLog):
 
 # --- the command line ------------------------------------------------------------------------
 
+
 def _fraction(text: str) -> float:
     """A float, or a fraction such as 8/255 or 8./255. (how budgets are quoted)."""
     try:
@@ -242,17 +265,25 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m adv_training.auto_attacks.eval",
         description="AutoAttack (RobustBench's protocol) on a checkpoint or a training run folder. "
-                    "The flags up to --version are the authors' eval.py's.",
+        "The flags up to --version are the authors' eval.py's.",
     )
     add = parser.add_argument
-    add("--arch", default=None, help=f"model zoo name (models.available_models()), e.g. WideResNet34, WideResNet28, "
-        f"PreActResNet18, wrn-28-10-swish; default {DEFAULT_ARCH}, or the run folder's")
+    add(
+        "--arch",
+        default=None,
+        help=f"model zoo name (models.available_models()), e.g. WideResNet34, WideResNet28, "
+        f"PreActResNet18, wrn-28-10-swish; default {DEFAULT_ARCH}, or the run folder's",
+    )
     add("--checkpoint", default="./model_test.pt", help="weights file, or a run folder of adv_training.train")
     add("--data", choices=list(DATASETS), default=None, help="test set; default CIFAR10, or the run folder's")
     add("--data_dir", default="./data", help="folder holding cifar-10-batches-py / cifar-100-python")
-    add("--preprocess", choices=["meanstd", "01", "+-1"], default="01",
+    add(
+        "--preprocess",
+        choices=["meanstd", "01", "+-1"],
+        default="01",
         help="normalisation in front of the model: 01 none (zoo models take [0, 1] images), "
-             "meanstd CIFAR mean/std, +-1 maps to [-1, 1]")
+        "meanstd CIFAR mean/std, +-1 maps to [-1, 1]",
+    )
     add("--norm", choices=["Linf", "L2"], default="Linf", help="threat model")
     add("--epsilon", type=_fraction, default=8 / 255, help="perturbation budget (8/255 is accepted)")
     add("--n_ex", type=int, default=10000, help="evaluate the first N test images")
@@ -260,24 +291,45 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     add("--save_dir", default="./adv_inputs", help="folder for the adversarial examples")
     add("--batch_size", type=int, default=200, help="images per AutoAttack batch")
     add("--log_path", default="./log.txt", help="log file (appended); the JSON results go next to it")
-    add("--version", choices=VERSIONS, default="standard",
+    add(
+        "--version",
+        choices=VERSIONS,
+        default="standard",
         help="standard: APGD-CE, APGD-T, FAB-T, Square (the reported number); plus; rand (randomised defences); "
-             "custom: --attacks")
-    add("--attacks", nargs="+", choices=ATTACKS, default=None, metavar="ATTACK",
+        "custom: --attacks",
+    )
+    add(
+        "--attacks",
+        nargs="+",
+        choices=ATTACKS,
+        default=None,
+        metavar="ATTACK",
         help=f"attacks of --version custom, in order, from {', '.join(ATTACKS)} (default apgd-ce fab, the "
-             f"authors' custom version; APGD and FAB with 2 restarts)")
+        f"authors' custom version; APGD and FAB with 2 restarts)",
+    )
     add("--seed", type=int, default=0, help="seed of the attacks (the caller's RNG state is restored afterwards)")
-    add("--state_path", type=Path, default=None,
-        help="progress file to resume from; default: next to the log (logs/x.log -> logs/x.state.pt)")
-    add("--which", choices=["ema", "swa", "best", "last"], default=None,
+    add(
+        "--state_path",
+        type=Path,
+        default=None,
+        help="progress file to resume from; default: next to the log (logs/x.log -> logs/x.state.pt)",
+    )
+    add(
+        "--which",
+        choices=["ema", "swa", "best", "last"],
+        default=None,
         help="run folders only: which weights (default: the epoch average ours-model-epoch-SWA*.pt, "
-             "as the reference reports, else ema.pt, else best.pt)")
+        "as the reference reports, else ema.pt, else best.pt)",
+    )
     add("--depth", type=int, default=None, help="depth of the generic WideResNet arch")
     add("--widen_factor", type=int, default=None, help="width of the generic WideResNet arch")
     add("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     add("--download", action="store_true", help="download the test set into --data_dir when it is missing")
-    add("--no_checksum", action="store_true",
-        help="skip the MD5 check of the dataset files: only for CIFAR-format data you generated yourself")
+    add(
+        "--no_checksum",
+        action="store_true",
+        help="skip the MD5 check of the dataset files: only for CIFAR-format data you generated yourself",
+    )
     args = parser.parse_args(argv)
     if args.n_ex < 1 or args.batch_size < 1:
         parser.error("--n_ex and --batch_size must be positive")
@@ -325,8 +377,15 @@ def evaluate(args, command: str = "eval.py") -> dict:
     x, y, test_size = load_test_images(target.dataset, args)
 
     log = EvalLog(log_path)
-    adversary = Adversary(model, norm=args.norm, eps=args.epsilon, version=args.version, attacks=args.attacks,
-                          device=device, seed=args.seed)
+    adversary = Adversary(
+        model,
+        norm=args.norm,
+        eps=args.epsilon,
+        version=args.version,
+        attacks=args.attacks,
+        device=device,
+        seed=args.seed,
+    )
     # What identifies the evaluation for resuming (not where the files are).
     fingerprint = {
         "checkpoint_sha256": sha256_file(target.file),
@@ -345,34 +404,57 @@ def evaluate(args, command: str = "eval.py") -> dict:
     }
     log(f"==== {datetime.now().isoformat(timespec='seconds')}  {command}")
     if target.run_dir is not None:
-        log(f"run folder {target.run_dir}: evaluating {target.file.name} (--which {target.which}; "
-            f"swa, ema, best or last choose another)")
+        log(
+            f"run folder {target.run_dir}: evaluating {target.file.name} (--which {target.which}; "
+            f"swa, ema, best or last choose another)"
+        )
     if args.preprocess != "01" and any(name in ("mean", "std") for name, _ in net.named_buffers(recurse=False)):
         log(f"note: {target.arch} normalises its inputs itself; --preprocess {args.preprocess} normalises them twice")
-    log(f"{target.arch} on {target.dataset} ({len(y)} images), {args.norm} eps {args.epsilon:.5f}, "
-        f"{args.version} version: {', '.join(adversary.attacks)}; {adversary.package} on {device}")
-    partial = [reason for reason, applies in (("not the standard version", args.version != "standard"),
-                                               (f"{len(y)} of {test_size} test images", len(y) < test_size))
-               if applies]
+    log(
+        f"{target.arch} on {target.dataset} ({len(y)} images), {args.norm} eps {args.epsilon:.5f}, "
+        f"{args.version} version: {', '.join(adversary.attacks)}; {adversary.package} on {device}"
+    )
+    partial = [
+        reason
+        for reason, applies in (
+            ("not the standard version", args.version != "standard"),
+            (f"{len(y)} of {test_size} test images", len(y) < test_size),
+        )
+        if applies
+    ]
     if partial:
         log(f"note: {' and '.join(partial)}: a sanity check, not a result to report")
 
     started = time.perf_counter()
     with autoattack_warnings_into(log):
-        result = run_autoattack(adversary, model, x, y, batch_size=args.batch_size, device=device,
-                                individual=args.individual, state_path=state_path, fingerprint=fingerprint, log=log)
+        result = run_autoattack(
+            adversary,
+            model,
+            x,
+            y,
+            batch_size=args.batch_size,
+            device=device,
+            individual=args.individual,
+            state_path=state_path,
+            fingerprint=fingerprint,
+            log=log,
+        )
     session_seconds = time.perf_counter() - started
 
     # RobustBench reports the model's accuracy on the returned adversarial examples.
     if args.individual:
-        adv_acc = {name: (predict(model, x_adv, args.batch_size, device) == y).float().mean().item()
-                   for name, x_adv in result.x_adv.items()}
+        adv_acc = {
+            name: (predict(model, x_adv, args.batch_size, device) == y).float().mean().item()
+            for name, x_adv in result.x_adv.items()
+        }
         robust_acc = result.robust_acc
     else:
         robust_acc = (predict(model, result.x_adv[SEQUENTIAL], args.batch_size, device) == y).float().mean().item()
         if abs(robust_acc - result.robust_acc) > 0.5 / len(y):
-            log(f"warning: accuracy on the adversarial examples {robust_acc:.2%} differs from AutoAttack's "
-                f"{result.robust_acc:.2%} (a non-deterministic model?)")
+            log(
+                f"warning: accuracy on the adversarial examples {robust_acc:.2%} differs from AutoAttack's "
+                f"{result.robust_acc:.2%} (a non-deterministic model?)"
+            )
     adv_file = adversarial_path(args, len(y))
     if args.individual:
         atomic_save({name: x_adv for name, x_adv in result.x_adv.items()}, adv_file)
@@ -389,8 +471,10 @@ def evaluate(args, command: str = "eval.py") -> dict:
         lines.append(f"robust against every attack (individual runs combined): {percent(robust_acc):.2f}%")
     else:
         lines.append(f"AutoAttack ({args.version}) robust accuracy: {percent(robust_acc):.2f}%")
-    lines.append(f"attack time {result.seconds:.1f} s over {len(y)} images"
-                 + (f" (this session {session_seconds:.1f} s, resumed)" if result.resumed else ""))
+    lines.append(
+        f"attack time {result.seconds:.1f} s over {len(y)} images"
+        + (f" (this session {session_seconds:.1f} s, resumed)" if result.resumed else "")
+    )
     lines.append(f"results: {json_path}; adversarial examples: {adv_file}")
     for line in lines:
         log(line)
@@ -403,8 +487,9 @@ def evaluate(args, command: str = "eval.py") -> dict:
         "data_dir": str(args.data_dir),
         "clean_acc": percent(result.clean_acc),
         "robust_acc": percent(robust_acc),
-        ("robust_acc_by" if args.individual else "robust_acc_after"):
-            {attack: percent(acc) for attack, acc in result.robust_after.items()},
+        ("robust_acc_by" if args.individual else "robust_acc_after"): {
+            attack: percent(acc) for attack, acc in result.robust_after.items()
+        },
         "attack_seconds": round(result.seconds, 1),
         "session_seconds": round(session_seconds, 1),
         "resumed": result.resumed,

@@ -5,6 +5,7 @@ model and evaluated exactly the weights now in the folder (same sha256). Quick c
 attack lists, other budgets) and reports of weights since overwritten do not count. The model
 card (`adv_training.export`) and the report of many runs (`experiments.report`) read them so.
 """
+
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -21,14 +22,25 @@ def threat_model(config: Dict[str, Any]) -> Tuple[str, Optional[float]]:
 
 def is_standard_autoattack(report: Dict[str, Any], norm: str, epsilon: Optional[float]) -> bool:
     """The standard AutoAttack (all four attacks) at the run's own threat model: what counts."""
-    return (report.get("version") == "standard" and str(report.get("norm", "")).lower() == norm
-            and epsilon is not None and abs(float(report.get("epsilon", -1)) - float(epsilon)) < 1e-9)
+    return (
+        report.get("version") == "standard"
+        and str(report.get("norm", "")).lower() == norm
+        and epsilon is not None
+        and abs(float(report.get("epsilon", -1)) - float(epsilon)) < 1e-9
+    )
 
 
-def matching_autoattack(run_dir: Path, weights: Path, norm: str,
-                        epsilon: Optional[float]) -> Optional[Tuple[Path, Dict[str, Any]]]:
+def matching_autoattack(
+    run_dir: Path, weights: Path, norm: str, epsilon: Optional[float]
+) -> Optional[Tuple[Path, Dict[str, Any]]]:
     """The newest standard AutoAttack report at (norm, epsilon) in ``run_dir`` that evaluated
     exactly the file ``weights`` (by sha256)."""
     digest = sha256_file(weights)
-    return next(((path, report) for path, report in RunFolder(run_dir).autoattack_reports()
-                 if report["checkpoint_sha256"] == digest and is_standard_autoattack(report, norm, epsilon)), None)
+    return next(
+        (
+            (path, report)
+            for path, report in RunFolder(run_dir).autoattack_reports()
+            if report["checkpoint_sha256"] == digest and is_standard_autoattack(report, norm, epsilon)
+        ),
+        None,
+    )

@@ -18,6 +18,7 @@ The price of going batch by batch: the package's sanity checks run once per batc
 once, about 9 forward passes per batch against APGD-CE's 100 forward-backward passes (a few
 percent of that attack, far less of the others; an estimate, not a measurement).
 """
+
 import math
 import time
 from dataclasses import dataclass
@@ -27,8 +28,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from engine.file_io import atomic_save, load_file, remove_stale_temporaries
 from engine.errors import UserError
+from engine.file_io import atomic_save, load_file, remove_stale_temporaries
 
 ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
 VERSIONS = ("standard", "plus", "rand", "custom")
@@ -64,8 +65,17 @@ def import_autoattack() -> Tuple[type, str, bool]:
 class Adversary:
     """One AutoAttack object configured for ``version``; runs one attack on one batch per call."""
 
-    def __init__(self, model: torch.nn.Module, *, norm: str, eps: float, version: str,
-                 attacks: Optional[Sequence[str]], device: torch.device, seed: int):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        norm: str,
+        eps: float,
+        version: str,
+        attacks: Optional[Sequence[str]],
+        device: torch.device,
+        seed: int,
+    ):
         if version != "custom" and attacks:
             raise UserError(f"--attacks only goes with --version custom (version {version} has its own attacks)")
         if version == "custom" and not attacks:
@@ -73,11 +83,18 @@ class Adversary:
         cls, self.package, keyword_api = import_autoattack()
         custom = list(attacks) if version == "custom" else None
         if keyword_api:
-            self.autoattack = cls(model, norm=norm, eps=eps, version=version, device=device, seed=seed,
-                                  attacks=custom)
+            self.autoattack = cls(model, norm=norm, eps=eps, version=version, device=device, seed=seed, attacks=custom)
         else:
-            self.autoattack = cls(model, norm=norm, eps=eps, version=version, device=device, seed=seed,
-                                  attacks_to_run=custom or [], verbose=False)
+            self.autoattack = cls(
+                model,
+                norm=norm,
+                eps=eps,
+                version=version,
+                device=device,
+                seed=seed,
+                attacks_to_run=custom or [],
+                verbose=False,
+            )
         self._keyword_api = keyword_api
         if version == "custom":
             self.autoattack.apgd.n_restarts = CUSTOM_RESTARTS
@@ -115,13 +132,24 @@ class Result:
 def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
     """Predicted labels, on the CPU."""
     with torch.no_grad():
-        return torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
+        return torch.cat(
+            [model(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
+        )
 
 
-def run_autoattack(adversary: Adversary, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-                   batch_size: int, device: torch.device, individual: bool = False,
-                   state_path: Optional[Path] = None, fingerprint: Optional[dict] = None,
-                   log: Callable[[str], None] = print) -> Result:
+def run_autoattack(
+    adversary: Adversary,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    batch_size: int,
+    device: torch.device,
+    individual: bool = False,
+    state_path: Optional[Path] = None,
+    fingerprint: Optional[dict] = None,
+    log: Callable[[str], None] = print,
+) -> Result:
     """AutoAttack on (x, y) in [0, 1] on the CPU, continuing from ``state_path`` when it exists.
 
     Sequential (the standard way): each attack runs on the points all earlier ones failed on.
@@ -195,7 +223,7 @@ def _run_attack(adversary, attack: str, run: dict, x, y, batch_size: int, save, 
         log(f"{attack}: continuing at batch {current['next_batch'] + 1}/{n_batches}")
     for batch_index in range(current["next_batch"], n_batches):
         started = time.perf_counter()
-        batch = indices[batch_index * batch_size:(batch_index + 1) * batch_size]
+        batch = indices[batch_index * batch_size : (batch_index + 1) * batch_size]
         x_adv, y_adv = adversary(attack, x[batch], y[batch])
         fooled = y_adv != y[batch]
         broken = batch[fooled]
@@ -205,8 +233,9 @@ def _run_attack(adversary, attack: str, run: dict, x, y, batch_size: int, save, 
         current["next_batch"] = batch_index + 1
         run["seconds"] += time.perf_counter() - started
         save()
-        log(f"{attack} - {batch_index + 1}/{n_batches} - {int(fooled.sum())} out of {len(batch)} "
-            f"successfully perturbed")
+        log(
+            f"{attack} - {batch_index + 1}/{n_batches} - {int(fooled.sum())} out of {len(batch)} successfully perturbed"
+        )
     run["done"][attack] = run["robust"].float().mean().item()
     run["current"] = None
     save()
@@ -217,17 +246,26 @@ def _log_final_check(norm: str, x_adv: torch.Tensor, x: torch.Tensor, robust: to
     """AutoAttack's closing lines: the largest perturbation and the range of the images."""
     delta = (x_adv - x).flatten(1)
     size = {"Linf": delta.abs().max(1)[0], "L2": delta.norm(dim=1), "L1": delta.abs().sum(1)}[norm]
-    log(f"max {norm} perturbation: {size.max().item():.5f}, nan in tensor: {int(torch.isnan(x_adv).sum())}, "
-        f"max: {x_adv.max().item():.5f}, min: {x_adv.min().item():.5f}")
+    log(
+        f"max {norm} perturbation: {size.max().item():.5f}, nan in tensor: {int(torch.isnan(x_adv).sum())}, "
+        f"max: {x_adv.max().item():.5f}, min: {x_adv.min().item():.5f}"
+    )
     log(f"robust accuracy: {robust.float().mean().item():.2%}")
 
 
 # --- the state file ------------------------------------------------------------------------
 
+
 def _new_run(correct: torch.Tensor, x: torch.Tensor, clean_pred: torch.Tensor) -> dict:
     # As in AutoAttack: a point not yet broken keeps its clean image and clean prediction.
-    return {"robust": correct.clone(), "x_adv": x.clone(), "y_adv": clean_pred.clone(), "done": {},
-            "current": None, "seconds": 0.0}
+    return {
+        "robust": correct.clone(),
+        "x_adv": x.clone(),
+        "y_adv": clean_pred.clone(),
+        "done": {},
+        "current": None,
+        "seconds": 0.0,
+    }
 
 
 def _save(state: dict, path: Optional[Path]) -> None:
@@ -251,18 +289,25 @@ def _as_saved(state: dict) -> dict:
 def _load_state(path: Path, fingerprint: dict, x: torch.Tensor, y: torch.Tensor) -> dict:
     saved = load_file(path)
     if not isinstance(saved, dict) or saved.get("format") != STATE_FORMAT:
-        raise UserError(f"{path} is not an AutoAttack state file written by this evaluation; "
-                        f"delete it or pass another --state_path")
-    different = sorted(k for k in set(fingerprint) | set(saved["fingerprint"])
-                       if fingerprint.get(k) != saved["fingerprint"].get(k))
+        raise UserError(
+            f"{path} is not an AutoAttack state file written by this evaluation; delete it or pass another --state_path"
+        )
+    different = sorted(
+        k for k in set(fingerprint) | set(saved["fingerprint"]) if fingerprint.get(k) != saved["fingerprint"].get(k)
+    )
     if different:
-        details = "; ".join(f"{key}: {saved['fingerprint'].get(key)!r} there, {fingerprint.get(key)!r} now"
-                            for key in different)
-        raise UserError(f"the state file {path} belongs to another evaluation ({details}). Delete it to start "
-                        f"over, or pass another --state_path")
+        details = "; ".join(
+            f"{key}: {saved['fingerprint'].get(key)!r} there, {fingerprint.get(key)!r} now" for key in different
+        )
+        raise UserError(
+            f"the state file {path} belongs to another evaluation ({details}). Delete it to start "
+            f"over, or pass another --state_path"
+        )
     if not torch.equal(saved["labels"], y):
-        raise UserError(f"the state file {path} was written for other images (its labels differ); delete it "
-                        f"to start over, or pass another --state_path")
+        raise UserError(
+            f"the state file {path} was written for other images (its labels differ); delete it "
+            f"to start over, or pass another --state_path"
+        )
     for run in saved["runs"].values():
         run["x_adv"] = x.clone()
         run["x_adv"][run.pop("adv_index")] = run.pop("adv_images")

@@ -17,6 +17,7 @@ crops whichever DataLoader worker builds it and however many processes share it.
 quarter of float32's bytes to copy to the GPU); `as_float_images` turns them into [0, 1]
 floats, the values ``ToTensor`` gives.
 """
+
 import math
 from dataclasses import dataclass
 from typing import Iterator, List, Sequence
@@ -25,8 +26,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from engine.data import crop_flip, draw_crop_flip, draw_rotations, keyed_generator, require_global_batch_divides
-from engine.data import shard_bounds
+from engine.data import (
+    crop_flip,
+    draw_crop_flip,
+    draw_rotations,
+    keyed_generator,
+    require_global_batch_divides,
+    shard_bounds,
+)
 from engine.errors import UserError
 
 from .store import IMAGE_SHAPE, REFERENCE_EPOCH_IMAGES, GeneratedSet
@@ -40,15 +47,26 @@ class MixedBatchSampler(Sampler["BatchKey"]):
     batch. See the module's docstring.
     """
 
-    def __init__(self, num_real: int, num_generated: int, *, batch_size: int, unsup_fraction: float,
-                 epoch_batches: int, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        num_real: int,
+        num_generated: int,
+        *,
+        batch_size: int,
+        unsup_fraction: float,
+        epoch_batches: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if not 0 <= unsup_fraction < 1:
             raise UserError(f"unsup_fraction must lie in [0, 1), got {unsup_fraction}")
         require_global_batch_divides(batch_size, world_size)
         self.generated_per_batch = int(batch_size * unsup_fraction)  # the reference's int(): a floor
         if num_generated == 0 or num_real == 0:
-            raise UserError(f"mixing needs real and generated images; got {num_real} real and {num_generated} "
-                            f"generated")
+            raise UserError(
+                f"mixing needs real and generated images; got {num_real} real and {num_generated} generated"
+            )
         self.num_real, self.num_generated = num_real, num_generated
         self.batch_size, self.epoch_batches, self.seed = batch_size, epoch_batches, seed
         self.rank, self.world_size = rank, world_size
@@ -65,10 +83,11 @@ class MixedBatchSampler(Sampler["BatchKey"]):
         for _ in range(self.epoch_batches):
             if position >= self.num_real:
                 order, position = torch.randperm(self.num_real, generator=generator), 0
-            real = order[position:position + real_per_batch]
+            real = order[position : position + real_per_batch]
             position += len(real)
-            generated = self.num_real + torch.randint(self.num_generated, (self.batch_size - len(real),),
-                                                      generator=generator)
+            generated = self.num_real + torch.randint(
+                self.num_generated, (self.batch_size - len(real),), generator=generator
+            )
             batch = torch.cat([real, generated])
             yield batch[torch.randperm(self.batch_size, generator=generator)]
 
@@ -105,8 +124,16 @@ class MixedBatches(Dataset):
     the very images one process would.
     """
 
-    def __init__(self, real_images: np.ndarray, real_labels: Sequence[int], generated: GeneratedSet,
-                 *, seed: int, augment: bool = True, rotate_degrees: float = 0.0):
+    def __init__(
+        self,
+        real_images: np.ndarray,
+        real_labels: Sequence[int],
+        generated: GeneratedSet,
+        *,
+        seed: int,
+        augment: bool = True,
+        rotate_degrees: float = 0.0,
+    ):
         self.real_images, self.real_labels = real_images, np.asarray(real_labels, dtype=np.int64)
         self.generated, self.seed, self.augment = generated, seed, augment
         self.rotate_degrees = rotate_degrees
@@ -146,18 +173,43 @@ def epoch_batches(num_reference_images: int, batch_size: int) -> int:
     return math.ceil(num_reference_images / batch_size)
 
 
-def make_mixed_loader(real_images: np.ndarray, real_labels: Sequence[int], generated: GeneratedSet, *,
-                      batch_size: int, unsup_fraction: float, seed: int, epoch_images: int = REFERENCE_EPOCH_IMAGES,
-                      num_workers: int = 0, pin_memory: bool = False, rank: int = 0, world_size: int = 1,
-                      augment: bool = True, rotate_degrees: float = 0.0) -> DataLoader:
+def make_mixed_loader(
+    real_images: np.ndarray,
+    real_labels: Sequence[int],
+    generated: GeneratedSet,
+    *,
+    batch_size: int,
+    unsup_fraction: float,
+    seed: int,
+    epoch_images: int = REFERENCE_EPOCH_IMAGES,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    augment: bool = True,
+    rotate_degrees: float = 0.0,
+) -> DataLoader:
     """The training loader of a generated-data run: uint8 batches, this process's share of each
     global batch. Call ``loader.sampler.set_epoch(e)`` (or `engine.data.set_epoch`) before each epoch."""
-    sampler = MixedBatchSampler(len(real_images), len(generated),
-                                batch_size=batch_size, unsup_fraction=unsup_fraction,
-                                epoch_batches=epoch_batches(epoch_images, batch_size), seed=seed, rank=rank,
-                                world_size=world_size)
-    dataset = MixedBatches(real_images, real_labels, generated, seed=seed, augment=augment,
-                           rotate_degrees=rotate_degrees)
+    sampler = MixedBatchSampler(
+        len(real_images),
+        len(generated),
+        batch_size=batch_size,
+        unsup_fraction=unsup_fraction,
+        epoch_batches=epoch_batches(epoch_images, batch_size),
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+    )
+    dataset = MixedBatches(
+        real_images, real_labels, generated, seed=seed, augment=augment, rotate_degrees=rotate_degrees
+    )
     # batch_size=None: the sampler's keys are whole batches; the generator only feeds worker seeds.
-    return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
-                      generator=torch.Generator().manual_seed(seed))
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(seed),
+    )

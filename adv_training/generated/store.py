@@ -15,6 +15,7 @@ every file is written to a temporary name and renamed. `open_generated` checks t
 against its manifest and opens ``images.npy`` with ``np.load(mmap_mode="r")``: training
 reads only the images it draws, and memory stays flat for 50M images (154 GB).
 """
+
 import hashlib
 import json
 import mmap
@@ -62,8 +63,7 @@ def _member(archive: zipfile.ZipFile, key: str, path: Path) -> str:
     name = f"{key}.npy"
     if name not in archive.namelist():
         found = ", ".join(sorted(n[:-4] for n in archive.namelist() if n.endswith(".npy"))) or "nothing"
-        raise UserError(f"{path} holds no '{key}' array (found: {found}); Wang et al.'s files hold 'image' and "
-                        f"'label'")
+        raise UserError(f"{path} holds no '{key}' array (found: {found}); Wang et al.'s files hold 'image' and 'label'")
     return name
 
 
@@ -88,11 +88,15 @@ def _inspect_part(path: Path) -> _Part:
         raise UserError(f"{path}: 'image' is stored in Fortran order; expected C order")
     image_bytes = int(np.prod(IMAGE_SHAPE))
     if image_data != image_shape[0] * image_bytes:
-        raise UserError(f"{path}: 'image' holds {image_data // image_bytes:,} of the {image_shape[0]:,} images its "
-                        f"header declares (an incomplete file?)")
+        raise UserError(
+            f"{path}: 'image' holds {image_data // image_bytes:,} of the {image_shape[0]:,} images its "
+            f"header declares (an incomplete file?)"
+        )
     if not np.issubdtype(label_dtype, np.integer) or tuple(label_shape) != (image_shape[0],):
-        raise UserError(f"{path}: 'label' has shape {tuple(label_shape)} and dtype {label_dtype}; expected "
-                        f"{image_shape[0]} integers, one per image")
+        raise UserError(
+            f"{path}: 'label' has shape {tuple(label_shape)} and dtype {label_dtype}; expected "
+            f"{image_shape[0]} integers, one per image"
+        )
     return _Part(path, int(image_shape[0]), image_dtype)
 
 
@@ -103,8 +107,10 @@ def _read_labels(part: _Part, num_classes: int) -> np.ndarray:
     except (zipfile.BadZipFile, EOFError, ValueError, zlib.error, OSError) as error:
         raise UserError(f"{part.path}: its labels could not be read (truncated or damaged?): {error}") from None
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise UserError(f"{part.path}: labels range over {labels.min()}..{labels.max()}, outside 0..{num_classes - 1} "
-                        f"({num_classes} classes): is this the data of another dataset?")
+        raise UserError(
+            f"{part.path}: labels range over {labels.min()}..{labels.max()}, outside 0..{num_classes - 1} "
+            f"({num_classes} classes): is this the data of another dataset?"
+        )
     return labels
 
 
@@ -123,8 +129,9 @@ def _stream_images(part: _Part, chunk_images: int) -> Iterator[bytes]:
                 left -= wanted // image_bytes
                 yield chunk
     except (zipfile.BadZipFile, EOFError, ValueError, zlib.error, OSError) as error:
-        raise UserError(f"{part.path}: its images could not be read to the end (truncated or damaged?): "
-                        f"{error}") from None
+        raise UserError(
+            f"{part.path}: its images could not be read to the end (truncated or damaged?): {error}"
+        ) from None
 
 
 class _HashingWriter:
@@ -143,8 +150,14 @@ def _label_dtype(num_classes: int) -> np.dtype:
     return np.dtype(np.uint8) if num_classes <= 256 else np.dtype(np.int64)
 
 
-def prepare_generated(parts: Sequence[PathLike], out_dir: PathLike, num_classes: int, *,
-                      chunk_images: int = CHUNK_IMAGES, show_progress: bool = True) -> dict:
+def prepare_generated(
+    parts: Sequence[PathLike],
+    out_dir: PathLike,
+    num_classes: int,
+    *,
+    chunk_images: int = CHUNK_IMAGES,
+    show_progress: bool = True,
+) -> dict:
     """Validate the ``.npz`` ``parts`` and write them as one prepared folder; return its manifest.
 
     Every part is checked (arrays, shapes, dtypes, label range) before anything is written.
@@ -172,14 +185,19 @@ def prepare_generated(parts: Sequence[PathLike], out_dir: PathLike, num_classes:
 
     total_bytes = sum(p.stat().st_size for p in paths) + count * int(np.prod(IMAGE_SHAPE))
     with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="preparing", disable=not show_progress) as bar:
-        sources = [{"file": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p, bar), "count": part.count}
-                   for p, part in zip(paths, inspected)]
+        sources = [
+            {"file": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p, bar), "count": part.count}
+            for p, part in zip(paths, inspected)
+        ]
         images_record = {}
 
         def write_images(stream):
             writer = _HashingWriter(stream)
-            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
-                      "shape": (count, *IMAGE_SHAPE)}
+            header = {
+                "descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+                "fortran_order": False,
+                "shape": (count, *IMAGE_SHAPE),
+            }
             np.lib.format.write_array_header_1_0(writer, header)
             for part in inspected:
                 for chunk in _stream_images(part, chunk_images):
@@ -193,20 +211,27 @@ def prepare_generated(parts: Sequence[PathLike], out_dir: PathLike, num_classes:
         def write_labels(stream):
             writer = _HashingWriter(stream)
             np.lib.format.write_array(writer, labels, allow_pickle=False)
-            labels_record.update(file=LABELS, bytes=writer.size, sha256=writer.digest.hexdigest(),
-                                 dtype=str(labels.dtype))
+            labels_record.update(
+                file=LABELS, bytes=writer.size, sha256=writer.digest.hexdigest(), dtype=str(labels.dtype)
+            )
 
         write_atomically(out_dir / LABELS, "wb", write_labels)
     manifest = {
-        "format": FORMAT_VERSION, "count": count, "num_classes": num_classes, "image_shape": list(IMAGE_SHAPE),
+        "format": FORMAT_VERSION,
+        "count": count,
+        "num_classes": num_classes,
+        "image_shape": list(IMAGE_SHAPE),
         "class_counts": np.bincount(labels, minlength=num_classes).tolist(),
-        "images": images_record, "labels": labels_record, "sources": sources,
+        "images": images_record,
+        "labels": labels_record,
+        "sources": sources,
     }
     atomic_write_text(json.dumps(manifest, indent=1) + "\n", out_dir / MANIFEST)
     return manifest
 
 
 # --- the prepared folder -------------------------------------------------------------------
+
 
 def memory_map_images(path: PathLike) -> np.ndarray:
     """``np.load(path, mmap_mode="r")``, advised for random access.
@@ -240,8 +265,12 @@ class GeneratedSet:
         return len(self.labels)
 
     def __getstate__(self) -> dict:
-        return {"folder": self.folder, "labels": self.labels, "manifest": self.manifest,
-                "images_file": Path(self.images.filename)}
+        return {
+            "folder": self.folder,
+            "labels": self.labels,
+            "manifest": self.manifest,
+            "images_file": Path(self.images.filename),
+        }
 
     def __setstate__(self, state: dict) -> None:
         self.folder, self.labels, self.manifest = state["folder"], state["labels"], state["manifest"]
@@ -264,20 +293,27 @@ def open_generated(folder: PathLike, num_classes: int, verify_hashes: bool = Fal
         count, classes = int(manifest["count"]), int(manifest["num_classes"])
         if manifest["format"] != FORMAT_VERSION:
             raise ValueError(f"format {manifest['format']}, this code reads {FORMAT_VERSION}")
-        files = {key: (folder / manifest[key]["file"], int(manifest[key]["bytes"]), manifest[key]["sha256"])
-                 for key in ("images", "labels")}
+        files = {
+            key: (folder / manifest[key]["file"], int(manifest[key]["bytes"]), manifest[key]["sha256"])
+            for key in ("images", "labels")
+        }
     except (ValueError, KeyError, TypeError) as error:
-        raise UserError(f"{manifest_path} is not a readable manifest ({error}): prepare the data again with "
-                        f"{_PREPARE_HINT}") from None
+        raise UserError(
+            f"{manifest_path} is not a readable manifest ({error}): prepare the data again with {_PREPARE_HINT}"
+        ) from None
     if classes != num_classes:
-        raise UserError(f"the generated data in {folder} has {classes} classes and this run's dataset "
-                        f"{num_classes}: point data.generated.path at the set generated for this dataset")
+        raise UserError(
+            f"the generated data in {folder} has {classes} classes and this run's dataset "
+            f"{num_classes}: point data.generated.path at the set generated for this dataset"
+        )
     for path, expected_bytes, expected_sha256 in files.values():
         size = path.stat().st_size if path.is_file() else None
         if size != expected_bytes:
             found = "it is missing" if size is None else f"it has {size}"
-            raise UserError(f"{path} does not match {MANIFEST} ({expected_bytes} bytes expected, {found}): "
-                            f"prepare the data again with {_PREPARE_HINT}")
+            raise UserError(
+                f"{path} does not match {MANIFEST} ({expected_bytes} bytes expected, {found}): "
+                f"prepare the data again with {_PREPARE_HINT}"
+            )
         if verify_hashes:
             if sha256_file(path) != expected_sha256:
                 raise UserError(f"{path} does not match the sha256 in {MANIFEST}: prepare the data again")
@@ -287,8 +323,10 @@ def open_generated(folder: PathLike, num_classes: int, verify_hashes: bool = Fal
     except ValueError as error:  # a damaged .npy header
         raise UserError(f"{folder}: the prepared files could not be read ({error}): prepare the data again") from None
     if images.shape != (count, *IMAGE_SHAPE) or images.dtype != np.uint8 or labels.shape != (count,):
-        raise UserError(f"{folder}: images {images.shape} {images.dtype} and labels {labels.shape} do not match "
-                        f"{MANIFEST} ({count} images): prepare the data again")
+        raise UserError(
+            f"{folder}: images {images.shape} {images.dtype} and labels {labels.shape} do not match "
+            f"{MANIFEST} ({count} images): prepare the data again"
+        )
     return GeneratedSet(folder, images, labels, manifest)
 
 

@@ -1,4 +1,5 @@
 """PGD with pluggable objectives: constraints, single steps by hand, modes and side effects."""
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +16,7 @@ CLASSES = 3
 def trained_model(small_model, image_batch):
     """``trained_model(seed=0)``: `small_model` with dropout after a few SGD steps, so that the
     logits are not near-constant and the BatchNorm statistics are not trivial."""
+
     def make(seed=0):
         model = small_model(seed, dropout=True)
         x, y = image_batch(seed)
@@ -115,7 +117,10 @@ def test_l2_single_step_by_hand(trained_model, image_batch):
 def test_l2_zero_gradient_gives_no_nan(trained_model, image_batch):
     model = trained_model()
     x, _ = image_batch()
-    zero_objective = lambda logits: 0 * logits.sum()
+
+    def zero_objective(logits):
+        return 0 * logits.sum()
+
     for start in ["none", "normal", "uniform"]:
         x_adv = pgd(model, x, zero_objective, eps=0.5, step_size=0.1, steps=3, norm="l2", random_start=start)
         assert torch.isfinite(x_adv).all()
@@ -217,8 +222,18 @@ def test_bad_arguments(small_model, image_batch):
 
 def keyed_start(x, keys, seed, eps, norm="linf", random_start="uniform"):
     """pgd's start alone: one step of size 0 projects it and moves nothing."""
-    return pgd(torch.nn.Flatten(), x, lambda logits: logits.sum(), eps=eps, step_size=0.0, steps=1, norm=norm,
-               random_start=random_start, start_keys=keys, start_seed=seed)
+    return pgd(
+        torch.nn.Flatten(),
+        x,
+        lambda logits: logits.sum(),
+        eps=eps,
+        step_size=0.0,
+        steps=1,
+        norm=norm,
+        random_start=random_start,
+        start_keys=keys,
+        start_seed=seed,
+    )
 
 
 def lowbias32(value: int) -> int:
@@ -315,8 +330,10 @@ def test_a_train_mode_attack_with_frozen_bn_stats_uses_batch_statistics_and_upda
     with torch.no_grad():
         updating = model(x)
     torch.testing.assert_close(frozen, updating, rtol=0, atol=0)
-    assert not torch.equal(model.state_dict()[next(k for k in before if k.endswith("running_mean"))],
-                           before[next(k for k in before if k.endswith("running_mean"))])
+    assert not torch.equal(
+        model.state_dict()[next(k for k in before if k.endswith("running_mean"))],
+        before[next(k for k in before if k.endswith("running_mean"))],
+    )
 
 
 def test_a_keyed_start_does_not_depend_on_the_memory_format(image_batch):
@@ -363,16 +380,24 @@ def test_a_compiled_attack_computes_no_weight_gradient(image_batch):
     masks = []
 
     def backward_compiler(graph, example_inputs):
-        masks.extend(tuple(node.args[-1]) for node in graph.graph.nodes
-                     if node.target is torch.ops.aten.convolution_backward.default)
+        masks.extend(
+            tuple(node.args[-1])
+            for node in graph.graph.nodes
+            if node.target is torch.ops.aten.convolution_backward.default
+        )
         return make_boxed_func(graph)
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(16, 3))  # 4x4 images
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(16, 3)
+    )  # 4x4 images
     x, y = image_batch()
     torch._dynamo.reset()
-    compiled = torch.compile(model, backend=aot_autograd(fw_compiler=lambda g, _: make_boxed_func(g),
-                                                         bw_compiler=backward_compiler), dynamic=False)
+    compiled = torch.compile(
+        model,
+        backend=aot_autograd(fw_compiler=lambda g, _: make_boxed_func(g), bw_compiler=backward_compiler),
+        dynamic=False,
+    )
     pgd(compiled, x, lambda logits: F.cross_entropy(logits, y), eps=8 / 255, step_size=2 / 255, steps=2)
     torch._dynamo.reset()
     assert masks == [(True, False, False)]

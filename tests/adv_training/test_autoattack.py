@@ -4,6 +4,7 @@ logs and JSON, resuming, and the errors a user sees.
 A depth-10, width-1 WideResNet trained for a few steps on the small CIFAR-format test data
 is attacked with the cheap custom version (APGD-CE) on a dozen images.
 """
+
 import hashlib
 import json
 import os
@@ -19,9 +20,9 @@ import torch.nn.functional as F
 
 import adv_training.auto_attacks.resumable as resumable
 from adv_training.auto_attacks.eval import main, preprocessing
-from engine.run_folder import RunFolder
-from engine.file_io import load_file
 from engine.data import build_test_set, build_train_set
+from engine.file_io import load_file
+from engine.run_folder import RunFolder
 from models import build_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,9 +63,27 @@ def evaluate(tmp_path, checkpoint, data_root, *extra, name="eval", n_ex=12, batc
     """main() with the cheap settings; returns (exit code, log path, JSON path)."""
     log_path = tmp_path / "logs" / f"{name}.log"
     argv = [
-        *arch, "--checkpoint", str(checkpoint), "--data_dir", str(data_root), "--no_checksum",
-        "--n_ex", str(n_ex), "--batch_size", str(batch_size), "--version", "custom", "--attacks", "apgd-ce",
-        "--log_path", str(log_path), "--save_dir", str(tmp_path / "adv"), "--device", "cpu", *extra,
+        *arch,
+        "--checkpoint",
+        str(checkpoint),
+        "--data_dir",
+        str(data_root),
+        "--no_checksum",
+        "--n_ex",
+        str(n_ex),
+        "--batch_size",
+        str(batch_size),
+        "--version",
+        "custom",
+        "--attacks",
+        "apgd-ce",
+        "--log_path",
+        str(log_path),
+        "--save_dir",
+        str(tmp_path / "adv"),
+        "--device",
+        "cpu",
+        *extra,
     ]
     return main(argv), log_path, log_path.with_suffix(".json")
 
@@ -101,8 +120,14 @@ def test_evaluation_writes_log_json_and_adversarial_examples(weights, cifar10_ro
     assert report["resumed"] is False and report["attack_seconds"] > 0
 
     log = log_path.read_text()
-    for line in ("initial accuracy:", "apgd-ce - 1/", "robust accuracy after APGD-CE:", "max Linf perturbation:",
-                 f"AutoAttack (custom) robust accuracy: {report['robust_acc']:.2f}%", "a sanity check, not a result"):
+    for line in (
+        "initial accuracy:",
+        "apgd-ce - 1/",
+        "robust accuracy after APGD-CE:",
+        "max Linf perturbation:",
+        f"AutoAttack (custom) robust accuracy: {report['robust_acc']:.2f}%",
+        "a sanity check, not a result",
+    ):
         assert line in log, line
 
     # The reference's file: {"adv_complete": x_adv}; the model's accuracy on it is the reported one.
@@ -122,11 +147,14 @@ def test_checkpoint_formats_give_the_same_evaluation(weights, cifar10_root, tmp_
     plain = tmp_path / "plain.pt"
     torch.save(weights, plain)
     wrapped = tmp_path / f"{wrap}.pt"
-    torch.save({
-        "module_prefix": {f"module.{k}": v for k, v in weights.items()},
-        "model_key": {"model": weights, "epoch": 3},
-        "state_dict_key": {"state_dict": weights},
-    }[wrap], wrapped)
+    torch.save(
+        {
+            "module_prefix": {f"module.{k}": v for k, v in weights.items()},
+            "model_key": {"model": weights, "epoch": 3},
+            "state_dict_key": {"state_dict": weights},
+        }[wrap],
+        wrapped,
+    )
     assert evaluate(tmp_path, plain, cifar10_root, name="plain", n_ex=6, batch_size=6)[0] == 0
     assert evaluate(tmp_path, wrapped, cifar10_root, name=wrap, n_ex=6, batch_size=6)[0] == 0
     first, second = read_json(tmp_path / "logs" / "plain.json"), read_json(tmp_path / "logs" / f"{wrap}.json")
@@ -144,12 +172,14 @@ def test_batch_by_batch_gives_what_one_autoattack_call_gives(weights, cifar10_ro
     y = torch.tensor([test_set[i][1] for i in range(12)])
     attacks, cpu = ["apgd-ce", "apgd-dlr"], torch.device("cpu")
     with torch.random.fork_rng():
-        adversary = resumable.Adversary(model, norm="Linf", eps=8 / 255, version="custom", attacks=attacks,
-                                        device=cpu, seed=0)
+        adversary = resumable.Adversary(
+            model, norm="Linf", eps=8 / 255, version="custom", attacks=attacks, device=cpu, seed=0
+        )
         adversary.autoattack.apgd.n_restarts = 1  # cheaper; the same for both
         ours = resumable.run_autoattack(adversary, model, x, y, batch_size=4, device=cpu, log=lambda line: None)
-        reference = pyautoattack.AutoAttack(model, norm="Linf", eps=8 / 255, version="custom", attacks=attacks,
-                                            device=cpu, seed=0)
+        reference = pyautoattack.AutoAttack(
+            model, norm="Linf", eps=8 / 255, version="custom", attacks=attacks, device=cpu, seed=0
+        )
         reference.apgd.n_restarts = 1
         x_ref, y_ref = reference.run_standard_evaluation(x, y, batch_size=4)
     # Points broken by the first attack change the batches of the second, which must still match.
@@ -163,10 +193,23 @@ def train_tiny_run(data_root, out_dir):
     from adv_training.train import main as train_main
 
     overrides = [
-        f"data.root={data_root}", "data.dataset=cifar10", "data.verify_checksum=false", "data.num_workers=0",
-        "data.batch_size=50", "data.test_batch_size=50", "model.arch=WideResNet", "model.depth=10",
-        "model.widen_factor=1", "epochs=1", "device=cpu", f"out_dir={out_dir}", "name=run",
-        "eval.num_examples=20", "eval.pgd_steps=1", "awp.enabled=false", "ema.start_epoch=1",
+        f"data.root={data_root}",
+        "data.dataset=cifar10",
+        "data.verify_checksum=false",
+        "data.num_workers=0",
+        "data.batch_size=50",
+        "data.test_batch_size=50",
+        "model.arch=WideResNet",
+        "model.depth=10",
+        "model.widen_factor=1",
+        "epochs=1",
+        "device=cpu",
+        f"out_dir={out_dir}",
+        "name=run",
+        "eval.num_examples=20",
+        "eval.pgd_steps=1",
+        "awp.enabled=false",
+        "ema.start_epoch=1",
     ]
     with torch.random.fork_rng():
         assert train_main(overrides) == 0
@@ -306,17 +349,30 @@ def test_individual_attacks_are_saved_per_attack(weights, cifar10_root, tmp_path
     assert "robust accuracy by APGD-CE" in log_path.read_text()
 
 
-def test_the_upstream_autoattack_package_is_used_when_pyautoattack_is_missing(weights, cifar10_root, tmp_path,
-                                                                           monkeypatch):
+def test_the_upstream_autoattack_package_is_used_when_pyautoattack_is_missing(
+    weights, cifar10_root, tmp_path, monkeypatch
+):
     import pyautoattack
 
     class UpstreamAutoAttack(pyautoattack.AutoAttack):
         """fra31/auto-attack's API (positional, attacks_to_run=, bs=, return_labels=) over pyautoattack."""
 
-        def __init__(self, model, norm="Linf", eps=0.3, seed=None, verbose=True, attacks_to_run=[],
-                     version="standard", is_tf_model=False, device="cuda", log_path=None):
-            super().__init__(model, norm=norm, eps=eps, seed=seed, version=version, device=device,
-                             attacks=attacks_to_run or None)
+        def __init__(
+            self,
+            model,
+            norm="Linf",
+            eps=0.3,
+            seed=None,
+            verbose=True,
+            attacks_to_run=(),
+            version="standard",
+            is_tf_model=False,
+            device="cuda",
+            log_path=None,
+        ):
+            super().__init__(
+                model, norm=norm, eps=eps, seed=seed, version=version, device=device, attacks=attacks_to_run or None
+            )
 
         def run_standard_evaluation(self, x_orig, y_orig, bs=250, return_labels=False):
             x_adv, y_adv = super().run_standard_evaluation(x_orig, y_orig, batch_size=bs)
@@ -360,14 +416,36 @@ def test_a_malicious_pickle_is_refused_and_not_executed(cifar10_root, tmp_path, 
 def test_attacks_need_the_custom_version(tmp_path, capsys):
     checkpoint = tmp_path / "model.pt"
     torch.save({}, checkpoint)
-    assert main(["--checkpoint", str(checkpoint), "--attacks", "apgd-ce", "--log_path", str(tmp_path / "x.log"),
-                 *TINY, "--device", "cpu", "--data_dir", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--attacks",
+                "apgd-ce",
+                "--log_path",
+                str(tmp_path / "x.log"),
+                *TINY,
+                "--device",
+                "cpu",
+                "--data_dir",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "error:" in capsys.readouterr().err
 
 
 def run_cli(args, cwd):
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def test_missing_files_end_in_one_line_and_exit_code_2(weights, tmp_path):
@@ -378,8 +456,21 @@ def test_missing_files_end_in_one_line_and_exit_code_2(weights, tmp_path):
     # Run as the authors do, from inside auto_attacks; the dataset is missing this time.
     checkpoint = tmp_path / "model.pt"
     torch.save(weights, checkpoint)
-    result = run_cli(["eval.py", *TINY, "--checkpoint", str(checkpoint), "--data_dir", str(tmp_path / "nodata"),
-                      "--log_path", str(tmp_path / "x.log"), "--device", "cpu"], EVAL_DIR)
+    result = run_cli(
+        [
+            "eval.py",
+            *TINY,
+            "--checkpoint",
+            str(checkpoint),
+            "--data_dir",
+            str(tmp_path / "nodata"),
+            "--log_path",
+            str(tmp_path / "x.log"),
+            "--device",
+            "cpu",
+        ],
+        EVAL_DIR,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: CIFAR-10 not found")
@@ -402,8 +493,14 @@ def test_eval_sh_runs_each_released_model_found_and_says_where_to_get_the_others
     fake_python.write_text('#!/bin/sh\necho "python $*"\n')
     fake_python.chmod(0o755)
     env = {**os.environ, "DKL_PYTHON": str(fake_python), "PRETRAINED_DIR": str(models)}
-    result = subprocess.run(["bash", "adv_training/auto_attacks/sh/eval.sh", "--n_ex", "500"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["bash", "adv_training/auto_attacks/sh/eval.sh", "--n_ex", "500"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     calls = [line for line in result.stdout.splitlines() if line.startswith("python ")]
     assert calls == [
@@ -412,16 +509,27 @@ def test_eval_sh_runs_each_released_model_found_and_says_where_to_get_the_others
         f"--n_ex 500"
     ]
     # the DKLv1 eval.sh names, the DKLv2 ones, and the two linked models no script names
-    for name in ("cifar100_a3_b20_t4.pt", "cifar100_a4_b20_t2.pt", "cifar10_a3_b20_t4.pt", "cifar10_a3_b10_t4_20m.pt",
-                 "cifar100_a4b20t4.pt", "cifar10_a4b20t4.pt", "cifar100_autoaug.pt", "cifar100_gkl_50m.pt"):
+    for name in (
+        "cifar100_a3_b20_t4.pt",
+        "cifar100_a4_b20_t2.pt",
+        "cifar10_a3_b20_t4.pt",
+        "cifar10_a3_b10_t4_20m.pt",
+        "cifar100_a4b20t4.pt",
+        "cifar10_a4b20t4.pt",
+        "cifar100_autoaug.pt",
+        "cifar100_gkl_50m.pt",
+    ):
         assert f"  {name}  (" in result.stdout
-    assert "cifar100_a3_b20_t4.pt  (IKL-AT WRN-34-10, CIFAR-100 (alpha 3, beta 20, T 4); published 66.51 / 31.43, " \
-           "DKLv1 log cifar100_dkl_a3_b20_T4.log and README)" in result.stdout
+    assert (
+        "cifar100_a3_b20_t4.pt  (IKL-AT WRN-34-10, CIFAR-100 (alpha 3, beta 20, T 4); published 66.51 / 31.43, "
+        "DKLv1 log cifar100_dkl_a3_b20_T4.log and README)" in result.stdout
+    )
     assert "drive.google.com" in result.stdout and "1 of 9 released models evaluated" in result.stdout
 
     (models / "cifar100_a5_b12_t4_50m.pt").unlink()
-    result = subprocess.run(["bash", "adv_training/auto_attacks/sh/eval.sh"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["bash", "adv_training/auto_attacks/sh/eval.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 1 and "0 of 9 released models evaluated" in result.stdout
 
 
@@ -438,8 +546,10 @@ def test_a_temporary_file_left_beside_the_state_file_is_removed(weights, cifar10
     assert not stale.exists() and other.exists()
 
 
-@pytest.mark.parametrize("epsilon, text", [("nan", "positive number"), ("inf", "positive number"), ("-0.1", "positive"),
-                                           ("8", "more than 1 for Linf")])
+@pytest.mark.parametrize(
+    "epsilon, text",
+    [("nan", "positive number"), ("inf", "positive number"), ("-0.1", "positive"), ("8", "more than 1 for Linf")],
+)
 def test_a_bad_epsilon_is_refused_before_anything_runs(epsilon, text, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--checkpoint", str(tmp_path / "none.pt"), "--epsilon", epsilon, "--log_path", str(tmp_path / "x.log")])

@@ -1,4 +1,5 @@
 """Adversarial weight perturbation: which weights, their size, direction, and restoring them."""
+
 import pytest
 import torch
 import torch.nn as nn
@@ -76,8 +77,12 @@ def test_proxy_lr_cancels(small_model, image_batch):
     # float64: the proxy step w + lr * g - w loses float32 digits at small lr, which is not the point
     x, y = image_batch(size=6, side=2)
     x = x.double()
-    first = AdversarialWeightPerturbation(small_model(side=2).double(), gamma=0.01, proxy_lr=0.01).compute(ce_loss_fn(x, y))
-    second = AdversarialWeightPerturbation(small_model(side=2).double(), gamma=0.01, proxy_lr=1.0).compute(ce_loss_fn(x, y))
+    first = AdversarialWeightPerturbation(small_model(side=2).double(), gamma=0.01, proxy_lr=0.01).compute(
+        ce_loss_fn(x, y)
+    )
+    second = AdversarialWeightPerturbation(small_model(side=2).double(), gamma=0.01, proxy_lr=1.0).compute(
+        ce_loss_fn(x, y)
+    )
     assert set(first) == set(second)
     for name in first:
         torch.testing.assert_close(first[name], second[name], rtol=1e-9, atol=1e-12)

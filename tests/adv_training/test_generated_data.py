@@ -1,4 +1,5 @@
 """Generated data: .npz parts written here in Wang et al.'s format, prepared, memory-mapped and mixed."""
+
 import hashlib
 import io
 import json
@@ -25,8 +26,16 @@ from adv_training.generated import (
 )
 from adv_training.generated.store import IMAGES, LABELS, MANIFEST
 from adv_training.prepare_generated import main as prepare_main
-from engine.data import as_float_images, crop_flip, draw_crop_flip, draw_rotations, keyed_generator, rotate_nearest
-from engine.data import global_batch_sizes, set_epoch
+from engine.data import (
+    as_float_images,
+    crop_flip,
+    draw_crop_flip,
+    draw_rotations,
+    global_batch_sizes,
+    keyed_generator,
+    rotate_nearest,
+    set_epoch,
+)
 from engine.errors import UserError
 
 
@@ -51,6 +60,7 @@ def sha256(path):
 
 # --- preparing -----------------------------------------------------------------------------
 
+
 def test_prepared_folder_holds_the_parts_in_order_with_a_matching_manifest(parts, tmp_path):
     paths, (images1, labels1), (images2, labels2) = parts
     out = tmp_path / "prepared"
@@ -65,7 +75,9 @@ def test_prepared_folder_holds_the_parts_in_order_with_a_matching_manifest(parts
     assert manifest["labels"]["sha256"] == sha256(out / LABELS)
     assert manifest["images"]["bytes"] == (out / IMAGES).stat().st_size
     assert [(s["file"], s["count"], s["sha256"]) for s in manifest["sources"]] == [
-        ("20m_part1.npz", 300, sha256(paths[0])), ("20m_part2.npz", 200, sha256(paths[1]))]
+        ("20m_part1.npz", 300, sha256(paths[0])),
+        ("20m_part2.npz", 200, sha256(paths[1])),
+    ]
     assert sorted(p.name for p in out.iterdir()) == sorted([IMAGES, LABELS, MANIFEST])  # no temporaries
 
     other = prepare_generated(paths, tmp_path / "other", 10, chunk_images=7, show_progress=False)
@@ -77,8 +89,9 @@ def test_preparing_holds_a_chunk_of_images_in_memory_not_a_part(tmp_path):
         write_part(tmp_path / f"{count}.npz", count, 3)
         tracemalloc.start()
         try:
-            prepare_generated([tmp_path / f"{count}.npz"], tmp_path / f"out{count}", 10, chunk_images=128,
-                              show_progress=False)
+            prepare_generated(
+                [tmp_path / f"{count}.npz"], tmp_path / f"out{count}", 10, chunk_images=128, show_progress=False
+            )
             return tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
@@ -127,8 +140,9 @@ def test_the_command_line_explains_the_layout_and_prepares(parts, tmp_path, caps
 def truncated_images_npz(path, claimed, present):
     """An .npz whose 'image' header claims ``claimed`` images and whose data holds ``present``."""
     buffer = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buffer, {"descr": "|u1", "fortran_order": False,
-                                                  "shape": (claimed, 32, 32, 3)})
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": "|u1", "fortran_order": False, "shape": (claimed, 32, 32, 3)}
+    )
     buffer.write(bytes(present * 3072))
     labels = io.BytesIO()
     np.lib.format.write_array(labels, np.zeros(claimed, dtype=np.int64))
@@ -214,8 +228,11 @@ def test_a_folder_that_does_not_match_its_manifest_is_refused(parts, tmp_path):
         open_generated(out, 100)
     images = (out / IMAGES).read_bytes()
     (out / IMAGES).write_bytes(images[:-3072])
-    with pytest.raises(UserError, match=r"images.npy does not match manifest.json \(1536128 bytes expected, it has "
-                                        r"1533056\)"):
+    with pytest.raises(
+        UserError,
+        match=r"images.npy does not match manifest.json \(1536128 bytes expected, it has "
+        r"1533056\)",
+    ):
         open_generated(out, 10)
     flipped = bytearray(images)
     flipped[-1] ^= 1
@@ -238,9 +255,17 @@ def test_a_folder_that_does_not_match_its_manifest_is_refused(parts, tmp_path):
 
 # --- mixing --------------------------------------------------------------------------------
 
+
 def sampler(num_real=100, num_generated=1000, batch_size=20, fraction=0.7, batches=5, seed=0, **kwargs):
-    return MixedBatchSampler(num_real, num_generated, batch_size=batch_size, unsup_fraction=fraction,
-                             epoch_batches=batches, seed=seed, **kwargs)
+    return MixedBatchSampler(
+        num_real,
+        num_generated,
+        batch_size=batch_size,
+        unsup_fraction=fraction,
+        epoch_batches=batches,
+        seed=seed,
+        **kwargs,
+    )
 
 
 def epoch_batches(mixer, epoch):
@@ -248,8 +273,9 @@ def epoch_batches(mixer, epoch):
     return [key.indices for key in mixer]
 
 
-@pytest.mark.parametrize("batch_size, fraction, generated", [(20, 0.7, 14), (10, 0.75, 7), (512, 0.7, 358),
-                                                             (2048, 0.8, 1638), (16, 0.0, 0)])
+@pytest.mark.parametrize(
+    "batch_size, fraction, generated", [(20, 0.7, 14), (10, 0.75, 7), (512, 0.7, 358), (2048, 0.8, 1638), (16, 0.0, 0)]
+)
 def test_each_batch_holds_the_floor_of_the_fraction_in_generated_images(batch_size, fraction, generated):
     num_real = 10_000
     for batch in epoch_batches(sampler(num_real, 50_000, batch_size, fraction), 1):
@@ -301,8 +327,11 @@ def test_bad_mixing_settings_are_refused():
 
 def test_crop_flip_is_torchvisions_pad_crop_and_mirror():
     images = torch.randint(0, 256, (6, 32, 32, 3), dtype=torch.uint8)
-    top, left, flip = torch.tensor([0, 8, 4, 3, 0, 8]), torch.tensor([0, 8, 1, 7, 8, 0]), \
-        torch.tensor([False, True, True, False, True, False])
+    top, left, flip = (
+        torch.tensor([0, 8, 4, 3, 0, 8]),
+        torch.tensor([0, 8, 1, 7, 8, 0]),
+        torch.tensor([False, True, True, False, True, False]),
+    )
     ours = crop_flip(images, top, left, flip)
     for i in range(6):
         image = TF.crop(TF.pad(images[i].permute(2, 0, 1), [4]), int(top[i]), int(left[i]), 32, 32)
@@ -331,8 +360,9 @@ def mixed(parts, tmp_path):
 
 def test_batches_hold_the_drawn_images_and_their_labels(mixed):
     real_images, real_labels, generated = mixed
-    loader = make_mixed_loader(real_images, real_labels, generated, batch_size=16, unsup_fraction=0.5, seed=1,
-                               epoch_images=60, augment=False)
+    loader = make_mixed_loader(
+        real_images, real_labels, generated, batch_size=16, unsup_fraction=0.5, seed=1, epoch_images=60, augment=False
+    )
     set_epoch(loader, 2)
     keys = list(loader.sampler)
     batches = list(loader)
@@ -349,8 +379,18 @@ def test_processes_feed_the_model_the_images_of_one_process(mixed):
     real_images, real_labels, generated = mixed
 
     def batches(rank, world_size, workers=0):
-        loader = make_mixed_loader(real_images, real_labels, generated, batch_size=16, unsup_fraction=0.7, seed=3,
-                                   epoch_images=60, rank=rank, world_size=world_size, num_workers=workers)
+        loader = make_mixed_loader(
+            real_images,
+            real_labels,
+            generated,
+            batch_size=16,
+            unsup_fraction=0.7,
+            seed=3,
+            epoch_images=60,
+            rank=rank,
+            world_size=world_size,
+            num_workers=workers,
+        )
         set_epoch(loader, 5)
         return list(loader)
 

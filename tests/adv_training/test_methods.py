@@ -1,5 +1,6 @@
 """Each adversarial-training method: its flags, attack objective, training loss and AWP's proxy
 loss, against hand computations written from the papers' formulas."""
+
 import math
 from pathlib import Path
 
@@ -9,8 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from adv_training.config import ATConfig
+from adv_training.methods import MART, METHODS, Method, available_methods, build_method, register
 from adv_training.train import BatchLoss
-from adv_training.methods import METHODS, MART, Method, available_methods, build_method, register
 from engine.config import ConfigError, load_config
 from losses.pairwise_oracle import wmse_loss_pairwise
 
@@ -70,13 +71,17 @@ def test_the_registry_holds_every_method_and_the_config_accepts_exactly_those():
     for name in available_methods():
         assert load_config(ATConfig, None, [f"method={name}"]).method == name
         assert type(method(name)) is METHODS[name] and METHODS[name].name == name
-    with pytest.raises(ConfigError, match="'method' must be one of ikl, mart, pgd, standard, trades, got 'ilk'; did you mean 'ikl'"):
+    with pytest.raises(
+        ConfigError, match="'method' must be one of ikl, mart, pgd, standard, trades, got 'ilk'; did you mean 'ikl'"
+    ):
         build_method(load_config(ATConfig, None, ["method=ilk"]))  # the registry lookup raises the config error
 
 
 def test_flags_say_what_each_method_needs():
-    flags = {name: (m.attacks, m.attack_needs_natural_logits, m.forwards_natural, m.uses_prior)
-             for name, m in ((name, method(name)) for name in available_methods())}
+    flags = {
+        name: (m.attacks, m.attack_needs_natural_logits, m.forwards_natural, m.uses_prior)
+        for name, m in ((name, method(name)) for name in available_methods())
+    }
     assert flags == {
         "ikl": (True, True, True, True),
         "trades": (True, True, True, False),
@@ -90,9 +95,13 @@ def test_flags_say_what_each_method_needs():
 def test_attack_objectives_by_hand(dual_view_batch):
     model, x_natural, x_adv, targets, rows = dual_view_batch
     logits_adv, logits_nat = model(x_adv), model(x_natural)
-    ikl = method("ikl", **{"attack.alpha": 1.0, "attack.beta": 1.0, "ikl.gamma": 0.4}).attack_objective(logits_nat, targets, rows)
+    ikl = method("ikl", **{"attack.alpha": 1.0, "attack.beta": 1.0, "ikl.gamma": 0.4}).attack_objective(
+        logits_nat, targets, rows
+    )
     # the attack uses gamma 1 whatever the training gamma, as the reference
-    assert ikl(logits_adv).item() == pytest.approx(ikl_by_hand(logits_adv, logits_nat, rows, 1.0, 1.0).item(), rel=1e-12)
+    assert ikl(logits_adv).item() == pytest.approx(
+        ikl_by_hand(logits_adv, logits_nat, rows, 1.0, 1.0).item(), rel=1e-12
+    )
     cifar10 = method("ikl", **{"attack.beta": 0.0}).attack_objective(logits_nat, targets, rows)
     assert cifar10(logits_adv).item() == pytest.approx(soft_ce(logits_adv, logits_nat).item(), rel=1e-12)
     trades = method("trades").attack_objective(logits_nat, targets, None)
@@ -142,11 +151,15 @@ def smooth_ce_by_hand(logits, targets, smoothing):
 def test_label_smoothing_smooths_the_clean_term_only(name, dual_view_batch):
     model, x_natural, x_adv, targets, rows = dual_view_batch
     logits_adv, logits_nat = model(x_adv), model(x_natural)
-    robust = (ikl_by_hand(logits_adv, logits_nat, rows, 4.0, 20.0) if name == "ikl"
-              else trades_by_hand(logits_adv, logits_nat, 6.0))
+    robust = (
+        ikl_by_hand(logits_adv, logits_nat, rows, 4.0, 20.0)
+        if name == "ikl"
+        else trades_by_hand(logits_adv, logits_nat, 6.0)
+    )
     cfg = ATConfig(method=name, label_smoothing=0.1)
-    loss, parts = batch_loss(build_method(cfg), x_natural, x_adv, targets, rows if name == "ikl" else None,
-                             len(targets))(model)
+    loss, parts = batch_loss(
+        build_method(cfg), x_natural, x_adv, targets, rows if name == "ikl" else None, len(targets)
+    )(model)
     assert parts["natural"].item() == pytest.approx(smooth_ce_by_hand(logits_nat, targets, 0.1).item(), rel=1e-12)
     assert parts["robust"].item() == pytest.approx(robust.item(), rel=1e-12)
     assert parts["natural"].item() != pytest.approx(F.cross_entropy(logits_nat, targets).item(), rel=1e-3)
@@ -187,11 +200,14 @@ def test_mart_matches_its_paper_on_a_hand_computed_case():
     bce = -math.log(1 / 4) - math.log(1 - 3 / 4)
     kl = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
     expected = bce + 6.0 * kl * (1 - 0.5)
-    assert method("mart").robust_loss(logits_adv, logits_nat, targets, None).item() == pytest.approx(expected, rel=1e-12)
+    assert method("mart").robust_loss(logits_adv, logits_nat, targets, None).item() == pytest.approx(
+        expected, rel=1e-12
+    )
 
 
 def test_a_new_method_is_one_registered_class():
     """What the README's "adding a method" shows, done here in a test: register, configure, run."""
+
     @register("ce_on_both")
     class CEOnBoth(Method):
         def robust_loss(self, logits_adv, logits_nat, targets, prior_rows):

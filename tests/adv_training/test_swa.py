@@ -1,4 +1,5 @@
 """Post-hoc epoch averaging (the reference's swa.py): the recursion, the CLI and its errors."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -8,9 +9,9 @@ import torch
 import torch.nn as nn
 
 from adv_training.swa import average_checkpoints
-from engine.run_folder import RunFolder
-from engine.file_io import atomic_save, load_file
 from engine.errors import UserError
+from engine.file_io import atomic_save, load_file
+from engine.run_folder import RunFolder
 
 ROOT = Path(__file__).resolve().parents[2]
 

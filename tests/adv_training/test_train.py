@@ -1,4 +1,5 @@
 """The adversarial-training entry point, end to end on a small CIFAR-format dataset (CPU)."""
+
 import dataclasses
 import json
 import math
@@ -12,13 +13,13 @@ import torch
 import yaml
 
 import adv_training.train as train_module
+from adv_training.attacks import attack_budget
 from adv_training.config import ATConfig, AttackConfig
 from adv_training.methods import Method
 from adv_training.swa import average_checkpoints
-from adv_training.attacks import attack_budget
 from adv_training.train import _to_device, epoch_precision, main
-from engine.file_io import load_file
 from engine.config import load_config
+from engine.file_io import load_file
 from losses import ClassPrior
 from models import build_model, load_weights
 
@@ -28,10 +29,24 @@ ROOT = Path(__file__).resolve().parents[2]
 def tiny_run(data_root, out_dir, *extra, name="run"):
     """Overrides for a 2-epoch run of a depth-10, width-1 WRN with AWP and EMA from epoch 1."""
     return [
-        f"data.root={data_root}", "data.dataset=cifar10", "data.verify_checksum=false", "data.num_workers=0",
-        "data.batch_size=40", "data.test_batch_size=50", "model.arch=WideResNet", "model.depth=10",
-        "model.widen_factor=1", "epochs=2", "device=cpu", f"out_dir={out_dir}", f"name={name}",
-        "eval.num_examples=50", "eval.pgd_steps=2", "awp.warmup=1", "ema.start_epoch=1", "save_every=1",
+        f"data.root={data_root}",
+        "data.dataset=cifar10",
+        "data.verify_checksum=false",
+        "data.num_workers=0",
+        "data.batch_size=40",
+        "data.test_batch_size=50",
+        "model.arch=WideResNet",
+        "model.depth=10",
+        "model.widen_factor=1",
+        "epochs=2",
+        "device=cpu",
+        f"out_dir={out_dir}",
+        f"name={name}",
+        "eval.num_examples=50",
+        "eval.pgd_steps=2",
+        "awp.warmup=1",
+        "ema.start_epoch=1",
+        "save_every=1",
         *extra,
     ]
 
@@ -44,8 +59,17 @@ def read_jsonl(path):
 def test_two_epochs_with_awp_and_ema_write_a_complete_run_folder(method, cifar10_root, tmp_path):
     assert main(tiny_run(cifar10_root, tmp_path, f"method={method}")) == 0
     run = tmp_path / "run"
-    for name in ("config.yaml", "environment.json", "metrics.jsonl", "last.pt", "best.pt", "ema.pt",
-                 "results.json", "ours-model-epoch1.pt", "ours-model-epoch2.pt"):
+    for name in (
+        "config.yaml",
+        "environment.json",
+        "metrics.jsonl",
+        "last.pt",
+        "best.pt",
+        "ema.pt",
+        "results.json",
+        "ours-model-epoch1.pt",
+        "ours-model-epoch2.pt",
+    ):
         assert (run / name).is_file(), name
     assert any((run / "tensorboard").iterdir())
     assert not list(run.glob("*.tmp")) and not list(run.glob(".*.tmp"))
@@ -85,8 +109,13 @@ def test_two_epochs_with_awp_and_ema_write_a_complete_run_folder(method, cifar10
 
 def _final_state(run_dir):
     state = load_file(Path(run_dir) / "last.pt")
-    return (state["model"], state["ema"]["module"], state["swa"]["average"], state["prior"]["prior"],
-            state["optimizer"]["state"])
+    return (
+        state["model"],
+        state["ema"]["module"],
+        state["swa"]["average"],
+        state["prior"]["prior"],
+        state["optimizer"]["state"],
+    )
 
 
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(cifar10_root, tmp_path, monkeypatch):
@@ -134,7 +163,9 @@ def test_a_fresh_start_never_overwrites_an_existing_run(cifar10_root, tmp_path, 
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
 
 
-def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(cifar10_root, tmp_path, monkeypatch, capsys):
+def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
+    cifar10_root, tmp_path, monkeypatch, capsys
+):
     real_loss = Method.loss
 
     def poisoned(self, *args, **kwargs):
@@ -201,7 +232,9 @@ def test_dual_view_modes_train_and_update_the_prior_from_the_basic_view(augment,
         return real_update(self, logits, targets)
 
     monkeypatch.setattr(ClassPrior, "update", recording_update)
-    args = tiny_run(cifar10_root, tmp_path, "epochs=1", f"data.augment={augment}", "data.aug_weight=0.5", "awp.enabled=false")
+    args = tiny_run(
+        cifar10_root, tmp_path, "epochs=1", f"data.augment={augment}", "data.aug_weight=0.5", "awp.enabled=false"
+    )
     assert main(args) == 0
     assert sum(updates) == 200  # every training image once, not once per view
     record = read_jsonl(tmp_path / "run" / "metrics.jsonl")[0]
@@ -233,7 +266,10 @@ def test_awp_proxy_takes_the_joint_dual_view_loss_and_the_step_the_weighted_one(
 def test_config_typo_exits_non_zero_naming_the_closest_key():
     result = subprocess.run(
         [sys.executable, "-m", "adv_training.train", "attack.epsilom=8/255"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert "unknown config key 'attack.epsilom'" in result.stderr and "did you mean 'attack.epsilon'?" in result.stderr
@@ -253,17 +289,45 @@ def test_missing_data_names_the_folder_and_leaves_no_run_folder(tmp_path, capsys
 # defaults (jiequancui/DKL: DKLv1/ and DKLv2/Adv-training-dkl/). A run lists what differs from
 # DKLV1_RECIPE; the test compares every key of the merged dict with the resolved config.
 DKLV1_RECIPE = {
-    "method": "ikl", "epochs": 200, "seed": 0, "model.arch": "WideResNet34_10",
-    "model.depth": None, "model.widen_factor": None,
-    "data.batch_size": 128, "data.drop_last": False, "data.augment": "basic", "data.aug_weight": 1.0,
-    "optim.lr": 0.2, "optim.momentum": 0.9, "optim.weight_decay": 5e-4, "optim.nesterov": False,
-    "optim.schedule": "cosine", "optim.warmup_epochs": 0,
-    "attack.norm": "linf", "attack.epsilon": 8 / 255, "attack.eps_ramp": True, "attack.budget": "high",
-    "attack.random_start": "normal", "attack.eval_mode": True, "attack.alpha": 1.0, "attack.beta": 1.0,
-    "ikl.alpha": 4.0, "ikl.beta": 20.0, "ikl.gamma": 1.0, "ikl.temperature": 1.0, "ikl.prior_temperature": 4.0,
-    "awp.enabled": True, "awp.gamma": 0.005, "awp.warmup": 10,
-    "ema.enabled": True, "ema.tau": 0.9996, "ema.start_epoch": 150,
-    "swa.enabled": True, "swa.tau": 0.9, "swa.start": 1, "swa.end": None,
+    "method": "ikl",
+    "epochs": 200,
+    "seed": 0,
+    "model.arch": "WideResNet34_10",
+    "model.depth": None,
+    "model.widen_factor": None,
+    "data.batch_size": 128,
+    "data.drop_last": False,
+    "data.augment": "basic",
+    "data.aug_weight": 1.0,
+    "optim.lr": 0.2,
+    "optim.momentum": 0.9,
+    "optim.weight_decay": 5e-4,
+    "optim.nesterov": False,
+    "optim.schedule": "cosine",
+    "optim.warmup_epochs": 0,
+    "attack.norm": "linf",
+    "attack.epsilon": 8 / 255,
+    "attack.eps_ramp": True,
+    "attack.budget": "high",
+    "attack.random_start": "normal",
+    "attack.eval_mode": True,
+    "attack.alpha": 1.0,
+    "attack.beta": 1.0,
+    "ikl.alpha": 4.0,
+    "ikl.beta": 20.0,
+    "ikl.gamma": 1.0,
+    "ikl.temperature": 1.0,
+    "ikl.prior_temperature": 4.0,
+    "awp.enabled": True,
+    "awp.gamma": 0.005,
+    "awp.warmup": 10,
+    "ema.enabled": True,
+    "ema.tau": 0.9996,
+    "ema.start_epoch": 150,
+    "swa.enabled": True,
+    "swa.tau": 0.9,
+    "swa.start": 1,
+    "swa.end": None,
 }
 CIFAR100 = {"data.dataset": "cifar100"}
 CIFAR10 = {"data.dataset": "cifar10", "attack.beta": 0.0}  # the CIFAR-10 scripts attack with the CE term only
@@ -272,8 +336,13 @@ RUNS = {
     "cifar100_ikl_a5b20t4": {**CIFAR100, "ikl.alpha": 5.0},
     "cifar100_ikl_autoaug_a4b20t4_augw03": {**CIFAR100, "data.augment": "autoaug", "data.aug_weight": 0.3},
     "cifar10_ikl_a4b20t4": {**CIFAR10},
-    "cifar100_trades": {**CIFAR100, "method": "trades", "trades.beta": 9.0, "optim.schedule": "cosine_trades",
-                        "data.drop_last": True},
+    "cifar100_trades": {
+        **CIFAR100,
+        "method": "trades",
+        "trades.beta": 9.0,
+        "optim.schedule": "cosine_trades",
+        "data.drop_last": True,
+    },
     "cifar100_gkl_a4b20t4": {**CIFAR100},
     "cifar100_gkl_a4b20g04": {**CIFAR100, "ikl.prior_temperature": 1.0, "ikl.gamma": 0.4},
     "cifar10_gkl_a4b20t4": {**CIFAR10},
@@ -286,21 +355,29 @@ RUNS = {
     "cifar10_ikl_a3b20t4": {**CIFAR10, "ikl.alpha": 3.0},
 }
 LAUNCHERS = {  # launcher -> (config file, run name) of each run, in order
-    "train_dkl_cifar100.sh": [("cifar100_ikl_a4b20t4.yaml", "cifar100_ikl_a4b20t4"),
-                              ("cifar100_ikl_a5b20t4.yaml", "cifar100_ikl_a5b20t4")],
+    "train_dkl_cifar100.sh": [
+        ("cifar100_ikl_a4b20t4.yaml", "cifar100_ikl_a4b20t4"),
+        ("cifar100_ikl_a5b20t4.yaml", "cifar100_ikl_a5b20t4"),
+    ],
     "train_dkl_cifar100_autoaug.sh": [("cifar100_ikl_autoaug_a4b20t4.yaml", "cifar100_ikl_autoaug_a4b20t4_augw03")],
     "train_dkl_cifar10.sh": [("cifar10_ikl_a4b20t4.yaml", "cifar10_ikl_a4b20t4")],
     "train_trades_cifar100.sh": [("cifar100_trades_awp.yaml", "cifar100_trades")],
-    "train_gkl_cifar100.sh": [("cifar100_gkl_a4b20t4.yaml", "cifar100_gkl_a4b20t4"),
-                              ("cifar100_gkl_t1g04.yaml", "cifar100_gkl_a4b20g04")],
-    "train_gkl_cifar10.sh": [("cifar10_gkl_a4b20t4.yaml", "cifar10_gkl_a4b20t4"),
-                             ("cifar10_gkl_t1g02.yaml", "cifar10_gkl_a4b20g02")],
+    "train_gkl_cifar100.sh": [
+        ("cifar100_gkl_a4b20t4.yaml", "cifar100_gkl_a4b20t4"),
+        ("cifar100_gkl_t1g04.yaml", "cifar100_gkl_a4b20g04"),
+    ],
+    "train_gkl_cifar10.sh": [
+        ("cifar10_gkl_a4b20t4.yaml", "cifar10_gkl_a4b20t4"),
+        ("cifar10_gkl_t1g02.yaml", "cifar10_gkl_a4b20g02"),
+    ],
     "train_gkl_cifar100_autoaug.sh": [("cifar100_gkl_autoaug_augw05.yaml", "cifar100_gkl_autoaug_a4b20g1t4_augw05")],
     "train_gkl_cifar10_autoaug.sh": [("cifar10_gkl_autoaug_augw05.yaml", "cifar10_gkl_autoaug_a4b20g1t4_augw05")],
 }
-RELEASED_LOG_CONFIGS = [("cifar100_ikl_a3b20t4.yaml", "cifar100_ikl_a3b20t4"),
-                        ("cifar100_ikl_a4b20t2.yaml", "cifar100_ikl_a4b20t2"),
-                        ("cifar10_ikl_a3b20t4.yaml", "cifar10_ikl_a3b20t4")]
+RELEASED_LOG_CONFIGS = [
+    ("cifar100_ikl_a3b20t4.yaml", "cifar100_ikl_a3b20t4"),
+    ("cifar100_ikl_a4b20t2.yaml", "cifar100_ikl_a4b20t2"),
+    ("cifar10_ikl_a3b20t4.yaml", "cifar10_ikl_a3b20t4"),
+]
 
 
 def flatten(tree, prefix=""):
@@ -316,8 +393,11 @@ def flatten(tree, prefix=""):
 def assert_run_hyperparameters(resolved: dict, run: str) -> None:
     expected = {**DKLV1_RECIPE, "name": run, **RUNS[run]}
     flat = flatten(resolved)
-    wrong = {key: (flat[key], value) for key, value in expected.items()
-             if not (flat[key] == pytest.approx(value) if isinstance(value, float) else flat[key] == value)}
+    wrong = {
+        key: (flat[key], value)
+        for key, value in expected.items()
+        if not (flat[key] == pytest.approx(value) if isinstance(value, float) else flat[key] == value)
+    }
     assert not wrong, f"{run}: (resolved, expected) differ for {wrong}"
 
 
@@ -330,8 +410,12 @@ def test_every_launcher_run_and_released_log_has_its_expected_hyperparameters():
 def test_launchers_resolve_to_the_authors_hyperparameters(launcher, tmp_path):
     env = dict(os.environ, DKL_PYTHON=sys.executable)
     result = subprocess.run(
-        ["bash", str(ROOT / "sh" / launcher), "--print-config"], cwd=tmp_path, env=env,
-        capture_output=True, text=True, timeout=300,
+        ["bash", str(ROOT / "sh" / launcher), "--print-config"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     parts = result.stdout.split("# ---- ")[1:]
@@ -443,26 +527,42 @@ def test_bf16_autocast_and_channels_last_run_and_evaluate_in_fp32(cifar10_root, 
     assert math.isfinite(record["train_loss"]) and 0 <= record["test_robust_acc"] <= 100
     assert record["precision"] == "bf16"
     dtypes.clear()
-    assert main(tiny_run(cifar10_root, tmp_path, "epochs=1", "precision=bf16", "attack.epsilon=0.5/255", name="small")) == 0
+    assert (
+        main(tiny_run(cifar10_root, tmp_path, "epochs=1", "precision=bf16", "attack.epsilon=0.5/255", name="small"))
+        == 0
+    )
     assert set(dtypes) == {(torch.float32, False)}  # eps_t = 0.5/255 < bf16_min_eps: no autocast
     assert read_jsonl(tmp_path / "small" / "metrics.jsonl")[0]["precision"] == "tf32"
 
 
-@pytest.mark.parametrize("environment, expected", [
-    ({}, "python -m adv_training.train --config {config} data.root=/d"),
-    ({"NPROC": "4"}, "python -m torch.distributed.run --nproc_per_node=4 --standalone -m adv_training.train "
-                     "--config {config} data.root=/d"),
-    ({"NPROC": "8", "NNODES": "2", "NODE_RANK": "1", "MASTER": "node0:29500"},
-     "python -m torch.distributed.run --nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=node0 "
-     "--master_port=29500 -m adv_training.train --config {config} data.root=/d"),
-])
+@pytest.mark.parametrize(
+    "environment, expected",
+    [
+        ({}, "python -m adv_training.train --config {config} data.root=/d"),
+        (
+            {"NPROC": "4"},
+            "python -m torch.distributed.run --nproc_per_node=4 --standalone -m adv_training.train "
+            "--config {config} data.root=/d",
+        ),
+        (
+            {"NPROC": "8", "NNODES": "2", "NODE_RANK": "1", "MASTER": "node0:29500"},
+            "python -m torch.distributed.run --nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=node0 "
+            "--master_port=29500 -m adv_training.train --config {config} data.root=/d",
+        ),
+    ],
+)
 def test_launchers_pass_the_process_counts_to_torchrun(environment, expected, tmp_path):
     fake_python = tmp_path / "python"
     fake_python.write_text('#!/bin/sh\necho "python $*"\n')
     fake_python.chmod(0o755)
     env = {**os.environ, "DKL_PYTHON": str(fake_python), **environment}
-    result = subprocess.run(["bash", str(ROOT / "sh" / "train_dkl_cifar10.sh"), "data.root=/d"], env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["bash", str(ROOT / "sh" / "train_dkl_cifar10.sh"), "data.root=/d"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     config = ROOT / "configs" / "adv_training" / "cifar10_ikl_a4b20t4.yaml"
     assert result.stdout.strip() == expected.format(config=config)
@@ -470,6 +570,7 @@ def test_launchers_pass_the_process_counts_to_torchrun(environment, expected, tm
 
 def test_several_nodes_need_their_rank_and_the_master_address(tmp_path):
     env = {**os.environ, "DKL_PYTHON": sys.executable, "NNODES": "2", "NPROC": "1"}
-    result = subprocess.run(["bash", str(ROOT / "sh" / "train_dkl_cifar10.sh")], env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["bash", str(ROOT / "sh" / "train_dkl_cifar10.sh")], env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2 and "needs NODE_RANK" in result.stderr and "MASTER=host:port" in result.stderr

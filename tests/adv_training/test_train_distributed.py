@@ -11,6 +11,7 @@ average, an uneven last batch of 1,347 images in global batches of 128) is as in
 Evaluation, by contrast, is exact: the same model evaluated by three processes gives one
 process's clean, PGD and top-k numbers to the last digit.
 """
+
 import json
 import os
 import signal
@@ -41,15 +42,38 @@ def launch(module, args, nproc, *, timeout=600, torchrun_args=()):
     if nproc == 1 and not torchrun_args:
         command = [sys.executable, "-m", module, *args]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *torchrun_args,
-                   *([] if torchrun_args else [f"--master_port={free_port()}"]), "-m", module, *args]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={nproc}",
+            *torchrun_args,
+            *([] if torchrun_args else [f"--master_port={free_port()}"]),
+            "-m",
+            module,
+            *args,
+        ]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def at_args(out_dir, name, *extra):
-    return ["--config", AT_DIGITS, "epochs=2", "model.arch=digits_cnn_plain", "attack.random_start=none",
-            "awp.enabled=true", "awp.warmup=1", "ema.enabled=true", "ema.start_epoch=1", "eval.every=2",
-            "eval.pgd_steps=0", "device=cpu", f"out_dir={out_dir}", f"name={name}", *extra]
+    return [
+        "--config",
+        AT_DIGITS,
+        "epochs=2",
+        "model.arch=digits_cnn_plain",
+        "attack.random_start=none",
+        "awp.enabled=true",
+        "awp.warmup=1",
+        "ema.enabled=true",
+        "ema.start_epoch=1",
+        "eval.every=2",
+        "eval.pgd_steps=0",
+        "device=cpu",
+        f"out_dir={out_dir}",
+        f"name={name}",
+        *extra,
+    ]
 
 
 def metrics(run_dir):
@@ -78,8 +102,12 @@ def test_ikl_at_with_two_processes_equals_one_process(tmp_path):
     assert one.returncode == 0, one.stderr
     two = launch("adv_training.train", at_args(tmp_path, "two", *exact), 2)
     assert two.returncode == 0, two.stderr
-    assert_same_run(tmp_path / "one", tmp_path / "two", ("model", "ema", "swa", "prior"),
-                    ("train_loss", "train_loss_natural", "train_loss_robust", "train_adv_acc", "lr"))
+    assert_same_run(
+        tmp_path / "one",
+        tmp_path / "two",
+        ("model", "ema", "swa", "prior"),
+        ("train_loss", "train_loss_natural", "train_loss_robust", "train_adv_acc", "lr"),
+    )
     assert metrics(tmp_path / "two")[-1]["test_clean_acc"] == metrics(tmp_path / "one")[-1]["test_clean_acc"]
     assert load_file(tmp_path / "two" / "last.pt")["world_size"] == 2
     # only rank 0 wrote files: one metrics line per epoch, one results.json
@@ -92,14 +120,26 @@ def test_ikl_kd_with_two_processes_equals_one_process(tmp_path):
     from models import build_model
 
     teacher = atomic_save(build_model("digits_cnn", 10).state_dict(), tmp_path / "teacher.pt")
-    args = ["--config", KD_DIGITS, "epochs=2", "student.arch=digits_cnn_plain", f"teacher.checkpoint={teacher}",
-            "ikl.class_prior=true", "device=cpu", f"out_dir={tmp_path}"]
+    args = [
+        "--config",
+        KD_DIGITS,
+        "epochs=2",
+        "student.arch=digits_cnn_plain",
+        f"teacher.checkpoint={teacher}",
+        "ikl.class_prior=true",
+        "device=cpu",
+        f"out_dir={tmp_path}",
+    ]
     one = launch("knowledge_distillation.train", [*args, "name=one"], 1)
     assert one.returncode == 0, one.stderr
     two = launch("knowledge_distillation.train", [*args, "name=two"], 2)
     assert two.returncode == 0, two.stderr
-    assert_same_run(tmp_path / "one", tmp_path / "two", ("model", "prior"),
-                    ("train_loss", "train_loss_ce", "train_loss_kd", "train_acc", "test_top1", "test_top5"))
+    assert_same_run(
+        tmp_path / "one",
+        tmp_path / "two",
+        ("model", "prior"),
+        ("train_loss", "train_loss_ce", "train_loss_kd", "train_acc", "test_top1", "test_top5"),
+    )
 
 
 EVALUATE = """
@@ -147,13 +187,17 @@ def test_evaluation_under_three_processes_gives_one_processs_numbers_exactly(tmp
 
     def numbers(nproc):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-        launcher = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-                     f"--master_port={free_port()}"] if nproc > 1 else [sys.executable])
-        result = subprocess.run([*launcher, str(script), str(weights)], cwd=ROOT, env=env, capture_output=True,
-                                text=True, timeout=300)
+        launcher = (
+            [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}"]
+            if nproc > 1
+            else [sys.executable]
+        )
+        result = subprocess.run(
+            [*launcher, str(script), str(weights)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
         assert result.returncode == 0, result.stderr
         (line,) = [line for line in result.stdout.splitlines() if line.startswith("NUMBERS ")]
-        return json.loads(line[len("NUMBERS "):])
+        return json.loads(line[len("NUMBERS ") :])
 
     one, three = numbers(1), numbers(3)
     assert (one.pop("world_size"), three.pop("world_size")) == (1, 3)
@@ -178,10 +222,26 @@ def test_two_nodes_on_localhost_complete_a_run(tmp_path):
     endpoint = f"127.0.0.1:{free_port()}"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     nodes = [
-        subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}",
-                          "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}",
-                          "-m", "adv_training.train", *at_args(tmp_path, "nodes", "epochs=1")],
-                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                f"--node_rank={node}",
+                "--nproc_per_node=1",
+                "--rdzv_backend=c10d",
+                f"--rdzv_endpoint={endpoint}",
+                "-m",
+                "adv_training.train",
+                *at_args(tmp_path, "nodes", "epochs=1"),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for node in (0, 1)
     ]
     outputs = [node.communicate(timeout=600) for node in nodes]
@@ -209,9 +269,22 @@ def test_a_two_process_run_stopped_and_resumed_ends_bit_equal_to_an_uninterrupte
 def test_a_process_that_dies_stops_the_others_and_leaves_the_last_good_checkpoint(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     runner = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-         "-m", "adv_training.train", *at_args(tmp_path, "dies", "epochs=50", "dist_timeout=60")],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            f"--master_port={free_port()}",
+            "-m",
+            "adv_training.train",
+            *at_args(tmp_path, "dies", "epochs=50", "dist_timeout=60"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     last = tmp_path / "dies" / "last.pt"
     deadline = time.monotonic() + 300
     while not last.exists() and time.monotonic() < deadline and runner.poll() is None:
@@ -238,9 +311,21 @@ def test_processes_draw_different_random_numbers_but_rank_0_keeps_the_seed(tmp_p
         "shutdown_distributed()\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                             f"--master_port={free_port()}", str(script)], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            f"--master_port={free_port()}",
+            str(script),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     draws = dict(line.split(" draws ") for line in result.stdout.splitlines() if line.startswith("rank "))
     torch.manual_seed(7)

@@ -1,6 +1,7 @@
 """How adversarial training fails and recovers: killed runs, damaged files, full disks, NaNs.
 
 Digits runs (a small CNN, seconds per epoch) through the real entry point."""
+
 import errno
 import json
 import os
@@ -19,8 +20,18 @@ DIGITS = str(ROOT / "configs" / "adv_training" / "digits_ikl.yaml")
 
 
 def digits_run(out_dir, *extra, name="run"):
-    return ["--config", DIGITS, "epochs=2", "model.arch=digits_cnn_small", "eval.every=2", "eval.pgd_steps=2",
-            "device=cpu", f"out_dir={out_dir}", f"name={name}", *extra]
+    return [
+        "--config",
+        DIGITS,
+        "epochs=2",
+        "model.arch=digits_cnn_small",
+        "eval.every=2",
+        "eval.pgd_steps=2",
+        "device=cpu",
+        f"out_dir={out_dir}",
+        f"name={name}",
+        *extra,
+    ]
 
 
 def results(run_dir):
@@ -131,8 +142,24 @@ def test_a_checkpoint_with_nan_weights_is_refused_by_name(tmp_path, capsys):
     atomic_save(state, run / "best.pt")
     from adv_training.auto_attacks.eval import main as eval_main
 
-    code = eval_main(["--checkpoint", str(run), "--which", "best", "--data", "digits", "--n_ex", "4",
-                      "--log_path", str(tmp_path / "aa.log"), "--version", "custom", "--attacks", "apgd-ce"])
+    code = eval_main(
+        [
+            "--checkpoint",
+            str(run),
+            "--which",
+            "best",
+            "--data",
+            "digits",
+            "--n_ex",
+            "4",
+            "--log_path",
+            str(tmp_path / "aa.log"),
+            "--version",
+            "custom",
+            "--attacks",
+            "apgd-ce",
+        ]
+    )
     error = capsys.readouterr().err
     assert code == 2 and f"{run / 'best.pt'}: entry 'model.{key}'" not in error  # the state dict, not the wrapper
     assert str(run / "best.pt") in error and f"'{key}' holds NaN or inf" in error

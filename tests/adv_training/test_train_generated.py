@@ -1,4 +1,5 @@
 """Generated-data IKL-AT end to end: .npz parts in Wang et al.'s format -> prepare -> train -> resume."""
+
 import json
 import os
 import subprocess
@@ -30,8 +31,9 @@ def generated_root(tmp_path_factory):
     parts = []
     for index, count in enumerate((150, 100), start=1):
         parts.append(folder / f"1m_part{index}.npz")
-        np.savez(parts[-1], image=rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8),
-                 label=rng.integers(0, 10, count))
+        np.savez(
+            parts[-1], image=rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8), label=rng.integers(0, 10, count)
+        )
     assert prepare_main([*map(str, parts), "--out", str(folder / "prepared"), "--dataset", "cifar10", "--quiet"]) == 0
     return folder / "prepared"
 
@@ -39,11 +41,28 @@ def generated_root(tmp_path_factory):
 def generated_run(data_root, generated, out_dir, *extra, name="run"):
     """A 2-epoch run of a depth-10, width-1 WRN on 200 real and 250 generated images, batch 40 (half generated)."""
     return [
-        f"data.root={data_root}", "data.dataset=cifar10", "data.verify_checksum=false", "data.num_workers=0",
-        "data.batch_size=40", "data.test_batch_size=50", "model.arch=WideResNet", "model.depth=10",
-        "model.widen_factor=1", "epochs=2", "device=cpu", f"out_dir={out_dir}", f"name={name}",
-        "eval.num_examples=50", "eval.pgd_steps=2", "attack.steps=2", "awp.warmup=1", "ema.start_epoch=1",
-        f"generated.path={generated}", "generated.unsup_fraction=0.5", "generated.epoch_images=200", *extra,
+        f"data.root={data_root}",
+        "data.dataset=cifar10",
+        "data.verify_checksum=false",
+        "data.num_workers=0",
+        "data.batch_size=40",
+        "data.test_batch_size=50",
+        "model.arch=WideResNet",
+        "model.depth=10",
+        "model.widen_factor=1",
+        "epochs=2",
+        "device=cpu",
+        f"out_dir={out_dir}",
+        f"name={name}",
+        "eval.num_examples=50",
+        "eval.pgd_steps=2",
+        "attack.steps=2",
+        "awp.warmup=1",
+        "ema.start_epoch=1",
+        f"generated.path={generated}",
+        "generated.unsup_fraction=0.5",
+        "generated.epoch_images=200",
+        *extra,
     ]
 
 
@@ -79,9 +98,16 @@ def test_two_processes_train_a_generated_data_run_and_resume_it_exactly(cifar10_
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
     def launch(*extra, name):
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-                   "-m", "adv_training.train", *generated_run(cifar10_root, generated_root, tmp_path, *extra,
-                                                               name=name)]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            f"--master_port={free_port()}",
+            "-m",
+            "adv_training.train",
+            *generated_run(cifar10_root, generated_root, tmp_path, *extra, name=name),
+        ]
         result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr
 
@@ -94,18 +120,25 @@ def test_two_processes_train_a_generated_data_run_and_resume_it_exactly(cifar10_
         assert torch.equal(value, resumed["model"][name]), name
 
 
-@pytest.mark.parametrize("override, message", [
-    ("generated.path={empty}", "holds no manifest.json (not prepared, or preparing stopped): prepare Wang et al."),
-    ("data.dataset=cifar100", "has 10 classes and this run's dataset 100"),
-    ("data.augment=autoaug", "'data.augment' must be basic or none with generated.path"),
-    ("generated.unsup_fraction=1", "'generated.unsup_fraction'"),
-    ("data.drop_last=true", "'data.drop_last' has no meaning with generated.path"),
-    ("generated.rotate_degrees=15 data.augment=none", "'generated.rotate_degrees' rotates after crop and flip"),
-    ("generated.path= generated.rotate_degrees=15", "'generated.rotate_degrees' acts on the mixing loader only"),
-    ("optim.schedule=cosinew optim.warmup_epochs=2", "'optim.warmup_epochs' does not apply to optim.schedule=cosinew"),
-])
-def test_bad_generated_data_settings_end_in_one_message(override, message, cifar10_root, cifar100_root,
-                                                        generated_root, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("generated.path={empty}", "holds no manifest.json (not prepared, or preparing stopped): prepare Wang et al."),
+        ("data.dataset=cifar100", "has 10 classes and this run's dataset 100"),
+        ("data.augment=autoaug", "'data.augment' must be basic or none with generated.path"),
+        ("generated.unsup_fraction=1", "'generated.unsup_fraction'"),
+        ("data.drop_last=true", "'data.drop_last' has no meaning with generated.path"),
+        ("generated.rotate_degrees=15 data.augment=none", "'generated.rotate_degrees' rotates after crop and flip"),
+        ("generated.path= generated.rotate_degrees=15", "'generated.rotate_degrees' acts on the mixing loader only"),
+        (
+            "optim.schedule=cosinew optim.warmup_epochs=2",
+            "'optim.warmup_epochs' does not apply to optim.schedule=cosinew",
+        ),
+    ],
+)
+def test_bad_generated_data_settings_end_in_one_message(
+    override, message, cifar10_root, cifar100_root, generated_root, tmp_path, capsys
+):
     (tmp_path / "empty").mkdir()
     root = cifar100_root if "cifar100" in override else cifar10_root
     args = generated_run(root, generated_root, tmp_path, *override.format(empty=tmp_path / "empty").split())
@@ -117,6 +150,7 @@ def test_bad_generated_data_settings_end_in_one_message(override, message, cifar
 
 # --- Wang et al.'s recipe: validation split, margin PGD, selection by the weight average ----------
 
+
 def test_the_margin_objective_by_hand():
     from adv_training.methods import margin_objective
 
@@ -126,8 +160,9 @@ def test_the_margin_objective_by_hand():
     assert margin_objective(targets)(logits).item() == pytest.approx(-(3.0 + 0.5 + 0.0))
 
 
-def test_validation_split_monitors_held_out_images_and_best_holds_the_selected_average(cifar10_root, generated_root,
-                                                                                        tmp_path, monkeypatch):
+def test_validation_split_monitors_held_out_images_and_best_holds_the_selected_average(
+    cifar10_root, generated_root, tmp_path, monkeypatch
+):
     from engine import data as data_lib
 
     trained_on = []
@@ -138,9 +173,19 @@ def test_validation_split_monitors_held_out_images_and_best_holds_the_selected_a
         return real_make_loader(real_images, real_labels, *args, **kwargs)
 
     monkeypatch.setattr("adv_training.train.make_mixed_loader", recording)
-    args = generated_run(cifar10_root, generated_root, tmp_path, "epochs=1", "data.validation_size=30",
-                         "eval.split=validation", "eval.objective=margin", "eval.select=ema", "ema.warmup_fraction=0.5",
-                         "ema.average_buffers=false", "ema.tau=0.995")
+    args = generated_run(
+        cifar10_root,
+        generated_root,
+        tmp_path,
+        "epochs=1",
+        "data.validation_size=30",
+        "eval.split=validation",
+        "eval.objective=margin",
+        "eval.select=ema",
+        "ema.warmup_fraction=0.5",
+        "ema.average_buffers=false",
+        "ema.tau=0.995",
+    )
     assert main(args) == 0
     real = data_lib.build_train_set("cifar10", cifar10_root, augment="none", verify_checksum=False).data
     assert np.array_equal(trained_on[0], real[30:])  # the first 30 real images are held out
@@ -155,11 +200,14 @@ def test_validation_split_monitors_held_out_images_and_best_holds_the_selected_a
         assert torch.equal(best["model"][name], value), name
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["eval.split=validation"], "'eval.split' is validation but data.validation_size is 0"),
-    (["eval.select=ema", "ema.enabled=false"], "'eval.select' is ema but ema.enabled is false"),
-    (["data.validation_size=200"], "data.validation_size=200 leaves no training image: the training set has 200"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["eval.split=validation"], "'eval.split' is validation but data.validation_size is 0"),
+        (["eval.select=ema", "ema.enabled=false"], "'eval.select' is ema but ema.enabled is false"),
+        (["data.validation_size=200"], "data.validation_size=200 leaves no training image: the training set has 200"),
+    ],
+)
 def test_bad_validation_settings_end_in_one_message(overrides, message, cifar10_root, generated_root, tmp_path, capsys):
     assert main(generated_run(cifar10_root, generated_root, tmp_path, *overrides)) == 2
     error = capsys.readouterr().err.strip()
@@ -169,48 +217,114 @@ def test_bad_validation_settings_end_in_one_message(overrides, message, cifar10_
 # --- the paper's generated-data rows: configs, launchers, end to end ---------------------------
 
 WANG_RECIPE = {  # Wang et al.'s README command, parser defaults, train-wa.py and watrain.py
-    "seed": 1, "epochs": 400, "label_smoothing": 0.1, "model.arch": "wrn-28-10-swish",
-    "data.augment": "basic", "data.batch_size": 512, "data.validation_size": 1024,
-    "generated.unsup_fraction": 0.7, "generated.epoch_images": 50_000, "generated.rotate_degrees": 0.0,
-    "optim.lr": 0.2, "optim.nesterov": True, "optim.weight_decay": 5e-4, "optim.batchnorm_weight_decay": False,
-    "optim.schedule": "cosinew", "optim.warmup_epochs": 0,
-    "attack.norm": "linf", "attack.epsilon": 8 / 255, "attack.eps_ramp": False, "attack.budget": "fixed",
-    "attack.steps": 10, "attack.step_size": 2 / 255, "attack.random_start": "uniform", "attack.eval_mode": False,
-    "attack.freeze_bn_stats": True, "awp.enabled": False,
-    "ema.enabled": True, "ema.tau": 0.995, "ema.start_epoch": 1, "ema.warmup_fraction": 0.025,
-    "ema.average_buffers": False, "swa.enabled": False,
-    "eval.split": "validation", "eval.pgd_steps": 40, "eval.step_size": 2 / 255, "eval.objective": "margin",
-    "eval.select": "ema", "eval.num_examples": None,
+    "seed": 1,
+    "epochs": 400,
+    "label_smoothing": 0.1,
+    "model.arch": "wrn-28-10-swish",
+    "data.augment": "basic",
+    "data.batch_size": 512,
+    "data.validation_size": 1024,
+    "generated.unsup_fraction": 0.7,
+    "generated.epoch_images": 50_000,
+    "generated.rotate_degrees": 0.0,
+    "optim.lr": 0.2,
+    "optim.nesterov": True,
+    "optim.weight_decay": 5e-4,
+    "optim.batchnorm_weight_decay": False,
+    "optim.schedule": "cosinew",
+    "optim.warmup_epochs": 0,
+    "attack.norm": "linf",
+    "attack.epsilon": 8 / 255,
+    "attack.eps_ramp": False,
+    "attack.budget": "fixed",
+    "attack.steps": 10,
+    "attack.step_size": 2 / 255,
+    "attack.random_start": "uniform",
+    "attack.eval_mode": False,
+    "attack.freeze_bn_stats": True,
+    "awp.enabled": False,
+    "ema.enabled": True,
+    "ema.tau": 0.995,
+    "ema.start_epoch": 1,
+    "ema.warmup_fraction": 0.025,
+    "ema.average_buffers": False,
+    "swa.enabled": False,
+    "eval.split": "validation",
+    "eval.pgd_steps": 40,
+    "eval.step_size": 2 / 255,
+    "eval.objective": "margin",
+    "eval.select": "ema",
+    "eval.num_examples": None,
 }
 LARGE = {"epochs": 2400, "data.batch_size": 2048, "generated.unsup_fraction": 0.8}  # Wang et al.'s paper, 20M/50M
-IKL_CIFAR10 = {"method": "ikl", "data.dataset": "cifar10", "attack.alpha": 1.0, "attack.beta": 0.0,
-               "ikl.alpha": 3.0, "ikl.beta": 10.0, "ikl.prior_temperature": 4.0}  # a3_b10_t4
+IKL_CIFAR10 = {
+    "method": "ikl",
+    "data.dataset": "cifar10",
+    "attack.alpha": 1.0,
+    "attack.beta": 0.0,
+    "ikl.alpha": 3.0,
+    "ikl.beta": 10.0,
+    "ikl.prior_temperature": 4.0,
+}  # a3_b10_t4
 ROTATION = {"generated.rotate_degrees": 15.0}  # Wang et al.'s cifar100s.py
-IKL_CIFAR100 = {"method": "ikl", "data.dataset": "cifar100", "attack.alpha": 1.0, "attack.beta": 1.0,
-                "ikl.alpha": 5.0, "ikl.beta": 12.0, "ikl.prior_temperature": 4.0, **ROTATION}  # a5_b12_t4
+IKL_CIFAR100 = {
+    "method": "ikl",
+    "data.dataset": "cifar100",
+    "attack.alpha": 1.0,
+    "attack.beta": 1.0,
+    "ikl.alpha": 5.0,
+    "ikl.beta": 12.0,
+    "ikl.prior_temperature": 4.0,
+    **ROTATION,
+}  # a5_b12_t4
 GENERATED_RUNS = {
     "cifar10_ikl_1m": {**IKL_CIFAR10, "generated.path": "data/generated/cifar10_1m"},
     "cifar10_ikl_20m": {**IKL_CIFAR10, **LARGE, "generated.path": "data/generated/cifar10_20m"},
     "cifar100_ikl_1m": {**IKL_CIFAR100, "generated.path": "data/generated/cifar100_1m"},
     "cifar100_ikl_50m": {**IKL_CIFAR100, **LARGE, "generated.path": "data/generated/cifar100_50m"},
-    "cifar10_trades_1m": {"method": "trades", "trades.beta": 5.0, "data.dataset": "cifar10",
-                          "generated.path": "data/generated/cifar10_1m"},
-    "cifar10_trades_20m": {"method": "trades", "trades.beta": 5.0, "data.dataset": "cifar10", **LARGE,
-                           "generated.path": "data/generated/cifar10_20m"},
-    "cifar100_trades_1m": {"method": "trades", "trades.beta": 5.0, "data.dataset": "cifar100", **ROTATION,
-                           "generated.path": "data/generated/cifar100_1m"},
-    "cifar100_trades_50m": {"method": "trades", "trades.beta": 5.0, "data.dataset": "cifar100", **LARGE, **ROTATION,
-                            "generated.path": "data/generated/cifar100_50m"},
+    "cifar10_trades_1m": {
+        "method": "trades",
+        "trades.beta": 5.0,
+        "data.dataset": "cifar10",
+        "generated.path": "data/generated/cifar10_1m",
+    },
+    "cifar10_trades_20m": {
+        "method": "trades",
+        "trades.beta": 5.0,
+        "data.dataset": "cifar10",
+        **LARGE,
+        "generated.path": "data/generated/cifar10_20m",
+    },
+    "cifar100_trades_1m": {
+        "method": "trades",
+        "trades.beta": 5.0,
+        "data.dataset": "cifar100",
+        **ROTATION,
+        "generated.path": "data/generated/cifar100_1m",
+    },
+    "cifar100_trades_50m": {
+        "method": "trades",
+        "trades.beta": 5.0,
+        "data.dataset": "cifar100",
+        **LARGE,
+        **ROTATION,
+        "generated.path": "data/generated/cifar100_50m",
+    },
 }
-GENERATED_LAUNCHERS = {"train_dkl_cifar10_generated.sh": {"1m": "cifar10_ikl_1m", "20m": "cifar10_ikl_20m"},
-                       "train_dkl_cifar100_generated.sh": {"1m": "cifar100_ikl_1m", "50m": "cifar100_ikl_50m"}}
+GENERATED_LAUNCHERS = {
+    "train_dkl_cifar10_generated.sh": {"1m": "cifar10_ikl_1m", "20m": "cifar10_ikl_20m"},
+    "train_dkl_cifar100_generated.sh": {"1m": "cifar100_ikl_1m", "50m": "cifar100_ikl_50m"},
+}
 
 
 def assert_generated_run(resolved, run):
     expected = {**WANG_RECIPE, "name": run, **GENERATED_RUNS[run]}
     flat = flatten(resolved)
-    wrong = {key: (flat[key], value) for key, value in expected.items()
-             if not (flat[key] == pytest.approx(value) if isinstance(value, float) else flat[key] == value)}
+    wrong = {
+        key: (flat[key], value)
+        for key, value in expected.items()
+        if not (flat[key] == pytest.approx(value) if isinstance(value, float) else flat[key] == value)
+    }
     assert not wrong, f"{run}: (resolved, expected) differ for {wrong}"
 
 
@@ -231,14 +345,26 @@ def test_the_generated_data_launchers_run_their_configs_and_refuse_other_sizes(t
     env = dict(os.environ, DKL_PYTHON=sys.executable)
     for launcher, runs in GENERATED_LAUNCHERS.items():
         for size, run in runs.items():
-            result = subprocess.run(["bash", str(ROOT / "sh" / launcher), size, "--print-config"], cwd=tmp_path,
-                                    env=env, capture_output=True, text=True, timeout=300)
+            result = subprocess.run(
+                ["bash", str(ROOT / "sh" / launcher), size, "--print-config"],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             assert result.returncode == 0, result.stderr
             header, resolved = result.stdout.split("# ---- ")[1].split("\n", 1)
             assert Path(header).name == f"{run}.yaml"
             assert_generated_run(yaml.safe_load(resolved), run)
-        wrong = subprocess.run(["bash", str(ROOT / "sh" / launcher), "5m"], cwd=tmp_path, env=env,
-                               capture_output=True, text=True, timeout=300)
+        wrong = subprocess.run(
+            ["bash", str(ROOT / "sh" / launcher), "5m"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert wrong.returncode == 2 and wrong.stderr.startswith("usage: ") and "{1m|" in wrong.stderr
 
 
@@ -246,25 +372,42 @@ def test_the_generated_data_launchers_run_their_configs_and_refuse_other_sizes(t
 def generated_cifar100(tmp_path_factory):
     folder = tmp_path_factory.mktemp("generated100")
     rng = np.random.default_rng(1)
-    np.savez(folder / "50m_part1.npz", image=rng.integers(0, 256, (120, 32, 32, 3), dtype=np.uint8),
-             label=rng.integers(0, 100, 120))
-    assert prepare_main([str(folder / "50m_part1.npz"), "--out", str(folder / "prepared"), "--dataset", "cifar100",
-                         "--quiet"]) == 0
+    np.savez(
+        folder / "50m_part1.npz",
+        image=rng.integers(0, 256, (120, 32, 32, 3), dtype=np.uint8),
+        label=rng.integers(0, 100, 120),
+    )
+    assert (
+        prepare_main(
+            [str(folder / "50m_part1.npz"), "--out", str(folder / "prepared"), "--dataset", "cifar100", "--quiet"]
+        )
+        == 0
+    )
     return folder / "prepared"
 
 
 @pytest.mark.parametrize("run", ["cifar10_ikl_1m", "cifar10_ikl_20m", "cifar100_ikl_1m", "cifar100_ikl_50m"])
-def test_the_papers_generated_data_rows_train_end_to_end_on_tiny_data(run, cifar10_root, cifar100_root,
-                                                                      generated_root, generated_cifar100, tmp_path):
+def test_the_papers_generated_data_rows_train_end_to_end_on_tiny_data(
+    run, cifar10_root, cifar100_root, generated_root, generated_cifar100, tmp_path
+):
     """Each row's config as shipped, on tiny data: a depth-10 width-1 WRN for WRN-28-10, batch 40,
     epochs of 5 batches, 30 held-out images, 2 epochs; everything else (the mixing, cosinew, the weight average, the
     frozen-BN attack, PGD-40 margin selection) as configured."""
     cifar100 = run.startswith("cifar100")
     overrides = [
-        f"data.root={cifar100_root if cifar100 else cifar10_root}", "data.verify_checksum=false",
-        "data.num_workers=0", "data.batch_size=40", "data.test_batch_size=50", "data.validation_size=30",
-        f"generated.path={generated_cifar100 if cifar100 else generated_root}", "generated.epoch_images=200",
-        "model.arch=WideResNet", "model.depth=10", "model.widen_factor=1", "epochs=2", "device=cpu",
+        f"data.root={cifar100_root if cifar100 else cifar10_root}",
+        "data.verify_checksum=false",
+        "data.num_workers=0",
+        "data.batch_size=40",
+        "data.test_batch_size=50",
+        "data.validation_size=30",
+        f"generated.path={generated_cifar100 if cifar100 else generated_root}",
+        "generated.epoch_images=200",
+        "model.arch=WideResNet",
+        "model.depth=10",
+        "model.widen_factor=1",
+        "epochs=2",
+        "device=cpu",
         f"out_dir={tmp_path}",
     ]
     assert main(["--config", str(ROOT / "configs" / "adv_training" / f"{run}.yaml"), *overrides]) == 0

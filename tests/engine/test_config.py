@@ -1,4 +1,5 @@
 """Strict, typed configuration: defaults < YAML (< its base) < key=value."""
+
 import math
 from dataclasses import dataclass
 from typing import List, Literal, Optional
@@ -47,7 +48,10 @@ def test_precedence_defaults_yaml_base_command_line(tmp_path):
 
 def test_misspelt_key_in_yaml_names_the_closest_valid_key(tmp_path):
     path = write(tmp_path, "typo.yaml", {"optim": {"lr_sheduler": "step"}})
-    with pytest.raises(ConfigError, match=r"unknown config key 'optim\.lr_sheduler' \(in .*typo\.yaml\); did you mean 'optim\.lr_schedule'\?"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown config key 'optim\.lr_sheduler' \(in .*typo\.yaml\); did you mean 'optim\.lr_schedule'\?",
+    ):
         load_config(Schema, path)
 
 
@@ -116,7 +120,10 @@ def test_cosine_schedule_matches_the_reference_formula():
 
 
 def test_step_schedule_decays_after_each_milestone():
-    lrs = [learning_rate(e, base_lr=0.05, epochs=240, schedule="step", milestones=[150, 180, 210]) for e in (150, 151, 181, 211)]
+    lrs = [
+        learning_rate(e, base_lr=0.05, epochs=240, schedule="step", milestones=[150, 180, 210])
+        for e in (150, 151, 181, 211)
+    ]
     assert lrs == pytest.approx([0.05, 0.005, 0.0005, 0.00005])
 
 
@@ -130,10 +137,12 @@ def test_cosinew_is_torchs_one_cycle_stepped_once_per_epoch(epochs):
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.2, pct_start=0.025, total_steps=epochs)
     for epoch in range(1, epochs + 1):
         group = optimizer.param_groups[0]
-        assert learning_rate(epoch, base_lr=0.2, epochs=epochs, schedule="cosinew") == pytest.approx(group["lr"],
-                                                                                                     rel=1e-12)
+        assert learning_rate(epoch, base_lr=0.2, epochs=epochs, schedule="cosinew") == pytest.approx(
+            group["lr"], rel=1e-12
+        )
         assert momentum(epoch, base_momentum=0.9, epochs=epochs, schedule="cosinew") == pytest.approx(
-            group["momentum"], rel=1e-12)
+            group["momentum"], rel=1e-12
+        )
         if epoch < epochs:
             optimizer.step()  # no gradient: nothing moves, but the scheduler sees the usual order
             scheduler.step()

@@ -1,5 +1,6 @@
 """engine.data on small CIFAR-format files read by torchvision's real CIFAR classes, small
 ImageFolder trees of PNG files read by torchvision's ImageFolder, and scikit-learn's digits."""
+
 import os
 import pickle
 import shutil
@@ -57,6 +58,7 @@ def read_written(root, name, files):
 
 # --- names ---------------------------------------------------------------------------------
 
+
 def test_num_classes_and_unknown_dataset():
     assert num_classes("cifar10") == 10 and num_classes("cifar100") == 100
     with pytest.raises(UserError, match="'mnist'.*cifar10, cifar100"):
@@ -71,6 +73,7 @@ def test_unknown_augmentation_lists_choices(cifar10_root):
 
 
 # --- reading -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 @pytest.mark.parametrize("split", ["train", "test"])
@@ -101,6 +104,7 @@ def test_writer_spreads_cifar10_training_images_over_five_batches(cifar_writer, 
 
 
 # --- missing or damaged data ---------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_official_checksums_reject_locally_written_files(name, roots):
@@ -151,6 +155,7 @@ def test_unreadable_file_is_a_user_error(cifar10_root, tmp_path):
 
 
 # --- augmentations -------------------------------------------------------------------------
+
 
 def test_none_is_deterministic_and_basic_is_random(cifar10_root):
     plain = build_train_set("cifar10", cifar10_root, augment="none", verify_checksum=False)
@@ -239,6 +244,7 @@ def test_cutout_zeroes_one_clipped_square():
 
 # --- subsets and loaders -------------------------------------------------------------------
 
+
 def test_first_examples(cifar10_root):
     dataset = build_test_set("cifar10", cifar10_root, verify_checksum=False)
     subset = first_examples(dataset, 7)
@@ -321,8 +327,9 @@ def test_processes_share_each_global_training_batch_of_one_process(world_size, d
     expected = [b.tolist() for b in one]
     shares = []
     for rank in range(world_size):
-        loader = make_loader(Indices(size), batch_size=batch, shuffle=True, seed=5, drop_last=drop_last,
-                             rank=rank, world_size=world_size)
+        loader = make_loader(
+            Indices(size), batch_size=batch, shuffle=True, seed=5, drop_last=drop_last, rank=rank, world_size=world_size
+        )
         set_epoch(loader, 2)
         shares.append([b.tolist() for b in loader])
         assert len(loader) == len(shares[-1])
@@ -367,22 +374,24 @@ def test_with_indices_appends_the_index_of_each_item():
     images = TensorDataset(torch.arange(10.0).view(5, 2), torch.tensor([3, 1, 4, 1, 5]))
     items = [WithIndices(images)[i] for i in range(5)]
     assert len(WithIndices(images)) == 5
-    assert [(x.tolist(), int(y), i) for x, y, i in items] == [([2.0 * i, 2.0 * i + 1], t, i)
-                                                               for i, t in enumerate([3, 1, 4, 1, 5])]
+    assert [(x.tolist(), int(y), i) for x, y, i in items] == [
+        ([2.0 * i, 2.0 * i + 1], t, i) for i, t in enumerate([3, 1, 4, 1, 5])
+    ]
     _, _, indices = next(iter(make_eval_loader(WithIndices(images), batch_size=2, rank=1, world_size=2)))
     assert indices.tolist() == [2, 3]
 
 
 def test_workers_of_other_processes_draw_other_augmentations():
     def draws(rank, world_size):
-        loader = make_loader(RandomDraws(), batch_size=4, shuffle=True, num_workers=1, seed=7,
-                             rank=rank, world_size=world_size)
+        loader = make_loader(
+            RandomDraws(), batch_size=4, shuffle=True, num_workers=1, seed=7, rank=rank, world_size=world_size
+        )
         set_epoch(loader, 1)
         return torch.cat([b.flatten() for b in loader])
 
     one, rank0, rank1 = draws(0, 1), draws(0, 2), draws(1, 2)
     # rank 0 keeps the worker seeds of one process: its draws are the first ones of that stream
-    assert torch.equal(rank0, one[:len(rank0)])
+    assert torch.equal(rank0, one[: len(rank0)])
     assert len(rank1) == len(rank0) and not torch.equal(rank1, rank0)
     assert torch.equal(draws(1, 2), rank1)  # still reproducible
 
@@ -390,7 +399,6 @@ def test_workers_of_other_processes_draw_other_augmentations():
 def test_set_epoch_needs_a_loader_from_make_loader():
     with pytest.raises(TypeError, match="make_loader"):
         set_epoch(DataLoader(TensorDataset(torch.arange(4))), 1)
-
 
 
 # --- normalisation -------------------------------------------------------------------------
@@ -448,6 +456,7 @@ def test_cifar100_normalize_applies_to_every_view(augment, cifar100_root):
 
 
 # --- ImageNet ------------------------------------------------------------------------------
+
 
 def folder_classes(root, split):
     return sorted(entry.name for entry in os.scandir(root / split) if entry.is_dir())
@@ -590,11 +599,16 @@ def test_imagenet_loader_and_subset(imagenet_root):
 
 # --- digits --------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def digits():
     raw = load_digits()
-    return {"train": build_train_set("digits", None), "test": build_test_set("digits", None),
-            "raw": raw.data, "labels": raw.target}
+    return {
+        "train": build_train_set("digits", None),
+        "test": build_test_set("digits", None),
+        "raw": raw.data,
+        "labels": raw.target,
+    }
 
 
 def test_digits_sizes_shapes_and_range(digits):
@@ -635,8 +649,9 @@ def test_digits_split_is_disjoint_complete_and_fixed(digits):
     assert [digits["labels"][r] for r in test_rows] == digits["test"].targets
 
     # The documented split, recomputed here.
-    expected_train, expected_test = train_test_split(np.arange(1797), test_size=450, stratify=digits["labels"],
-                                                     random_state=0)
+    expected_train, expected_test = train_test_split(
+        np.arange(1797), test_size=450, stratify=digits["labels"], random_state=0
+    )
     assert train_rows == expected_train.tolist() and test_rows == expected_test.tolist()
 
     again = build_test_set("digits", "/ignored", download=True, verify_checksum=False)

@@ -1,4 +1,5 @@
 """The device-resident CIFAR loader: torchvision's crop-and-flip distribution, epochs, shares."""
+
 import numpy as np
 import pytest
 import torch
@@ -6,8 +7,7 @@ from PIL import Image
 from scipy.stats import chi2_contingency, chisquare
 from torchvision import transforms
 
-from engine.data import global_batch_sizes, set_epoch
-from engine.data import DeviceBatches
+from engine.data import DeviceBatches, global_batch_sizes, set_epoch
 from engine.errors import UserError
 
 SIDE, PADDING = 32, 4
@@ -47,7 +47,7 @@ def device_crops(count: int, epoch: int = 1):
 def test_crop_reader_reads_known_crops():
     padded = np.pad(coordinate_image(), ((PADDING, PADDING), (PADDING, PADDING), (0, 0)))
     for top, left in ((0, 0), (8, 8), (3, 6)):
-        crop = padded[top:top + SIDE, left:left + SIDE]
+        crop = padded[top : top + SIDE, left : left + SIDE]
         assert crop_of(crop) == (top, left, False)
         assert crop_of(crop[:, ::-1]) == (top, left, True)
 
@@ -100,11 +100,16 @@ def test_every_image_once_per_epoch_in_an_order_set_by_seed_and_epoch():
 def test_processes_take_contiguous_shares_of_one_processes_batches():
     images, labels = dataset()
     single = collect(DeviceBatches(images, labels, batch_size=6, device=torch.device("cpu"), seed=4), 2)
-    shares = [collect(DeviceBatches(images, labels, batch_size=6, device=torch.device("cpu"), seed=4, rank=r,
-                                    world_size=3), 2) for r in range(3)]
+    shares = [
+        collect(
+            DeviceBatches(images, labels, batch_size=6, device=torch.device("cpu"), seed=4, rank=r, world_size=3), 2
+        )
+        for r in range(3)
+    ]
     assert len(single) == 4 and all(len(share) == 4 for share in shares)
-    sizes = global_batch_sizes(DeviceBatches(images, labels, batch_size=6, device=torch.device("cpu"), seed=4, rank=1,
-                                             world_size=3))
+    sizes = global_batch_sizes(
+        DeviceBatches(images, labels, batch_size=6, device=torch.device("cpu"), seed=4, rank=1, world_size=3)
+    )
     assert sizes == [len(batch[1]) for batch in single] == [6, 6, 6, 5]
     for number, (images_one, labels_one) in enumerate(single):
         assert torch.equal(torch.cat([share[number][0] for share in shares]), images_one)

@@ -1,9 +1,9 @@
 """engine.distributed helpers with two real gloo processes."""
+
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
-import pytest
 
 from engine.distributed import all_reduce_mean_, broadcast_buffers_, global_batch_share, local_gpu_index, wrap_model
 from engine.errors import UserError
@@ -27,9 +27,14 @@ def _broadcast_worker(rank, init_file, result_folder):
         finally:
             dist.broadcast = real_broadcast
         torch.save(model.state_dict(), f"{result_folder}/rank{rank}.pt")
-        torch.save({"broadcasts": len(collectives), "share": global_batch_share(3, 5),
-                    "ddp_broadcasts_buffers": wrap_model(model, torch.device("cpu")).broadcast_buffers},
-                   f"{result_folder}/facts{rank}.pt")
+        torch.save(
+            {
+                "broadcasts": len(collectives),
+                "share": global_batch_share(3, 5),
+                "ddp_broadcasts_buffers": wrap_model(model, torch.device("cpu")).broadcast_buffers,
+            },
+            f"{result_folder}/facts{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 
@@ -59,12 +64,18 @@ def test_broadcast_buffers_does_nothing_in_one_process():
 def _mean_worker(rank, init_file, result_folder):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
-        tensors = [torch.full((3,), float(rank)), torch.full((2, 2), 10.0 * rank), torch.full((1,), rank + 0.5),
-                   torch.full((4,), float(rank), dtype=torch.float64)]
+        tensors = [
+            torch.full((3,), float(rank)),
+            torch.full((2, 2), 10.0 * rank),
+            torch.full((1,), rank + 0.5),
+            torch.full((4,), float(rank), dtype=torch.float64),
+        ]
         calls = []
         real_all_reduce = dist.all_reduce
-        dist.all_reduce = lambda tensor, *args, **kwargs: (calls.append(tensor.numel()),
-                                                           real_all_reduce(tensor, *args, **kwargs))[1]
+        dist.all_reduce = lambda tensor, *args, **kwargs: (
+            calls.append(tensor.numel()),
+            real_all_reduce(tensor, *args, **kwargs),
+        )[1]
         try:
             all_reduce_mean_(tensors)
         finally:

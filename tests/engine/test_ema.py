@@ -1,10 +1,11 @@
 """ModelEMA: nothing before the start epoch, copies during it, the (1 - tau, tau) recursion after."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.file_io import atomic_save, load_file
 from engine.ema import EpochAverage, ModelEMA
+from engine.file_io import atomic_save, load_file
 
 
 def train_step(model, optimizer, seed):

@@ -1,4 +1,5 @@
 """Atomic writes and safe reads of tensor files."""
+
 import errno
 import os
 import pickle
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from engine.errors import UserError
 from engine.file_io import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -22,7 +24,6 @@ from engine.file_io import (
     remove_stale_temporaries,
     require_finite,
 )
-from engine.errors import UserError
 
 
 def test_round_trip(tmp_path):
@@ -47,8 +48,15 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path, monk
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
-@pytest.mark.parametrize("code, cause", [(errno.EROFS, "read-only file system"), (errno.EACCES, "permission denied"),
-                                         (errno.EDQUOT, "disk quota exceeded"), (errno.EIO, "Input/output error")])
+@pytest.mark.parametrize(
+    "code, cause",
+    [
+        (errno.EROFS, "read-only file system"),
+        (errno.EACCES, "permission denied"),
+        (errno.EDQUOT, "disk quota exceeded"),
+        (errno.EIO, "Input/output error"),
+    ],
+)
 def test_write_errors_name_the_file_and_the_cause(code, cause, tmp_path, monkeypatch):
     def refusing(*args, **kwargs):
         raise OSError(code, os.strerror(code))
@@ -61,8 +69,10 @@ def test_write_errors_name_the_file_and_the_cause(code, cause, tmp_path, monkeyp
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
 def test_written_files_get_the_umask_permissions(umask, mode, tmp_path):
     """As a plain open() would, not mkstemp's private 0600 (the umask is read once, at import)."""
-    script = (f"import os; os.umask({umask}); from engine.file_io import atomic_save, atomic_write_text; "
-              f"atomic_write_text('{{}}', {str(tmp_path / 'a.json')!r}); atomic_save({{}}, {str(tmp_path / 'b.pt')!r})")
+    script = (
+        f"import os; os.umask({umask}); from engine.file_io import atomic_save, atomic_write_text; "
+        f"atomic_write_text('{{}}', {str(tmp_path / 'a.json')!r}); atomic_save({{}}, {str(tmp_path / 'b.pt')!r})"
+    )
     subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).resolve().parents[2])
     for name in ("a.json", "b.pt"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
@@ -73,8 +83,11 @@ def test_a_real_full_disk_inside_torch_save_is_one_line(tmp_path, monkeypatch):
     path = atomic_save({"w": torch.zeros(2)}, tmp_path / "last.pt")
     before = path.read_bytes()
     real_fdopen = os.fdopen
-    monkeypatch.setattr(os, "fdopen", lambda handle, mode, **kw: (os.close(handle), real_fdopen(
-        os.open("/dev/full", os.O_WRONLY), mode, **kw))[1])
+    monkeypatch.setattr(
+        os,
+        "fdopen",
+        lambda handle, mode, **kw: (os.close(handle), real_fdopen(os.open("/dev/full", os.O_WRONLY), mode, **kw))[1],
+    )
     with pytest.raises(WriteError, match=f"could not write {path}: disk full"):
         atomic_save({"w": torch.ones(1000)}, path)
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]

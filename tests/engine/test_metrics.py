@@ -1,4 +1,5 @@
 """RunningSums: named device-side totals, one host read, summed across processes."""
+
 import multiprocessing
 
 import pytest

@@ -1,4 +1,5 @@
 """Optimiser parameter groups and the SGD kernels."""
+
 import copy
 
 import pytest
@@ -32,8 +33,9 @@ def test_every_sgd_kernel_takes_torchs_plain_steps(implementation):
     model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Linear(4, 3))
     twin = copy.deepcopy(model)
     settings = dict(lr=0.1, momentum=0.9, nesterov=True)
-    ours = sgd(weight_decay_groups(model, 5e-4, False), implementation=implementation, device=torch.device("cpu"),
-               **settings)
+    ours = sgd(
+        weight_decay_groups(model, 5e-4, False), implementation=implementation, device=torch.device("cpu"), **settings
+    )
     plain = torch.optim.SGD(weight_decay_groups(twin, 5e-4, False), foreach=False, **settings)
     x = torch.randn(16, 5)
     for step in range(4):
@@ -49,19 +51,37 @@ def test_every_sgd_kernel_takes_torchs_plain_steps(implementation):
 
 
 def test_auto_sgd_is_torchs_default_on_the_cpu():
-    optimizer = sgd([{"params": [nn.Parameter(torch.ones(2))]}], lr=0.1, momentum=0.9, nesterov=False,
-                    implementation="auto", device=torch.device("cpu"))
+    optimizer = sgd(
+        [{"params": [nn.Parameter(torch.ones(2))]}],
+        lr=0.1,
+        momentum=0.9,
+        nesterov=False,
+        implementation="auto",
+        device=torch.device("cpu"),
+    )
     assert not optimizer.defaults["fused"] and optimizer.defaults["foreach"] is None
 
 
 def test_a_resumed_optimizer_takes_the_kernel_asked_for_now():
     parameter = nn.Parameter(torch.ones(3))
-    saved = sgd([{"params": [parameter]}], lr=0.1, momentum=0.9, nesterov=False, implementation="for_loop",
-                device=torch.device("cpu"))
+    saved = sgd(
+        [{"params": [parameter]}],
+        lr=0.1,
+        momentum=0.9,
+        nesterov=False,
+        implementation="for_loop",
+        device=torch.device("cpu"),
+    )
     parameter.grad = torch.ones(3)
     saved.step()
-    resumed = sgd([{"params": [parameter]}], lr=0.1, momentum=0.9, nesterov=False, implementation="fused",
-                  device=torch.device("cpu"))
+    resumed = sgd(
+        [{"params": [parameter]}],
+        lr=0.1,
+        momentum=0.9,
+        nesterov=False,
+        implementation="fused",
+        device=torch.device("cpu"),
+    )
     resumed.load_state_dict(saved.state_dict())
     assert resumed.param_groups[0]["fused"] is None  # torch brings the saved flags back
     use_kernel(resumed, "fused", torch.device("cpu"))

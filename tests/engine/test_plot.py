@@ -1,4 +1,5 @@
 """Run pictures: curves.png from metrics.jsonl of adversarial-training and distillation runs."""
+
 import json
 import math
 import subprocess
@@ -28,18 +29,29 @@ def at_run(run_dir: Path, epochs: int = 5, robust_gain: float = 4.0) -> Path:
     records = []
     for epoch in range(1, epochs + 1):
         record = {
-            "epoch": epoch, "lr": 0.1 * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs)),
-            "train_loss": 2.3 - 0.25 * epoch, "train_loss_natural": 1.8 - 0.2 * epoch,
-            "train_loss_robust": 0.5 - 0.05 * epoch, "train_adv_acc": 15.0 + 5 * epoch,
-            "train_clean_acc": 30.0 + 8 * epoch, "eps": min(epoch, 3) / 3 * 8 / 255,
-            "attack_step_size": 2 / 255, "attack_steps": 10, "awp": False,
-            "train_seconds": 12.5, "epoch_seconds": 14.0,
+            "epoch": epoch,
+            "lr": 0.1 * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs)),
+            "train_loss": 2.3 - 0.25 * epoch,
+            "train_loss_natural": 1.8 - 0.2 * epoch,
+            "train_loss_robust": 0.5 - 0.05 * epoch,
+            "train_adv_acc": 15.0 + 5 * epoch,
+            "train_clean_acc": 30.0 + 8 * epoch,
+            "eps": min(epoch, 3) / 3 * 8 / 255,
+            "attack_step_size": 2 / 255,
+            "attack_steps": 10,
+            "awp": False,
+            "train_seconds": 12.5,
+            "epoch_seconds": 14.0,
         }
         if epoch % 2 == 1 or epoch == epochs:
-            record.update({
-                "test_clean_acc": 35.0 + 7 * epoch, "test_robust_acc": 10.0 + robust_gain * epoch,
-                "ema_test_clean_acc": 34.0 + 7 * epoch, "ema_test_robust_acc": 11.0 + robust_gain * epoch,
-            })
+            record.update(
+                {
+                    "test_clean_acc": 35.0 + 7 * epoch,
+                    "test_robust_acc": 10.0 + robust_gain * epoch,
+                    "ema_test_clean_acc": 34.0 + 7 * epoch,
+                    "ema_test_robust_acc": 11.0 + robust_gain * epoch,
+                }
+            )
         records.append(record)
     records[2]["train_loss_robust"] = float("nan")
     return _write_metrics(run_dir, records)
@@ -48,10 +60,17 @@ def at_run(run_dir: Path, epochs: int = 5, robust_gain: float = 4.0) -> Path:
 def kd_run(run_dir: Path, epochs: int = 5) -> Path:
     """A distillation run: CE and KD losses, top-1/top-5, no eps; one null accuracy."""
     records = [
-        {"epoch": epoch, "lr": 0.05 if epoch < 4 else 0.005, "train_loss": 4.0 - 0.5 * epoch,
-         "train_loss_ce": 3.0 - 0.4 * epoch, "train_loss_kd": 1.0 - 0.1 * epoch,
-         "train_acc": 20.0 + 8 * epoch, "test_top1": 18.0 + 7 * epoch, "test_top5": 45.0 + 8 * epoch,
-         "epoch_seconds": 30.0}
+        {
+            "epoch": epoch,
+            "lr": 0.05 if epoch < 4 else 0.005,
+            "train_loss": 4.0 - 0.5 * epoch,
+            "train_loss_ce": 3.0 - 0.4 * epoch,
+            "train_loss_kd": 1.0 - 0.1 * epoch,
+            "train_acc": 20.0 + 8 * epoch,
+            "test_top1": 18.0 + 7 * epoch,
+            "test_top5": 45.0 + 8 * epoch,
+            "epoch_seconds": 30.0,
+        }
         for epoch in range(1, epochs + 1)
     ]
     records[1]["test_top1"] = None
@@ -148,14 +167,17 @@ def test_runs_with_the_same_folder_name_are_told_apart(tmp_path, monkeypatch):
     import engine.plot
 
     labels, original = [], engine.plot._plot
-    monkeypatch.setattr(engine.plot, "_plot", lambda ax, xy, label, **style: labels.append(label) or original(ax, xy, label, **style))
+    monkeypatch.setattr(
+        engine.plot, "_plot", lambda ax, xy, label, **style: labels.append(label) or original(ax, xy, label, **style)
+    )
     plot_runs([at_run(tmp_path / "a" / "seed0"), at_run(tmp_path / "b" / "seed0")], tmp_path / "c.png")
     assert "a/seed0: train_loss" in labels and "b/seed0: train_loss" in labels
 
 
 def _cli(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "engine.plot", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "engine.plot", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli(tmp_path):

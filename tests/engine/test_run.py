@@ -1,4 +1,5 @@
 """last.pt: model, optimizer and any extra states (the class prior among them) round-trip exactly."""
+
 from dataclasses import dataclass
 
 import pytest
@@ -37,8 +38,15 @@ def test_extra_states_round_trip_and_the_rng_is_restored(tmp_path, small_model, 
     expected_draw = torch.rand(3)
 
     fresh_model, fresh_optimizer, fresh_states = trained(small_model, image_batch, seed=1)
-    state = resume_training_state(tmp_path / "last.pt", TinyConfig(), fresh_model, fresh_optimizer, fresh_states,
-                                  describe="the tiny model", log=lambda line: None)
+    state = resume_training_state(
+        tmp_path / "last.pt",
+        TinyConfig(),
+        fresh_model,
+        fresh_optimizer,
+        fresh_states,
+        describe="the tiny model",
+        log=lambda line: None,
+    )
     assert state["epoch"] == 3 and state["best"] == {"epoch": 2} and state["ema"] is None
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh_model.state_dict().values()))
     assert torch.equal(fresh_states["prior"].rows(torch.arange(3)), states["prior"].rows(torch.arange(3)))
@@ -48,8 +56,17 @@ def test_extra_states_round_trip_and_the_rng_is_restored(tmp_path, small_model, 
 
 def test_a_state_the_run_needs_but_the_file_lacks_is_named(tmp_path, small_model, image_batch):
     model, optimizer, states = trained(small_model, image_batch, seed=0)
-    atomic_save(training_state(TinyConfig(), 1, model, optimizer, {}, {"prior": states["prior"], "swa": None}),
-                tmp_path / "last.pt")
+    atomic_save(
+        training_state(TinyConfig(), 1, model, optimizer, {}, {"prior": states["prior"], "swa": None}),
+        tmp_path / "last.pt",
+    )
     with pytest.raises(UserError, match="holds no swa state: the run was started with swa switched off"):
-        resume_training_state(tmp_path / "last.pt", TinyConfig(), model, optimizer, states,
-                              describe="the tiny model", log=lambda line: None)
+        resume_training_state(
+            tmp_path / "last.pt",
+            TinyConfig(),
+            model,
+            optimizer,
+            states,
+            describe="the tiny model",
+            log=lambda line: None,
+        )

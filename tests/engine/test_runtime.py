@@ -5,6 +5,7 @@ Tensors "on another device" are put on torch's lazy device (its TorchScript back
 with every build): like a CUDA tensor, it cannot be read by NumPy, which is how a resume on
 a GPU used to crash.
 """
+
 import random
 
 import numpy as np
@@ -38,8 +39,9 @@ def test_rng_states_whose_tensors_lie_on_another_device_are_restored(other_devic
     state = runtime.capture_rng_state()
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     name, keys, position, has_gauss, cached = state["numpy"]
-    moved = dict(state, torch=state["torch"].to(other_device),
-                 numpy=(name, keys.to(other_device), position, has_gauss, cached))
+    moved = dict(
+        state, torch=state["torch"].to(other_device), numpy=(name, keys.to(other_device), position, has_gauss, cached)
+    )
     runtime.restore_rng_state(moved)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
 
@@ -107,7 +109,8 @@ def test_deterministic_mode_sets_the_cublas_workspace_and_refuses_instead_of_war
         with pytest.raises(RuntimeError) as refused:
             torch.zeros(3).put_(torch.tensor([0]), torch.tensor([1.0]))  # no deterministic kernel, CPU or not
         assert nondeterminism_reason(refused.value) == (
-            "put_ (an operation of this run) has no deterministic implementation in torch")
+            "put_ (an operation of this run) has no deterministic implementation in torch"
+        )
     finally:
         runtime.seed_everything(0, deterministic=False)
     assert not torch.are_deterministic_algorithms_enabled()

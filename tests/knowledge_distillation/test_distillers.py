@@ -1,4 +1,5 @@
 """Each distiller: its flags, warm-up and loss, against the library losses and hand computations."""
+
 import math
 
 import pytest
@@ -15,7 +16,10 @@ from losses.pairwise_oracle import wmse_loss_pairwise
 @pytest.fixture
 def logits():
     torch.manual_seed(0)
-    student, teacher = torch.randn(6, 10, dtype=torch.float64, requires_grad=True), torch.randn(6, 10, dtype=torch.float64)
+    student, teacher = (
+        torch.randn(6, 10, dtype=torch.float64, requires_grad=True),
+        torch.randn(6, 10, dtype=torch.float64),
+    )
     return student, teacher, torch.randint(0, 10, (6,))
 
 
@@ -84,8 +88,9 @@ def test_dkd_and_ikl_compose_the_library_losses_with_their_warmup(logits):
     prior = ClassPrior(10, temperature=100.0)
     prior.update(teacher, targets)
     prior.step()
-    loss, _ = distiller("ikl", **{"ikl.class_prior": True}).loss(student, teacher, targets, epoch=10,
-                                                                    prior_rows=prior.rows(targets))
+    loss, _ = distiller("ikl", **{"ikl.class_prior": True}).loss(
+        student, teacher, targets, epoch=10, prior_rows=prior.rows(targets)
+    )
     expected = ikl_loss(student, teacher, alpha=1.0, beta=8.0, temperature=4.0, weights=prior.rows(targets))
     assert loss.item() == pytest.approx((ce + 0.5 * expected).item(), rel=1e-12)
 

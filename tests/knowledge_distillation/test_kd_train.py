@@ -1,4 +1,5 @@
 """Knowledge distillation end to end on small CIFAR-format and ImageFolder data (CPU)."""
+
 import json
 import math
 from pathlib import Path
@@ -7,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.file_io import atomic_save, load_file
 from engine.config import load_config
+from engine.file_io import atomic_save, load_file
 from knowledge_distillation.config import KDConfig
 from knowledge_distillation.distillers import IKL, build_distiller
 from knowledge_distillation.train import main
@@ -32,7 +33,7 @@ def cifar_teacher(cifar100_root, tmp_path_factory):
     optimizer = torch.optim.SGD(teacher.parameters(), lr=0.05, momentum=0.9)
     for _ in range(5):
         for start in range(0, len(labels), 100):
-            loss = F.cross_entropy(teacher(images[start:start + 100]), labels[start:start + 100])
+            loss = F.cross_entropy(teacher(images[start : start + 100]), labels[start : start + 100])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -43,10 +44,21 @@ def cifar_teacher(cifar100_root, tmp_path_factory):
 
 def cifar_run(data_root, teacher_path, out_dir, *extra, name="run"):
     return [
-        f"data.root={data_root}", "data.verify_checksum=false", "data.num_workers=0", "data.batch_size=50",
-        "data.test_batch_size=50", "teacher.arch=resnet14", f"teacher.checkpoint={teacher_path}",
-        "student.arch=resnet8", "epochs=2", "device=cpu", f"out_dir={out_dir}", f"name={name}",
-        "ikl.warmup=2", "dkd.warmup=2", *extra,
+        f"data.root={data_root}",
+        "data.verify_checksum=false",
+        "data.num_workers=0",
+        "data.batch_size=50",
+        "data.test_batch_size=50",
+        "teacher.arch=resnet14",
+        f"teacher.checkpoint={teacher_path}",
+        "student.arch=resnet8",
+        "epochs=2",
+        "device=cpu",
+        f"out_dir={out_dir}",
+        f"name={name}",
+        "ikl.warmup=2",
+        "dkd.warmup=2",
+        *extra,
     ]
 
 
@@ -56,7 +68,13 @@ def read_metrics(run_dir):
 
 @pytest.mark.parametrize(
     "method,extra",
-    [("vanilla", []), ("kd", []), ("dkd", []), ("ikl", []), ("ikl", ["ikl.class_prior=true", "ikl.prior_temperature=1"])],
+    [
+        ("vanilla", []),
+        ("kd", []),
+        ("dkd", []),
+        ("ikl", []),
+        ("ikl", ["ikl.class_prior=true", "ikl.prior_temperature=1"]),
+    ],
 )
 def test_each_distiller_runs_and_writes_a_run_folder(method, extra, cifar100_root, cifar_teacher, tmp_path):
     args = cifar_run(cifar100_root, cifar_teacher, tmp_path, f"method={method}", "epochs=1", *extra)
@@ -65,8 +83,16 @@ def test_each_distiller_runs_and_writes_a_run_folder(method, extra, cifar100_roo
     for name in ("config.yaml", "environment.json", "metrics.jsonl", "last.pt", "best.pt", "results.json"):
         assert (run / name).is_file(), name
     (record,) = read_metrics(run)
-    for key in ("train_loss", "train_loss_ce", "train_loss_kd", "test_top1", "test_top5",
-                "sec_per_iter", "data_sec_per_iter", "compute_sec_per_iter"):
+    for key in (
+        "train_loss",
+        "train_loss_ce",
+        "train_loss_kd",
+        "test_top1",
+        "test_top5",
+        "sec_per_iter",
+        "data_sec_per_iter",
+        "compute_sec_per_iter",
+    ):
         assert math.isfinite(record[key]), key
     assert record["train_loss_kd"] == 0.0 if method == "vanilla" else record["train_loss_kd"] > 0
     assert 0 <= record["test_top1"] <= record["test_top5"] <= 100
@@ -80,16 +106,27 @@ def test_imagenet_folder_run(imagenet_root, tmp_path):
     teacher_path = tmp_path / "resnet18_teacher.pth"
     atomic_save(build_model("ResNet18", 1000, dataset="imagenet").state_dict(), teacher_path)
     args = [
-        f"--config={CONFIGS / 'imagenet' / 'r34_r18.yaml'}", f"data.root={imagenet_root}", "data.num_workers=0",
-        "data.batch_size=6", "data.test_batch_size=6", "teacher.arch=ResNet18", f"teacher.checkpoint={teacher_path}",
-        "student.arch=ResNet18", "epochs=1", "device=cpu", f"out_dir={tmp_path}", "name=imagenet",
+        f"--config={CONFIGS / 'imagenet' / 'r34_r18.yaml'}",
+        f"data.root={imagenet_root}",
+        "data.num_workers=0",
+        "data.batch_size=6",
+        "data.test_batch_size=6",
+        "teacher.arch=ResNet18",
+        f"teacher.checkpoint={teacher_path}",
+        "student.arch=ResNet18",
+        "epochs=1",
+        "device=cpu",
+        f"out_dir={tmp_path}",
+        "name=imagenet",
     ]
     assert main(args) == 0
     (record,) = read_metrics(tmp_path / "imagenet")
     assert math.isfinite(record["train_loss"]) and record["train_loss_kd"] > 0
 
 
-def test_class_prior_is_the_previous_epochs_mean_of_the_teachers_softmax(cifar100_root, cifar_teacher, tmp_path, monkeypatch):
+def test_class_prior_is_the_previous_epochs_mean_of_the_teachers_softmax(
+    cifar100_root, cifar_teacher, tmp_path, monkeypatch
+):
     calls = []
     real_loss = IKL.loss
 
@@ -99,7 +136,9 @@ def test_class_prior_is_the_previous_epochs_mean_of_the_teachers_softmax(cifar10
 
     monkeypatch.setattr(IKL, "loss", recording_loss)
     prior_temperature = 2.0
-    args = cifar_run(cifar100_root, cifar_teacher, tmp_path, "ikl.class_prior=true", f"ikl.prior_temperature={prior_temperature}")
+    args = cifar_run(
+        cifar100_root, cifar_teacher, tmp_path, "ikl.class_prior=true", f"ikl.prior_temperature={prior_temperature}"
+    )
     assert main([f"--config={CONFIGS / 'cifar100' / 'res32x4_res8x4.yaml'}", *args]) == 0
 
     epoch1 = [c for c in calls if c[0] == 1]
@@ -161,7 +200,9 @@ def test_a_teacher_of_another_architecture_is_a_readable_error(cifar100_root, ci
 
 
 def paper_configs():
-    return sorted(p for folder in ("cifar100", "imagenet") for p in (CONFIGS / folder).glob("*.yaml") if p.name != "base.yaml")
+    return sorted(
+        p for folder in ("cifar100", "imagenet") for p in (CONFIGS / folder).glob("*.yaml") if p.name != "base.yaml"
+    )
 
 
 @pytest.mark.parametrize("path", paper_configs(), ids=lambda p: f"{p.parent.name}/{p.stem}")
@@ -179,8 +220,9 @@ def test_every_paper_config_resolves_and_takes_a_step(path):
         logits_teacher = teacher(images)
     for name in ("ikl", "kd", "dkd"):
         cfg.method = name
-        loss, _ = build_distiller(cfg).loss(student(images), logits_teacher, targets, epoch=1,
-                                            prior_rows=prior.rows(targets))
+        loss, _ = build_distiller(cfg).loss(
+            student(images), logits_teacher, targets, epoch=1, prior_rows=prior.rows(targets)
+        )
         loss.backward()
         assert math.isfinite(loss.item())
     assert all(p.grad is not None for p in student.parameters() if p.requires_grad)

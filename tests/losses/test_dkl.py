@@ -1,4 +1,5 @@
 """DKL/IKL against independent computations: the pairwise formula, hand-worked cases, KL."""
+
 import itertools
 import math
 
@@ -24,7 +25,11 @@ def value_and_grads(loss_fn, student, teacher):
     loss = loss_fn(student, teacher)
     grad_student, grad_teacher = torch.autograd.grad(loss, [student, teacher], allow_unused=True)
     zeros = torch.zeros_like(student)
-    return loss.detach(), (zeros if grad_student is None else grad_student), (zeros if grad_teacher is None else grad_teacher)
+    return (
+        loss.detach(),
+        (zeros if grad_student is None else grad_student),
+        (zeros if grad_teacher is None else grad_teacher),
+    )
 
 
 def reference_soft_ce(student, teacher, temperature):
@@ -189,9 +194,9 @@ def test_dkl_value_is_beta_wmse_plus_alpha_ce():
     student, teacher = random_logits(4, 6, seed=21)
     temperature = 2.0
     weights = F.softmax(teacher.detach() / temperature, 1)
-    expected = 3.0 * wmse_loss_pairwise(student / temperature, teacher / temperature, weights) + 0.5 * reference_soft_ce(
-        student, teacher, temperature
-    )
+    expected = 3.0 * wmse_loss_pairwise(
+        student / temperature, teacher / temperature, weights
+    ) + 0.5 * reference_soft_ce(student, teacher, temperature)
     torch.testing.assert_close(dkl_loss(student, teacher, alpha=0.5, beta=3.0, temperature=temperature), expected)
 
 
@@ -202,7 +207,9 @@ def reference_ikl(student, teacher, *, alpha, beta, temperature, gamma, weights,
     if weights is None:
         weights = F.softmax(teacher.detach() / weight_temperature, 1)
     weights = weights.detach() ** gamma
-    return beta * wmse_loss_pairwise(student, teacher, weights) + alpha * reference_soft_ce(student, teacher, temperature)
+    return beta * wmse_loss_pairwise(student, teacher, weights) + alpha * reference_soft_ce(
+        student, teacher, temperature
+    )
 
 
 @pytest.mark.parametrize(
@@ -252,7 +259,8 @@ def test_ikl_skips_a_zero_weighted_term():
     student, teacher = random_logits(5, 4, seed=1)
     torch.testing.assert_close(ikl_loss(student, teacher, alpha=1.0, beta=0.0), soft_ce_loss(student, teacher))
     torch.testing.assert_close(
-        ikl_loss(student, teacher, alpha=0.0, beta=2.0), 2.0 * wmse_loss(student, teacher, F.softmax(teacher.detach(), 1))
+        ikl_loss(student, teacher, alpha=0.0, beta=2.0),
+        2.0 * wmse_loss(student, teacher, F.softmax(teacher.detach(), 1)),
     )
 
 
@@ -348,5 +356,6 @@ def test_on_an_accelerator_bad_weights_make_the_loss_nan_instead_of_a_device_ass
     nan_teacher[0, 0] = float("nan")  # the per-sample softmax weights of a diverged model
     assert torch.isnan(ikl_loss(student, nan_teacher)) and torch.isnan(dkl_loss(student, nan_teacher))
     good = torch.rand(4, 10)
-    assert wmse_loss(student, teacher, good).item() == pytest.approx(wmse_loss_pairwise(student, teacher, good).item(),
-                                                                     rel=1e-5)
+    assert wmse_loss(student, teacher, good).item() == pytest.approx(
+        wmse_loss_pairwise(student, teacher, good).item(), rel=1e-5
+    )

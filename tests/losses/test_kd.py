@@ -1,4 +1,5 @@
 """Baselines against hand-worked numbers and the identities their papers state."""
+
 import math
 
 import pytest
@@ -82,9 +83,14 @@ def test_dkd_gradients_match_mdistiller_masking_at_moderate_scale():
         b_s = torch.stack([(p_s * gt).sum(1), (p_s * (1 - gt)).sum(1)], 1)
         b_t = torch.stack([(p_t * gt).sum(1), (p_t * (1 - gt)).sum(1)], 1)
         tckd = F.kl_div(torch.log(b_s), b_t, reduction="sum") / 6
-        nckd = F.kl_div(
-            F.log_softmax(s / temperature - 1000 * gt, 1), F.softmax(teacher / temperature - 1000 * gt, 1), reduction="sum"
-        ) / 6
+        nckd = (
+            F.kl_div(
+                F.log_softmax(s / temperature - 1000 * gt, 1),
+                F.softmax(teacher / temperature - 1000 * gt, 1),
+                reduction="sum",
+            )
+            / 6
+        )
         return temperature**2 * (alpha * tckd + beta * nckd)
 
     ours = dkd_loss(student, teacher, targets, alpha=alpha, beta=beta, temperature=temperature)

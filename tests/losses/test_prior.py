@@ -1,4 +1,5 @@
 """ClassPrior: previous-epoch class means of the tempered softmax."""
+
 import io
 
 import pytest

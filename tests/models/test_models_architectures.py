@@ -3,7 +3,15 @@ import torch
 import torch.nn.functional as F
 
 from models import build_model, load_weights
-from models.dm_wide_resnet import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, DMWideResNet, Block, dataset_stats
+from models.dm_wide_resnet import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    Block,
+    DMWideResNet,
+    dataset_stats,
+)
 from models.registry import entries
 
 # Measured with mdistiller's own definitions (cifar-kd, 100 classes), RobustBench's
@@ -128,10 +136,19 @@ def test_big_normalisation(big):
 def test_trades_wrn_key_layout():
     with torch.device("meta"):
         keys = build_model("WideResNet34_10", 10).state_dict().keys()
-    for key in ["conv1.weight", "block1.layer.0.bn1.weight", "block1.layer.0.conv1.weight",
-                "block1.layer.0.bn2.running_var", "block1.layer.0.conv2.weight",
-                "block1.layer.0.convShortcut.weight", "block2.layer.0.convShortcut.weight",
-                "block3.layer.4.conv2.weight", "bn1.weight", "fc.weight", "fc.bias"]:
+    for key in [
+        "conv1.weight",
+        "block1.layer.0.bn1.weight",
+        "block1.layer.0.conv1.weight",
+        "block1.layer.0.bn2.running_var",
+        "block1.layer.0.conv2.weight",
+        "block1.layer.0.convShortcut.weight",
+        "block2.layer.0.convShortcut.weight",
+        "block3.layer.4.conv2.weight",
+        "bn1.weight",
+        "fc.weight",
+        "fc.bias",
+    ]:
         assert key in keys
     # Width-preserving blocks have no projection, and there is no second block1.
     assert "block1.layer.1.convShortcut.weight" not in keys
@@ -141,10 +158,18 @@ def test_trades_wrn_key_layout():
 def test_dm_wrn_key_layout():
     with torch.device("meta"):
         keys = build_model("wrn-28-10-swish", 10).state_dict().keys()
-    for key in ["init_conv.weight", "layer.0.block.0.batchnorm_0.weight", "layer.0.block.0.conv_0.weight",
-                "layer.0.block.0.batchnorm_1.running_mean", "layer.0.block.0.conv_1.weight",
-                "layer.0.block.0.shortcut.weight", "layer.2.block.3.conv_1.weight",
-                "batchnorm.weight", "logits.weight", "logits.bias"]:
+    for key in [
+        "init_conv.weight",
+        "layer.0.block.0.batchnorm_0.weight",
+        "layer.0.block.0.conv_0.weight",
+        "layer.0.block.0.batchnorm_1.running_mean",
+        "layer.0.block.0.conv_1.weight",
+        "layer.0.block.0.shortcut.weight",
+        "layer.2.block.3.conv_1.weight",
+        "batchnorm.weight",
+        "logits.weight",
+        "logits.bias",
+    ]:
         assert key in keys
     assert "layer.0.block.1.shortcut.weight" not in keys
     assert "mean" not in keys and "std" not in keys
@@ -156,9 +181,17 @@ def test_preact_and_kd_key_layouts():
         r8x4 = build_model("resnet8x4", 100).state_dict().keys()
         mv2 = build_model("MobileNetV2", 100).state_dict().keys()
         mv1 = build_model("MobileNetV1", 1000).state_dict().keys()
-    assert {"conv1.weight", "layer2.0.shortcut.0.weight", "layer4.1.bn2.weight", "bn.weight", "linear.weight"} <= set(preact)
+    assert {"conv1.weight", "layer2.0.shortcut.0.weight", "layer4.1.bn2.weight", "bn.weight", "linear.weight"} <= set(
+        preact
+    )
     assert {"layer1.0.downsample.0.weight", "layer1.0.downsample.1.running_mean", "fc.weight"} <= set(r8x4)
-    assert {"conv1.0.weight", "blocks.0.0.conv.0.weight", "blocks.6.0.conv.7.bias", "conv2.1.weight", "classifier.0.weight"} <= set(mv2)
+    assert {
+        "conv1.0.weight",
+        "blocks.0.0.conv.0.weight",
+        "blocks.6.0.conv.7.bias",
+        "conv2.1.weight",
+        "classifier.0.weight",
+    } <= set(mv2)
     assert {"model.0.0.weight", "model.13.4.running_var", "fc.weight"} <= set(mv1)
 
 

@@ -1,5 +1,6 @@
 """Every model's stem and head compute in float32 under bf16 autocast; the state dict is the architecture's own;
 no model pools with a kernel whose CUDA backward is nondeterministic."""
+
 import pytest
 import torch
 import torch.nn as nn
@@ -9,8 +10,13 @@ from models.float32_ends import Float32Conv2d, Float32Linear
 from models.registry import entries
 
 ALL = entries()
-NONDETERMINISTIC_BACKWARDS = ("AdaptiveAvgPool2DBackward", "AdaptiveMaxPool2DBackward", "MaxPool3DWithIndicesBackward",
-                              "AvgPool3DBackward", "AdaptiveAvgPool3DBackward")
+NONDETERMINISTIC_BACKWARDS = (
+    "AdaptiveAvgPool2DBackward",
+    "AdaptiveMaxPool2DBackward",
+    "MaxPool3DWithIndicesBackward",
+    "AvgPool3DBackward",
+    "AdaptiveAvgPool3DBackward",
+)
 
 
 def _build(entry, device="meta"):
@@ -44,7 +50,9 @@ def test_the_state_dict_is_the_architectures_own_and_no_pooling_backward_is_nond
     model = _build(entry)
     with torch.device("meta"):
         plain = entry.build(entry.default_num_classes, entry.datasets[0])  # the builder alone: no swap
-    assert [(k, v.shape) for k, v in model.state_dict().items()] == [(k, v.shape) for k, v in plain.state_dict().items()]
+    assert [(k, v.shape) for k, v in model.state_dict().items()] == [
+        (k, v.shape) for k, v in plain.state_dict().items()
+    ]
     x = _input(entry, "meta").requires_grad_(True)
     seen, stack = set(), [model(x).grad_fn]
     while stack:
@@ -72,7 +80,9 @@ def test_under_bf16_autocast_the_stem_sees_the_float32_image_and_the_logits_are_
         assert inner(torch.rand(1, inner.in_channels, 8, 8)).dtype == torch.bfloat16  # the rest stays bf16
     assert seen["input"] is x and seen["output"].dtype == torch.float32 and logits.dtype == torch.float32
     with torch.no_grad():
-        expected = nn.functional.conv2d(x, stem.weight, stem.bias, stem.stride, stem.padding, stem.dilation, stem.groups)
+        expected = nn.functional.conv2d(
+            x, stem.weight, stem.bias, stem.stride, stem.padding, stem.dilation, stem.groups
+        )
     torch.testing.assert_close(seen["output"], expected, rtol=0, atol=0)  # fp32 math, unrounded image
 
 

@@ -7,13 +7,41 @@ from models.cifar_resnet import CifarResNetV2
 from models.registry import entries, resolve
 
 AT_NAMES = {
-    "WideResNet34_10", "WideResNet34", "WideResNet28", "WideResNet34_20", "WideResNet28_10",
-    "WideResNet70_16", "WideResNet", "wrn-28-10-swish", "wrn-70-16-swish", "PreActResNet18",
+    "WideResNet34_10",
+    "WideResNet34",
+    "WideResNet28",
+    "WideResNet34_20",
+    "WideResNet28_10",
+    "WideResNet70_16",
+    "WideResNet",
+    "wrn-28-10-swish",
+    "wrn-70-16-swish",
+    "PreActResNet18",
 }
 KD_NAMES = {
-    "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4",
-    "resnet32x4", "ResNet18", "ResNet50", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2",
-    "vgg8", "vgg11", "vgg13", "vgg16", "vgg19", "MobileNetV2", "ShuffleV1", "ShuffleV2",
+    "resnet8",
+    "resnet14",
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet110",
+    "resnet8x4",
+    "resnet32x4",
+    "ResNet18",
+    "ResNet50",
+    "wrn_16_1",
+    "wrn_16_2",
+    "wrn_40_1",
+    "wrn_40_2",
+    "vgg8",
+    "vgg11",
+    "vgg13",
+    "vgg16",
+    "vgg19",
+    "MobileNetV2",
+    "ShuffleV1",
+    "ShuffleV2",
 }
 IMAGENET_NAMES = {"ResNet18", "ResNet34", "ResNet50", "MobileNetV1"}
 DIGITS_NAMES = {"digits_cnn", "digits_cnn_small", "digits_cnn_plain"}
@@ -77,4 +105,6 @@ def test_readme_table_matches_the_registry():
     from models.summary import markdown_table
 
     page = Path(__file__).resolve().parents[2] / "docs" / "models.md"
-    assert markdown_table() in page.read_text(encoding="utf-8"), "run `python -m models.summary` and update docs/models.md"
+    assert markdown_table() in page.read_text(encoding="utf-8"), (
+        "run `python -m models.summary` and update docs/models.md"
+    )

@@ -1,4 +1,5 @@
 """The small CNN for 8×8 digit images: shapes, parameter counts, reloading, and that it learns."""
+
 import pytest
 import torch
 import torch.nn.functional as F

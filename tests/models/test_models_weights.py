@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from models import CheckpointMismatchError, UnsafeCheckpointError, build_model, load_weights
-from models.weights import CheckpointError
 from models.dm_wide_resnet import DMWideResNet
 from models.registry import entries
+from models.weights import CheckpointError
 
 BIG = {"WideResNet34_10", "WideResNet34_20", "WideResNet28_10", "WideResNet70_16", "wrn-28-10-swish", "wrn-70-16-swish"}
 ALIASES = {"WideResNet34", "WideResNet28"}
@@ -44,7 +44,10 @@ def _wrappers(state):
         "model": {"model": state, "epoch": 240, "best_acc": torch.tensor(77.1)},
         "state_dict": {"state_dict": state, "epoch": 76},
         "model_state_dict": {"model_state_dict": {"module.0." + k: v for k, v in state.items()}},
-        "sub_block1": {**state, **{"sub_block1." + k[len("block1."):]: v for k, v in state.items() if k.startswith("block1.")}},
+        "sub_block1": {
+            **state,
+            **{"sub_block1." + k[len("block1.") :]: v for k, v in state.items() if k.startswith("block1.")},
+        },
     }
 
 
@@ -62,8 +65,15 @@ def test_published_wrapper_formats_load(fmt, tmp_path):
 def test_mdistiller_style_checkpoint_for_teacher(tmp_path):
     source = _fresh("resnet8x4", 100, 0)
     path = tmp_path / "ckpt_epoch_240.pth"
-    torch.save({"epoch": 240, "model": source.state_dict(), "accuracy": torch.tensor(73.1),
-                "optimizer": torch.optim.SGD(source.parameters(), lr=0.1).state_dict()}, path)
+    torch.save(
+        {
+            "epoch": 240,
+            "model": source.state_dict(),
+            "accuracy": torch.tensor(73.1),
+            "optimizer": torch.optim.SGD(source.parameters(), lr=0.1).state_dict(),
+        },
+        path,
+    )
     target = load_weights(_fresh("resnet8x4", 100, 1), path)
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
