@@ -359,3 +359,20 @@ def test_launchers_take_seeds(tmp_path):
     lines = result.stdout.splitlines()
     assert len(lines) == 4  # two configs, two seeds each
     assert "name=seed=0" in lines[0] and "name=seed=1" in lines[1] and "cifar100_ikl_a5b20t4.yaml" in lines[3]
+
+
+@pytest.mark.parametrize(
+    "old, new, flag", [("engine.sweep", "experiments.sweep", ["--config"]), ("engine.report", "experiments.report", [])]
+)
+def test_the_old_commands_name_the_new_ones_and_run_them(old, new, flag, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", old, *flag, str(tmp_path / "absent")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2  # the new command's answer to a missing path (argparse would give 2 too)
+    note, error = result.stderr.splitlines()[:2]
+    assert f"python -m {old} is now python -m {new}" in note
+    assert error.startswith("error: ") and "absent" in error

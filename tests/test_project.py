@@ -73,3 +73,21 @@ def test_the_tree_is_as_the_linter_and_formatter_leave_it(check):
         f"ruff {' '.join(check)} . found something; run `ruff check --fix .` and "
         f"`ruff format .`:\n{result.stdout[-3000:]}{result.stderr[-1000:]}"
     )
+
+
+def test_no_source_file_is_ignored_by_git():
+    # A too-broad .gitignore pattern (once `data/`, which also matched engine/data/) keeps a
+    # package out of every clone while the working tree that wrote it still passes its tests.
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    listed = subprocess.run(
+        ["git", "ls-files", "--others", "--ignored", "--exclude-standard", "--", "*.py", "*.yaml", "*.md", "*.sh"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    ignored_sources = [
+        path for path in listed if not path.startswith((".venv/", ".pytest_cache/", ".ruff_cache/", "build/", "dist/"))
+    ]
+    assert not ignored_sources, f".gitignore hides source files from every clone: {ignored_sources[:10]}"

@@ -243,11 +243,11 @@ def test_dual_view_modes_train_and_update_the_prior_from_the_basic_view(augment,
 
 def test_awp_proxy_takes_the_joint_dual_view_loss_and_the_step_the_weighted_one(cifar10_root, tmp_path, monkeypatch):
     calls = []
-    real_loss = Method.loss
+    real_loss = train_module.BatchLoss.__call__
 
-    def recording_loss(self, network, *args, split_views=True):
+    def recording_loss(self, network, split_views=True):
         calls.append((network is awp_proxies[0] if awp_proxies else None, split_views))
-        return real_loss(self, network, *args, split_views=split_views)
+        return real_loss(self, network, split_views=split_views)
 
     awp_proxies = []
     real_init = train_module.AdversarialWeightPerturbation.__init__
@@ -256,7 +256,7 @@ def test_awp_proxy_takes_the_joint_dual_view_loss_and_the_step_the_weighted_one(
         real_init(self, *args, **kwargs)
         awp_proxies.append(self.proxy)
 
-    monkeypatch.setattr(Method, "loss", recording_loss)
+    monkeypatch.setattr(train_module.BatchLoss, "__call__", recording_loss)
     monkeypatch.setattr(train_module.AdversarialWeightPerturbation, "__init__", recording_init)
     assert main(tiny_run(cifar10_root, tmp_path, "epochs=1", "data.augment=autoaug", "data.aug_weight=0.3")) == 0
     assert calls and set(calls) == {(True, False), (False, True)}  # proxy: joint views; model: split

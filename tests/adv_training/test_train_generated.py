@@ -172,7 +172,7 @@ def test_validation_split_monitors_held_out_images_and_best_holds_the_selected_a
         trained_on.append(np.asarray(real_images).copy())
         return real_make_loader(real_images, real_labels, *args, **kwargs)
 
-    monkeypatch.setattr("adv_training.train.make_mixed_loader", recording)
+    monkeypatch.setattr("adv_training.loaders.make_mixed_loader", recording)
     args = generated_run(
         cifar10_root,
         generated_root,

@@ -130,9 +130,9 @@ def test_class_prior_is_the_previous_epochs_mean_of_the_teachers_softmax(
     calls = []
     real_loss = IKL.loss
 
-    def recording_loss(self, logits_student, logits_teacher, targets, epoch, prior):
-        calls.append((epoch, logits_teacher.detach().clone(), targets.clone(), prior.rows(targets).clone()))
-        return real_loss(self, logits_student, logits_teacher, targets, epoch, prior)
+    def recording_loss(self, logits_student, logits_teacher, targets, epoch, prior_rows):
+        calls.append((epoch, logits_teacher.detach().clone(), targets.clone(), prior_rows.clone()))
+        return real_loss(self, logits_student, logits_teacher, targets, epoch, prior_rows)
 
     monkeypatch.setattr(IKL, "loss", recording_loss)
     prior_temperature = 2.0
@@ -163,12 +163,12 @@ def test_interrupted_and_resumed_run_ends_with_the_same_student(cifar100_root, c
 
     real_loss, calls = IKL.loss, {"epoch2": 0}
 
-    def crashing_loss(self, logits_student, logits_teacher, targets, epoch, prior):
+    def crashing_loss(self, logits_student, logits_teacher, targets, epoch, prior_rows):
         if epoch == 2:
             calls["epoch2"] += 1
             if calls["epoch2"] == 3:
                 raise RuntimeError("simulated crash")
-        return real_loss(self, logits_student, logits_teacher, targets, epoch, prior)
+        return real_loss(self, logits_student, logits_teacher, targets, epoch, prior_rows)
 
     monkeypatch.setattr(IKL, "loss", crashing_loss)
     with pytest.raises(RuntimeError, match="simulated crash"):
