@@ -86,6 +86,7 @@ def config_main(
     )
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. optim.lr=0.1")
     args = parser.parse_args(argv)
+    finished = False
     try:
         cfg = load_config(schema, args.config, args.overrides)
         if check is not None:
@@ -97,6 +98,7 @@ def config_main(
             print(Path(cfg.out_dir) / cfg.run_name() if args.get == "run_dir" else get_value(cfg, args.get))
             return 0
         run(cfg)
+        finished = True
     except UserError as error:
         return error_exit(error)
     except RuntimeError as error:
@@ -113,5 +115,5 @@ def config_main(
         print("interrupted; rerun the same command with resume=true to continue from last.pt", file=sys.stderr)
         return 130
     finally:
-        shutdown_distributed()
+        shutdown_distributed(all_finished=finished)
     return 0

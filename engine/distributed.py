@@ -148,8 +148,14 @@ def local_gpu_index(local_rank: int, visible_gpus: int) -> int:
     return local_rank % visible_gpus
 
 
-def shutdown_distributed() -> None:
+def shutdown_distributed(*, all_finished: bool = False) -> None:
+    """Leave the process group. ``all_finished``: every process got here the same way (the run
+    ended normally), so they first wait for each other; a process that tears down its gloo
+    connections while a peer still uses them can abort ("terminate called without an active
+    exception"). After an error no process waits: a peer may be gone."""
     if is_distributed():
+        if all_finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -18,7 +18,6 @@ from .distributed import gather_objects, is_main_process, log, rank, world_size
 from .errors import NonFiniteLossError, UserError
 from .file_io import load_file, writing
 from .optim import use_kernel
-from .plot import plot_run
 from .run_folder import RunFolder
 from .runtime import capture_rng_state, environment_info, restore_rng_state
 
@@ -82,6 +81,8 @@ class RunLogger:
         """curves.png of the run so far; a run whose metrics.jsonl is gone goes on without it."""
         if not self.enabled:
             return None
+        from .plot import plot_run  # here: matplotlib's import is slow, and only the main process draws
+
         try:
             return plot_run(self.run_dir)
         except UserError as error:

@@ -13,7 +13,6 @@ trained that way; there is no normalisation inside.
 """
 
 import torch.nn as nn
-import torchvision
 
 from .registry import register_model
 
@@ -28,7 +27,9 @@ _TV = "torchvision `{}` ImageNet weights (e.g. IMAGENET1K_V1 .pth files)"
     checkpoints=_TV.format("resnet18"),
 )
 def resnet18_imagenet(num_classes=1000):
-    return torchvision.models.resnet18(weights=None, num_classes=num_classes)
+    from torchvision.models import resnet18  # here: torchvision's import is slow
+
+    return resnet18(weights=None, num_classes=num_classes)
 
 
 @register_model(
@@ -39,7 +40,9 @@ def resnet18_imagenet(num_classes=1000):
     checkpoints=_TV.format("resnet34"),
 )
 def resnet34_imagenet(num_classes=1000):
-    return torchvision.models.resnet34(weights=None, num_classes=num_classes)
+    from torchvision.models import resnet34  # here: torchvision's import is slow
+
+    return resnet34(weights=None, num_classes=num_classes)
 
 
 @register_model(
@@ -50,7 +53,9 @@ def resnet34_imagenet(num_classes=1000):
     checkpoints=_TV.format("resnet50"),
 )
 def resnet50_imagenet(num_classes=1000):
-    return torchvision.models.resnet50(weights=None, num_classes=num_classes)
+    from torchvision.models import resnet50  # here: torchvision's import is slow
+
+    return resnet50(weights=None, num_classes=num_classes)
 
 
 def _conv_bn(inp: int, oup: int, stride: int) -> nn.Sequential:

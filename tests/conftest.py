@@ -222,3 +222,24 @@ def accelerator_checks(monkeypatch):
 
     monkeypatch.setattr(runtime, "checks_on_host", lambda device: False)
     monkeypatch.setattr(torch, "_assert_async", device_assert)
+
+
+# --- the fast tier -------------------------------------------------------------------------
+# `bash sh/test.sh -m "not slow"` must stay under 3 minutes on two CPU cores. A test over
+# SLOW_SECONDS (its setup, call and teardown) without the `slow` mark is named at the end of the
+# run, so that whoever made it slow marks it (or shares its expensive part through a fixture).
+SLOW_SECONDS = 5.0
+_unmarked_seconds = {}
+
+
+def pytest_runtest_logreport(report):
+    if "slow" not in report.keywords:
+        _unmarked_seconds[report.nodeid] = _unmarked_seconds.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    over = {test: seconds for test, seconds in _unmarked_seconds.items() if seconds > SLOW_SECONDS}
+    if over:
+        terminalreporter.section("unmarked slow tests")
+        for test, seconds in sorted(over.items(), key=lambda item: -item[1]):
+            terminalreporter.write_line(f"{seconds:6.1f} s  {test}: mark it @pytest.mark.slow (tests/conftest.py)")

@@ -36,7 +36,9 @@ def _robustbench_layouts():
 RBWideResNet, RBDMWideResNet = _robustbench_layouts().RBWideResNet, _robustbench_layouts().RBDMWideResNet
 AT_DIGITS = ROOT / "configs" / "adv_training" / "digits_ikl.yaml"
 KD_CONFIGS = ROOT / "configs" / "knowledge_distillation"
-QUICK = ["epochs=2", "eval.every=1", "device=cpu"]
+# PGD-20 on 90 of the 450 test images: the sweep and report tests check folders and averages, not accuracy
+QUICK = ["epochs=2", "eval.every=1", "eval.num_examples=90", "device=cpu"]
+SWEPT = [*QUICK, "paper_row=cifar100_ikl"]
 
 
 def results(run_dir):
@@ -82,14 +84,16 @@ def sample_std(values):
 
 @pytest.fixture(scope="module")
 def at_sweep(tmp_path_factory):
-    """IKL-AT on digits, beta 10 and 20, seeds 0 and 1: four runs of two epochs, through the sweep."""
+    """IKL-AT on digits, beta 10 and 20, seeds 0 and 1: four runs of two epochs, through the sweep,
+    each naming a paper row (for the report to show)."""
     out = tmp_path_factory.mktemp("sweeps")
     assert (
-        sweep.main(["--config", str(AT_DIGITS), "--seeds", "0", "1", *QUICK, f"out_dir={out}", "ikl.beta=10,20"]) == 0
+        sweep.main(["--config", str(AT_DIGITS), "--seeds", "0", "1", *SWEPT, f"out_dir={out}", "ikl.beta=10,20"]) == 0
     )
     return out / "digits_ikl"
 
 
+@pytest.mark.slow
 def test_sweep_gives_every_setting_and_seed_its_folder_and_config(at_sweep):
     folders = sorted(path.name for path in at_sweep.iterdir())
     assert folders == ["ikl.beta=10,seed=0", "ikl.beta=10,seed=1", "ikl.beta=20,seed=0", "ikl.beta=20,seed=1"]
@@ -100,11 +104,12 @@ def test_sweep_gives_every_setting_and_seed_its_folder_and_config(at_sweep):
         assert results(at_sweep / folder)["epochs"] == 2
 
 
+@pytest.mark.slow
 def test_sweep_skips_finished_runs_and_resumes_interrupted_ones(at_sweep, tmp_path, capfd):
     stamps = {path: path.stat().st_mtime_ns for path in at_sweep.glob("*/results.json")}
     out = at_sweep.parent
     assert (
-        sweep.main(["--config", str(AT_DIGITS), "--seeds", "0", "1", *QUICK, f"out_dir={out}", "ikl.beta=10,20"]) == 0
+        sweep.main(["--config", str(AT_DIGITS), "--seeds", "0", "1", *SWEPT, f"out_dir={out}", "ikl.beta=10,20"]) == 0
     )
     assert "4 finished (skipped), 0 to resume, 0 to start" in capfd.readouterr().err
     assert stamps == {path: path.stat().st_mtime_ns for path in at_sweep.glob("*/results.json")}
@@ -120,6 +125,7 @@ def test_sweep_skips_finished_runs_and_resumes_interrupted_ones(at_sweep, tmp_pa
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
+@pytest.mark.slow
 def test_sweep_prints_torchrun_commands_for_a_cluster(at_sweep, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("NPROC", "2")
     (tmp_path / "digits_ikl" / "ikl.beta=20,seed=0").mkdir(parents=True)
@@ -162,6 +168,7 @@ def test_grid_values_split_outside_brackets():
     assert sweep.folder_name([("attack.epsilon", "8/255")], 0) == "attack.epsilon=8_255,seed=0"
 
 
+@pytest.mark.slow
 def test_report_is_the_mean_and_sample_std_of_the_seeds(at_sweep, tmp_path, capsys):
     # AutoAttack (APGD-CE only, 60 images) on one seed of beta 10: that cell averages one run.
     evaluated = at_sweep / "ikl.beta=10,seed=0"
@@ -191,6 +198,7 @@ def test_report_is_the_mean_and_sample_std_of_the_seeds(at_sweep, tmp_path, caps
     assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
 
 
+@pytest.mark.slow
 def test_report_marks_runs_in_progress_and_stale_autoattack_results(at_sweep, tmp_path, capsys):
     import shutil
 
@@ -211,23 +219,13 @@ def test_report_marks_runs_in_progress_and_stale_autoattack_results(at_sweep, tm
     assert "no longer in the folder (left out)" in text
 
 
-def test_report_shows_the_papers_row_and_kd_top1(tmp_path, capsys):
+@pytest.mark.slow
+def test_report_shows_the_papers_row_and_kd_top1(at_sweep, tmp_path, capsys):
+    import shutil
+
+    # One AT run as a one-seed sweep of digits_ikl leaves it: the KD sweep below has the same name.
     out, kd_out = tmp_path / "runs", tmp_path / "kd_runs"
-    assert (
-        sweep.main(
-            [
-                "--config",
-                str(AT_DIGITS),
-                "--seeds",
-                "0",
-                "epochs=1",
-                "device=cpu",
-                f"out_dir={out}",
-                "paper_row=cifar100_ikl",
-            ]
-        )
-        == 0
-    )
+    shutil.copytree(at_sweep / "ikl.beta=20,seed=0", out / "digits_ikl" / "seed=0")
     teacher_args = [
         "--config",
         str(KD_CONFIGS / "digits_teacher.yaml"),
@@ -266,6 +264,7 @@ def test_report_shows_the_papers_row_and_kd_top1(tmp_path, capsys):
     assert float(kd["top1_best_std"]) == pytest.approx(sample_std(tops), abs=1e-9)
 
 
+@pytest.mark.slow
 def test_export_of_a_digits_run_with_its_autoattack_card(at_sweep, tmp_path):
     run = at_sweep / "ikl.beta=10,seed=0"  # evaluated by AutoAttack in the report test, or now
     if not (run / "autoattack.json").is_file():
@@ -345,6 +344,7 @@ def test_export_refuses_what_it_cannot_write(tmp_path, capsys):
     assert "is not a run folder" in errors and "must end in .pt" in errors
 
 
+@pytest.mark.slow
 def test_launchers_take_seeds(tmp_path):
     env = {**os.environ, "SEEDS": "0 1", "DKL_PYTHON": sys.executable}
     result = subprocess.run(
@@ -361,6 +361,7 @@ def test_launchers_take_seeds(tmp_path):
     assert "name=seed=0" in lines[0] and "name=seed=1" in lines[1] and "cifar100_ikl_a5b20t4.yaml" in lines[3]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "old, new, flag", [("engine.sweep", "experiments.sweep", ["--config"]), ("engine.report", "experiments.report", [])]
 )

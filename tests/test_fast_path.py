@@ -53,6 +53,7 @@ def loss_gradients_buffers(network, module, method, x, x_adv, y, rows):
     return loss.detach(), [p.grad.clone() for p in module.parameters()], [b.clone() for b in module.buffers()]
 
 
+@pytest.mark.slow
 def test_compiled_ikl_step_equals_the_eager_step():
     _, method, model, x, y, rows = ikl_setup()
     compiled = compile_model(model, True)
@@ -101,6 +102,7 @@ def test_bf16_and_channels_last_give_the_fp32_loss_to_bf16_precision():
     assert torch.nn.functional.cosine_similarity(flat(layout[1]), flat(reference[1]), dim=0) > 0.99999
 
 
+@pytest.mark.slow  # torch.compile: 8-20 s on a fresh machine (no inductor cache)
 def test_compiled_kd_epoch_equals_the_eager_epoch():
     cfg = KDConfig(method="ikl")
     cfg.data.dataset, cfg.data.normalize, cfg.ikl.warmup = "digits", False, 1
@@ -162,6 +164,7 @@ def metrics(run_dir):
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_device_loader_trains_and_resumes_exactly(cifar10_root, tmp_path):
     assert at_train.main(tiny_run(cifar10_root, tmp_path, "data.loader=device", name="straight")) == 0
     assert at_train.main(tiny_run(cifar10_root, tmp_path, "data.loader=device", "stop_after=1", name="split")) == 0
@@ -174,6 +177,7 @@ def test_device_loader_trains_and_resumes_exactly(cifar10_root, tmp_path):
     assert metrics(tmp_path / "workers")[0]["train_loss"] != metrics(tmp_path / "straight")[0]["train_loss"]
 
 
+@pytest.mark.slow
 def test_compiled_run_with_awp_reports_compile_time_and_saves_plain_weights(cifar10_root, tmp_path):
     """AWP perturbs the weights in place around the compiled training forward, and restores them."""
     assert at_train.main(tiny_run(cifar10_root, tmp_path, "epochs=1", "compile=true", name="compiled")) == 0

@@ -165,10 +165,12 @@ def outcome_with_portable_kernels(case: str, out_dir: Path) -> dict:
     return load_file(out_dir / "outcome.pt")
 
 
+@pytest.mark.slow
 def test_ikl_at_iterations_match_the_golden_bits(tmp_path):
     check_or_update("ikl_at_digits.pt", outcome_with_portable_kernels("at", tmp_path))
 
 
+@pytest.mark.slow
 def test_ikl_kd_iterations_match_the_golden_bits(tmp_path):
     check_or_update("ikl_kd_digits.pt", outcome_with_portable_kernels("kd", tmp_path))
 

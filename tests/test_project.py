@@ -48,6 +48,7 @@ def test_readme_drop_in_example_trains_with_ikl():
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters())), "no parameter moved"
 
 
+@pytest.mark.slow
 def test_test_command_fails_when_no_test_is_collected(tmp_path):
     # A stand-in environment that sh/_venv.sh accepts as up to date, so no install runs.
     venv = tmp_path / "venv"

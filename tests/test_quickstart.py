@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_quickstart_smoke_trains_attacks_and_prints_the_table(tmp_path):
     env = dict(os.environ, DKL_PYTHON=sys.executable)
     result = subprocess.run(

@@ -23,18 +23,14 @@ ImageNet ``none`` and ``basic``; digits ``none`` and ``basic``, which both mean 
 crop of an 8x8 image, or a flip that turns some digits into others, are no sensible defaults).
 """
 
-import contextlib
 import functools
 import os
-import pickle
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
-from torchvision import datasets
-from torchvision.datasets import cifar as cifar_module
 
 from ..errors import UserError
 from .transforms import AUGMENTATIONS, DATASET_STATS, evaluation_transform, training_transform
@@ -104,136 +100,6 @@ def _check_normalize(dataset: str, normalize: bool) -> None:
         )
 
 
-# --- CIFAR files ---------------------------------------------------------------------------
-
-
-def _without_checksums(entries):
-    # torchvision's check_integrity(path, None) only tests that the file exists.
-    return [[filename, None] for filename, _ in entries]
-
-
-class _CIFAR10FilesOnly(datasets.CIFAR10):
-    """torchvision's CIFAR10 checking that the files exist rather than their MD5 sums.
-
-    For CIFAR-format data written locally (tests, subsets), which cannot match the
-    official checksums. Reading, metadata and transforms are torchvision's, unchanged.
-    """
-
-    train_list = _without_checksums(datasets.CIFAR10.train_list)
-    test_list = _without_checksums(datasets.CIFAR10.test_list)
-    meta = {**datasets.CIFAR10.meta, "md5": None}
-
-
-class _CIFAR100FilesOnly(datasets.CIFAR100):
-    """`_CIFAR10FilesOnly` for CIFAR-100."""
-
-    train_list = _without_checksums(datasets.CIFAR100.train_list)
-    test_list = _without_checksums(datasets.CIFAR100.test_list)
-    meta = {**datasets.CIFAR100.meta, "md5": None}
-
-
-class _CIFARBatchUnpickler(pickle.Unpickler):
-    """Builds only what the official CIFAR python batches hold: dicts, lists, strings, bytes,
-    numbers and numpy arrays. Any other global a file asks for (a crafted file's os.system,
-    say) is refused before anything is built, naming the file."""
-
-    ALLOWED = {
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("_codecs", "encode"),  # how Python 3's pickle protocol 2 writes bytes
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        source = getattr(self._file, "name", "a CIFAR batch file")
-        raise UserError(
-            f"refused to read {source}: it asks for {module}.{name}, which official CIFAR batches "
-            f"never hold (a crafted or foreign file?); replace it with the official file"
-        )
-
-    def __init__(self, file, **kwargs):
-        super().__init__(file, **kwargs)
-        self._file = file
-
-
-class _RestrictedPickle:
-    """Stands in for the ``pickle`` module inside torchvision's CIFAR reader (see `_restricted_cifar_reads`)."""
-
-    UnpicklingError = pickle.UnpicklingError
-
-    @staticmethod
-    def load(file, **kwargs):
-        return _CIFARBatchUnpickler(file, **kwargs).load()
-
-
-@contextlib.contextmanager
-def _restricted_cifar_reads():
-    """torchvision reads CIFAR batches with plain ``pickle.load``; files whose MD5 is not checked
-    (data.verify_checksum=false) are read with `_CIFARBatchUnpickler` instead, through the
-    same torchvision code."""
-    previous = cifar_module.pickle
-    cifar_module.pickle = _RestrictedPickle
-    try:
-        yield
-    finally:
-        cifar_module.pickle = previous
-
-
-_CLASSES = {
-    ("cifar10", True): datasets.CIFAR10,
-    ("cifar10", False): _CIFAR10FilesOnly,
-    ("cifar100", True): datasets.CIFAR100,
-    ("cifar100", False): _CIFAR100FilesOnly,
-}
-
-
-def _expected_files(cls) -> list:
-    return [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
-
-
-def _open(
-    dataset: str, root: PathLike, *, train: bool, transform: Callable, download: bool, verify_checksum: bool
-) -> Dataset:
-    _check_dataset_name(dataset)
-    cls = _CLASSES[dataset, verify_checksum]
-    name = _DISPLAY_NAMES[dataset]
-    root = Path(root).expanduser()
-    folder = root / cls.base_folder
-    unreadable = f"the {name} files in {folder} could not be read as CIFAR python batches"
-    try:
-        with contextlib.nullcontext() if verify_checksum else _restricted_cifar_reads():
-            return cls(root, train=train, transform=transform, download=download)
-    except (RuntimeError, OSError) as error:  # urllib's URLError is an OSError
-        cause = error
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, IndexError) as error:
-        # Only reachable with verify_checksum=False: the official files are checked first.
-        raise UserError(f"{unreadable} ({type(error).__name__}: {error})") from None
-
-    if all((folder / filename).is_file() for filename in _expected_files(cls)):
-        # With checksums on, torchvision refuses present files only when their MD5 differs
-        # (and download=True then tries, and here failed, to fetch them again).
-        if verify_checksum:
-            raise UserError(
-                f"the {name} files in {folder} do not match the official checksums (a corrupted or "
-                f"incomplete download?): delete the folder and download it again (data.download=true); "
-                f"only for CIFAR-format data you generated yourself, set data.verify_checksum=false"
-            )
-        raise UserError(f"{unreadable} ({type(cause).__name__}: {cause})")
-    if download:
-        failed, alternative = f"downloading {name} failed ({type(cause).__name__}: {cause}); ", ""
-    else:
-        failed, alternative = "", ", or set data.download=true to fetch it"
-    raise UserError(
-        f"{failed}{name} not found: expected the folder {folder} holding "
-        f"{', '.join(_expected_files(cls))}. Get {cls.url} and extract it inside {root} (it unpacks "
-        f"to {cls.base_folder}/){alternative}, or point data.root=... at the folder that contains "
-        f"{cls.base_folder}"
-    )
-
-
 # --- ImageNet ------------------------------------------------------------------------------
 
 _IMAGENET_SPLITS = ("train", "val")
@@ -293,7 +159,9 @@ def _open_imagenet(root: PathLike, *, train: bool, transform: Callable, download
     _check_imagenet_tree(root, download)
     folder = root / ("train" if train else "val")
     try:
-        return datasets.ImageFolder(folder, transform=transform)
+        from torchvision.datasets import ImageFolder  # here: torchvision's import is slow
+
+        return ImageFolder(folder, transform=transform)
     except OSError as error:  # FileNotFoundError: a class folder without any image file
         raise UserError(f"ImageNet: could not read {folder}: {error}") from None
 
@@ -362,7 +230,12 @@ def _open_dataset(
         raise UserError(f"{_DISPLAY_NAMES[dataset]} needs data.root=... (the folder that holds the dataset)")
     if dataset == "imagenet":
         return _open_imagenet(root, train=train, transform=transform, download=download)
-    return _open(dataset, root, train=train, transform=transform, download=download, verify_checksum=verify_checksum)
+    _check_dataset_name(dataset)
+    from .cifar import open_cifar  # here: torchvision's import is slow, and only CIFAR and ImageNet need it
+
+    return open_cifar(
+        dataset, root, train=train, transform=transform, download=download, verify_checksum=verify_checksum
+    )
 
 
 def build_train_set(

@@ -13,13 +13,16 @@ et al.'s ``RandomRotation``) draw per image; `draw_crop_flip` and `draw_rotation
 batch's corners, flips and angles at once from the same distribution, and `crop_flip` applies
 them by one gather: on the CPU in the generated-data loader's workers, on the GPU in the
 device-resident loader (`engine.data.loaders.DeviceBatches`), which then needs no worker.
+
+The pipelines import torchvision when first built, not with this module: its import takes over
+a second (it pulls in ``torch._dynamo``), which ``--help``, ``--print-config`` and a config
+error should not wait for.
 """
 
 import hashlib
 from typing import Callable, Optional, Tuple
 
 import torch
-from torchvision import transforms
 
 AUGMENTATIONS = ("none", "basic", "autoaug", "cutout")
 
@@ -75,11 +78,15 @@ class TwoViews:
 
 
 def _crop_flip() -> list:
+    from torchvision import transforms  # on first use (module docstring)
+
     return [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]
 
 
 def tensor_steps(dataset: str, normalize: bool) -> list:
     """ToTensor, then Normalize with the dataset's statistics when ``normalize``."""
+    from torchvision import transforms  # on first use (module docstring)
+
     if not normalize:
         return [transforms.ToTensor()]
     mean, std = DATASET_STATS[dataset]
@@ -87,6 +94,8 @@ def tensor_steps(dataset: str, normalize: bool) -> list:
 
 
 def _compose(steps: list) -> Callable:
+    from torchvision import transforms  # on first use (module docstring)
+
     return steps[0] if len(steps) == 1 else transforms.Compose(steps)
 
 
@@ -100,7 +109,7 @@ def evaluation_transform(dataset: str, normalize: bool) -> Callable:
 AUTOAUGMENT_FILL = [128, 128, 128]
 
 
-def autoaugment_cifar() -> transforms.AutoAugment:
+def autoaugment_cifar() -> Callable:
     """torchvision's AutoAugment with the CIFAR-10 policy and the reference's grey fill.
 
     It works on the PIL image, before the conversion to a tensor. The 25 sub-policies and
@@ -111,12 +120,16 @@ def autoaugment_cifar() -> transforms.AutoAugment:
     pixels; and it draws from Python's unseeded ``random`` (torchvision: torch's RNG, which
     the seed controls).
     """
+    from torchvision import transforms  # on first use (module docstring)
+
     return transforms.AutoAugment(transforms.AutoAugmentPolicy.CIFAR10, fill=AUTOAUGMENT_FILL)
 
 
 def training_transform(dataset: str, augment: str, normalize: bool) -> Callable:
     if augment == "none" or dataset == "digits":
         return evaluation_transform(dataset, normalize)
+    from torchvision import transforms  # on first use (module docstring)
+
     to_tensor = tensor_steps(dataset, normalize)
     if dataset == "imagenet":
         return transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), *to_tensor])
@@ -133,6 +146,8 @@ def training_transform(dataset: str, augment: str, normalize: bool) -> Callable:
 
 
 def imagenet_test_steps() -> list:
+    from torchvision import transforms  # on first use (module docstring)
+
     return [transforms.Resize(256), transforms.CenterCrop(224)]
 
 

@@ -99,6 +99,7 @@ def accuracy_on(state_dict, images, labels):
         return 100 * (model(images).argmax(1) == labels).float().mean().item()
 
 
+@pytest.mark.slow
 def test_evaluation_writes_log_json_and_adversarial_examples(weights, cifar10_root, tmp_path):
     checkpoint = tmp_path / "plain.pt"
     torch.save(weights, checkpoint)
@@ -142,6 +143,7 @@ def test_evaluation_writes_log_json_and_adversarial_examples(weights, cifar10_ro
     assert accuracy_on(weights, x_adv, y) == pytest.approx(report["robust_acc"], abs=0.01)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("wrap", ["module_prefix", "model_key", "state_dict_key"])
 def test_checkpoint_formats_give_the_same_evaluation(weights, cifar10_root, tmp_path, wrap):
     plain = tmp_path / "plain.pt"
@@ -162,6 +164,7 @@ def test_checkpoint_formats_give_the_same_evaluation(weights, cifar10_root, tmp_
         assert first[key] == second[key]
 
 
+@pytest.mark.slow
 def test_batch_by_batch_gives_what_one_autoattack_call_gives(weights, cifar10_root):
     import pyautoattack
 
@@ -216,6 +219,7 @@ def train_tiny_run(data_root, out_dir):
     return out_dir / "run"
 
 
+@pytest.mark.slow
 def test_a_training_run_folder_is_evaluated_with_its_own_architecture(cifar10_root, tmp_path):
     run = train_tiny_run(cifar10_root, tmp_path / "runs")
     code, log_path, json_path = evaluate(tmp_path, run, cifar10_root, n_ex=4, arch=[])  # no --arch, no --data
@@ -280,6 +284,7 @@ class CountingAdversary:
         monkeypatch.setattr(resumable.Adversary, "__call__", call)
 
 
+@pytest.mark.slow
 def test_an_interrupted_evaluation_continues_where_it_stopped(weights, cifar10_root, tmp_path, monkeypatch):
     checkpoint = tmp_path / "model.pt"
     torch.save(weights, checkpoint)
@@ -349,6 +354,7 @@ def test_individual_attacks_are_saved_per_attack(weights, cifar10_root, tmp_path
     assert "robust accuracy by APGD-CE" in log_path.read_text()
 
 
+@pytest.mark.slow
 def test_the_upstream_autoattack_package_is_used_when_pyautoattack_is_missing(
     weights, cifar10_root, tmp_path, monkeypatch
 ):
@@ -448,6 +454,7 @@ def run_cli(args, cwd):
     )
 
 
+@pytest.mark.slow
 def test_missing_files_end_in_one_line_and_exit_code_2(weights, tmp_path):
     result = run_cli(["-m", "adv_training.auto_attacks.eval", "--checkpoint", str(tmp_path / "missing.pt")], ROOT)
     assert result.returncode == 2 and "Traceback" not in result.stderr

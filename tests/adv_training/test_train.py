@@ -55,6 +55,7 @@ def read_jsonl(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["ikl", "trades", "pgd", "mart"])
 def test_two_epochs_with_awp_and_ema_write_a_complete_run_folder(method, cifar10_root, tmp_path):
     assert main(tiny_run(cifar10_root, tmp_path, f"method={method}")) == 0
@@ -118,6 +119,7 @@ def _final_state(run_dir):
     )
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(cifar10_root, tmp_path, monkeypatch):
     assert main(tiny_run(cifar10_root, tmp_path, name="straight")) == 0
 
@@ -163,6 +165,7 @@ def test_a_fresh_start_never_overwrites_an_existing_run(cifar10_root, tmp_path, 
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
     cifar10_root, tmp_path, monkeypatch, capsys
 ):
@@ -222,6 +225,7 @@ def test_the_training_loop_attacks_with_the_budget_of_each_epoch(cifar10_root, t
     assert set(seen) == {(8 / 255 / 2, 8 / 255 / 4, 5), (8 / 255, 8 / 255 / 2, 5)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("augment", ["autoaug", "cutout"])
 def test_dual_view_modes_train_and_update_the_prior_from_the_basic_view(augment, cifar10_root, tmp_path, monkeypatch):
     updates = []
@@ -241,6 +245,7 @@ def test_dual_view_modes_train_and_update_the_prior_from_the_basic_view(augment,
     assert math.isfinite(record["train_loss"])
 
 
+@pytest.mark.slow
 def test_awp_proxy_takes_the_joint_dual_view_loss_and_the_step_the_weighted_one(cifar10_root, tmp_path, monkeypatch):
     calls = []
     real_loss = train_module.BatchLoss.__call__
@@ -406,6 +411,7 @@ def test_every_launcher_run_and_released_log_has_its_expected_hyperparameters():
     assert sorted(listed) == sorted(RUNS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
 def test_launchers_resolve_to_the_authors_hyperparameters(launcher, tmp_path):
     env = dict(os.environ, DKL_PYTHON=sys.executable)
@@ -509,6 +515,7 @@ def test_dual_view_images_are_copied_one_view_at_a_time_and_joined_on_the_device
     assert images.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.slow
 def test_bf16_autocast_and_channels_last_run_and_evaluate_in_fp32(cifar10_root, tmp_path, monkeypatch):
     # On the CPU this exercises the same autocast and memory-format code as on a GPU.
     dtypes = []

@@ -96,24 +96,35 @@ def assert_same_run(one, two, state_keys, metric_keys):
             assert m2[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-4), key
 
 
-def test_ikl_at_with_two_processes_equals_one_process(tmp_path):
-    exact = ("attack.budget=fixed", "attack.steps=0")
-    one = launch("adv_training.train", at_args(tmp_path, "one", *exact), 1)
+EXACT = ("attack.budget=fixed", "attack.steps=0")
+
+
+@pytest.fixture(scope="module")
+def exact_runs(tmp_path_factory):
+    """The same IKL-AT run (attacks with no step) trained by one process ("one") and by two ("two")."""
+    out = tmp_path_factory.mktemp("exact")
+    one = launch("adv_training.train", at_args(out, "one", *EXACT), 1)
     assert one.returncode == 0, one.stderr
-    two = launch("adv_training.train", at_args(tmp_path, "two", *exact), 2)
+    two = launch("adv_training.train", at_args(out, "two", *EXACT), 2)
     assert two.returncode == 0, two.stderr
+    return out
+
+
+@pytest.mark.slow
+def test_ikl_at_with_two_processes_equals_one_process(exact_runs):
     assert_same_run(
-        tmp_path / "one",
-        tmp_path / "two",
+        exact_runs / "one",
+        exact_runs / "two",
         ("model", "ema", "swa", "prior"),
         ("train_loss", "train_loss_natural", "train_loss_robust", "train_adv_acc", "lr"),
     )
-    assert metrics(tmp_path / "two")[-1]["test_clean_acc"] == metrics(tmp_path / "one")[-1]["test_clean_acc"]
-    assert load_file(tmp_path / "two" / "last.pt")["world_size"] == 2
+    assert metrics(exact_runs / "two")[-1]["test_clean_acc"] == metrics(exact_runs / "one")[-1]["test_clean_acc"]
+    assert load_file(exact_runs / "two" / "last.pt")["world_size"] == 2
     # only rank 0 wrote files: one metrics line per epoch, one results.json
-    assert [m["epoch"] for m in metrics(tmp_path / "two")] == [1, 2]
+    assert [m["epoch"] for m in metrics(exact_runs / "two")] == [1, 2]
 
 
+@pytest.mark.slow
 def test_ikl_kd_with_two_processes_equals_one_process(tmp_path):
     torch.manual_seed(0)
     from engine.file_io import atomic_save
@@ -164,10 +175,11 @@ numbers.update(evaluate_topk(model, data_lib.make_eval_loader(test_set, batch_si
 numbers["world_size"] = world_size()
 if is_main_process():
     print("NUMBERS " + json.dumps(numbers), flush=True)
-shutdown_distributed()
+shutdown_distributed(all_finished=True)
 """
 
 
+@pytest.mark.slow
 def test_evaluation_under_three_processes_gives_one_processs_numbers_exactly(tmp_path):
     from engine.data import build_train_set, make_loader
     from engine.file_io import atomic_save
@@ -205,19 +217,25 @@ def test_evaluation_under_three_processes_gives_one_processs_numbers_exactly(tmp
     assert 0 < one["robust_acc"] < one["clean_acc"] < 100 and one["top1"] == one["clean_acc"] < one["top5"]
 
 
-def test_resuming_with_another_number_of_processes_is_refused(tmp_path):
-    assert launch("adv_training.train", at_args(tmp_path, "run", "epochs=1"), 1).returncode == 0
-    resumed = launch("adv_training.train", at_args(tmp_path, "run", "epochs=2", "resume=true"), 2)
+@pytest.mark.slow
+def test_resuming_with_another_number_of_processes_is_refused(exact_runs, tmp_path):
+    import shutil
+
+    shutil.copytree(exact_runs / "two", tmp_path / "two")  # the fixture's run stays as it was
+    resumed = launch("adv_training.train", at_args(tmp_path, "two", *EXACT, "epochs=3", "resume=true"), 1)
     assert resumed.returncode != 0
-    assert "was written by 1 process(es) and this run has 2" in resumed.stderr
+    assert "was written by 2 process(es) and this run has 1" in resumed.stderr
+    assert load_file(tmp_path / "two" / "last.pt")["epoch"] == 2  # refused before training anything
 
 
+@pytest.mark.slow
 def test_a_nan_on_any_process_stops_every_process_with_the_same_message(tmp_path):
     result = launch("adv_training.train", at_args(tmp_path, "nan", "epochs=1", "optim.lr=1e30"), 2)
     assert result.returncode != 0
     assert result.stderr.count("error: the training loss became nan in epoch 1") == 2, result.stderr
 
 
+@pytest.mark.slow
 def test_two_nodes_on_localhost_complete_a_run(tmp_path):
     endpoint = f"127.0.0.1:{free_port()}"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -249,6 +267,7 @@ def test_two_nodes_on_localhost_complete_a_run(tmp_path):
     assert load_file(tmp_path / "nodes" / "last.pt")["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_a_two_process_run_stopped_and_resumed_ends_bit_equal_to_an_uninterrupted_one(tmp_path):
     """With random attack starts: every process's RNG state is saved and restored (rng_per_rank)."""
     noisy = ("attack.random_start=normal",)
@@ -266,6 +285,7 @@ def test_a_two_process_run_stopped_and_resumed_ends_bit_equal_to_an_uninterrupte
     assert torch.equal(straight["prior"]["prior"], split["prior"]["prior"])
 
 
+@pytest.mark.slow
 def test_a_process_that_dies_stops_the_others_and_leaves_the_last_good_checkpoint(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     runner = subprocess.Popen(
@@ -300,6 +320,7 @@ def test_a_process_that_dies_stops_the_others_and_leaves_the_last_good_checkpoin
     assert state["epoch"] >= 1 and state["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_processes_draw_different_random_numbers_but_rank_0_keeps_the_seed(tmp_path):
     script = tmp_path / "draw.py"
     script.write_text(

@@ -52,6 +52,7 @@ def test_resuming_a_finished_or_nearly_finished_run_rebuilds_its_results(tmp_pat
     assert results(run) == complete and (run / "curves.png").is_file()
 
 
+@pytest.mark.slow
 def test_resume_removes_stale_temporaries_and_keeps_config_previous_only_for_real_changes(tmp_path):
     assert main(digits_run(tmp_path, "epochs=1")) == 0
     run = tmp_path / "run"
@@ -72,6 +73,7 @@ def test_run_files_get_the_permissions_of_a_plain_write(tmp_path):
         assert stat.S_IMODE((run / name).stat().st_mode) == 0o666 & ~file_io._UMASK, name
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_a_checkpoint_write_ends_in_one_line_and_resumes(tmp_path, monkeypatch, capsys):
     assert main(digits_run(tmp_path, name="straight")) == 0
     real_fsync, calls = file_io.os.fsync, {"last.pt": 0}
@@ -117,6 +119,7 @@ def test_a_nan_in_the_first_epoch_does_not_claim_a_checkpoint(tmp_path, monkeypa
     assert "holds epoch 0" not in error and not (tmp_path / "run" / "last.pt").exists()
 
 
+@pytest.mark.slow
 def test_a_cut_metrics_line_is_dropped_and_a_deleted_log_does_not_stop_resume(tmp_path, capsys):
     assert main(digits_run(tmp_path, "epochs=1")) == 0
     run = tmp_path / "run"

@@ -66,6 +66,7 @@ def generated_run(data_root, generated, out_dir, *extra, name="run"):
     ]
 
 
+@pytest.mark.slow
 def test_a_generated_data_run_trains_on_mixed_batches(cifar10_root, generated_root, tmp_path, monkeypatch):
     seen = []
     real_getitem = generated_data.MixedBatches.__getitem__
@@ -82,6 +83,7 @@ def test_a_generated_data_run_trains_on_mixed_batches(cifar10_root, generated_ro
         assert len(key.indices) == 40 and sum(i >= 200 for i in key.indices) == 20  # 200 real images come first
 
 
+@pytest.mark.slow
 def test_a_stopped_and_resumed_generated_data_run_ends_bit_equal(cifar10_root, generated_root, tmp_path):
     assert main(generated_run(cifar10_root, generated_root, tmp_path, name="straight")) == 0
     assert main(generated_run(cifar10_root, generated_root, tmp_path, "stop_after=1", name="resumed")) == 0
@@ -94,6 +96,7 @@ def test_a_stopped_and_resumed_generated_data_run_ends_bit_equal(cifar10_root, g
             assert torch.equal(value, second[name]), f"{key}.{name}"
 
 
+@pytest.mark.slow
 def test_two_processes_train_a_generated_data_run_and_resume_it_exactly(cifar10_root, generated_root, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
@@ -339,6 +342,7 @@ def test_each_generated_data_config_has_wang_et_als_recipe_and_its_rows_settings
     assert_generated_run(dataclasses.asdict(cfg), run)
 
 
+@pytest.mark.slow
 def test_the_generated_data_launchers_run_their_configs_and_refuse_other_sizes(tmp_path):
     shipped = {path.name for path in (ROOT / "sh").glob("train_*_generated.sh")}
     assert shipped == set(GENERATED_LAUNCHERS)
@@ -386,6 +390,7 @@ def generated_cifar100(tmp_path_factory):
     return folder / "prepared"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", ["cifar10_ikl_1m", "cifar10_ikl_20m", "cifar100_ikl_1m", "cifar100_ikl_50m"])
 def test_the_papers_generated_data_rows_train_end_to_end_on_tiny_data(
     run, cifar10_root, cifar100_root, generated_root, generated_cifar100, tmp_path

@@ -39,6 +39,7 @@ def _broadcast_worker(rank, init_file, result_folder):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_broadcast_buffers_gives_every_process_rank_0s_buffers_and_leaves_parameters(tmp_path):
     mp.spawn(_broadcast_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     for rank in (0, 1):

@@ -180,6 +180,7 @@ def _cli(*args, cwd=REPO):
     )
 
 
+@pytest.mark.slow
 def test_cli(tmp_path):
     first, second = at_run(tmp_path / "ikl_at"), kd_run(tmp_path / "kd")
     output = tmp_path / "out" / "comparison.png"

@@ -66,6 +66,7 @@ def read_metrics(run_dir):
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "method,extra",
     [
@@ -101,6 +102,7 @@ def test_each_distiller_runs_and_writes_a_run_folder(method, extra, cifar100_roo
     assert results["teacher_accuracy"]["top1"] >= 0 and results["method"] == method
 
 
+@pytest.mark.slow
 def test_imagenet_folder_run(imagenet_root, tmp_path):
     torch.manual_seed(0)
     teacher_path = tmp_path / "resnet18_teacher.pth"
@@ -157,6 +159,7 @@ def test_class_prior_is_the_previous_epochs_mean_of_the_teachers_softmax(
         torch.testing.assert_close(rows, expected, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_ends_with_the_same_student(cifar100_root, cifar_teacher, tmp_path, monkeypatch):
     base = [f"--config={CONFIGS / 'cifar100' / 'res32x4_res8x4.yaml'}", "ikl.class_prior=true"]
     assert main(base + cifar_run(cifar100_root, cifar_teacher, tmp_path, name="straight")) == 0
