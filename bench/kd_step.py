@@ -1,9 +1,10 @@
 """Seconds per IKL-KD iteration on ImageNet-sized batches, compute and data apart, beside the
-authors' mdistiller-based loop.
+authors' mdistiller-based loop and beside DKD and ReviewKD run by the same loop.
 
     python bench/kd_step.py                                  # both pairs, batch 512, 224x224, on CUDA if present
     python bench/kd_step.py --pairs r34_r18 --batch-size 8 --image-size 64 --data-batches 4   # quick CPU check
     python bench/kd_step.py --precisions tf32 bf16 --compile
+    python bench/kd_step.py --methods ikl reviewkd           # the methods our loop times (default: ikl dkd reviewkd)
 
 **Compute.** For each pair (``r34_r18``: ResNet-34 -> ResNet-18, ``r50_mv1``: ResNet-50 ->
 MobileNetV1, with the settings of configs/knowledge_distillation/imagenet/) it times, on
@@ -26,8 +27,15 @@ content that compresses as photographs do), read repeatedly so that every worker
 busy; the files sit in the page cache, so this is decoding and augmentation, not a disk.
 In training the loader runs ahead of the GPU: an iteration costs the larger of the two.
 
+**Methods.** Our loop runs each of ``--methods`` on the same pair, batch, images and precision,
+interleaved with the rest: IKL-KD and DKD (logits only), and ReviewKD (the features of both
+networks, its fusion modules trained with the student, with the settings of mdistiller's
+ImageNet ReviewKD config for the pair). The last column is each method's time over our
+IKL-KD's at that precision.
+
 The paper states 0.197 s/iter for ResNet-34 -> ResNet-18 and 0.252 s/iter for ResNet-50 ->
-MobileNetV1 on 4 RTX 3090s at batch 512; the table prints them beside ours.
+MobileNetV1 on 4 RTX 3090s at batch 512, and ReviewKD's 0.319 and 0.526 s/iter beside them;
+the table prints them beside ours.
 Prints Markdown tables; asserts nothing.
 """
 
@@ -49,7 +57,7 @@ from engine.optim import sgd, weight_decay_groups  # noqa: E402
 from engine.runtime import compile_model, configure_precision, resolve_device  # noqa: E402
 from knowledge_distillation.config import KDConfig  # noqa: E402
 from knowledge_distillation.distillers import build_distiller  # noqa: E402
-from knowledge_distillation.train import train_one_epoch  # noqa: E402
+from knowledge_distillation.train import StudentForward, TeacherForward, train_one_epoch  # noqa: E402
 from losses import ClassPrior  # noqa: E402
 from losses.pairwise_oracle import wmse_loss_pairwise  # noqa: E402
 from models import build_model  # noqa: E402
@@ -57,16 +65,28 @@ from models import build_model  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = {"r34_r18": "r34_r18.yaml", "r50_mv1": "r50_mv1.yaml"}
 PAPER_SECONDS = {"r34_r18": 0.197, "r50_mv1": 0.252}  # s/iter on 4 RTX 3090s, batch 512, as the paper states
+PAPER_REVIEWKD_SECONDS = {"r34_r18": 0.319, "r50_mv1": 0.526}  # ReviewKD's, in the same table of the paper
+METHODS = ("ikl", "dkd", "reviewkd")
 CLASSES = 1000
 EPOCH = 2  # after the one-epoch warm-up of the IKL term: the full loss
 
 
-def pair_config(pair: str, precision: str, channels_last: bool, compiled: bool) -> KDConfig:
-    path = ROOT / "configs" / "knowledge_distillation" / "imagenet" / PAIRS[pair]
+def pair_config(pair: str, precision: str, channels_last: bool, compiled: bool, method: str = "ikl") -> KDConfig:
+    """The pair's config (a method's own ImageNet config where there is one, e.g. ReviewKD's), at
+    ``precision``."""
+    imagenet = ROOT / "configs" / "knowledge_distillation" / "imagenet"
+    own = [path for path in (imagenet / method / f"{pair}.yaml", imagenet / pair / f"{method}.yaml") if path.is_file()]
+    path = own[0] if own else imagenet / PAIRS[pair]
     return load_config(
         KDConfig,
         path,
-        [f"precision={precision}", f"channels_last={channels_last}", f"compile={compiled}", "device=cpu"],
+        [
+            f"method={method}",
+            f"precision={precision}",
+            f"channels_last={channels_last}",
+            f"compile={compiled}",
+            "device=cpu",
+        ],
     )
 
 
@@ -93,17 +113,23 @@ def _setup(cfg: KDConfig, args, device):
 def our_iterations(cfg: KDConfig, args, device):
     """Our distillation loop over ``args.iterations`` batches, as a timed function."""
     teacher, student, batches = _setup(cfg, args, device)
+    distiller = build_distiller(
+        cfg, student, teacher, input_size=(3, args.image_size, args.image_size), train_targets=None
+    ).to(device)
+    groups = weight_decay_groups(student, cfg.optim.weight_decay)
+    if list(distiller.parameters()):
+        groups.append({"params": list(distiller.parameters()), "weight_decay": cfg.optim.weight_decay})
     optimizer = sgd(
-        weight_decay_groups(student, cfg.optim.weight_decay),
+        groups,
         lr=cfg.optim.lr,
         momentum=cfg.optim.momentum,
         nesterov=cfg.optim.nesterov,
         implementation=cfg.optim.implementation,
         device=device,
     )
-    distiller = build_distiller(cfg)
     prior = ClassPrior(CLASSES, temperature=distiller.prior_temperature).to(device)
-    student_forward, teacher_forward = compile_model(student, cfg.compile), compile_model(teacher, cfg.compile)
+    student_forward = compile_model(StudentForward(student, distiller), cfg.compile)
+    teacher_forward = compile_model(TeacherForward(teacher, distiller.needs_features), cfg.compile)
     run = timed(
         device,
         args.iterations,
@@ -212,6 +238,9 @@ def main():
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "tf32", "bf16"], choices=["fp32", "tf32", "bf16"])
     parser.add_argument("--compile", action="store_true", help="also time our loop with compiled forwards (bf16)")
+    parser.add_argument(
+        "--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="the methods our loop times"
+    )
     parser.add_argument("--workers", type=int, default=16, help="DataLoader workers of the data measurement")
     parser.add_argument("--data-images", type=int, default=1024, help="JPEG files written for the data measurement")
     parser.add_argument("--data-batches", type=int, default=32, help="batches timed by the data measurement; 0 = none")
@@ -228,8 +257,8 @@ def main():
         f"batch {args.batch_size} at {args.image_size}x{args.image_size} on {name}, torch {torch.__version__}; "
         f"median of {args.repeats} x {args.iterations} iterations\n"
     )
-    print("| pair | loop | precision | compute s / iteration | speed-up over the authors' loop |")
-    print("|---|---|---|---:|---:|")
+    print("| pair | loop | precision | compute s / iteration | speed-up over the authors' loop | over our IKL-KD |")
+    print("|---|---|---|---:|---:|---:|")
     for pair in args.pairs:
         runners = {}
         for precision in args.precisions:
@@ -239,22 +268,29 @@ def main():
                 )
             channels_last = precision == "bf16"
             label = "bf16 + channels_last" if channels_last else precision
-            runners[f"ours|{label}"] = our_iterations(pair_config(pair, precision, channels_last, False), args, device)
-        baselines = {}
+            for method in args.methods:
+                loop = "ours" if method == "ikl" else f"ours, {method}"
+                runners[f"{loop}|{label}"] = our_iterations(
+                    pair_config(pair, precision, channels_last, False, method), args, device
+                )
+        baselines, ours_ikl = {}, {}
 
         def print_rows(medians, compiling):
             baselines.update({key.split("|")[1]: value for key, value in medians.items() if key.startswith("authors'")})
+            ours_ikl.update({key.split("|")[1]: value for key, value in medians.items() if key.startswith("ours|")})
             for key, value in medians.items():
                 loop, precision = key.split("|")
                 # bf16 rows: against the authors' TF32 (their code has no bf16), else their fp32
                 reference = precision if precision in baselines else ("tf32" if "tf32" in baselines else "fp32")
                 speedup = "—"
-                if reference in baselines:
+                if reference in baselines and loop in ("ours", "authors' (mdistiller) loop"):
                     speedup = f"{baselines[reference] / value:.2f}x" + (
                         "" if reference == precision else f" (vs {reference})"
                     )
+                method_row = loop.startswith("ours, ") and not loop.startswith("ours, compiled")
+                relative = f"{value / ours_ikl[precision]:.2f}x" if method_row and precision in ours_ikl else "—"
                 note = f" (compiling took {compiling[key]:.0f} s)" if compiling.get(key, 0) > 0 else ""
-                print(f"| {pair} | {loop}{note} | {precision} | {value:.4f} | {speedup} |", flush=True)
+                print(f"| {pair} | {loop}{note} | {precision} | {value:.4f} | {speedup} | {relative} |", flush=True)
 
         print_rows(*interleaved_medians(runners, args.repeats))  # the eager rows, before anything compiles
         if args.compile:
@@ -267,7 +303,13 @@ def main():
             if eager_bf16 in runners:
                 compiled["ours (again, beside it)|bf16 + channels_last"] = runners[eager_bf16]
             print_rows(*interleaved_medians(compiled, args.repeats))
-        print(f"| {pair} | the paper's (4 RTX 3090s) | — | {PAPER_SECONDS[pair]:.3f} | — |", flush=True)
+        paper_ratio = PAPER_REVIEWKD_SECONDS[pair] / PAPER_SECONDS[pair]
+        print(f"| {pair} | the paper's IKL-KD (4 RTX 3090s) | — | {PAPER_SECONDS[pair]:.3f} | — | — |", flush=True)
+        print(
+            f"| {pair} | the paper's ReviewKD (4 RTX 3090s) | — | {PAPER_REVIEWKD_SECONDS[pair]:.3f} | — "
+            f"| {paper_ratio:.2f}x |",
+            flush=True,
+        )
         del runners
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -58,6 +58,21 @@ def gather_objects(obj: Any) -> List[Any]:
     return gathered
 
 
+def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """The rows of ``tensor`` of every process, concatenated in rank order (the tensor itself when not
+    distributed); the processes' row counts may differ (the shares of a last, smaller batch)."""
+    if not is_distributed():
+        return tensor
+    sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([tensor.shape[0]], device=tensor.device))
+    sizes = [int(size) for size in sizes]
+    padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    gathered = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(gathered, padded)
+    return torch.cat([rows[:size] for rows, size in zip(gathered, sizes)])
+
+
 def all_reduce_mean_(tensors: Iterable[torch.Tensor]) -> None:
     """Replace each tensor by its mean over all processes, in place (nothing when not distributed).
 

@@ -108,6 +108,116 @@ class IKLLossConfig:
     warmup: int = knob(20, "the IKL term ramps linearly to full weight over this many epochs", valid=NON_NEGATIVE)
 
 
+# The feature distillers, with mdistiller's defaults (mdistiller/engine/cfg.py at a08d46f; its
+# configs/cifar100/<method>.yaml change only ReviewKD's weight, to 5). ``feat_weight`` is
+# mdistiller's LOSS.FEAT_WEIGHT, the factor on the distiller's own term.
+
+
+@dataclass
+class FitNetConfig:
+    ce_weight: float = knob(1.0, "weight of the cross-entropy with the labels", valid=NON_NEGATIVE)
+    feat_weight: float = knob(100.0, "weight of the hint MSE", valid=NON_NEGATIVE)
+    hint_layer: int = knob(
+        2, "index into the feature list (0 = stem) of the student's and teacher's hint", valid=Range(0)
+    )
+
+
+@dataclass
+class ATConfig:
+    ce_weight: float = knob(1.0, "weight of the cross-entropy with the labels", valid=NON_NEGATIVE)
+    feat_weight: float = knob(1000.0, "weight of the attention-transfer term", valid=NON_NEGATIVE)
+    p: float = knob(2.0, "attention map = mean over channels of |f|^p, L2-normalised", valid=POSITIVE)
+
+
+@dataclass
+class NSTConfig:
+    ce_weight: float = knob(1.0, "weight of the cross-entropy with the labels", valid=NON_NEGATIVE)
+    feat_weight: float = knob(50.0, "weight of the neuron-selectivity (polynomial-kernel MMD) term", valid=NON_NEGATIVE)
+
+
+@dataclass
+class PKTConfig:
+    ce_weight: float = knob(1.0, "weight of the cross-entropy with the labels", valid=NON_NEGATIVE)
+    feat_weight: float = knob(30000.0, "weight of the probabilistic-transfer KL term", valid=NON_NEGATIVE)
+
+
+@dataclass
+class KDSVDConfig:
+    ce_weight: float = knob(1.0, "weight of the cross-entropy with the labels", valid=NON_NEGATIVE)
+    feat_weight: float = knob(1.0, "weight of the SVD term", valid=NON_NEGATIVE)
+    k: int = knob(1, "singular vectors kept of the teacher (the student keeps k + 3)", valid=Range(1))
+
+
+@dataclass
+class OFDConfig:
+    ce_weight: float = knob(1.0, "weight of the cross-entropy with the labels", valid=NON_NEGATIVE)
+    feat_weight: float = knob(0.001, "weight of the margin-based feature term", valid=NON_NEGATIVE)
+    kernel_size: int = knob(1, "kernel size of the student-to-teacher connectors", valid=Range(1))
+
+
+@dataclass
+class RKDConfig:
+    ce_weight: float = knob(1.0, "weight of the cross-entropy with the labels", valid=NON_NEGATIVE)
+    feat_weight: float = knob(1.0, "weight of the relational term", valid=NON_NEGATIVE)
+    distance_weight: float = knob(25.0, "weight of the distance-wise loss inside the term", valid=NON_NEGATIVE)
+    angle_weight: float = knob(50.0, "weight of the angle-wise loss inside the term", valid=NON_NEGATIVE)
+    eps: float = knob(1e-12, "lower clamp of the squared pairwise distances", valid=POSITIVE)
+    squared: bool = knob(False, "use squared Euclidean distances")
+
+
+@dataclass
+class VIDConfig:
+    ce_weight: float = knob(1.0, "weight of the cross-entropy with the labels", valid=NON_NEGATIVE)
+    feat_weight: float = knob(1.0, "weight of the variational term", valid=NON_NEGATIVE)
+    eps: float = knob(1e-5, "floor added to the predicted variance", valid=POSITIVE)
+    init_pred_var: float = knob(
+        5.0, "initial predicted variance of every teacher channel", valid=Range(0, low_open=True)
+    )
+    learn_variance: bool = knob(
+        True,
+        "train the per-channel variances with the student's optimizer (Ahn et al.; CRD's code); mdistiller "
+        "a08d46f keeps them at their initial value (a plain list, not in its optimizer): false reproduces that",
+    )
+
+
+@dataclass
+class SPConfig:
+    ce_weight: float = knob(1.0, "weight of the cross-entropy with the labels", valid=NON_NEGATIVE)
+    feat_weight: float = knob(3000.0, "weight of the similarity-preserving term", valid=NON_NEGATIVE)
+
+
+@dataclass
+class CRDConfig:
+    ce_weight: float = knob(1.0, "weight of the cross-entropy with the labels", valid=NON_NEGATIVE)
+    feat_weight: float = knob(0.8, "weight of the contrastive term", valid=NON_NEGATIVE)
+    mode: Literal["exact", "relax"] = knob(
+        "exact", "positive of a sample: itself (exact) or a random sample of its class (relax)"
+    )
+    feat_dim: int = knob(128, "dimension of the embeddings and of the memory bank", valid=Range(1))
+    nce_k: int = knob(16384, "negatives per sample, drawn from the other classes", valid=Range(1))
+    nce_momentum: float = knob(0.5, "momentum of the memory-bank update", valid=Range(0, 1, high_open=True))
+    nce_temperature: float = knob(0.07, "temperature of the contrastive scores", valid=POSITIVE)
+
+
+@dataclass
+class ReviewKDConfig:
+    ce_weight: float = knob(1.0, "weight of the cross-entropy with the labels", valid=NON_NEGATIVE)
+    reviewkd_weight: float = knob(
+        1.0,
+        "weight of the hierarchical-context loss (mdistiller's default; its CIFAR-100 config sets 5, "
+        "its ImageNet R50->MV1 config 8)",
+        valid=NON_NEGATIVE,
+    )
+    warmup: int = knob(20, "the ReviewKD term ramps linearly to full weight over this many epochs", valid=NON_NEGATIVE)
+    stu_preact: bool = knob(False, "fuse the student's pre-activation features instead of its features")
+    max_mid_channel: int = knob(
+        512,
+        "middle width of the fusion modules = min(this, the student's pooled width); mdistiller's "
+        "configs set it (256 for R50->MV1), its code ignores it and caps at 512",
+        valid=Range(1),
+    )
+
+
 @dataclass
 class KDOptimConfig:
     lr: float = knob(
@@ -167,6 +277,17 @@ class KDConfig(RunConfig):
     kd: KDLossConfig = section(KDLossConfig, "Hinton KD (method=kd), mdistiller's defaults")
     dkd: DKDLossConfig = section(DKDLossConfig, "DKD (method=dkd), mdistiller's defaults")
     ikl: IKLLossConfig = section(IKLLossConfig, "IKL-KD (method=ikl)")
+    fitnet: FitNetConfig = section(FitNetConfig, "FitNet hints (method=fitnet), mdistiller's defaults")
+    at: ATConfig = section(ATConfig, "attention transfer (method=at), mdistiller's defaults")
+    nst: NSTConfig = section(NSTConfig, "neuron selectivity transfer (method=nst), mdistiller's defaults")
+    pkt: PKTConfig = section(PKTConfig, "probabilistic knowledge transfer (method=pkt), mdistiller's defaults")
+    kdsvd: KDSVDConfig = section(KDSVDConfig, "KD via SVD (method=kdsvd), mdistiller's defaults")
+    ofd: OFDConfig = section(OFDConfig, "overhaul of feature distillation (method=ofd), mdistiller's defaults")
+    rkd: RKDConfig = section(RKDConfig, "relational KD (method=rkd), mdistiller's defaults")
+    vid: VIDConfig = section(VIDConfig, "variational information distillation (method=vid), mdistiller's defaults")
+    sp: SPConfig = section(SPConfig, "similarity-preserving KD (method=sp), mdistiller's defaults")
+    crd: CRDConfig = section(CRDConfig, "contrastive representation distillation (method=crd), mdistiller's defaults")
+    reviewkd: ReviewKDConfig = section(ReviewKDConfig, "ReviewKD (method=reviewkd), mdistiller's CIFAR-100 config")
     optim: KDOptimConfig = section(KDOptimConfig, "optimiser and step schedule")
     eval: KDEvalConfig = section(KDEvalConfig, "validation")
 

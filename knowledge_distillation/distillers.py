@@ -12,70 +12,70 @@ the per-sample softmax(t / T2), T2 = ``ikl.prior_temperature``.
 A distiller owns its loss, its warm-up and its use of the class prior; the trainer asks it
 (`build_distiller`) and never tests its name. As mdistiller's ``distiller_dict``, without
 wrapping the student: the trainer keeps the models, runs the forwards and fetches the prior
-rows, and a distiller only maps logits (and prior rows) to a loss, as an adversarial-training
-method does.
+rows, and a distiller only maps logits (and prior rows, and for the feature distillers of
+`feature_distillers` the forwards' features) to a loss, as an adversarial-training method does.
+A distiller is an ``nn.Module``: its parameters (connectors) train with the student, its
+state is saved in last.pt; the logit distillers have none.
 The losses themselves live in `losses` and are never re-implemented here.
 """
 
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from engine.config import ConfigError
-from engine.registry import Registry
 from losses import dkd_loss, ikl_loss, kd_loss
 
+from . import feature_distillers  # noqa: F401  (registers the feature distillers)
 from .config import KDConfig
+from .distiller_base import DISTILLERS, Distiller, FeatureBatch, Parts, loss_warmup, register
 
-Parts = Dict[str, torch.Tensor]
-
-
-def loss_warmup(epoch: int, warmup: int) -> float:
-    """min(epoch / warmup, 1): the distillation term's factor in (1-based) ``epoch``; 1 without warm-up."""
-    return 1.0 if warmup <= 0 else min(epoch / warmup, 1.0)
-
-
-class Distiller:
-    """The base of every distiller: its flags and ``loss``."""
-
-    name = ""
-    needs_teacher = True
-    uses_prior = False
-    prior_temperature = 1.0  # the temperature of the teacher softmax the class prior averages
-
-    def __init__(self, cfg: KDConfig):
-        pass
-
-    def loss(
-        self,
-        logits_student: torch.Tensor,
-        logits_teacher: Optional[torch.Tensor],
-        targets: torch.Tensor,
-        epoch: int,
-        prior_rows: Optional[torch.Tensor] = None,
-    ) -> Tuple[torch.Tensor, Parts]:
-        """The loss to minimise and its parts ``ce`` and ``kd`` (the weighted terms, detached), from
-        the logits of the trainer's forwards and, for a distiller that uses the class prior, the
-        batch's rows of it (``ClassPrior.rows(targets)``, fetched by the trainer)."""
-        raise NotImplementedError
-
-
-DISTILLERS = Registry("distiller")
-register = DISTILLERS.register  # class decorator: ``@register("name")`` makes ``method: name`` available
+__all__ = [
+    "DISTILLERS",
+    "Distiller",
+    "FeatureBatch",
+    "Parts",
+    "available_distillers",
+    "build_distiller",
+    "check_distiller",
+    "loss_warmup",
+    "register",
+]
 
 
 def available_distillers() -> List[str]:
     return DISTILLERS.names()
 
 
-def build_distiller(cfg: KDConfig) -> Distiller:
-    """The distiller ``cfg.method`` names, with its settings from ``cfg``; a `ConfigError` for a
-    name that is not registered, or for a distiller that needs a teacher the config lacks."""
+def check_distiller(cfg: KDConfig) -> type:
+    """The class ``cfg.method`` names; a `ConfigError` for a name that is not registered, or for a
+    distiller that needs a teacher the config lacks."""
     distiller = DISTILLERS.lookup(cfg.method)
     if distiller.needs_teacher and not cfg.teacher.arch:
         raise ConfigError(f"method={cfg.method} needs a teacher: set teacher.arch and teacher.checkpoint")
-    return distiller(cfg)
+    return distiller
+
+
+def build_distiller(
+    cfg: KDConfig,
+    student: Optional[nn.Module] = None,
+    teacher: Optional[nn.Module] = None,
+    *,
+    input_size: Tuple[int, ...] = (3, 32, 32),
+    train_targets: Optional[torch.Tensor] = None,
+) -> Distiller:
+    """The distiller ``cfg.method`` names, with its settings from ``cfg`` (`check_distiller`'s errors).
+    A feature distiller is built from the ``student`` and ``teacher`` (the shapes of their features
+    at ``input_size`` size its connectors; CRD also takes the labels of the training set)."""
+    distiller = check_distiller(cfg)
+    if not distiller.needs_features:
+        return distiller(cfg)
+    if student is None or teacher is None:
+        raise ValueError(f"method={cfg.method} is built from the student and the teacher: pass both")
+    extra = {"train_targets": train_targets} if distiller.needs_indices else {}
+    return distiller(cfg, student, teacher, input_size, **extra)
 
 
 @register("vanilla")
@@ -84,7 +84,7 @@ class Vanilla(Distiller):
 
     needs_teacher = False
 
-    def loss(self, logits_student, logits_teacher, targets, epoch, prior_rows=None):
+    def loss(self, logits_student, logits_teacher, targets, epoch, prior_rows=None, features=None):
         ce = F.cross_entropy(logits_student, targets)
         return ce, {"ce": ce.detach(), "kd": torch.zeros_like(ce.detach())}
 
@@ -97,7 +97,7 @@ class KD(Distiller):
         super().__init__(cfg)
         self.settings = cfg.kd
 
-    def loss(self, logits_student, logits_teacher, targets, epoch, prior_rows=None):
+    def loss(self, logits_student, logits_teacher, targets, epoch, prior_rows=None, features=None):
         s = self.settings
         ce = s.ce_weight * F.cross_entropy(logits_student, targets)
         distill = s.kd_weight * kd_loss(logits_student, logits_teacher.detach(), s.temperature)
@@ -112,7 +112,7 @@ class DKD(Distiller):
         super().__init__(cfg)
         self.settings = cfg.dkd
 
-    def loss(self, logits_student, logits_teacher, targets, epoch, prior_rows=None):
+    def loss(self, logits_student, logits_teacher, targets, epoch, prior_rows=None, features=None):
         s = self.settings
         ce = s.ce_weight * F.cross_entropy(logits_student, targets)
         distill = loss_warmup(epoch, s.warmup) * dkd_loss(
@@ -137,7 +137,7 @@ class IKL(Distiller):
         self.uses_prior = cfg.ikl.class_prior
         self.prior_temperature = cfg.ikl.prior_temperature
 
-    def loss(self, logits_student, logits_teacher, targets, epoch, prior_rows=None):
+    def loss(self, logits_student, logits_teacher, targets, epoch, prior_rows=None, features=None):
         s = self.settings
         ce = s.ce_weight * F.cross_entropy(logits_student, targets)
         distill = loss_warmup(epoch, s.warmup) * ikl_loss(

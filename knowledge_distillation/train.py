@@ -4,9 +4,11 @@
     python -m knowledge_distillation.train --config ... method=dkd          # same pair, another method
 
 One step, asking the distiller (`distillers.build_distiller`) what differs: the frozen
-teacher's logits (eval mode, no gradient); the student's logits; CE + the distiller's term;
-SGD step; with IKL's class prior, the teacher's softmax(logits / T2) is accumulated per
-class for the next epoch.
+teacher's logits (eval mode, no gradient; OFD's teacher normalises with the batch's
+statistics); the student's logits; for a feature distiller both forwards' features too
+(`models.features`); CE + the distiller's term; SGD step over the student and the
+distiller's own parts (connectors); with IKL's class prior, the teacher's
+softmax(logits / T2) is accumulated per class for the next epoch.
 Each epoch ends with top-1/top-5 on the validation set, one line of metrics.jsonl,
 TensorBoard scalars and an atomically written last.pt from which ``resume=true`` continues.
 Training speed is reported per iteration, data loading and compute separately, as the
@@ -52,9 +54,10 @@ from engine.runtime import (
 from engine.schedule import learning_rate
 from losses import ClassPrior
 from models import build_model, load_weights
+from models.registry import resolve
 
 from .config import KDConfig
-from .distillers import Distiller, build_distiller
+from .distillers import Distiller, FeatureBatch, build_distiller, check_distiller
 
 PROGRESS_EVERY = 20  # batches between progress-bar updates (each one synchronises with the GPU)
 TEACHERS_URL = "https://github.com/megvii-research/mdistiller/releases/tag/checkpoints"
@@ -135,6 +138,31 @@ def teacher_output_error(cfg: KDConfig) -> UserError:
     )
 
 
+class StudentForward(torch.nn.Module):
+    """What the training step calls and DDP wraps: the student's forward, ``(logits, features)``
+    (features None unless the distiller reads them), holding the distiller too, so that its
+    parameters (connectors, used in the loss) are averaged over the processes with the student's."""
+
+    def __init__(self, student: torch.nn.Module, distiller: Distiller):
+        super().__init__()
+        self.student, self.distiller = student, distiller
+        self.features = distiller.needs_features
+
+    def forward(self, images):
+        return self.student.forward_features(images) if self.features else (self.student(images), None)
+
+
+class TeacherForward(torch.nn.Module):
+    """The teacher's forward as the training step reads it: ``(logits, features or None)``."""
+
+    def __init__(self, teacher: torch.nn.Module, features: bool):
+        super().__init__()
+        self.teacher, self.features = teacher, features
+
+    def forward(self, images):
+        return self.teacher.forward_features(images) if self.features else (self.teacher(images), None)
+
+
 def screen_teacher_output(logits_teacher: torch.Tensor, cfg: KDConfig):
     """(logits safe to feed the losses, 0-dim count of non-finite values) for one batch.
 
@@ -186,9 +214,12 @@ def train_one_epoch(
     prior: Optional[ClassPrior],
     device: torch.device,
 ) -> Dict[str, float]:
-    """One epoch over ``loader``. ``student`` and ``teacher`` may be compiled (`compile_model`)
-    and the student wrapped in DDP; a batch of another size than the first runs them eagerly."""
+    """One epoch over ``loader``. ``student`` and ``teacher`` (`StudentForward`, `TeacherForward`)
+    may be compiled (`compile_model`) and the student wrapped in DDP; a batch of another size than
+    the first runs them eagerly."""
     student.train()
+    if teacher is not None:
+        teacher.train(distiller.teacher_in_train_mode)
     full_size = None
     global_sizes = data_lib.global_batch_sizes(loader)  # None in one process
     sums = RunningSums(("loss", "ce", "kd", "correct", "teacher_nonfinite"), device)
@@ -196,9 +227,10 @@ def train_one_epoch(
     data_seconds = 0.0
     started = waiting_since = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None if is_main_process() else True)
-    for batch_index, (images, targets) in enumerate(bar):
+    for batch_index, batch in enumerate(bar):
         data_seconds += time.perf_counter() - waiting_since
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        images, targets = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        indices = batch[2].to(device, non_blocking=True) if distiller.needs_indices else None
         if cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         full_size = full_size or targets.numel()
@@ -208,13 +240,19 @@ def train_one_epoch(
         teacher_net = teacher if same_shape else eager(teacher)  # eager(None) is None
 
         with autocast(device, cfg.precision):
-            logits_teacher, teacher_bad = None, no_teacher
+            logits_teacher, features_teacher, teacher_bad = None, None, no_teacher
             if teacher is not None:
                 with torch.no_grad():
-                    logits_teacher, teacher_bad = screen_teacher_output(teacher_net(images).float(), cfg)
-            logits_student = student_net(images)
+                    logits_teacher, features_teacher = teacher_net(images)
+                    logits_teacher, teacher_bad = screen_teacher_output(logits_teacher.float(), cfg)
+            logits_student, features_student = student_net(images)
             prior_rows = prior.rows(targets) if distiller.uses_prior else None
-            loss, parts = distiller.loss(logits_student, logits_teacher, targets, epoch, prior_rows)
+            features = (
+                FeatureBatch(features_student, features_teacher, indices, batch_index)
+                if distiller.needs_features
+                else None
+            )
+            loss, parts = distiller.loss(logits_student, logits_teacher, targets, epoch, prior_rows, features=features)
         share = global_batch_share(targets.numel(), global_sizes[batch_index]) if global_sizes else None
         optimizer.zero_grad(set_to_none=True)
         (loss if share is None else loss * share).backward()
@@ -278,6 +316,8 @@ def train(cfg: KDConfig) -> Dict[str, object]:
         download=cfg.data.download, verify_checksum=cfg.data.verify_checksum, normalize=cfg.data.normalize
     )
     train_set = data_lib.build_train_set(cfg.data.dataset, cfg.data.root, augment=augment, **data_kwargs)
+    if check_distiller(cfg).needs_indices:  # CRD: each sample's row of the memory bank
+        train_set = data_lib.WithIndices(train_set)
     val_set = data_lib.build_test_set(cfg.data.dataset, cfg.data.root, **data_kwargs)
     pin = device.type == "cuda"
     shard = dict(rank=rank(), world_size=world_size())  # the training batch is global: each process takes its share
@@ -295,16 +335,25 @@ def train(cfg: KDConfig) -> Dict[str, object]:
         val_set, batch_size=cfg.data.test_batch_size, num_workers=cfg.data.num_workers, pin_memory=pin, **shard
     )
 
-    distiller = build_distiller(cfg)
     teacher = load_teacher(cfg, num_classes, device)
     student = build_model(cfg.student.arch, num_classes, dataset=cfg.data.dataset).to(device)
+    distiller = build_distiller(
+        cfg,
+        student,
+        teacher,
+        input_size=resolve(cfg.student.arch, cfg.data.dataset).input_size,
+        train_targets=torch.as_tensor(train_set.dataset.targets) if check_distiller(cfg).needs_indices else None,
+    ).to(device)
     if cfg.channels_last:
         student = student.to(memory_format=torch.channels_last)
         if teacher is not None:
             teacher = teacher.to(memory_format=torch.channels_last)
     student = sync_batch_norm(student, cfg.sync_bn, device)
+    groups = weight_decay_groups(student, cfg.optim.weight_decay)
+    if list(distiller.parameters()):  # connectors and the like, with the student's weight decay (mdistiller)
+        groups.append({"params": list(distiller.parameters()), "weight_decay": cfg.optim.weight_decay})
     optimizer = sgd(
-        weight_decay_groups(student, cfg.optim.weight_decay),
+        groups,
         lr=cfg.optim.lr,
         momentum=cfg.optim.momentum,
         nesterov=cfg.optim.nesterov,
@@ -319,7 +368,7 @@ def train(cfg: KDConfig) -> Dict[str, object]:
         device=device,
         model=student,
         optimizer=optimizer,
-        states={"prior": prior},
+        states={"prior": prior, "distiller": distiller if distiller.has_state() else None},
         best={"top1": -1.0, "epoch": 0},
         optimizer_implementation=cfg.optim.implementation,
         describe=f"student.arch={cfg.student.arch}",
@@ -333,8 +382,11 @@ def train(cfg: KDConfig) -> Dict[str, object]:
     source = f"{cfg.teacher.arch} -> " if teacher is not None else ""
     log(f"Training {source}{cfg.student.arch} with {cfg.method} on {cfg.data.dataset} ({device}) -> {folder.path}")
 
-    network = compile_model(wrap_model(student, device), cfg.compile)  # DDP averages the processes' gradients
-    teacher_forward = compile_model(teacher, cfg.compile) if teacher is not None else None
+    # DDP averages the processes' gradients, of the student and of the distiller's parts.
+    network = compile_model(wrap_model(StudentForward(student, distiller), device), cfg.compile)
+    teacher_forward = (
+        compile_model(TeacherForward(teacher, distiller.needs_features), cfg.compile) if teacher is not None else None
+    )
     try:
         for epoch in range(run.start_epoch, cfg.epochs + 1):
             started = time.perf_counter()
@@ -361,6 +413,7 @@ def train(cfg: KDConfig) -> Dict[str, object]:
                 metrics["compile_seconds"] = compile_seconds() - compiling_since
             prior.step()
             broadcast_buffers_(student)  # rank 0's BatchNorm statistics everywhere: evaluated and saved alike
+            broadcast_buffers_(distiller)  # its connectors' statistics too (CRD's memory is the same everywhere)
             if epoch % cfg.eval.every == 0 or epoch == cfg.epochs:
                 metrics.update(
                     {f"test_{k}": v for k, v in evaluate_topk(student, val_loader, device, cfg.channels_last).items()}
@@ -412,8 +465,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         train,
         prog="python -m knowledge_distillation.train",
         argv=argv,
-        check=build_distiller,
-        description="Knowledge distillation with IKL, KD or DKD. Settings: --config FILE, then key=value overrides.",
+        check=check_distiller,
+        description="Knowledge distillation with IKL, KD, DKD or a feature distiller (fitnet, at, nst, pkt, kdsvd, "
+        "ofd, rkd, vid, sp, crd, reviewkd). Settings: --config FILE, then key=value overrides.",
     )
 
 

@@ -6,7 +6,11 @@ for every published checkpoint format.
     model = build_model("ResNet50", 100, dataset="cifar100")    # mdistiller
     load_weights(model, "ckpt_epoch_240.pth")
 
-Every model's ``forward(x)`` returns a logits tensor.
+Every model's ``forward(x)`` returns a logits tensor.  The models a distiller
+may use (the CIFAR KD zoo, the ImageNet networks, the digits CNNs) also have
+mdistiller's ``forward_features(x) -> (logits, {"feats", "preact_feats",
+"pooled_feat"})``, ``get_stage_channels()`` and ``get_bn_before_relu()``
+(``models/features.py``; `feature_shapes` measures the features).
 """
 
 # Importing the architecture modules fills the registry (in listing order).
@@ -16,15 +20,18 @@ from . import imagenet  # noqa: F401
 from . import small_cnn  # noqa: F401
 from engine.file_io import UnsafeCheckpointError
 
+from .features import FEATURE_KEYS, feature_shapes
 from .weights import CheckpointError, CheckpointMismatchError, load_weights
 from .registry import available_models, build_model, register_model
 
 __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
+    "FEATURE_KEYS",
     "UnsafeCheckpointError",
     "available_models",
     "build_model",
+    "feature_shapes",
     "load_weights",
     "register_model",
 ]

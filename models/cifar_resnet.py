@@ -9,14 +9,22 @@
   stem and no max-pool): ``conv1``, ``bn1``, ``layer{1..4}.N.{conv*,bn*,
   shortcut.{0,1}}``, ``linear``.
 
-mdistiller's forward returns ``(logits, features)``; here it returns the
-logits only.  No input normalisation is applied inside: mdistiller's teachers
-were trained on CIFAR-100-normalised inputs, which the data pipeline provides.
+mdistiller's forward returns ``(logits, features)``; here ``forward`` returns the
+logits only and ``forward_features`` returns both, as mdistiller's does
+(``models/features.py``): ``feats`` = [stem after its ReLU, each stage's output],
+``preact_feats`` = [the same stem tensor, each stage's output before its final
+ReLU (``out + residual`` of its last block)], ``pooled_feat`` = the globally
+averaged last stage.  No input normalisation is applied inside: mdistiller's
+teachers were trained on CIFAR-100-normalised inputs, which the data pipeline
+provides.
 """
+
+from typing import List
 
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .features import features_dict, relu_stage
 from .init import init_he_fan_out
 from .registry import register_model
 
@@ -31,14 +39,24 @@ class CifarBasicBlock(nn.Module):
         self.downsample = downsample
 
     def forward(self, x):
+        return F.relu(self.forward_preact(x))
+
+    def forward_preact(self, x):
+        """The block's output before its final ReLU (mdistiller's ``preact``)."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         residual = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + residual)
+        return out + residual
 
 
 class CifarResNet(nn.Module):
-    """Three-stage CIFAR ResNet of depth 6n+2 (mdistiller ``resnet.py``)."""
+    """Three-stage CIFAR ResNet of depth 6n+2 (mdistiller ``resnet.py``).
+
+    ``forward_features``: ``feats`` = [stem, layer1, layer2, layer3] outputs (after their ReLUs),
+    ``preact_feats`` = [stem (post-ReLU, as mdistiller), the three stages before their final ReLU];
+    ``get_stage_channels()`` = ``num_filters`` (e.g. [16, 16, 32, 64]); ``get_bn_before_relu()`` =
+    the ``bn2`` of each stage's last block.
+    """
 
     def __init__(self, depth: int, num_filters=(16, 16, 32, 64), num_classes: int = 100):
         super().__init__()
@@ -53,6 +71,7 @@ class CifarResNet(nn.Module):
         self.layer2 = self._make_layer(num_filters[2], n, 2)
         self.layer3 = self._make_layer(num_filters[3], n, 2)
         self.fc = nn.Linear(num_filters[3], num_classes)
+        self.stage_channels = list(num_filters)
         init_he_fan_out(self, zero_linear_bias=False)
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
@@ -73,6 +92,23 @@ class CifarResNet(nn.Module):
         out = out.mean(dim=(2, 3))  # global average pooling (deterministic backward on CUDA)
         return self.fc(out)
 
+    def forward_features(self, x):
+        """``(logits, {"feats", "preact_feats", "pooled_feat"})`` as mdistiller's ``ResNet.forward``."""
+        out = self.relu(self.bn1(self.conv1(x)))
+        feats, preacts = [out], [out]
+        for layer in (self.layer1, self.layer2, self.layer3):
+            out, preact = relu_stage(layer, out)
+            feats.append(out)
+            preacts.append(preact)
+        pooled = out.mean(dim=(2, 3))
+        return self.fc(pooled), features_dict(feats, preacts, pooled)
+
+    def get_stage_channels(self) -> List[int]:
+        return list(self.stage_channels)
+
+    def get_bn_before_relu(self) -> List[nn.BatchNorm2d]:
+        return [layer[-1].bn2 for layer in (self.layer1, self.layer2, self.layer3)]
+
 
 class BasicBlockV2(nn.Module):
     expansion = 1
@@ -86,9 +122,13 @@ class BasicBlockV2(nn.Module):
         self.shortcut = _projection(in_planes, planes, stride)
 
     def forward(self, x):
+        return F.relu(self.forward_preact(x))
+
+    def forward_preact(self, x):
+        """The block's output before its final ReLU (mdistiller's ``preact``)."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return out + self.shortcut(x)
 
 
 class BottleneckV2(nn.Module):
@@ -105,10 +145,14 @@ class BottleneckV2(nn.Module):
         self.shortcut = _projection(in_planes, planes * 4, stride)
 
     def forward(self, x):
+        return F.relu(self.forward_preact(x))
+
+    def forward_preact(self, x):
+        """The block's output before its final ReLU (mdistiller's ``preact``)."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return F.relu(out + self.shortcut(x))
+        return out + self.shortcut(x)
 
 
 def _projection(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
@@ -119,7 +163,15 @@ def _projection(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
 
 
 class CifarResNetV2(nn.Module):
-    """Four-stage ResNet for 32x32 inputs (mdistiller ``resnetv2.py``)."""
+    """Four-stage ResNet for 32x32 inputs (mdistiller ``resnetv2.py``).
+
+    ``forward_features``: ``feats`` = [stem, layer1..layer4] outputs (after their ReLUs),
+    ``preact_feats`` = [stem (post-ReLU, as mdistiller), the four stages before their final ReLU].
+    ``get_stage_channels()`` lists the four stages only, no stem (as mdistiller): [256, 512, 1024,
+    2048] for ResNet50. mdistiller returns that same list for ResNet18 too, whose stages have
+    [64, 128, 256, 512] channels; here it is the true [64, 128, 256, 512]. ``get_bn_before_relu()``
+    = the last BN (``bn2``/``bn3``) of each stage's last block.
+    """
 
     def __init__(self, block, num_blocks, num_classes: int = 100):
         super().__init__()
@@ -145,6 +197,26 @@ class CifarResNetV2(nn.Module):
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         out = out.mean(dim=(2, 3))  # global average pooling (deterministic backward on CUDA)
         return self.linear(out)
+
+    def _stages(self):
+        return (self.layer1, self.layer2, self.layer3, self.layer4)
+
+    def forward_features(self, x):
+        """``(logits, {"feats", "preact_feats", "pooled_feat"})`` as mdistiller's ``resnetv2.ResNet.forward``."""
+        out = F.relu(self.bn1(self.conv1(x)))
+        feats, preacts = [out], [out]
+        for layer in self._stages():
+            out, preact = relu_stage(layer, out)
+            feats.append(out)
+            preacts.append(preact)
+        pooled = out.mean(dim=(2, 3))
+        return self.linear(pooled), features_dict(feats, preacts, pooled)
+
+    def get_stage_channels(self) -> List[int]:
+        return [bn.num_features for bn in self.get_bn_before_relu()]
+
+    def get_bn_before_relu(self) -> List[nn.BatchNorm2d]:
+        return [layer[-1].bn3 if hasattr(layer[-1], "bn3") else layer[-1].bn2 for layer in self._stages()]
 
 
 _TEACHER = "mdistiller `{}_vanilla/ckpt_epoch_240.pth`"

@@ -5,11 +5,24 @@ Expansion 6, width 0.5, a stride-2 3x3 stem, seven inverted-residual stages
 (``blocks.S.N.conv.{0..7}``), a 1x1 conv to 1280 channels (``conv2``) and
 ``classifier.0``.  Unlike torchvision's, the expansion-1 first block still
 has its 1x1 expansion conv, which mdistiller's checkpoints contain.
-Returns logits only; no input normalisation inside.
+``forward`` returns logits only; no input normalisation inside.
+
+``forward_features`` follows mdistiller's ``MobileNetV2.forward``
+(``models/features.py``): ``feats`` = [the stem ``conv1`` (after its ReLU), the
+outputs of ``blocks[1]``, ``blocks[2]``, ``blocks[4]`` and ``blocks[6]``] (not
+of every stage: mdistiller's choice), ``pooled_feat`` = the pooled ``conv2``
+output.  mdistiller returns no ``preact_feats`` at all; here it is the same
+list as ``feats``, since those stage ends are linear bottlenecks (a BatchNorm,
+plus the residual where there is one; no ReLU).  ``get_stage_channels()`` =
+[16, 12, 16, 48, 160] (mdistiller's [32, 24, 32, 96, 320] times the width 0.5);
+``get_bn_before_relu()`` = the last BatchNorm of those four stages.
 """
+
+from typing import List
 
 import torch.nn as nn
 
+from .features import features_dict
 from .init import init_he_fan_out
 from .registry import register_model
 
@@ -54,6 +67,8 @@ class MobileNetV2Cifar(nn.Module):
         (None, 160, 3, 2),
         (None, 320, 1, 1),
     ]
+    # The stages whose outputs mdistiller returns as features.
+    FEATURE_STAGES = (1, 2, 4, 6)
 
     def __init__(self, num_classes: int = 100, expansion: int = 6, width_mult: float = 0.5):
         super().__init__()
@@ -80,6 +95,24 @@ class MobileNetV2Cifar(nn.Module):
             out = stage(out)
         out = self.avgpool(self.conv2(out))
         return self.classifier(out.flatten(1))
+
+    def forward_features(self, x):
+        """``(logits, {"feats", "preact_feats", "pooled_feat"})`` as mdistiller's ``MobileNetV2.forward``
+        (which has no ``preact_feats``: here they are ``feats``, see the module docstring)."""
+        out = self.conv1(x)
+        feats = [out]
+        for index, stage in enumerate(self.blocks):
+            out = stage(out)
+            if index in self.FEATURE_STAGES:
+                feats.append(out)
+        pooled = self.avgpool(self.conv2(out)).flatten(1)
+        return self.classifier(pooled), features_dict(feats, list(feats), pooled)
+
+    def get_stage_channels(self) -> List[int]:
+        return [self.conv1[1].num_features] + [bn.num_features for bn in self.get_bn_before_relu()]
+
+    def get_bn_before_relu(self) -> List[nn.BatchNorm2d]:
+        return [self.blocks[index][-1].conv[-1] for index in self.FEATURE_STAGES]
 
 
 @register_model("MobileNetV2", family="cifar-kd", default_num_classes=100)

@@ -7,13 +7,29 @@ and ``ShuffleNetv2.py``, as in CRD/RepDistiller), with their names and keys.
   down-sampling unit followed by 3/7/3 basic units, then ``conv2``/``bn2``
   to 1024 channels.
 
-Returns logits only; no input normalisation inside.
+``forward`` returns logits only; no input normalisation inside.
+
+``forward_features`` follows mdistiller's (``models/features.py``): ``feats`` =
+[the stem after its ReLU, ``layer1``, ``layer2``, ``layer3`` outputs],
+``preact_feats`` = [the same stem tensor, then each stage's last unit before
+its final ReLU], ``pooled_feat`` = the averaged input of ``linear`` (for
+ShuffleV2 after ``conv2``/``bn2``/ReLU, which no feature entry shows).  In
+ShuffleV2 a basic unit's "preact" is mdistiller's ``cat([x1, bn3(conv3(.))])``
+*before* the channel shuffle, so its channels are in another order than those
+of the unit's output, and its first half is ``x1`` itself.
+``get_stage_channels()``: ShuffleV2 [24, 116, 232, 464] (mdistiller's);
+ShuffleV1 [24, 240, 480, 960] (mdistiller's ShuffleV1 has no such method).
+``get_bn_before_relu()`` raises ``NotImplementedError`` for both, as in
+mdistiller (its OFD does not support ShuffleNet teachers).
 """
+
+from typing import List
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .features import features_dict, relu_stage
 from .registry import register_model
 
 
@@ -38,14 +54,17 @@ class ShuffleV1Unit(nn.Module):
         self.shortcut = nn.Sequential(nn.AvgPool2d(3, 2, 1)) if stride == 2 else nn.Sequential()
 
     def forward(self, x):
+        return F.relu(self.forward_preact(x))
+
+    def forward_preact(self, x):
+        """The unit's output before its final ReLU (mdistiller's ``preact``)."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = channel_shuffle(out, self.first_groups)
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         res = self.shortcut(x)
         # Down-sampling units concatenate the pooled input instead of adding.
-        out = torch.cat([out, res], 1) if self.stride == 2 else out + res
-        return F.relu(out)
+        return torch.cat([out, res], 1) if self.stride == 2 else out + res
 
 
 class ShuffleNetV1(nn.Module):
@@ -66,12 +85,30 @@ class ShuffleNetV1(nn.Module):
             stages.append(nn.Sequential(*units))
         self.layer1, self.layer2, self.layer3 = stages
         self.linear = nn.Linear(out_planes[2], num_classes)
+        self.stage_channels = [24, *out_planes]
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))
         out = out.mean(dim=(2, 3))  # global average pooling (deterministic backward on CUDA)
         return self.linear(out)
+
+    def forward_features(self, x):
+        """``(logits, {"feats", "preact_feats", "pooled_feat"})`` as mdistiller's ``ShuffleNet.forward``."""
+        out = F.relu(self.bn1(self.conv1(x)))
+        feats, preacts = [out], [out]
+        for layer in (self.layer1, self.layer2, self.layer3):
+            out, preact = relu_stage(layer, out)
+            feats.append(out)
+            preacts.append(preact)
+        pooled = out.mean(dim=(2, 3))
+        return self.linear(pooled), features_dict(feats, preacts, pooled)
+
+    def get_stage_channels(self) -> List[int]:
+        return list(self.stage_channels)
+
+    def get_bn_before_relu(self) -> List[nn.BatchNorm2d]:
+        raise NotImplementedError("ShuffleV1 has no BatchNorm before its stages' ReLUs (not supported by OFD)")
 
 
 class ShuffleV2BasicUnit(nn.Module):
@@ -87,12 +124,21 @@ class ShuffleV2BasicUnit(nn.Module):
         self.bn3 = nn.BatchNorm2d(c)
 
     def forward(self, x):
+        x1, out = self._branches(x)
+        return channel_shuffle(torch.cat([x1, F.relu(out)], 1), 2)
+
+    def forward_with_preact(self, x):
+        """``(forward(x), preact)`` with mdistiller's ``preact``: ``cat([x1, bn3(conv3(.))])``, unshuffled."""
+        x1, out = self._branches(x)
+        return channel_shuffle(torch.cat([x1, F.relu(out)], 1), 2), torch.cat([x1, out], 1)
+
+    def _branches(self, x):
+        """The untouched half ``x1`` and the other half's branch up to ``bn3`` (before its ReLU)."""
         c = int(x.shape[1] * self.split_ratio)
         x1, x2 = x[:, :c], x[:, c:]
         out = F.relu(self.bn1(self.conv1(x2)))
         out = self.bn2(self.conv2(out))
-        out = F.relu(self.bn3(self.conv3(out)))
-        return channel_shuffle(torch.cat([x1, out], 1), 2)
+        return x1, self.bn3(self.conv3(out))
 
 
 class ShuffleV2DownUnit(nn.Module):
@@ -135,6 +181,7 @@ class ShuffleNetV2(nn.Module):
         self.conv2 = nn.Conv2d(out_channels[2], out_channels[3], 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels[3])
         self.linear = nn.Linear(out_channels[3], num_classes)
+        self.stage_channels = [24, *out_channels[:3]]
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -142,6 +189,23 @@ class ShuffleNetV2(nn.Module):
         out = F.relu(self.bn2(self.conv2(out)))
         out = out.mean(dim=(2, 3))  # global average pooling (deterministic backward on CUDA)
         return self.linear(out)
+
+    def forward_features(self, x):
+        """``(logits, {"feats", "preact_feats", "pooled_feat"})`` as mdistiller's ``ShuffleNetV2.forward``."""
+        out = F.relu(self.bn1(self.conv1(x)))
+        feats, preacts = [out], [out]
+        for layer in (self.layer1, self.layer2, self.layer3):
+            out, preact = layer[-1].forward_with_preact(layer[:-1](out))
+            feats.append(out)
+            preacts.append(preact)
+        pooled = F.relu(self.bn2(self.conv2(out))).mean(dim=(2, 3))
+        return self.linear(pooled), features_dict(feats, preacts, pooled)
+
+    def get_stage_channels(self) -> List[int]:
+        return list(self.stage_channels)
+
+    def get_bn_before_relu(self) -> List[nn.BatchNorm2d]:
+        raise NotImplementedError("ShuffleV2 has no BatchNorm before its stages' ReLUs (not supported by OFD)")
 
 
 @register_model("ShuffleV1", family="cifar-kd", default_num_classes=100)

@@ -13,11 +13,23 @@ other images of the batch, which multi-process tests on the CPU need (SyncBatchN
 works on GPUs only). Inputs are images in [0, 1] with no
 normalisation inside, as for the CIFAR adversarial-training models, so an
 L∞ budget such as eps=0.2 is measured in pixel units. ``forward`` returns logits.
+
+``forward_features`` gives mdistiller-style features (``models/features.py``; mdistiller has
+no such model): ``feats`` = [``relu(bn1(conv1))``, ``pool(relu(bn2(conv2)))``,
+``relu(bn3(conv3))``], ``preact_feats`` = [the same first tensor (the stem entry is post-ReLU,
+as in mdistiller's CIFAR ResNets), ``pool(bn2(conv2))``, ``bn3(conv3)``] (max-pooling commutes
+with the ReLU, so ``relu(preact_feats[i]) == feats[i]``), ``pooled_feat`` = the mean of
+``feats[-1]`` over H, W. ``get_stage_channels()`` = the three widths (e.g. [32, 64, 128]);
+``get_bn_before_relu()`` = [bn1, bn2, bn3], and ``NotImplementedError`` for ``digits_cnn_plain``,
+which has no BatchNorm.
 """
+
+from typing import List
 
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .features import features_dict
 from .init import init_he_fan_out
 from .registry import register_model
 
@@ -53,6 +65,25 @@ class DigitsCNN(nn.Module):
         out = F.relu(self.bn3(self.conv3(out)))
         out = out.mean(dim=(2, 3))  # global average pooling (deterministic backward on CUDA)
         return self.fc(out)
+
+    def forward_features(self, x):
+        """``(logits, {"feats", "preact_feats", "pooled_feat"})`` (module docstring)."""
+        f1 = F.relu(self.bn1(self.conv1(x)))
+        pre2 = self.bn2(self.conv2(f1))
+        f2 = self.pool(F.relu(pre2))
+        pre3 = self.bn3(self.conv3(f2))
+        f3 = F.relu(pre3)
+        pooled = f3.mean(dim=(2, 3))
+        return self.fc(pooled), features_dict([f1, f2, f3], [f1, self.pool(pre2), pre3], pooled)
+
+    def get_stage_channels(self) -> List[int]:
+        return [self.conv1.out_channels, self.conv2.out_channels, self.conv3.out_channels]
+
+    def get_bn_before_relu(self) -> List[nn.BatchNorm2d]:
+        bns = [self.bn1, self.bn2, self.bn3]
+        if not all(isinstance(bn, nn.BatchNorm2d) for bn in bns):
+            raise NotImplementedError("this DigitsCNN has no BatchNorm (digits_cnn_plain): no BN before its ReLUs")
+        return bns
 
 
 @register_model("digits_cnn", family="digits", input_size=(1, 8, 8), default_num_classes=10)

@@ -7,12 +7,23 @@ minus the final ReLU, which ``forward`` applies so the stage output is the
 pre-activation), max-pooling between stages, global average pooling and a
 single ``classifier`` Linear(512, num_classes).  At 32x32 the pool after
 ``block3`` is skipped, as in mdistiller, so ``block4`` runs at 4x4.
-Returns logits only; no input normalisation inside.
+``forward`` returns logits only; no input normalisation inside.
+
+``forward_features`` follows mdistiller's ``VGG.forward`` (``models/features.py``):
+``feats`` = the five stage outputs after their ReLU and before their pooling
+(``block0`` .. ``block4``), ``preact_feats`` = [the same ``block0`` tensor
+(post-ReLU, as mdistiller), then ``block1`` .. ``block4`` before their ReLU],
+``pooled_feat`` = the averaged ``block4`` output.  ``get_stage_channels()`` =
+the five stages' widths, [64, 128, 256, 512, 512]; ``get_bn_before_relu()`` =
+the last BatchNorm of ``block1`` .. ``block4`` (four, not five, as mdistiller).
 """
+
+from typing import List
 
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .features import features_dict
 from .init import init_he_fan_out
 from .registry import register_model
 
@@ -49,6 +60,7 @@ class VGG(nn.Module):
         self.pool3 = nn.MaxPool2d(2, 2)
         self.pool4 = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(512, num_classes)
+        self.stage_channels = [stage[-1] for stage in cfg]
         init_he_fan_out(self, linear_std=0.01)
 
     def forward(self, x):
@@ -62,6 +74,29 @@ class VGG(nn.Module):
             out = self.pool3(out)
         out = F.relu(self.block4(out))
         return self.classifier(self.pool4(out).flatten(1))
+
+    def forward_features(self, x):
+        """``(logits, {"feats", "preact_feats", "pooled_feat"})`` as mdistiller's ``VGG.forward``."""
+        # mdistiller pools after block3 only for 64x64 (Tiny-ImageNet) inputs, as forward.
+        pools = (self.pool1, self.pool2, self.pool3 if x.shape[2] == 64 else None, self.pool4)
+        f0 = F.relu(self.block0(x))
+        feats, preacts = [f0], [f0]
+        out = self.pool0(f0)
+        for block, pool in zip((self.block1, self.block2, self.block3, self.block4), pools):
+            preact = block(out)
+            out = F.relu(preact)
+            feats.append(out)
+            preacts.append(preact)
+            if pool is not None:
+                out = pool(out)
+        pooled = out.flatten(1)
+        return self.classifier(pooled), features_dict(feats, preacts, pooled)
+
+    def get_stage_channels(self) -> List[int]:
+        return list(self.stage_channels)
+
+    def get_bn_before_relu(self) -> List[nn.BatchNorm2d]:
+        return [self.block1[-1], self.block2[-1], self.block3[-1], self.block4[-1]]
 
 
 def _register_vgg(name: str, checkpoints: str = ""):

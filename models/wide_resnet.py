@@ -7,12 +7,16 @@ TRADES): ``conv1``, ``block{1,2,3}.layer.N.{bn1,conv1,bn2,conv2,convShortcut}``,
 and no input normalisation (inputs are images in [0, 1]).
 
 mdistiller's CIFAR-100 ``wrn_*`` networks use this same class (see
-``cifar_wrn.py``).
+``cifar_wrn.py``), which therefore also has mdistiller's ``forward_features``
+(``models/features.py``); ``forward`` is untouched by it.
 """
+
+from typing import List
 
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .features import features_dict
 from .init import init_he_fan_out
 from .registry import register_model
 
@@ -33,7 +37,14 @@ class BasicBlock(nn.Module):
         self.convShortcut = None if self.equalInOut else nn.Conv2d(in_planes, out_planes, 1, stride, 0, bias=False)
 
     def forward(self, x):
-        pre = self.relu1(self.bn1(x))
+        return self._forward(x, self.relu1(self.bn1(x)))
+
+    def forward_with_bn1(self, x):
+        """``(forward(x), bn1(x))``: also the input after ``bn1``, before ``relu1``."""
+        normed = self.bn1(x)
+        return self._forward(x, F.relu(normed)), normed
+
+    def _forward(self, x, pre):
         # When the width changes the projection reads the pre-activated input;
         # otherwise the identity path carries the raw input.
         shortcut = x if self.equalInOut else self.convShortcut(pre)
@@ -56,8 +67,25 @@ class NetworkBlock(nn.Module):
     def forward(self, x):
         return self.layer(x)
 
+    def forward_with_bn1(self, x):
+        """``(forward(x), layer[0].bn1(x))``: also the input after the first block's ``bn1``."""
+        out, normed = self.layer[0].forward_with_bn1(x)
+        return self.layer[1:](out), normed
+
 
 class WideResNet(nn.Module):
+    """Pre-activation WideResNet (TRADES / RobustBench keys; also mdistiller's ``wrn.py``).
+
+    ``forward_features`` follows mdistiller's ``WideResNet.forward``: ``feats`` = [``conv1``'s
+    output, ``block1``, ``block2``, ``block3`` outputs] (pre-activation blocks: no ReLU at a stage's
+    end), ``preact_feats`` = [``conv1``'s output, then each stage's output after the BatchNorm that
+    comes next: ``block2.layer[0].bn1``, ``block3.layer[0].bn1``, ``bn1``], ``pooled_feat`` = the
+    average of ``relu(bn1(block3))``. mdistiller runs those BatchNorms a second time on the stage
+    outputs, which in train mode updates their running statistics twice per step; here each runs
+    once (the values are the same). ``get_stage_channels()`` = [16, 16k, 32k, 64k];
+    ``get_bn_before_relu()`` = those three BatchNorms.
+    """
+
     def __init__(self, depth: int = 34, widen_factor: int = 10, num_classes: int = 10, drop_rate: float = 0.0):
         super().__init__()
         if (depth - 4) % 6 != 0:
@@ -72,6 +100,7 @@ class WideResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.fc = nn.Linear(channels[3], num_classes)
         self.nChannels = channels[3]
+        self.stage_channels = channels
         init_he_fan_out(self)
 
     def forward(self, x):
@@ -80,6 +109,22 @@ class WideResNet(nn.Module):
         out = self.relu(self.bn1(out))
         out = out.mean(dim=(2, 3))  # global average pooling (deterministic backward on CUDA)
         return self.fc(out)
+
+    def forward_features(self, x):
+        """``(logits, {"feats", "preact_feats", "pooled_feat"})`` as mdistiller's ``WideResNet.forward``."""
+        f0 = self.conv1(x)
+        f1 = self.block1(f0)
+        f2, pre1 = self.block2.forward_with_bn1(f1)
+        f3, pre2 = self.block3.forward_with_bn1(f2)
+        pre3 = self.bn1(f3)
+        pooled = F.relu(pre3).mean(dim=(2, 3))
+        return self.fc(pooled), features_dict([f0, f1, f2, f3], [f0, pre1, pre2, pre3], pooled)
+
+    def get_stage_channels(self) -> List[int]:
+        return list(self.stage_channels)
+
+    def get_bn_before_relu(self) -> List[nn.BatchNorm2d]:
+        return [self.block2.layer[0].bn1, self.block3.layer[0].bn1, self.bn1]
 
 
 _AT = "RobustBench/TRADES `WideResNet` checkpoints (`sub_block1.*` keys ignored)"

@@ -20,6 +20,7 @@ from engine.file_io import load_file
 from engine.runtime import autocast, compile_model
 from knowledge_distillation.config import KDConfig
 from knowledge_distillation.distillers import build_distiller
+from knowledge_distillation.train import StudentForward, TeacherForward
 from knowledge_distillation.train import train_one_epoch as kd_train_one_epoch
 from losses import ClassPrior
 from models import build_model, load_weights
@@ -121,8 +122,8 @@ def test_compiled_kd_epoch_equals_the_eager_epoch():
             cfg,
             distiller,
             1,
-            compile_model(student, compiled),
-            compile_model(teacher, compiled),
+            compile_model(StudentForward(student, distiller), compiled),
+            compile_model(TeacherForward(teacher, False), compiled),
             batches,
             optimizer,
             prior,

@@ -132,7 +132,7 @@ def test_class_prior_is_the_previous_epochs_mean_of_the_teachers_softmax(
     calls = []
     real_loss = IKL.loss
 
-    def recording_loss(self, logits_student, logits_teacher, targets, epoch, prior_rows):
+    def recording_loss(self, logits_student, logits_teacher, targets, epoch, prior_rows, features=None):
         calls.append((epoch, logits_teacher.detach().clone(), targets.clone(), prior_rows.clone()))
         return real_loss(self, logits_student, logits_teacher, targets, epoch, prior_rows)
 
@@ -166,7 +166,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_student(cifar100_root, c
 
     real_loss, calls = IKL.loss, {"epoch2": 0}
 
-    def crashing_loss(self, logits_student, logits_teacher, targets, epoch, prior_rows):
+    def crashing_loss(self, logits_student, logits_teacher, targets, epoch, prior_rows, features=None):
         if epoch == 2:
             calls["epoch2"] += 1
             if calls["epoch2"] == 3:

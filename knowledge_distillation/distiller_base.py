@@ -1,0 +1,74 @@
+"""The base of every distiller and the registry they are named in (`distillers` builds them).
+
+A distiller is an ``nn.Module``: its parameters (a feature distiller's connectors) train with
+the student, its state is saved in last.pt; the logit distillers have none.
+"""
+
+from typing import Any, Dict, NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from engine.registry import Registry
+
+from .config import KDConfig
+
+Parts = Dict[str, torch.Tensor]
+
+
+def loss_warmup(epoch: int, warmup: int) -> float:
+    """min(epoch / warmup, 1): the distillation term's factor in (1-based) ``epoch``; 1 without warm-up."""
+    return 1.0 if warmup <= 0 else min(epoch / warmup, 1.0)
+
+
+class FeatureBatch(NamedTuple):
+    """What a feature distiller reads besides the logits: the forwards' feature dicts
+    (`models.features`), the batch's dataset indices (``needs_indices``) and its index in the epoch."""
+
+    student: Dict[str, Any]
+    teacher: Dict[str, Any]
+    indices: Optional[torch.Tensor] = None
+    batch_index: int = 0
+
+
+class Distiller(nn.Module):
+    """The base of every distiller: its flags and ``loss``.
+
+    ``needs_features``: the forwards return features (`models.features`) and ``loss`` gets them;
+    ``needs_indices``: the training set yields each sample's index; ``teacher_in_train_mode``:
+    the teacher's forward normalises with the batch's statistics (OFD).
+    """
+
+    name = ""
+    needs_teacher = True
+    uses_prior = False
+    prior_temperature = 1.0  # the temperature of the teacher softmax the class prior averages
+    needs_features = False
+    needs_indices = False
+    teacher_in_train_mode = False
+
+    def __init__(self, cfg: KDConfig, *args, **kwargs):
+        super().__init__()
+
+    def has_state(self) -> bool:
+        """Whether last.pt must hold this distiller's state (parameters or buffers)."""
+        return bool(self.state_dict())
+
+    def loss(
+        self,
+        logits_student: torch.Tensor,
+        logits_teacher: Optional[torch.Tensor],
+        targets: torch.Tensor,
+        epoch: int,
+        prior_rows: Optional[torch.Tensor] = None,
+        features: Optional[FeatureBatch] = None,
+    ) -> Tuple[torch.Tensor, Parts]:
+        """The loss to minimise and its parts ``ce`` and ``kd`` (the weighted terms, detached), from
+        the logits of the trainer's forwards and, for a distiller that uses the class prior, the
+        batch's rows of it (``ClassPrior.rows(targets)``, fetched by the trainer); a feature
+        distiller also gets ``features``."""
+        raise NotImplementedError
+
+
+DISTILLERS = Registry("distiller")
+register = DISTILLERS.register  # class decorator: ``@register("name")`` makes ``method: name`` available

@@ -1,0 +1,81 @@
+# Sourced by the distillation launchers sh/kd_cifar100.sh and sh/kd_imagenet.sh: one method on
+# teacher/student pairs. A pair's own file (configs/knowledge_distillation/DATASET/PAIR.yaml) runs
+# the logit methods (method=METHOD); a feature distiller's file METHOD/PAIR.yaml extends it.
+source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
+
+KD_LOGIT_METHODS="vanilla kd dkd ikl"
+
+# kd_launch DATASET all|one METHOD [PAIR ...] [key=value ...] [--print-config]
+#   trains METHOD on each PAIR in turn; without a PAIR on every pair ("all") or refuses ("one").
+#   A wrong method or pair prints the usage line with the valid names and exits 2.
+kd_launch() {
+    local dataset="$1" without_pair="$2"
+    shift 2
+    local configs="$DKL_ROOT/configs/knowledge_distillation/$dataset" launcher="sh/kd_$dataset.sh"
+    local known_pairs=() feature_methods=() method="" pairs=() overrides=() arg file name
+    for file in "$configs"/*.yaml; do
+        name="$(basename "$file" .yaml)"
+        [[ "$name" == base ]] || known_pairs+=("$name")
+    done
+    for file in "$configs"/*/; do
+        name="$(basename "$file")"
+        compgen -G "$file*.yaml" >/dev/null && feature_methods+=("$name")
+    done
+    _kd_usage() {
+        echo "usage: bash $launcher METHOD $([[ "$without_pair" == all ]] && echo "[PAIR ...]" || echo "PAIR ...") [key=value ...] [--print-config]"
+        echo "  METHOD: ${feature_methods[*]} (feature distillers) or $KD_LOGIT_METHODS (logit)"
+        echo "  PAIR: ${known_pairs[*]}"
+    }
+    for arg in "$@"; do
+        if [[ "$arg" == -h || "$arg" == --help ]]; then
+            _kd_usage
+            exit 0
+        elif [[ "$arg" == *=* || "$arg" == --* ]]; then
+            overrides+=("$arg")
+        elif [[ -z "$method" ]]; then
+            method="$arg"
+        else
+            pairs+=("$arg")
+        fi
+    done
+    local methods=" ${feature_methods[*]} $KD_LOGIT_METHODS " pair_names=" ${known_pairs[*]} "
+    if [[ -z "$method" ]]; then
+        { echo "error: name a method"; _kd_usage; } >&2
+        exit 2
+    fi
+    if [[ "$methods" != *" $method "* ]]; then
+        { echo "error: no method '$method'"; _kd_usage; } >&2
+        exit 2
+    fi
+    if [[ ${#pairs[@]} -eq 0 ]]; then
+        if [[ "$without_pair" != all ]]; then
+            { echo "error: name a pair"; _kd_usage; } >&2
+            exit 2
+        fi
+        pairs=("${known_pairs[@]}")
+    fi
+    for arg in "${pairs[@]}"; do
+        if [[ "$pair_names" != *" $arg "* ]]; then
+            { echo "error: no pair '$arg'"; _kd_usage; } >&2
+            exit 2
+        fi
+    done
+    local logit=0
+    [[ " $KD_LOGIT_METHODS " == *" $method "* ]] && logit=1
+    for arg in "${pairs[@]}"; do
+        file="$configs/$method/$arg.yaml"
+        if [[ $logit == 0 && ! -f "$file" ]]; then
+            echo "error: $method has no config for $arg ($file)" >&2
+            exit 2
+        fi
+    done
+    dkl_python
+    for arg in "${pairs[@]}"; do
+        [[ " ${overrides[*]-} " == *" --print-config "* ]] && echo "# ---- $method $arg"
+        if [[ $logit == 1 ]]; then
+            dkl_run knowledge_distillation.train --config "$configs/$arg.yaml" "method=$method" ${overrides[@]+"${overrides[@]}"}
+        else
+            dkl_run knowledge_distillation.train --config "$configs/$method/$arg.yaml" ${overrides[@]+"${overrides[@]}"}
+        fi
+    done
+}
