@@ -122,7 +122,9 @@ def kdsvd_loss(feats_s: Features, feats_t: Features, k: int = 1) -> torch.Tensor
     Per stage, the teacher's first k right-singular vectors V_t (scaled by its normalised singular
     values s_t) and the student's first k + 3, each student vector sign-aligned to the teacher
     vector it is most parallel with (others zeroed), and scaled by s_t as well. Between consecutive
-    stages l-1, l, the RBF correlations :math:`G_{b,i,j} = \exp(-(v^l_{b,i} - v^{l-1}_{b,j})^2 / 8)`
+    stages l-1, l (each pair of maps first brought to the smaller size by `pool_to_smaller`, which
+    leaves mdistiller's pairs of equal sizes as they are, and lets pairs of unequal sizes, where its
+    code fails, run), the RBF correlations :math:`G_{b,i,j} = \exp(-(v^l_{b,i} - v^{l-1}_{b,j})^2 / 8)`
     (over the W rows i, j, per singular direction) of student and teacher are compared:
 
     .. math::
@@ -132,6 +134,7 @@ def kdsvd_loss(feats_s: Features, feats_t: Features, k: int = 1) -> torch.Tensor
     previous_s = previous_t = None
     total = 0.0
     for index, (f_s, f_t) in enumerate(zip(feats_s, feats_t)):
+        f_s, f_t = pool_to_smaller(f_s, f_t)  # mdistiller's code needs equal sizes; a no-op for such pairs
         s_t, v_t = _top_singular(f_t, k)
         _, v_s = _top_singular(f_s, k + 3)
         cosine = v_s.transpose(-2, -1) @ v_t  # (B, k + 3, k)

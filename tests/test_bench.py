@@ -56,3 +56,26 @@ def test_the_mdistiller_loop_baseline_trains_the_same_student_as_our_loop():
     for name, value in ours.student.state_dict().items():
         torch.testing.assert_close(theirs.student.state_dict()[name], value, rtol=1e-4, atol=1e-5, msg=name)
     assert any(not torch.equal(before[name], value) for name, value in ours.student.state_dict().items())
+
+
+def test_the_kd_bench_times_reviewkd_with_its_imagenet_config_and_trains_its_fusion():
+    kd_step = load("kd_step")
+    cfg = kd_step.pair_config("r50_mv1", "fp32", False, False, "reviewkd")
+    # mdistiller's configs/imagenet/r50_mv1/reviewkd.yaml, through ours: weight 8, pre-ReLU student, width 256.
+    assert (cfg.method, cfg.reviewkd.reviewkd_weight, cfg.reviewkd.stu_preact, cfg.reviewkd.max_mid_channel) == (
+        "reviewkd",
+        8.0,
+        True,
+        256,
+    )
+    cfg = kd_step.pair_config("r34_r18", "fp32", False, False, "reviewkd")
+    args = Namespace(batch_size=2, image_size=64, iterations=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = kd_step.our_iterations(cfg, args, torch.device("cpu"))
+        before = {k: v.clone() for k, v in run.student.state_dict().items()}
+        run()
+    finally:
+        torch.set_num_threads(threads)
+    assert any(not torch.equal(before[k], v) for k, v in run.student.state_dict().items())

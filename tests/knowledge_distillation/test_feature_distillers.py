@@ -300,3 +300,77 @@ def test_logit_distillers_have_no_state_and_feature_ones_train_their_parts():
     fixed, _, _ = build("vid", "vid.learn_variance=false")
     assert all("log_scale" not in name for name, _ in fixed.named_parameters())
     assert any(name.startswith("log_scale") for name, _ in fixed.named_buffers())
+
+
+# --- every config's distiller, built from its real pair -----------------------------------------
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "knowledge_distillation"
+
+
+@functools.lru_cache(maxsize=None)
+def real_models(arch: str, dataset: str):
+    torch.manual_seed(0)
+    return build_model(arch, 1000 if dataset == "imagenet" else 100, dataset=dataset)
+
+
+def one_step(path: Path):
+    """The config's distiller built from its teacher and student; one loss and backward on 3 random images
+    (RKD's distances and angles are trivial for 2)."""
+    cfg = load_config(KDConfig, path, ["crd.nce_k=16"])
+    imagenet = cfg.data.dataset == "imagenet"
+    size, classes = (224, 1000) if imagenet else (32, 100)
+    teacher = real_models(cfg.teacher.arch, cfg.data.dataset).eval()
+    student = real_models(cfg.student.arch, cfg.data.dataset).train()
+    student.zero_grad(set_to_none=True)
+    distiller = build_distiller(
+        cfg, student, teacher, input_size=(3, size, size), train_targets=torch.arange(64) % classes
+    )
+    generator = torch.Generator().manual_seed(0)
+    images, targets = torch.randn(3, 3, size, size, generator=generator), torch.randint(classes, (3,))
+    with torch.no_grad():
+        logits_teacher, features_teacher = teacher.train(distiller.teacher_in_train_mode).forward_features(images)
+    teacher.eval()
+    logits_student, features_student = student.forward_features(images)
+    features = FeatureBatch(features_student, features_teacher, torch.tensor([3, 40, 17]), 0)
+    loss, parts = distiller.loss(logits_student, logits_teacher, targets, epoch=30, features=features)
+    loss.backward()
+    assert math.isfinite(loss.item()) and parts["kd"].item() != 0, path
+    assert all(p.grad is not None for p in distiller.parameters()), path
+    return cfg, distiller
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", FEATURE_METHODS)
+def test_every_cifar100_pair_config_builds_its_distiller_and_takes_a_step(method):
+    paths = sorted((CONFIGS / "cifar100" / method).glob("*.yaml"))
+    assert len(paths) == 11
+    for path in paths:
+        cfg, _ = one_step(path)
+        assert cfg.method == method
+
+
+@pytest.mark.slow
+def test_imagenet_configs_build_mdistillers_stated_connectors():
+    paths = sorted((CONFIGS / "imagenet").glob("*/*.yaml"))
+    assert len(paths) == 8
+    built = {f"{p.parent.name}/{p.stem}": one_step(p)[1] for p in paths}
+    # mdistiller's configs/imagenet/<pair>/reviewkd.yaml: SHAPES, OUT_SHAPES, IN_CHANNELS, OUT_CHANNELS.
+    r18, mv1 = built["reviewkd/r34_r18"], built["reviewkd/r50_mv1"]
+    assert r18.shapes == r18.out_shapes == mv1.shapes == mv1.out_shapes == [1, 7, 14, 28, 56]
+    assert r18.in_channels == r18.out_channels == [64, 128, 256, 512, 512]
+    assert mv1.in_channels == [128, 256, 512, 1024, 1024] and mv1.out_channels == [256, 512, 1024, 2048, 2048]
+    assert mv1.abfs[0].conv1[0].out_channels == 256 and r18.abfs[0].conv1[0].out_channels == 512  # middle width
+    # mdistiller's configs/imagenet/<pair>/crd.yaml: CRD.FEAT.STUDENT_DIM / TEACHER_DIM.
+    assert built["crd/r34_r18"].embed_s.linear.in_features == built["crd/r34_r18"].embed_t.linear.in_features == 512
+    assert (built["crd/r50_mv1"].embed_s.linear.in_features, built["crd/r50_mv1"].embed_t.linear.in_features) == (
+        1024,
+        2048,
+    )
+
+
+def test_nst_and_fitnet_by_hand():
+    # One channel each, unit spatial maps after normalisation: k(s, s) = k(t, t) = 1, k(s, t) = <s, t>^2.
+    f_s = torch.tensor([[[[3.0, 0.0]]]], dtype=torch.float64)  # -> (1, 0)
+    f_t = torch.tensor([[[[1.0, 1.0]]]], dtype=torch.float64)  # -> (1, 1) / sqrt 2
+    assert float(feature_losses.nst_loss([f_s], [f_t])) == pytest.approx(1 + 1 - 2 * 0.5, rel=1e-12)
+    assert float(feature_losses.hint_loss(f_s, f_t)) == pytest.approx((4 + 1) / 2, rel=1e-12)
