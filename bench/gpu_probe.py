@@ -14,6 +14,8 @@ One line per check as it finishes: PASS, FAIL (with what was seen) or SKIP (no C
    end with the very weights of uninterrupted runs (deterministic=true).
 4. determinism: two uninterrupted deterministic runs give the same bits (and whether two
    runs without deterministic=true do, for the record).
+   The feature distillers (CRD's device-side sampler and memory bank, OFD, ReviewKD, ...) the same
+   way, each in bf16.
 5. syncs: where one IKL-AT and one IKL-KD epoch, and a KD validation, make the host wait for
    the GPU (torch's sync debug mode); only the progress read at the epoch's last batch, the
    epoch's totals and the validation's final count may.
@@ -186,6 +188,23 @@ def main(argv=None):
             raise AssertionError("the resumed run's weights differ from the uninterrupted run's")
         return "bit-equal weights after 2 epochs"
 
+    def feature_distillers():
+        """Each feature distiller on the device (bf16 autocast, CRD's device-side sampler and memory,
+        OFD's margins, ReviewKD's fusion) two epochs, stopped and resumed: the student's and the
+        distiller's state bit-equal to an uninterrupted run's."""
+        methods = ("fitnet", "at", "nst", "pkt", "kdsvd", "ofd", "rkd", "vid", "sp", "crd", "reviewkd")
+        common = ("method={}", "ikl.class_prior=false", "crd.nce_k=256", "precision=bf16", deterministic)
+        for method in methods:
+            options = [option.format(method) for option in common]
+            whole = kd_run(f"fd_{method}_whole", *options)
+            kd_run(f"fd_{method}_split", *options, "stop_after=1")
+            split = kd_run(f"fd_{method}_split", *options, "resume=true")
+            a = torch.load(RunFolder(whole).last, map_location="cpu", weights_only=True)
+            b = torch.load(RunFolder(split).last, map_location="cpu", weights_only=True)
+            if not same_bits(a["model"], b["model"]) or not same_bits(a["distiller"] or {}, b["distiller"] or {}):
+                raise AssertionError(f"{method}: the resumed run differs from the uninterrupted one")
+        return f"{len(methods)} distillers bit-equal after 2 epochs (bf16)"
+
     def resume_kd():
         whole = kd_run("kd_whole", deterministic)
         kd_run("kd_split", deterministic, "stop_after=1")
@@ -313,6 +332,11 @@ def main(argv=None):
             resume_at,
         ),
         ("resume: IKL-KD stopped and resumed equals uninterrupted", False, resume_kd),
+        (
+            "feature distillers: each on the device in bf16, stopped and resumed, equals uninterrupted",
+            False,
+            feature_distillers,
+        ),
         ("determinism: two deterministic IKL-AT runs give the same bits", False, determinism),
         ("syncs: only the progress read and the totals make the host wait, in IKL-AT and IKL-KD", True, host_syncs),
         (

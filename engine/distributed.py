@@ -58,14 +58,16 @@ def gather_objects(obj: Any) -> List[Any]:
     return gathered
 
 
-def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+def gather_rows(tensor: torch.Tensor, sizes: Optional[List[int]] = None) -> torch.Tensor:
     """The rows of ``tensor`` of every process, concatenated in rank order (the tensor itself when not
-    distributed); the processes' row counts may differ (the shares of a last, smaller batch)."""
+    distributed); the processes' row counts may differ (the shares of a last, smaller batch). Pass
+    them as ``sizes`` when the host knows them: else they are gathered first, which waits for the GPU."""
     if not is_distributed():
         return tensor
-    sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([tensor.shape[0]], device=tensor.device))
-    sizes = [int(size) for size in sizes]
+    if sizes is None:
+        counts = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(dist.get_world_size())]
+        dist.all_gather(counts, torch.tensor([tensor.shape[0]], device=tensor.device))
+        sizes = [int(count) for count in counts]
     padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
     padded[: tensor.shape[0]] = tensor
     gathered = [torch.empty_like(padded) for _ in sizes]

@@ -23,12 +23,14 @@ def loss_warmup(epoch: int, warmup: int) -> float:
 
 class FeatureBatch(NamedTuple):
     """What a feature distiller reads besides the logits: the forwards' feature dicts
-    (`models.features`), the batch's dataset indices (``needs_indices``) and its index in the epoch."""
+    (`models.features`), the batch's dataset indices (``needs_indices``), its index in the epoch and
+    the size of the global batch this process has a share of (None: the batch is the global one)."""
 
     student: Dict[str, Any]
     teacher: Dict[str, Any]
     indices: Optional[torch.Tensor] = None
     batch_index: int = 0
+    global_batch_size: Optional[int] = None
 
 
 class Distiller(nn.Module):

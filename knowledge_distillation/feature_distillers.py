@@ -52,6 +52,13 @@ class FeatureDistiller(Distiller):
     def __init__(self, cfg: KDConfig, student: nn.Module, teacher: nn.Module, input_size, **_):
         super().__init__(cfg)
         self.settings = getattr(cfg, self.section)
+        for role, arch, model in (("student", cfg.student.arch, student), ("teacher", cfg.teacher.arch, teacher)):
+            if not hasattr(model, "forward_features"):
+                raise UserError(
+                    f"method={cfg.method} reads the {role}'s features, and {arch} does not return them "
+                    f"(models/features.py lists the models that do: the CIFAR KD zoo, the ImageNet networks, "
+                    f"the digits CNNs); choose one of those as {role}.arch"
+                )
 
     def feature_loss(self, features: FeatureBatch, targets: torch.Tensor, epoch: int) -> torch.Tensor:
         raise NotImplementedError
@@ -152,7 +159,14 @@ class OFD(FeatureDistiller):
         self.connectors = nn.ModuleList(
             ofd_connector(s, t, self.settings.kernel_size) for s, t in zip(s_channels, t_channels)
         )
-        margins = [feature_losses.ofd_margins(bn.weight, bn.bias) for bn in teacher.get_bn_before_relu()]
+        try:
+            pre_relu_norms = teacher.get_bn_before_relu()
+        except NotImplementedError:
+            raise UserError(
+                f"method=ofd reads the margins of the teacher's BatchNorms before its stages' ReLUs, and "
+                f"{cfg.teacher.arch} has none (as in mdistiller); choose another teacher or method"
+            ) from None
+        margins = [feature_losses.ofd_margins(bn.weight, bn.bias) for bn in pre_relu_norms]
         for index, margin in enumerate(margins[-self.stages :]):
             self.register_buffer(f"margin{index}", margin, persistent=False)  # a function of the frozen teacher
 
@@ -256,21 +270,30 @@ class CRD(FeatureDistiller):
 
     def feature_loss(self, features, targets, epoch):
         local = features.indices
-        everyone = distributed.gather_rows(local)
+        world = distributed.world_size()
+        total = features.global_batch_size or len(local)
+        # Every process's share, known on the host (`shard_bounds`: the loaders' one sharding rule).
+        shares = [end - start for start, end in (shard_bounds(total, r, world) for r in range(world))]
+        everyone = distributed.gather_rows(local, shares)
         generator = keyed_generator(self.seed, epoch, features.batch_index, device=local.device)
-        start, end = shard_bounds(len(everyone), distributed.rank(), distributed.world_size())
+        start, end = shard_bounds(total, distributed.rank(), world)
         contrast_indices = self.sampler.draw(everyone, generator)[start:end]
 
         return self.settings.feat_weight * self.crd_loss(
-            features.student["pooled_feat"], features.teacher["pooled_feat"], everyone, contrast_indices
+            features.student["pooled_feat"], features.teacher["pooled_feat"], everyone, contrast_indices, shares
         )
 
-    def crd_loss(self, pooled_s, pooled_t, everyone: torch.Tensor, contrast_indices: torch.Tensor) -> torch.Tensor:
+    def crd_loss(
+        self, pooled_s, pooled_t, everyone: torch.Tensor, contrast_indices: torch.Tensor, shares=None
+    ) -> torch.Tensor:
         """The two NCE losses of this process's samples (unweighted), then the memory update with the
-        global batch ``everyone`` (the dataset indices of every process's samples, in rank order)."""
+        global batch ``everyone`` (the dataset indices of every process's samples, in rank order; their
+        counts ``shares``)."""
         v_s, v_t = self.embed_s(pooled_s), self.embed_t(pooled_t)
         scores_s, scores_t = self.contrast.scores(v_s, v_t, contrast_indices)
-        self.contrast.update(everyone, distributed.gather_rows(v_s.detach()), distributed.gather_rows(v_t.detach()))
+        gathered_s = distributed.gather_rows(v_s.detach(), shares)
+        gathered_t = distributed.gather_rows(v_t.detach(), shares)
+        self.contrast.update(everyone, gathered_s, gathered_t)
         return feature_losses.contrast_loss(scores_s, self.num_data) + feature_losses.contrast_loss(
             scores_t, self.num_data
         )

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine import distributed
+from engine.errors import UserError
 
 Shape = Sequence[int]  # (B, C, H, W) of a feature map
 
@@ -36,7 +37,10 @@ class ConvRegressor(nn.Module):
         elif s_h >= t_h:
             self.conv = nn.Conv2d(s_c, t_c, kernel_size=(1 + s_h - t_h, 1 + s_w - t_w))
         else:
-            raise ValueError(f"FitNet cannot regress a {s_h}x{s_w} student hint onto a {t_h}x{t_w} teacher hint")
+            raise UserError(
+                f"FitNet cannot regress a {s_h}x{s_w} student hint onto a larger {t_h}x{t_w} teacher hint "
+                f"(neither twice nor equal to its size); choose another fitnet.hint_layer"
+            )
         self.bn = nn.BatchNorm2d(t_c)
         self.use_relu = use_relu
 
@@ -148,7 +152,7 @@ class ContrastMemory(nn.Module):
         if not self._fixed:  # the first batch of the run fixes Z, over the whole global batch
             self._fixed = True
             with torch.no_grad():
-                sums = torch.stack([scores_s.sum(), scores_t.sum(), torch.tensor(float(scores_s.numel()))])
+                sums = torch.stack([scores_s.sum(), scores_t.sum(), scores_s.new_tensor(float(scores_s.numel()))])
                 sums = distributed.reduce_sum(sums.double()).float()
                 self.normalizers.copy_(sums[:2] / sums[2] * self.memory_v1.shape[0])
         return scores_s / self.normalizers[0], scores_t / self.normalizers[1]
@@ -168,8 +172,12 @@ class CRDSampler:
 
     Drawn on the device from a generator keyed by (seed, epoch, batch), for the whole global batch
     (every process draws the same and takes its own rows): the draws of a resumed run, and of any
-    number of processes, equal one uninterrupted process's.
+    number of processes, equal one uninterrupted process's. Rows are drawn in chunks whose candidate
+    weights hold at most ``CHUNK_ELEMENTS`` numbers (ImageNet's 1.28 M samples: 13 rows at a time,
+    not a 256 x 1.28 M matrix); CIFAR's batches are one chunk.
     """
+
+    CHUNK_ELEMENTS = 2**24
 
     def __init__(self, targets: torch.Tensor, k: int, mode: str):
         self.targets, self.k, self.mode = targets.long(), k, mode
@@ -178,6 +186,10 @@ class CRDSampler:
 
     def draw(self, indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         targets = self.targets.to(indices.device)
+        rows = max(1, self.CHUNK_ELEMENTS // len(targets))
+        return torch.cat([self._draw_rows(chunk, targets, generator) for chunk in indices.split(rows)])
+
+    def _draw_rows(self, indices: torch.Tensor, targets: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         own_class = targets[indices]
         negatives = (targets.unsqueeze(0) != own_class.unsqueeze(1)).float()
         chosen = torch.multinomial(negatives, self.k, replacement=self.replacement, generator=generator)

@@ -248,7 +248,13 @@ def train_one_epoch(
             logits_student, features_student = student_net(images)
             prior_rows = prior.rows(targets) if distiller.uses_prior else None
             features = (
-                FeatureBatch(features_student, features_teacher, indices, batch_index)
+                FeatureBatch(
+                    features_student,
+                    features_teacher,
+                    indices,
+                    batch_index,
+                    global_sizes[batch_index] if global_sizes else None,
+                )
                 if distiller.needs_features
                 else None
             )

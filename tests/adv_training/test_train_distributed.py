@@ -124,8 +124,9 @@ def test_ikl_at_with_two_processes_equals_one_process(exact_runs):
     assert [m["epoch"] for m in metrics(exact_runs / "two")] == [1, 2]
 
 
-@pytest.mark.slow
-def test_ikl_kd_with_two_processes_equals_one_process(tmp_path):
+def kd_one_and_two_processes(tmp_path, *extra):
+    """The same 2-epoch digits distillation (a seeded, untrained digits_cnn teacher; the student without
+    BatchNorm, so that two processes' forwards are one process's) by one process and by two."""
     torch.manual_seed(0)
     from engine.file_io import atomic_save
     from models import build_model
@@ -137,14 +138,18 @@ def test_ikl_kd_with_two_processes_equals_one_process(tmp_path):
         "epochs=2",
         "student.arch=digits_cnn_plain",
         f"teacher.checkpoint={teacher}",
-        "ikl.class_prior=true",
         "device=cpu",
         f"out_dir={tmp_path}",
+        *extra,
     ]
-    one = launch("knowledge_distillation.train", [*args, "name=one"], 1)
-    assert one.returncode == 0, one.stderr
-    two = launch("knowledge_distillation.train", [*args, "name=two"], 2)
-    assert two.returncode == 0, two.stderr
+    for name, nproc in (("one", 1), ("two", 2)):
+        done = launch("knowledge_distillation.train", [*args, f"name={name}"], nproc)
+        assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+def test_ikl_kd_with_two_processes_equals_one_process(tmp_path):
+    kd_one_and_two_processes(tmp_path, "ikl.class_prior=true")
     assert_same_run(
         tmp_path / "one",
         tmp_path / "two",
@@ -158,27 +163,7 @@ def test_crd_with_two_processes_equals_one_process_memory_bank_included(tmp_path
     """CRD's embeddings (trained with the student, averaged by DDP) and its memory bank (every process
     applies the whole global batch's update) end as one process's; digits_cnn_plain has no BatchNorm,
     so the two processes' forwards are one process's."""
-    torch.manual_seed(0)
-    from engine.file_io import atomic_save
-    from models import build_model
-
-    teacher = atomic_save(build_model("digits_cnn", 10).state_dict(), tmp_path / "teacher.pt")
-    args = [
-        "--config",
-        KD_DIGITS,
-        "epochs=2",
-        "method=crd",
-        "crd.nce_k=64",
-        "student.arch=digits_cnn_plain",
-        f"teacher.checkpoint={teacher}",
-        "teacher.report_accuracy=false",
-        "device=cpu",
-        f"out_dir={tmp_path}",
-    ]
-    one = launch("knowledge_distillation.train", [*args, "name=one"], 1)
-    assert one.returncode == 0, one.stderr
-    two = launch("knowledge_distillation.train", [*args, "name=two"], 2)
-    assert two.returncode == 0, two.stderr
+    kd_one_and_two_processes(tmp_path, "method=crd", "crd.nce_k=64", "teacher.report_accuracy=false")
     assert_same_run(tmp_path / "one", tmp_path / "two", ("model", "distiller"), ("train_loss", "train_loss_kd"))
     memory = load_file(tmp_path / "two" / "last.pt")["distiller"]["contrast.memory_v1"]
     assert memory.shape[0] == 1347  # one row per training image

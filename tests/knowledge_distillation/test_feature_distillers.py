@@ -374,3 +374,29 @@ def test_nst_and_fitnet_by_hand():
     f_t = torch.tensor([[[[1.0, 1.0]]]], dtype=torch.float64)  # -> (1, 1) / sqrt 2
     assert float(feature_losses.nst_loss([f_s], [f_t])) == pytest.approx(1 + 1 - 2 * 0.5, rel=1e-12)
     assert float(feature_losses.hint_loss(f_s, f_t)) == pytest.approx((4 + 1) / 2, rel=1e-12)
+
+
+def test_models_a_distiller_cannot_read_are_one_clear_message():
+    from engine.errors import UserError
+
+    student, _ = pair_models()
+    cfg = config("at", "teacher.arch=PreActResNet18")
+    with pytest.raises(UserError, match="PreActResNet18 does not return them"):
+        build_distiller(cfg, student, build_model("PreActResNet18", 100), input_size=(3, 32, 32))
+    shuffle = build_model("ShuffleV1", 100)
+    with pytest.raises(UserError, match="ShuffleV1 has none"):
+        build_distiller(config("ofd", "teacher.arch=ShuffleV1"), student, shuffle, input_size=(3, 32, 32))
+    with pytest.raises(UserError, match="past the last feature"):
+        build_distiller(config("fitnet", "fitnet.hint_layer=9"), student, shuffle, input_size=(3, 32, 32))
+
+
+def test_crd_sampler_draws_in_chunks_as_in_one(monkeypatch):
+    targets = torch.arange(60) % 6
+    indices = torch.tensor([0, 7, 14, 21, 28, 35, 42])
+    sampler = CRDSampler(targets, k=5, mode="exact")
+    whole = sampler.draw(indices, torch.Generator().manual_seed(2))
+    monkeypatch.setattr(CRDSampler, "CHUNK_ELEMENTS", 120)  # two rows per chunk
+    chunked = sampler.draw(indices, torch.Generator().manual_seed(2))
+    assert chunked.shape == whole.shape == (7, 6) and chunked[:, 0].tolist() == indices.tolist()
+    for row, index in zip(chunked, indices):
+        assert (targets[row[1:]] != targets[index]).all() and len(set(row[1:].tolist())) == 5
