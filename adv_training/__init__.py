@@ -1,1 +1,1 @@
-"""Adversarial training with IKL (IKL-AT) and its baselines (TRADES, TRADES+AWP, PGD-AT, MART, standard training)."""
+"""Adversarial training with IKL (IKL-AT) and its baselines (TRADES, TRADES+AWP, PGD-AT, AT-AWP, MART, standard training)."""

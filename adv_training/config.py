@@ -24,6 +24,7 @@ from engine.config import (
     require_increasing,
     section,
 )
+from models.preprocess import MEAN_STD
 from models.registry import require_model
 
 from .paper_rows import PAPER_ROWS, PaperRow
@@ -41,6 +42,20 @@ class DataConfig:
     )
     augment: Literal["none", "basic", "autoaug", "cutout"] = knob(
         "basic", "basic = crop+flip; autoaug/cutout add a second, augmented view per image; none = as stored"
+    )
+    padding_mode: Literal["constant", "reflect"] = knob(
+        "constant",
+        "how the CIFAR crop pads the image by 4 pixels: constant = zeros (RandomCrop(32, padding=4)); "
+        "reflect = mirrored without repeating the edge (np.pad/torchvision 'reflect': csdongxian/AWP's "
+        "CIFAR-10 AT script). The real training set's loader only (not generated.path, not data.loader=device)",
+    )
+    rotate_degrees: float = knob(
+        0.0,
+        "after crop and flip, rotate every real training image by an angle uniform in [-d, d] degrees, "
+        "nearest neighbour, zero fill (torchvision's RandomRotation(d): csdongxian/AWP's CIFAR-100 AT "
+        "script, 15); 0 = none. As generated.rotate_degrees, for the real training set's loader (not "
+        "generated.path, whose loader has its own, not data.loader=device)",
+        valid=Range(0, 180),
     )
     aug_weight: float = knob(
         1.0,
@@ -68,7 +83,8 @@ class DataConfig:
         "auto",
         "device: the whole CIFAR training set on the device as uint8, shuffled, cropped and flipped there a "
         "batch at a time (RandomCrop(32, padding=4) + flip's distribution, no workers; augment basic or none, no "
-        "generated data); workers: DataLoader worker processes; auto: device on CUDA where it applies, else workers",
+        "generated data, default padding_mode and rotate_degrees); workers: DataLoader worker processes; auto: "
+        "device on CUDA where it applies, else workers",
         changes_result=False,
     )
 
@@ -114,6 +130,13 @@ class ModelConfig:
     widen_factor: Optional[int] = knob(
         None, "width of the generic `WideResNet` arch (null = the architecture's own)", valid=Range(1, 64)
     )
+    preprocess: Literal["01", "meanstd"] = knob(
+        "01",
+        "input normalisation inside the model (attacks stay in [0, 1] pixels): 01 = none; meanstd = "
+        "(x - mean) / std with the CIFAR statistics of csdongxian/AWP's AT scripts (models.MEAN_STD). "
+        "Checkpoints stay plain architecture state dicts: AutoAttack's eval.py reads it from the run "
+        "folder, or takes --preprocess meanstd for a checkpoint file",
+    )
 
     def build_kwargs(self) -> dict:
         return {k: v for k, v in (("depth", self.depth), ("widen_factor", self.widen_factor)) if v is not None}
@@ -127,7 +150,12 @@ class IKLConfig:
         1.0, "exponent on the class-prior weights (GKL uses 0.4 on CIFAR-100, 0.2 on CIFAR-10)", valid=NON_NEGATIVE
     )
     temperature: float = knob(1.0, "temperature of the IKL soft-label CE term", valid=POSITIVE)
-    prior_temperature: float = knob(4.0, "temperature of the softmax averaged into the class prior", valid=POSITIVE)
+    prior_temperature: float = knob(
+        4.0,
+        "temperature of the softmax averaged into the class prior, which each epoch replaces: the authors' "
+        "DKLv1 --m (prior momentum) at its default 1, which none of their launchers changes",
+        valid=POSITIVE,
+    )
 
 
 @dataclass
@@ -139,6 +167,21 @@ class TradesConfig:
 class MARTConfig:
     beta: float = knob(
         6.0, "weight of MART's misclassification-aware KL term (lambda; MART's own default 6)", valid=NON_NEGATIVE
+    )
+
+
+@dataclass
+class LBGATConfig:
+    beta: float = knob(
+        6.0,
+        "weight of LBGAT's TRADES term KL(robust(x) || robust(x_adv)) (jiequancui/LBGAT --beta: 6 = LBGAT6, "
+        "0 = LBGAT0)",
+        valid=NON_NEGATIVE,
+    )
+    natural_arch: str = knob(
+        "ResNet18_cifar",
+        "the natural classifier trained beside the robust model (LBGAT's -teacher_model); saved in last.pt "
+        "as 'companion', never exported or evaluated",
     )
 
 
@@ -246,6 +289,9 @@ class OptimConfig:
     warmup_epochs: int = knob(0, "linear warmup epochs: lr*e/w for e < w", valid=NON_NEGATIVE)
     milestones: List[int] = knob([100, 150], "epochs at which the step schedule multiplies lr by decay", valid=Range(1))
     decay: float = knob(0.1, "step schedule factor", valid=Range(0, 1, low_open=True))
+    first_epoch_lr: Optional[float] = knob(
+        None, "the learning rate of epoch 1 alone (LBGAT's warm-up: 0.02); null = the schedule's", valid=POSITIVE
+    )
 
 
 @dataclass
@@ -283,7 +329,7 @@ class ATConfig(RunConfig):
     method: str = knob(
         "ikl",
         "training objective, a name in adv_training.methods: ikl (IKL-AT), trades, pgd (Madry PGD-AT), "
-        "mart, or standard (clean CE, no attack)",
+        "mart, lbgat (Cui et al. 2021), or standard (clean CE, no attack)",
     )
     epochs: int = knob(200, "training epochs", valid=EPOCHS)
     precision: Literal["fp32", "tf32", "bf16"] = knob(
@@ -327,6 +373,7 @@ class ATConfig(RunConfig):
     ikl: IKLConfig = section(IKLConfig, "IKL-AT loss (method=ikl)")
     trades: TradesConfig = section(TradesConfig, "TRADES loss (method=trades)")
     mart: MARTConfig = section(MARTConfig, "MART loss (method=mart)")
+    lbgat: LBGATConfig = section(LBGATConfig, "LBGAT loss and its natural classifier (method=lbgat)")
     attack: AttackConfig = section(AttackConfig, "inner maximisation during training")
     awp: AWPConfig = section(AWPConfig, "adversarial weight perturbation")
     ema: EMAConfig = section(EMAConfig, "weight averaging during training (every iteration)")
@@ -338,6 +385,8 @@ class ATConfig(RunConfig):
         """What involves several knobs (each knob's own range is checked from its declaration)."""
         super().validate()
         require_model("model.arch", self.model.arch, self.data.dataset, self.model.build_kwargs())
+        if self.method == "lbgat":
+            require_model("lbgat.natural_arch", self.lbgat.natural_arch, self.data.dataset, {})
         require_increasing("optim.milestones", self.optim.milestones)
         if self.attack.norm == "linf":
             for key, eps in (("attack.epsilon", self.attack.epsilon), ("eval.epsilon", self.eval.epsilon)):
@@ -402,6 +451,36 @@ class ATConfig(RunConfig):
                 "config key 'generated.rotate_degrees' acts on the mixing loader only: set "
                 "generated.path, or generated.rotate_degrees=0"
             )
+        if self.model.preprocess == "meanstd" and self.data.dataset not in MEAN_STD:
+            raise ConfigError(
+                f"config key 'model.preprocess' is meanstd, which has statistics for {', '.join(MEAN_STD)} only, "
+                f"got data.dataset={self.data.dataset}: use model.preprocess=01"
+            )
+        crop_knobs = {
+            key: default
+            for key, default, changed in (
+                ("data.padding_mode", "constant", self.data.padding_mode != "constant"),
+                ("data.rotate_degrees", 0, self.data.rotate_degrees > 0),
+            )
+            if changed
+        }
+        if crop_knobs:
+            if self.data.dataset not in ("cifar10", "cifar100"):
+                why = f"data.dataset is {self.data.dataset}, not CIFAR"
+            elif self.data.augment == "none":
+                why = "data.augment is none (nothing is cropped)"
+            elif self.generated.path:
+                why = "generated.path mixes its own crops in (generated.rotate_degrees rotates those)"
+            elif self.data.loader == "device":
+                why = "data.loader is device, whose crops pad with zeros and never rotate (use data.loader=auto)"
+            else:
+                why = None
+            if why is not None:
+                key = next(iter(crop_knobs))
+                raise ConfigError(
+                    f"config key '{key}' acts on the crops of the real CIFAR training set's loader, but {why}; "
+                    f"or drop it: " + ", ".join(f"{name}={default}" for name, default in crop_knobs.items())
+                )
         if self.data.loader == "device" and (
             self.data.dataset not in ("cifar10", "cifar100") or self.data.augment not in ("basic", "none")
         ):

@@ -5,7 +5,8 @@
 Writes FILE.pt, the weights of the run folder's epoch average (``swa``), EMA (``ema``), best
 (``best``) or last epoch (``last``; the default is AutoAttack's eval.py default: the epoch
 average, else the EMA, else best.pt), and FILE.json, the model card: architecture with the
-RobustBench constructor that loads the file strictly, dataset, threat model and epsilon, clean
+RobustBench constructor that loads the file strictly, dataset, the input normalisation the weights
+expect (``preprocess``: the run's model.preprocess, 01 = none), threat model and epsilon, clean
 and AutoAttack accuracy with the files they come from (the newest AutoAttack report in the
 run folder for exactly these weights, matched by sha256; else the last epoch's monitored
 numbers, said so), the resolved config, the seed and the git commit of the run.
@@ -68,6 +69,8 @@ def model_card(
         "architecture": arch,
         "robustbench_model": constructor,
         "dataset": dataset,
+        # model.preprocess: meanstd weights expect (x - mean) / std (models.MEAN_STD) in front of the network
+        "preprocess": (config.get("model") or {}).get("preprocess", "01"),
         "threat_model": {"linf": "Linf", "l2": "L2"}.get(norm, norm),
         "eps": epsilon,
         "eps_over_255": round(epsilon * 255, 4) if isinstance(epsilon, (int, float)) else None,

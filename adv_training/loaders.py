@@ -33,7 +33,7 @@ class Loaders:
 
 def uses_device_loader(cfg: ATConfig, device: torch.device) -> bool:
     """data.loader resolved: device when asked, or for auto on CUDA where it applies (CIFAR,
-    augment basic or none, no generated data)."""
+    augment basic or none, no generated data, zero-padded crops without rotation)."""
     if cfg.data.loader != "auto":
         return cfg.data.loader == "device"
     return (
@@ -41,6 +41,8 @@ def uses_device_loader(cfg: ATConfig, device: torch.device) -> bool:
         and not cfg.generated.path
         and cfg.data.dataset in ("cifar10", "cifar100")
         and cfg.data.augment in ("basic", "none")
+        and cfg.data.padding_mode == "constant"  # its crops pad with zeros and never rotate
+        and cfg.data.rotate_degrees == 0
     )
 
 
@@ -53,6 +55,8 @@ def build_loaders(cfg: ATConfig, device: torch.device) -> Loaders:
         augment=cfg.data.augment,
         download=cfg.data.download,
         verify_checksum=cfg.data.verify_checksum,
+        padding_mode=cfg.data.padding_mode,
+        rotate_degrees=cfg.data.rotate_degrees,
     )
     test_set = data_lib.first_examples(
         data_lib.build_test_set(

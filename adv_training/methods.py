@@ -8,6 +8,9 @@ A method holds everything that differs between training objectives:
 * ``forwards_natural``: whether its training loss also sees the clean images;
 * ``uses_prior`` and ``prior_temperature``: whether it reads, and updates, the class prior
   (IKL's global weights), and the temperature of the softmax that prior averages;
+* ``companion_arch``: the architecture of a second network it trains beside the model (LBGAT's
+  natural classifier; None for the others), which the trainer builds, forwards on the clean
+  images in train mode, optimises in a second parameter group and keeps in last.pt;
 * `Method.attack_objective`: what PGD maximises;
 * `Method.natural_loss` and `Method.robust_loss`: the two parts of its training loss.
 
@@ -33,6 +36,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from engine.config import ConfigError
 from engine.registry import Registry
 from losses import ikl_loss, trades_kl_loss
 
@@ -101,6 +105,7 @@ class Method:
     forwards_natural = True
     uses_prior = False
     prior_temperature = 1.0  # the temperature of the softmax the class prior averages
+    companion_arch: Optional[str] = None
 
     def __init__(self, cfg: ATConfig):
         self.aug_weight = cfg.data.aug_weight
@@ -135,10 +140,12 @@ class Method:
         basic_size: int,
         *,
         split_views: bool = True,
+        logits_companion: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, Dict[str, Optional[torch.Tensor]]]:
         """The loss to minimise and its parts (detached), from the logits of the trainer's two
-        forwards (``logits_nat`` None for a method that does not forward the clean images) and
-        the batch's class-prior rows (None for a method that uses no prior).
+        forwards (``logits_nat`` None for a method that does not forward the clean images), the
+        batch's class-prior rows (None for a method that uses no prior) and the companion
+        network's logits of the clean images (only for a method with ``companion_arch``).
 
         ``split_views=False`` is AWP's proxy loss: on dual-view batches, one robust term over
         both views instead of basic + aug_weight * augmented (the same on single-view batches).
@@ -278,3 +285,53 @@ class MART(Method):
         kl = (log_p_nat.exp() * (log_p_nat - log_p_adv)).sum(dim=1)
         p_nat_true = log_p_nat.exp().gather(1, targets[:, None]).squeeze(1)
         return bce + self.beta * (kl * (1 - p_nat_true)).mean()
+
+
+@register("lbgat")
+class LBGAT(Method):
+    r"""LBGAT (Cui et al., ICCV 2021): a natural classifier :math:`g` is trained beside the robust model
+    :math:`f`, and guides :math:`f`'s adversarial logits towards its own clean logits:
+
+    .. math::
+
+        \underbrace{\mathrm{CE}(g(x), y)}_{\text{natural}}
+        + \underbrace{\tfrac{1}{BC} \| f(x') - g(x) \|_2^2
+        + \beta\, \mathrm{KL}\big(\mathrm{softmax}(f(x)) \,\|\, \mathrm{softmax}(f(x'))\big)}_{\text{robust}}
+
+    with the mean squared error over the B x C logits and the KL a batch mean, gradients through
+    every term into both networks (jiequancui/LBGAT ``lbgat.py``: nothing is detached), x' TRADES'
+    attack on :math:`f` alone. :math:`g` (``lbgat.natural_arch``) runs in train mode throughout and
+    is never evaluated. beta = 0 is the authors' LBGAT0, 6 their LBGAT6.
+    """
+
+    attack_needs_natural_logits = True
+
+    def __init__(self, cfg: ATConfig):
+        super().__init__(cfg)
+        self.beta = cfg.lbgat.beta
+        self.companion_arch = cfg.lbgat.natural_arch
+        if cfg.data.augment in ("autoaug", "cutout"):
+            raise ConfigError(
+                f"method lbgat takes one view of each image, and data.augment is {cfg.data.augment} (two views); "
+                "use data.augment=basic"
+            )
+        if cfg.awp.enabled:
+            raise ConfigError(
+                "method lbgat runs without AWP (LBGAT-AWP's recipe is not published): set awp.enabled=false"
+            )
+
+    def attack_objective(self, logits_natural, targets, prior_rows):
+        return kl_objective(logits_natural)
+
+    def loss(self, logits_adv, logits_nat, targets, prior_rows, basic_size, *, split_views=True, logits_companion=None):
+        if logits_companion is None:
+            raise ValueError("LBGAT's loss needs the natural classifier's logits (logits_companion)")
+        natural = F.cross_entropy(logits_companion, targets)
+        robust = F.mse_loss(logits_adv, logits_companion) + self.beta * trades_kl_loss(logits_adv, logits_nat)
+        parts = {
+            "natural": natural.detach(),
+            "robust": robust.detach(),
+            "logits_adv": logits_adv.detach(),
+            "logits_nat": logits_nat.detach(),
+        }
+        return natural + robust, parts

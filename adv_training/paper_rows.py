@@ -17,8 +17,19 @@ NEURIPS = "Cui et al., NeurIPS 2024"
 DKLV1_LOG = "the authors' AutoAttack log DKLv1/Adv-training-dkl/auto_attacks/logs/{}"
 
 
+AWP_README = "csdongxian/AWP auto_attacks/README.md"
+
+
 def _ikl(clean: float, autoattack: float) -> Dict[str, Dict[str, float]]:
     return {"ikl": {"clean": clean, "autoattack": autoattack}}
+
+
+def _pgd(clean: float, autoattack: float) -> Dict[str, Dict[str, float]]:
+    return {"pgd": {"clean": clean, "autoattack": autoattack}}
+
+
+def _trades(clean: float, autoattack: float) -> Dict[str, Dict[str, float]]:
+    return {"trades": {"clean": clean, "autoattack": autoattack}}
 
 
 PAPER_ROWS: Dict[str, PaperRow] = {
@@ -37,5 +48,30 @@ PAPER_ROWS: Dict[str, PaperRow] = {
     ),
     "cifar100_ikl_50m": PaperRow(
         "DKLv1 README (IKL-AT, WRN-28-10, CIFAR-100 + 50M generated images)", _ikl(73.85, 39.18)
+    ),
+    "cifar10_at_awp": PaperRow(
+        f"{AWP_README}, AT-AWP, WRN-34-10, CIFAR-10 Linf (its AutoAttack log "
+        "log_AT-AWP_cifar10_linf_wrn34-10.txt says 86.23 clean)",
+        _pgd(85.36, 53.97),
+    ),
+    "cifar100_at_awp": PaperRow(
+        f"{AWP_README} and its log log_AT-AWP_cifar100_linf_wrn34-10.txt, AT-AWP, WRN-34-10, CIFAR-100 "
+        "Linf; the row the DKL READMEs and the NeurIPS Table 2 cite as AWP",
+        _pgd(60.38, 28.86),
+    ),
+    "cifar10_trades_awp": PaperRow(
+        f"{AWP_README} and its log log_TRADES-AWP_cifar10_linf_WRN34-10.txt, TRADES-AWP, WRN-34-10, "
+        "CIFAR-10 Linf; the row the DKL READMEs cite as AWP on CIFAR-10",
+        _trades(85.36, 56.17),
+    ),
+    "cifar100_lbgat": PaperRow(
+        "jiequancui/DKL DKLv1/Adv-training-dkl/README.md CIFAR-100 table, LBGAT, WRN-34-10 (as the NeurIPS "
+        "tables cite it; LBGAT's README: 60.64 / 29.33 for LBGAT6 at eps 0.031, 62.31 / 30.44 for LBGAT-AWP)",
+        {"lbgat": {"clean": 62.31, "autoattack": 29.33}},
+    ),
+    "cifar10_lbgat": PaperRow(
+        "jiequancui/DKL DKLv1/Adv-training-dkl/README.md CIFAR-10 table, LBGAT, WRN-34-20 (LBGAT's README: "
+        "LBGAT0, AutoAttack at eps 0.031)",
+        {"lbgat": {"clean": 88.70, "autoattack": 53.57}},
     ),
 }

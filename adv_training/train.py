@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from engine import data as data_lib
+from engine.batchnorm_groups import group_batch_norm
 from engine.cli import config_main
 from engine.data import DeviceBatches, as_float_images
 from engine.distributed import (
@@ -33,6 +34,7 @@ from engine.distributed import (
     is_main_process,
     log,
     unwrap,
+    world_size,
     wrap_model,
 )
 from engine.ema import EpochAverage, ModelEMA
@@ -50,7 +52,7 @@ from engine.runtime import (
 )
 from engine.schedule import learning_rate, momentum
 from losses import ClassPrior
-from models import build_model
+from models import attach_preprocessing, build_model
 
 from .attacks import attack_budget, natural_logits, pgd
 from .awp import AdversarialWeightPerturbation
@@ -105,13 +107,21 @@ class BatchLoss:
     device: torch.device
     precision: str
     share: Optional[float]
+    companion: Optional[torch.nn.Module] = None  # the method's second network (LBGAT), on the clean images
 
     def __call__(self, forward, split_views: bool = True):
         with autocast(self.device, self.precision):
             logits_adv = forward(self.x_adv)
             logits_nat = forward(self.x_natural) if self.method.forwards_natural else None
+            logits_companion = self.companion(self.x_natural) if self.companion is not None else None
             loss, parts = self.method.loss(
-                logits_adv, logits_nat, self.targets, self.prior_rows, self.basic_size, split_views=split_views
+                logits_adv,
+                logits_nat,
+                self.targets,
+                self.prior_rows,
+                self.basic_size,
+                split_views=split_views,
+                logits_companion=logits_companion,
             )
         return (loss if self.share is None else loss * self.share), {**parts, "loss": loss.detach()}
 
@@ -132,9 +142,11 @@ def train_one_epoch(
     awp: Optional[AdversarialWeightPerturbation],
     device: torch.device,
     attack_model: Optional[torch.nn.Module] = None,
+    companion: Optional[torch.nn.Module] = None,
 ) -> Dict[str, float]:
     """One epoch over ``loader``. ``model`` makes the training forwards (the module, or it under
-    DDP and/or torch.compile); attacks use ``attack_model`` (default: the plain module)."""
+    DDP and/or torch.compile); attacks use ``attack_model`` (default: the plain module);
+    ``companion`` is the method's second network (its training forward), if it has one."""
     network, model = model, unwrap(model)  # the training forwards go through DDP; attacks use the module
     attacked = attack_model if attack_model is not None else model
     full_size = None
@@ -180,9 +192,15 @@ def train_one_epoch(
                 )
 
         train_net.train()
+        companion_net = None
+        if companion is not None:
+            companion_net = companion if targets.numel() == full_size else eager(companion)
+            companion_net.train()
 
         share = global_batch_share(targets.numel(), global_sizes[batch_index]) if global_sizes else None
-        batch_loss = BatchLoss(method, x_natural, x_adv, targets, prior_rows, basic_size, device, precision, share)
+        batch_loss = BatchLoss(
+            method, x_natural, x_adv, targets, prior_rows, basic_size, device, precision, share, companion_net
+        )
         perturbation = awp.compute(batch_loss.awp_proxy) if use_awp else None
         with awp.perturbed(perturbation) if use_awp else contextlib.nullcontext():
             loss, parts = batch_loss(train_net)
@@ -257,11 +275,22 @@ def train(cfg: ATConfig) -> Dict[str, object]:
 
     method = build_method(cfg)
     model = build_model(cfg.model.arch, num_classes, dataset=cfg.data.dataset, **cfg.model.build_kwargs()).to(device)
+    attach_preprocessing(model, cfg.model.preprocess, cfg.data.dataset)  # state dict unchanged; deep copies keep it
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = sync_batch_norm(model, cfg.sync_bn, device)
+    group_batch_norm(model, cfg.batchnorm_groups, world_size())  # before AWP's proxy and the EMA copy it
+    groups = weight_decay_groups(model, cfg.optim.weight_decay, cfg.optim.batchnorm_weight_decay)
+    companion = None
+    if method.companion_arch:  # LBGAT's natural classifier: one optimiser, its parameters a group of their own
+        companion = build_model(method.companion_arch, num_classes, dataset=cfg.data.dataset).to(device)
+        if cfg.channels_last:
+            companion = companion.to(memory_format=torch.channels_last)
+        companion = sync_batch_norm(companion, cfg.sync_bn, device)
+        group_batch_norm(companion, cfg.batchnorm_groups, world_size())
+        groups += weight_decay_groups(companion, cfg.optim.weight_decay, cfg.optim.batchnorm_weight_decay)
     optimizer = sgd(
-        weight_decay_groups(model, cfg.optim.weight_decay, cfg.optim.batchnorm_weight_decay),
+        groups,
         lr=cfg.optim.lr,
         momentum=cfg.optim.momentum,
         nesterov=cfg.optim.nesterov,
@@ -294,7 +323,8 @@ def train(cfg: ATConfig) -> Dict[str, object]:
         device=device,
         model=model,
         optimizer=optimizer,
-        states={"prior": prior, "ema": ema, "awp": awp, "swa": swa},  # besides model and optimizer
+        # besides model and optimizer; "companion" is None (and absent from older files) without one
+        states={"prior": prior, "ema": ema, "awp": awp, "swa": swa, "companion": companion},
         best={"robust_acc": -1.0, "epoch": 0},
         optimizer_implementation=cfg.optim.implementation,
         describe=f"model.arch={cfg.model.arch} with {cfg.data.dataset}",
@@ -337,6 +367,7 @@ def train(cfg: ATConfig) -> Dict[str, object]:
     network = wrap_model(model, device)  # the training forwards average their gradients across processes
     train_forward = compile_model(network, cfg.compile)
     attack_forward = train_forward if network is model else compile_model(model, cfg.compile)
+    companion_forward = compile_model(wrap_model(companion, device), cfg.compile) if companion is not None else None
     try:
         for epoch in range(run.start_epoch, cfg.epochs + 1):
             started = time.perf_counter()
@@ -348,6 +379,7 @@ def train(cfg: ATConfig) -> Dict[str, object]:
                 warmup_epochs=cfg.optim.warmup_epochs,
                 milestones=cfg.optim.milestones,
                 decay=cfg.optim.decay,
+                first_epoch_lr=cfg.optim.first_epoch_lr,
             )
             sgd_momentum = momentum(
                 epoch, base_momentum=cfg.optim.momentum, epochs=cfg.epochs, schedule=cfg.optim.schedule
@@ -370,12 +402,13 @@ def train(cfg: ATConfig) -> Dict[str, object]:
                     awp,
                     device,
                     attack_model=attack_forward,
+                    companion=companion_forward,
                 ),
             }
             if cfg.compile:
                 metrics["compile_seconds"] = compile_seconds() - compiling_since
             prior.step()
-            for module in (model, ema.module if ema is not None else None):
+            for module in (model, ema.module if ema is not None else None, companion):
                 if module is not None:
                     broadcast_buffers_(module)  # one model on every process: evaluated, averaged and saved alike
             if swa is not None and cfg.swa.start <= epoch <= swa_end:

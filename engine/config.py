@@ -442,6 +442,13 @@ class RunConfig:
         "several processes: BatchNorm statistics over the global batch (CUDA only); "
         "false = per process, as the reference's DataParallel",
     )
+    batchnorm_groups: int = knob(
+        1,
+        "BatchNorm groups per global batch, as the authors' nn.DataParallel on that many GPUs: each training "
+        "forward normalises the batch in that many torch.chunk pieces, the running statistics those of the "
+        "first (engine/batchnorm_groups.py); a multiple of the process count, or 1 = one group per process",
+        valid=Range(1, 1024),
+    )
     dist_timeout: float = knob(
         1800.0,
         "several processes: seconds a collective waits for the others before the run "
@@ -478,6 +485,12 @@ class RunConfig:
             require_choice("paper_row", self.paper_row, sorted(self.PAPER_ROWS))
         require_device("device", self.device)
         require_not_both_compile_and_sync_bn(self.compile, self.sync_bn)
+        if self.sync_bn and self.batchnorm_groups > 1:
+            raise ConfigError(
+                f"config keys 'sync_bn' (true) and 'batchnorm_groups' ({self.batchnorm_groups}) contradict each "
+                "other: SyncBatchNorm normalises over the global batch, batchnorm_groups over chunks of it; "
+                "use one of them"
+            )
 
     def run_name(self) -> str:
         """The run folder's name under out_dir (``name``, else one the task builds from its settings)."""

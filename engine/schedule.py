@@ -1,7 +1,7 @@
 """Learning-rate (and momentum) schedules as pure functions of the (1-based) epoch."""
 
 import math
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 # Wang et al.'s ``cosinew`` (DM-Improves-AT, core/utils/train.py): torch's OneCycleLR with
 # pct_start 0.025 over the epochs, stepped once per epoch, with OneCycleLR's defaults.
@@ -41,6 +41,7 @@ def learning_rate(
     warmup_epochs: int = 0,
     milestones: Sequence[int] = (),
     decay: float = 0.1,
+    first_epoch_lr: Optional[float] = None,
 ) -> float:
     """The learning rate of ``epoch`` (1, 2, ..., epochs), set once at the start of the epoch.
 
@@ -54,8 +55,12 @@ def learning_rate(
     * ``cosinew`` (Wang et al.'s generated-data runs): torch's OneCycleLR stepped once per
       epoch (epoch e is step e - 1 of ``epochs``): a cosine rise from ``base_lr / 25`` to
       ``base_lr`` at step ``0.025 * epochs - 1`` (epoch 10 of 400), then a cosine fall to
-      ``base_lr / 25 / 1e4`` at the last epoch; `momentum` cycles with it. No extra warm-up.
+      ``base_lr / 25 / 1e4`` at the last epoch; `momentum` cycles with it. No extra warm-up;
+    * ``first_epoch_lr``, when given, is the rate of epoch 1 alone, whatever the schedule (LBGAT's
+      one-epoch warm-up: 0.02, then 0.1).
     """
+    if first_epoch_lr is not None and epoch == 1:
+        return first_epoch_lr
     if schedule == "cosinew":
         start = base_lr / ONE_CYCLE_DIV_FACTOR
         return _one_cycle(epoch - 1, epochs, (start, base_lr, start / ONE_CYCLE_FINAL_DIV_FACTOR))

@@ -103,7 +103,10 @@ class IKLLossConfig:
     )
     gamma: float = knob(1.0, "exponent on the wMSE weights", valid=NON_NEGATIVE)
     class_prior: bool = knob(
-        False, "weights = previous epoch's class-wise mean of softmax(teacher / T2), else per sample"
+        False,
+        "weights = previous epoch's class-wise mean of softmax(teacher / T2), else per sample; the rows are "
+        "replaced every epoch, with no momentum (DKLv2's KD code has none; DKLv1 adversarial training's --m "
+        "defaults to 1, which is this)",
     )
     warmup: int = knob(20, "the IKL term ramps linearly to full weight over this many epochs", valid=NON_NEGATIVE)
 

@@ -3,7 +3,8 @@
 Per row: where it was published, and per method the student's top-1 (percent). These are the
 authors' numbers, not runs of this code; `experiments.report` prints them beside the measured ones.
 One row per pair and source: ``kd_<dataset>_<pair>`` is the NeurIPS 2024 paper's (IKL-KD, DKD,
-KD); the feature distillers' rows (``..._repdistiller``, ``..._reviewkd``, ``..._at``, ``..._ofd``)
+KD); ``kd_imagenet_<pair>_gkl`` the authors' DKLv2 README's GKL-KD (method ikl, its only number);
+the feature distillers' rows (``..._repdistiller``, ``..._reviewkd``, ``..._at``, ``..._ofd``)
 each hold what one other text publishes for that pair, and that text is the row's source.
 """
 
@@ -40,6 +41,8 @@ _REVIEWKD_IMAGENET = (
     "jiequancui/DKL DKLv1/KD-dkl/README.md, ImageNet tables, ReviewKD rows (as dvlab-research/ReviewKD "
     "ImageNet/README.md, 'Results'; student top-1)"
 )
+# GKL-KD (the authors' DKLv2, their "Generalized Kullback-Leibler Divergence Loss"): ImageNet only.
+_GKL_IMAGENET = "jiequancui/DKL DKLv2/KD-dkl/README.md, ImageNet tables, GKL-KD rows (student top-1)"
 _AT_IMAGENET = (
     "szagoruyko/attention-transfer README.md, ImageNet 'Pretrained model' table: ResNet-18-ResNet-34-AT "
     "val error 29.3 (top-1 = 100 - error; its own ResNet-34 teacher)"
@@ -79,6 +82,8 @@ PAPER_ROWS: Dict[str, PaperRow] = {
     "kd_cifar100_wrn40_2_shuv1": PaperRow(_CIFAR, _top1(77.19, 76.70, 74.83)),
     "kd_imagenet_r34_r18": PaperRow(_IMAGENET, _top1(71.91, 71.70, 71.03)),
     "kd_imagenet_r50_mv1": PaperRow(_IMAGENET, _top1(72.84, 72.05, 70.50)),
+    "kd_imagenet_r34_r18_gkl": PaperRow(_GKL_IMAGENET, {"ikl": {"top1": 71.91}}),
+    "kd_imagenet_r50_mv1_gkl": PaperRow(_GKL_IMAGENET, {"ikl": {"top1": 72.92}}),
     # FitNet, AT, SP, VID, RKD, PKT, NST, CRD
     "kd_cifar100_res32x4_res8x4_repdistiller": PaperRow(
         _REPDISTILLER_SAME, _repdistiller(73.50, 73.44, 72.94, 73.09, 71.90, 73.64, 73.30, 75.51)

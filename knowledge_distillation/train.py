@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from engine import data as data_lib
 from engine import runtime
+from engine.batchnorm_groups import group_batch_norm
 from engine.cli import config_main
 from engine.distributed import (
     broadcast_buffers_,
@@ -355,6 +356,10 @@ def train(cfg: KDConfig) -> Dict[str, object]:
         if teacher is not None:
             teacher = teacher.to(memory_format=torch.channels_last)
     student = sync_batch_norm(student, cfg.sync_bn, device)
+    # The authors' DataParallel splits every forward of the whole distiller (OFD's teacher runs in train mode).
+    for module in (student, distiller, teacher):
+        if module is not None:
+            group_batch_norm(module, cfg.batchnorm_groups, world_size())
     groups = weight_decay_groups(student, cfg.optim.weight_decay)
     if list(distiller.parameters()):  # connectors and the like, with the student's weight decay (mdistiller)
         groups.append({"params": list(distiller.parameters()), "weight_decay": cfg.optim.weight_decay})

@@ -21,6 +21,7 @@ from . import small_cnn  # noqa: F401
 from engine.file_io import UnsafeCheckpointError
 
 from .features import FEATURE_KEYS, feature_shapes
+from .preprocess import MEAN_STD, Normalize, attach_preprocessing, attached_preprocessing, preprocessing
 from .weights import CheckpointError, CheckpointMismatchError, load_weights
 from .registry import available_models, build_model, register_model
 
@@ -28,10 +29,15 @@ __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
     "FEATURE_KEYS",
+    "MEAN_STD",
+    "Normalize",
     "UnsafeCheckpointError",
+    "attach_preprocessing",
+    "attached_preprocessing",
     "available_models",
     "build_model",
     "feature_shapes",
     "load_weights",
+    "preprocessing",
     "register_model",
 ]

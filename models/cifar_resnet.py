@@ -173,15 +173,15 @@ class CifarResNetV2(nn.Module):
     = the last BN (``bn2``/``bn3``) of each stage's last block.
     """
 
-    def __init__(self, block, num_blocks, num_classes: int = 100):
+    def __init__(self, block, num_blocks, num_classes: int = 100, strides=(1, 2, 2, 2)):
         super().__init__()
         self.in_planes = 64
         self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
-        self.layer1 = self._make_layer(block, 64, num_blocks[0], 1)
-        self.layer2 = self._make_layer(block, 128, num_blocks[1], 2)
-        self.layer3 = self._make_layer(block, 256, num_blocks[2], 2)
-        self.layer4 = self._make_layer(block, 512, num_blocks[3], 2)
+        self.layer1 = self._make_layer(block, 64, num_blocks[0], strides[0])
+        self.layer2 = self._make_layer(block, 128, num_blocks[1], strides[1])
+        self.layer3 = self._make_layer(block, 256, num_blocks[2], strides[2])
+        self.layer4 = self._make_layer(block, 512, num_blocks[3], strides[3])
         self.linear = nn.Linear(512 * block.expansion, num_classes)
         init_he_fan_out(self, zero_linear_bias=False)
 
@@ -251,3 +251,10 @@ def resnet18_cifar(num_classes=100):
 @register_model("ResNet50", family="cifar-kd", default_num_classes=100, checkpoints=_TEACHER.format("ResNet50"))
 def resnet50_cifar(num_classes=100):
     return CifarResNetV2(BottleneckV2, (3, 4, 6, 3), num_classes)
+
+
+@register_model("ResNet18_cifar", family="cifar-at", default_num_classes=10)
+def resnet18_lbgat(num_classes=10):
+    """LBGAT's natural classifier (jiequancui/LBGAT ``models/resnetcifar.py``): ResNet-18 whose second
+    stage keeps the resolution (strides 1, 1, 2, 2: 32, 32, 16, 8), pooled over the last 8x8 map."""
+    return CifarResNetV2(BasicBlockV2, (2, 2, 2, 2), num_classes, strides=(1, 1, 2, 2))

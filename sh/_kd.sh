@@ -15,7 +15,7 @@ kd_launch() {
     local known_pairs=() feature_methods=() method="" pairs=() overrides=() arg file name
     for file in "$configs"/*.yaml; do
         name="$(basename "$file" .yaml)"
-        [[ "$name" == base ]] || known_pairs+=("$name")
+        [[ "$name" == base || "$name" == *_gkl ]] || known_pairs+=("$name")  # PAIR_gkl: a setting of PAIR
     done
     for file in "$configs"/*/; do
         name="$(basename "$file")"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CIFAR-100 distillation, one method on every teacher/student pair of the paper's tables, or on the
-# pairs named as arguments (names of configs/knowledge_distillation/cifar100/*.yaml):
+# pairs named as arguments (names of configs/knowledge_distillation/cifar100/*.yaml but *_gkl.yaml):
 #   bash sh/kd_cifar100.sh reviewkd                             # all 11 pairs, one after another
 #   bash sh/kd_cifar100.sh crd res32x4_res8x4 vgg13_mv2 seed=1  # two pairs, with an override
 #   bash sh/kd_cifar100.sh dkd res32x4_res8x4                   # a logit method on one pair

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Paper: IKL-KD on CIFAR-100, every teacher/student pair of the paper's tables, or only the
-# pairs named as arguments (names of configs/knowledge_distillation/cifar100/*.yaml):
+# pairs named as arguments (names of configs/knowledge_distillation/cifar100/*.yaml but *_gkl.yaml):
 #   bash sh/kd_cifar100_ikl.sh                                  # all 11 pairs, one after another
 #   bash sh/kd_cifar100_ikl.sh res32x4_res8x4 vgg13_mv2 seed=1  # two pairs, with an override
 #   bash sh/kd_cifar100_ikl.sh res32x4_res8x4 method=dkd     # the same pair with DKD
@@ -24,12 +24,12 @@ done
 if [[ ${#pairs[@]} -eq 0 ]]; then
     for file in "$CONFIGS"/*.yaml; do
         name="$(basename "$file" .yaml)"
-        [[ "$name" == base ]] || pairs+=("$name")
+        [[ "$name" == base || "$name" == *_gkl ]] || pairs+=("$name")  # PAIR_gkl: sh/kd_cifar100_gkl.sh
     done
 fi
 for pair in "${pairs[@]}"; do
-    if [[ ! -f "$CONFIGS/$pair.yaml" ]]; then
-        echo "error: no pair '$pair'; choose from: $(cd "$CONFIGS" && ls *.yaml | sed 's/\.yaml$//' | grep -v '^base$' | tr '\n' ' ')" >&2
+    if [[ ! -f "$CONFIGS/$pair.yaml" || "$pair" == base || "$pair" == *_gkl ]]; then
+        echo "error: no pair '$pair'; choose from: $(cd "$CONFIGS" && ls *.yaml | sed 's/\.yaml$//' | grep -v -e '^base$' -e '_gkl$' | tr '\n' ' ')" >&2
         exit 2
     fi
 done

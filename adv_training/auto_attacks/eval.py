@@ -67,46 +67,13 @@ from engine.runtime import (  # noqa: E402
     resolve_device,
     restore_rng_state,
 )
-from models import build_model, load_weights  # noqa: E402
+from models import build_model, load_weights, preprocessing  # noqa: E402  (preprocessing: the authors' --preprocess)
 
-# The statistics of the authors' eval.py for --preprocess meanstd.
-MEAN_STD = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
-    "cifar100": (
-        (0.5070751592371323, 0.48654887331495095, 0.4409178433670343),
-        (0.2673342858792401, 0.2564384629170883, 0.27615047132568404),
-    ),
-}
 DATASETS = {"CIFAR10": "cifar10", "CIFAR100": "cifar100", "digits": "digits"}  # digits: the quickstart
 DEFAULT_ARCH = "WideResNet34"  # the authors' default
 
 
 # --- the model -------------------------------------------------------------------------------
-
-
-class Normalize(nn.Module):
-    """(x - mean) / std per channel, in front of a model that expects normalised images."""
-
-    def __init__(self, mean, std):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
-
-    def forward(self, x):
-        return (x - self.mean) / self.std
-
-
-def preprocessing(name: str, dataset: str) -> nn.Module:
-    """The authors' --preprocess: ``01`` images as they are, ``meanstd`` CIFAR statistics, ``+-1`` 2x - 1."""
-    if name == "01":
-        return nn.Identity()
-    if name == "meanstd":
-        if dataset not in MEAN_STD:
-            raise UserError(f"--preprocess meanstd has no statistics for {dataset}; use --preprocess 01")
-        return Normalize(*MEAN_STD[dataset])
-    if name == "+-1":
-        return Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-    raise UserError(f"unknown --preprocess {name!r}; choose 01, meanstd or +-1")
 
 
 @dataclass
@@ -119,6 +86,7 @@ class Target:
     build_kwargs: dict
     run_dir: Optional[Path] = None
     which: Optional[str] = None
+    preprocess: str = "01"  # the normalisation in front of the network (--preprocess)
 
 
 def file_target(
@@ -128,12 +96,13 @@ def file_target(
     data: Optional[str] = None,
     depth: Optional[int] = None,
     widen_factor: Optional[int] = None,
+    preprocess: Optional[str] = None,
 ) -> Target:
     """A weights file of the architecture the flags name (the authors' defaults otherwise)."""
     if not path.is_file():
         raise CheckpointNotFoundError(f"no checkpoint file at {path}")
     kwargs = {k: v for k, v in (("depth", depth), ("widen_factor", widen_factor)) if v is not None}
-    return Target(path, arch or DEFAULT_ARCH, DATASETS[data or "CIFAR10"], kwargs)
+    return Target(path, arch or DEFAULT_ARCH, DATASETS[data or "CIFAR10"], kwargs, preprocess=preprocess or "01")
 
 
 def run_target(
@@ -144,10 +113,11 @@ def run_target(
     data: Optional[str] = None,
     depth: Optional[int] = None,
     widen_factor: Optional[int] = None,
+    preprocess: Optional[str] = None,
 ) -> Target:
     """The weights of a training run folder that ``which`` names (else those that stand for the
-    run, `RunFolder.weights`), with the architecture and dataset of its config; flags that
-    contradict the config are refused."""
+    run, `RunFolder.weights`), with the architecture, dataset and input normalisation
+    (``model.preprocess``) of its config; flags that contradict the config are refused."""
     folder = RunFolder(run_dir)
     if not folder.is_run():
         raise UserError(
@@ -160,11 +130,13 @@ def run_target(
     trained_arch = model.get("arch", defaults.model.arch)
     dataset = dataset_config.get("dataset", defaults.data.dataset)
     kwargs = {k: model[k] for k in ("depth", "widen_factor") if model.get(k) is not None}
+    trained_preprocess = model.get("preprocess", defaults.model.preprocess)
     asked = {
         "--arch": (arch, trained_arch),
         "--data": (data and DATASETS[data], dataset),
         "--depth": (depth, kwargs.get("depth")),
         "--widen_factor": (widen_factor, kwargs.get("widen_factor")),
+        "--preprocess": (preprocess, trained_preprocess),
     }
     for flag, (given, trained) in asked.items():
         if given is not None and given != trained:
@@ -173,13 +145,15 @@ def run_target(
                 f"drop {flag} (a run folder's config says what it is)"
             )
     file, which = folder.weights(which)
-    return Target(file, trained_arch, dataset, kwargs, run_dir=run_dir, which=which)
+    return Target(file, trained_arch, dataset, kwargs, run_dir=run_dir, which=which, preprocess=trained_preprocess)
 
 
 def resolve_target(args) -> Target:
     """The weights file and architecture named by the command line."""
     path = Path(args.checkpoint)
-    flags = dict(arch=args.arch, data=args.data, depth=args.depth, widen_factor=args.widen_factor)
+    flags = dict(
+        arch=args.arch, data=args.data, depth=args.depth, widen_factor=args.widen_factor, preprocess=args.preprocess
+    )
     if path.is_dir():
         return run_target(path, args.which, **flags)
     if args.which:
@@ -280,9 +254,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     add(
         "--preprocess",
         choices=["meanstd", "01", "+-1"],
-        default="01",
+        default=None,
         help="normalisation in front of the model: 01 none (zoo models take [0, 1] images), "
-        "meanstd CIFAR mean/std, +-1 maps to [-1, 1]",
+        "meanstd CIFAR mean/std, +-1 maps to [-1, 1]; default 01, or the run folder's model.preprocess",
     )
     add("--norm", choices=["Linf", "L2"], default="Linf", help="threat model")
     add("--epsilon", type=_fraction, default=8 / 255, help="perturbation budget (8/255 is accepted)")
@@ -370,7 +344,7 @@ def evaluate(args, command: str = "eval.py") -> dict:
     target = resolve_target(args)
     device = resolve_device(args.device)
     net = build_network(target)
-    model = nn.Sequential(preprocessing(args.preprocess, target.dataset), net).to(device).float().eval()
+    model = nn.Sequential(preprocessing(target.preprocess, target.dataset), net).to(device).float().eval()
     # Attacks need gradients with respect to the images only; frozen weights skip the rest.
     model.requires_grad_(False)
 
@@ -393,7 +367,7 @@ def evaluate(args, command: str = "eval.py") -> dict:
         **target.build_kwargs,
         "data": target.dataset,
         "n_ex": len(y),
-        "preprocess": args.preprocess,
+        "preprocess": target.preprocess,
         "norm": args.norm,
         "epsilon": args.epsilon,
         "version": args.version,
@@ -408,8 +382,8 @@ def evaluate(args, command: str = "eval.py") -> dict:
             f"run folder {target.run_dir}: evaluating {target.file.name} (--which {target.which}; "
             f"swa, ema, best or last choose another)"
         )
-    if args.preprocess != "01" and any(name in ("mean", "std") for name, _ in net.named_buffers(recurse=False)):
-        log(f"note: {target.arch} normalises its inputs itself; --preprocess {args.preprocess} normalises them twice")
+    if target.preprocess != "01" and any(name in ("mean", "std") for name, _ in net.named_buffers(recurse=False)):
+        log(f"note: {target.arch} normalises its inputs itself; --preprocess {target.preprocess} normalises them twice")
     log(
         f"{target.arch} on {target.dataset} ({len(y)} images), {args.norm} eps {args.epsilon:.5f}, "
         f"{args.version} version: {', '.join(adversary.attacks)}; {adversary.package} on {device}"

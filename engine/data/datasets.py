@@ -246,8 +246,14 @@ def build_train_set(
     download: bool = False,
     verify_checksum: bool = True,
     normalize: bool = False,
+    padding_mode: str = "constant",
+    rotate_degrees: float = 0.0,
 ) -> Dataset:
     """The training split of ``dataset`` under ``root``, with the ``augment`` transform.
+
+    CIFAR's crops pad with ``padding_mode`` (constant or reflect) and are rotated by
+    RandomRotation(``rotate_degrees``) when it is positive (`transforms.training_transform`);
+    other datasets, and augment none, refuse anything but the defaults.
 
     ``verify_checksum=False`` skips only the MD5 check of the official CIFAR files (for
     locally written CIFAR-format data); the files must still all be there. ``normalize=True``
@@ -258,7 +264,12 @@ def build_train_set(
     _check_dataset_name(dataset)
     _check_normalize(dataset, normalize)
     _check_augment(dataset, augment)
-    transform = training_transform(dataset, augment, normalize)
+    try:
+        transform = training_transform(
+            dataset, augment, normalize, padding_mode=padding_mode, rotate_degrees=rotate_degrees
+        )
+    except ValueError as error:
+        raise UserError(str(error)) from None
     return _open_dataset(
         dataset, root, train=True, transform=transform, download=download, verify_checksum=verify_checksum
     )

@@ -2,7 +2,8 @@
 uint8 batches on any device.
 
 Per image (DataLoader workers): ``basic`` is a random 32x32 crop of the 4-pixel zero-padded
-image and a random horizontal flip; ``autoaug`` and ``cutout`` add a second view (another
+image (or reflect-padded, ``padding_mode``) and a random horizontal flip (then, with
+``rotate_degrees``, a RandomRotation); ``autoaug`` and ``cutout`` add a second view (another
 crop/flip, then AutoAugment's CIFAR-10 policy with the reference's grey fill, or one 16x16
 Cutout hole); ImageNet's ``basic`` is RandomResizedCrop(224) and a flip, its test transform
 Resize(256) and CenterCrop(224). With ``normalize``, normalisation is the last step of every
@@ -77,10 +78,18 @@ class TwoViews:
         return f"{type(self).__name__}(basic={self.basic!r}, augmented={self.augmented!r})"
 
 
-def _crop_flip() -> list:
+PADDING_MODES = ("constant", "reflect")
+
+
+def _crop_flip(padding_mode: str = "constant", rotate_degrees: float = 0.0) -> list:
+    """RandomCrop(32, padding=4, padding_mode) and RandomHorizontalFlip, then RandomRotation(degrees)
+    (nearest neighbour, zero fill) when ``rotate_degrees`` > 0."""
     from torchvision import transforms  # on first use (module docstring)
 
-    return [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]
+    steps = [transforms.RandomCrop(32, padding=4, padding_mode=padding_mode), transforms.RandomHorizontalFlip()]
+    if rotate_degrees > 0:
+        steps.append(transforms.RandomRotation(rotate_degrees))
+    return steps
 
 
 def tensor_steps(dataset: str, normalize: bool) -> list:
@@ -125,7 +134,22 @@ def autoaugment_cifar() -> Callable:
     return transforms.AutoAugment(transforms.AutoAugmentPolicy.CIFAR10, fill=AUTOAUGMENT_FILL)
 
 
-def training_transform(dataset: str, augment: str, normalize: bool) -> Callable:
+def training_transform(
+    dataset: str, augment: str, normalize: bool, *, padding_mode: str = "constant", rotate_degrees: float = 0.0
+) -> Callable:
+    """The training transform. CIFAR's crops pad by 4 pixels with ``padding_mode`` (constant: zeros;
+    reflect: mirrored, without repeating the edge) and, with ``rotate_degrees`` > 0, are then
+    rotated by RandomRotation(rotate_degrees), in every view; other datasets take the defaults only."""
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    if not 0 <= rotate_degrees <= 180:
+        raise ValueError(f"rotate_degrees must lie in [0, 180], got {rotate_degrees}")
+    if (padding_mode != "constant" or rotate_degrees > 0) and (
+        dataset not in ("cifar10", "cifar100") or augment == "none"
+    ):
+        raise ValueError(
+            f"padding_mode and rotate_degrees act on CIFAR's crops; {dataset} with augment {augment!r} has none"
+        )
     if augment == "none" or dataset == "digits":
         return evaluation_transform(dataset, normalize)
     from torchvision import transforms  # on first use (module docstring)
@@ -133,15 +157,19 @@ def training_transform(dataset: str, augment: str, normalize: bool) -> Callable:
     to_tensor = tensor_steps(dataset, normalize)
     if dataset == "imagenet":
         return transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), *to_tensor])
-    basic = transforms.Compose([*_crop_flip(), *to_tensor])
+
+    def crop_flip() -> list:
+        return _crop_flip(padding_mode, rotate_degrees)
+
+    basic = transforms.Compose([*crop_flip(), *to_tensor])
     if augment == "basic":
         return basic
     if augment == "autoaug":
         policy = autoaugment_cifar()
-        augmented = transforms.Compose([*_crop_flip(), policy, *to_tensor])
+        augmented = transforms.Compose([*crop_flip(), policy, *to_tensor])
     else:
         # The hole is cut before normalising, so it is black whether or not one normalises.
-        augmented = transforms.Compose([*_crop_flip(), transforms.ToTensor(), Cutout(16), *to_tensor[1:]])
+        augmented = transforms.Compose([*crop_flip(), transforms.ToTensor(), Cutout(16), *to_tensor[1:]])
     return TwoViews(basic, augmented)
 
 

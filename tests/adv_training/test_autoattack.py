@@ -269,6 +269,19 @@ def test_a_run_folder_contradicting_the_command_line_is_refused(tmp_path, capsys
     assert "--data cifar10 contradicts the run folder" in capsys.readouterr().err
 
 
+def test_a_run_folder_brings_its_input_normalisation(tmp_path, capsys):
+    from adv_training.auto_attacks.eval import file_target, run_target
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("model: {arch: WideResNet34_10, preprocess: meanstd}\ndata: {dataset: cifar10}\n")
+    (run / "best.pt").touch()
+    assert run_target(run).preprocess == "meanstd" and run_target(run, preprocess="meanstd").preprocess == "meanstd"
+    assert file_target(run / "best.pt").preprocess == "01"  # a file: the flag, default 01
+    assert main(["--checkpoint", str(run), "--preprocess", "01", "--log_path", str(tmp_path / "x.log")]) == 2
+    assert "--preprocess 01 contradicts the run folder" in capsys.readouterr().err
+
+
 class CountingAdversary:
     """Wraps Adversary.__call__: counts the batches and can stop the run like Ctrl-C after N of them."""
 

@@ -60,6 +60,7 @@ def dual_view_batch():
 
 def method(name, **overrides):
     cfg = ATConfig(method=name)
+    cfg.awp.enabled = name != "lbgat"  # LBGAT refuses AWP (its AWP recipe is not published)
     for key, value in overrides.items():
         section, knob = key.split(".")
         setattr(getattr(cfg, section), knob, value)
@@ -67,12 +68,13 @@ def method(name, **overrides):
 
 
 def test_the_registry_holds_every_method_and_the_config_accepts_exactly_those():
-    assert available_methods() == ["ikl", "mart", "pgd", "standard", "trades"]
+    assert available_methods() == ["ikl", "lbgat", "mart", "pgd", "standard", "trades"]
     for name in available_methods():
         assert load_config(ATConfig, None, [f"method={name}"]).method == name
         assert type(method(name)) is METHODS[name] and METHODS[name].name == name
     with pytest.raises(
-        ConfigError, match="'method' must be one of ikl, mart, pgd, standard, trades, got 'ilk'; did you mean 'ikl'"
+        ConfigError,
+        match="'method' must be one of ikl, lbgat, mart, pgd, standard, trades, got 'ilk'; did you mean 'ikl'",
     ):
         build_method(load_config(ATConfig, None, ["method=ilk"]))  # the registry lookup raises the config error
 
@@ -88,7 +90,9 @@ def test_flags_say_what_each_method_needs():
         "pgd": (True, False, False, False),
         "mart": (True, False, True, False),
         "standard": (False, False, False, False),
+        "lbgat": (True, True, True, False),
     }
+    assert method("lbgat").companion_arch == "ResNet18_cifar" and method("ikl").companion_arch is None
     assert method("ikl", **{"ikl.prior_temperature": 2.5}).prior_temperature == 2.5
 
 

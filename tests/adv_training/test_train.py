@@ -297,6 +297,7 @@ DKLV1_RECIPE = {
     "method": "ikl",
     "epochs": 200,
     "seed": 0,
+    "batchnorm_groups": 4,  # their #SBATCH --gres=gpu:4 and nn.DataParallel
     "model.arch": "WideResNet34_10",
     "model.depth": None,
     "model.widen_factor": None,
@@ -437,8 +438,13 @@ def test_released_model_configs_resolve_to_their_log_names(config, run):
 
 
 def test_launchers_are_exactly_the_listed_ones():
-    # the generated-data launchers are checked in test_train_generated.py
-    shipped = {path.name for path in (ROOT / "sh").glob("train_*.sh") if not path.name.endswith("_generated.sh")}
+    # the generated-data launchers are checked in test_train_generated.py, the AWP ones in test_awp_recipes.py,
+    # the LBGAT ones in test_lbgat.py
+    shipped = {
+        path.name
+        for path in (ROOT / "sh").glob("train_*.sh")
+        if not path.name.endswith("_generated.sh") and "_awp_" not in path.name and "_lbgat_" not in path.name
+    }
     assert shipped == set(LAUNCHERS)
 
 

@@ -124,6 +124,40 @@ def test_ikl_at_with_two_processes_equals_one_process(exact_runs):
     assert [m["epoch"] for m in metrics(exact_runs / "two")] == [1, 2]
 
 
+@pytest.mark.slow
+def test_four_batchnorm_groups_train_one_model_on_one_two_and_four_processes(tmp_path):
+    """The authors' 4-GPU DataParallel BatchNorm (batchnorm_groups=4), in a model with BatchNorm:
+    one process with 4 groups trains what 4 processes of one group each train, weights and running
+    statistics, over 2 epochs of TRADES (and the EMA); AWP's proxy step too, with 2 processes of 2
+    groups. Plain BatchNorm on one process trains another model.
+
+    The long run leaves AWP off, and uses TRADES rather than IKL: on this tiny problem AWP's
+    per-layer rescaling, and IKL's soft-label term (whose gradient is zero here up to rounding, as
+    x_adv = x), turn last-bit differences of the kernels into 1e-4..1e-2 within a few steps (an lr
+    changed by 1e-7 moves AWP's weights by 1e-2), so AWP is compared over one step."""
+    grouped = ("model.arch=digits_cnn", "batchnorm_groups=4", "method=trades", "awp.enabled=false", *EXACT)
+    for nproc in (1, 4):
+        result = launch("adv_training.train", at_args(tmp_path, f"groups_p{nproc}", *grouped), nproc)
+        assert result.returncode == 0, result.stderr
+    keys = ("train_loss", "train_loss_natural", "train_loss_robust", "train_adv_acc")
+    assert_same_run(tmp_path / "groups_p1", tmp_path / "groups_p4", ("model", "ema", "swa"), keys)
+    plain = launch("adv_training.train", at_args(tmp_path, "plain", *grouped, "batchnorm_groups=1"), 1)
+    assert plain.returncode == 0, plain.stderr
+    a, b = load_file(tmp_path / "groups_p1" / "last.pt")["model"], load_file(tmp_path / "plain" / "last.pt")["model"]
+    assert not torch.allclose(a["bn1.running_var"], b["bn1.running_var"], rtol=1e-2)
+
+    one_step = (*grouped, "awp.enabled=true", "epochs=1", "data.batch_size=1344", "data.drop_last=true")
+    for nproc in (1, 2):
+        result = launch("adv_training.train", at_args(tmp_path, f"awp_p{nproc}", *one_step), nproc)
+        assert result.returncode == 0, result.stderr
+    a, b = load_file(tmp_path / "awp_p1" / "last.pt")["model"], load_file(tmp_path / "awp_p2" / "last.pt")["model"]
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-3, atol=1e-4, msg=name)
+
+    refused = launch("adv_training.train", at_args(tmp_path, "three", "batchnorm_groups=3", *EXACT), 2)
+    assert refused.returncode != 0 and "batchnorm_groups=3 cannot be split over 2 processes" in refused.stderr
+
+
 def kd_one_and_two_processes(tmp_path, *extra):
     """The same 2-epoch digits distillation (a seeded, untrained digits_cnn teacher; the student without
     BatchNorm, so that two processes' forwards are one process's) by one process and by two."""

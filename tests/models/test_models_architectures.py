@@ -53,6 +53,7 @@ PARAMS = {
     ("wrn-28-10-swish", "cifar-at"): 36_479_194,
     ("wrn-70-16-swish", "cifar-at"): 266_796_506,
     ("PreActResNet18", "cifar-at"): 11_172_170,
+    ("ResNet18_cifar", "cifar-at"): 11_173_962,  # LBGAT's models/resnetcifar.py, 10 classes
     ("ResNet18", "imagenet"): 11_689_512,
     ("ResNet34", "imagenet"): 21_797_672,
     ("ResNet50", "imagenet"): 25_557_032,

@@ -8,6 +8,7 @@ from models.registry import entries, resolve
 
 AT_NAMES = {
     "WideResNet34_10",
+    "ResNet18_cifar",
     "WideResNet34",
     "WideResNet28",
     "WideResNet34_20",

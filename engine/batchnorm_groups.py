@@ -1,0 +1,118 @@
+r"""BatchNorm as the authors' ``nn.DataParallel`` computes it, on any number of processes.
+
+The authors train on G GPUs with DataParallel: every forward splits the batch into G chunks
+(``torch.chunk``: ``ceil(B / G)`` rows each, the last one smaller), each replica normalises its
+chunk with that chunk's own mean and variance, and the outputs are joined in order. The
+replica on the first GPU shares the module's buffers, so the running statistics are those
+of the first chunk alone; the other replicas' updates are thrown away.
+
+``batchnorm_groups = G`` reproduces that on P processes (G a multiple of P): every process
+splits its share of the global batch (process r holds rows r*B/P ... of it, `shard_bounds`)
+into G / P chunks the same way, and the trainers' per-batch `broadcast_buffers_` gives every
+process rank 0's running statistics, which are then those of the global batch's first chunk.
+The chunks equal DataParallel's whenever the process shares and the chunks line up, which
+they do when the global batch divides by G (CIFAR's 50,000 images in batches of 128 end with
+a batch of 80); otherwise only on one process. G = 1 keeps one group per process (plain
+BatchNorm, or SyncBatchNorm with ``sync_bn``).
+
+For a training forward in train mode that is, per chunk :math:`c` of a BatchNorm input,
+
+.. math::
+
+    y_c = \frac{x_c - \mu_c}{\sqrt{\sigma^2_c + \epsilon}}\, w + b, \qquad
+    \hat\mu \leftarrow (1 - m)\, \hat\mu + m\, \mu_1, \quad
+    \hat\sigma^2 \leftarrow (1 - m)\, \hat\sigma^2 + m\, \tfrac{n_1}{n_1 - 1} \sigma^2_1
+
+(biased variance inside, unbiased in the running estimate, as torch's BatchNorm). Evaluation
+mode is untouched. The layers keep their class's parameters, buffers and state-dict keys
+(`group_batch_norm` changes the class of the existing modules in place), so checkpoints,
+optimisers and copies (AWP's proxy, the EMA) are those of plain BatchNorm.
+"""
+
+from typing import Dict, Type
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .config import ConfigError
+
+
+class _GroupedBatchNormMixin:
+    """``forward`` of a BatchNorm class whose training forwards normalise ``groups`` chunks."""
+
+    groups: int = 1
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.groups <= 1:
+            return super().forward(input)
+        chunks = input.chunk(self.groups)
+        # The first chunk goes through BatchNorm itself, which updates the running statistics
+        # (and num_batches_tracked) as DataParallel's first replica does; the others are
+        # normalised with their own statistics and update nothing.
+        first = super().forward(chunks[0])
+        others = [F.batch_norm(chunk, None, None, self.weight, self.bias, True, 0.0, self.eps) for chunk in chunks[1:]]
+        return torch.cat([first, *others]) if others else first
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, groups={self.groups}"
+
+
+class GroupedBatchNorm1d(_GroupedBatchNormMixin, nn.BatchNorm1d):
+    pass
+
+
+class GroupedBatchNorm2d(_GroupedBatchNormMixin, nn.BatchNorm2d):
+    pass
+
+
+class GroupedBatchNorm3d(_GroupedBatchNormMixin, nn.BatchNorm3d):
+    pass
+
+
+_GROUPED: Dict[Type[nn.Module], Type[nn.Module]] = {
+    nn.BatchNorm1d: GroupedBatchNorm1d,
+    nn.BatchNorm2d: GroupedBatchNorm2d,
+    nn.BatchNorm3d: GroupedBatchNorm3d,
+}
+
+
+def groups_per_process(groups: int, world_size: int) -> int:
+    """How many chunks each of ``world_size`` processes splits its batch into for ``groups``
+    BatchNorm groups per global batch; a `ConfigError` when the processes cannot hold them."""
+    if groups < 1:
+        raise ConfigError(f"config key 'batchnorm_groups' must be at least 1, got {groups}")
+    if groups == 1:
+        return 1
+    if groups % world_size:
+        raise ConfigError(
+            f"batchnorm_groups={groups} cannot be split over {world_size} processes: use a multiple of "
+            f"{world_size} (each process normalises batchnorm_groups / processes chunks of its share), "
+            f"or batchnorm_groups=1 for one group per process"
+        )
+    return groups // world_size
+
+
+def group_batch_norm(module: nn.Module, groups: int, world_size: int = 1) -> nn.Module:
+    """Make every BatchNorm layer of ``module`` normalise its training inputs in the chunks that
+    ``groups`` BatchNorm groups per global batch give each of ``world_size`` processes (see the
+    module docstring). In place (the layers keep their parameters and buffers); returns
+    ``module``. A SyncBatchNorm layer cannot be grouped: sync_bn and batchnorm_groups > 1 are
+    refused by the configs."""
+    per_process = groups_per_process(groups, world_size)
+    if per_process == 1:
+        return module
+    for layer in module.modules():
+        if isinstance(layer, _BatchNorm) and not isinstance(layer, _GroupedBatchNormMixin):
+            grouped = _GROUPED.get(type(layer))
+            if grouped is None:
+                raise ConfigError(
+                    f"batchnorm_groups > 1 cannot group a {type(layer).__name__} layer (only "
+                    "BatchNorm1d/2d/3d); use batchnorm_groups=1"
+                    + (" or sync_bn=false" if isinstance(layer, nn.SyncBatchNorm) else "")
+                )
+            layer.__class__ = grouped
+        if isinstance(layer, _GroupedBatchNormMixin):
+            layer.groups = per_process
+    return module
