@@ -279,7 +279,8 @@ def train(cfg: ATConfig) -> Dict[str, object]:
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = sync_batch_norm(model, cfg.sync_bn, device)
-    group_batch_norm(model, cfg.batchnorm_groups, world_size())  # before AWP's proxy and the EMA copy it
+    views = 2 if cfg.data.augment in ("autoaug", "cutout") else 1  # [basic; augmented] batches
+    group_batch_norm(model, cfg.batchnorm_groups, world_size(), views)  # before AWP's proxy and the EMA copy it
     groups = weight_decay_groups(model, cfg.optim.weight_decay, cfg.optim.batchnorm_weight_decay)
     companion = None
     if method.companion_arch:  # LBGAT's natural classifier: one optimiser, its parameters a group of their own

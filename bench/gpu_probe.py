@@ -205,6 +205,25 @@ def main(argv=None):
                 raise AssertionError(f"{method}: the resumed run differs from the uninterrupted one")
         return f"{len(methods)} distillers bit-equal after 2 epochs (bf16)"
 
+    def comparison_rows():
+        """The comparison rows' new paths on the device in bf16: LBGAT (its natural classifier trained
+        and resumed beside the robust model) with the authors' 4 BatchNorm groups, and AT-AWP with its
+        input normalisation and train-mode attack; each stopped and resumed equals an uninterrupted run."""
+        variants = {
+            "lbgat": ("method=lbgat", "lbgat.natural_arch=ResNet18_cifar", "awp.enabled=false", "batchnorm_groups=4"),
+            "at_awp": ("method=pgd", "model.preprocess=meanstd", "attack.eval_mode=false", "batchnorm_groups=4"),
+        }
+        for name, options in variants.items():
+            options = (*options, "precision=bf16", deterministic)
+            whole = at_run(f"{name}_whole", *options)
+            at_run(f"{name}_split", *options, "stop_after=1")
+            split = at_run(f"{name}_split", *options, "resume=true")
+            a = torch.load(RunFolder(whole).last, map_location="cpu", weights_only=True)
+            b = torch.load(RunFolder(split).last, map_location="cpu", weights_only=True)
+            if not same_bits(a["model"], b["model"]) or not same_bits(a["companion"] or {}, b["companion"] or {}):
+                raise AssertionError(f"{name}: the resumed run differs from the uninterrupted one")
+        return "LBGAT (with its natural ResNet18_cifar) and AT-AWP bit-equal after 2 epochs (bf16, 4 BN groups)"
+
     def resume_kd():
         whole = kd_run("kd_whole", deterministic)
         kd_run("kd_split", deterministic, "stop_after=1")
@@ -336,6 +355,11 @@ def main(argv=None):
             "feature distillers: each on the device in bf16, stopped and resumed, equals uninterrupted",
             False,
             feature_distillers,
+        ),
+        (
+            "comparison rows: LBGAT and AT-AWP in bf16 with 4 BatchNorm groups, stopped and resumed, equal uninterrupted",
+            False,
+            comparison_rows,
         ),
         ("determinism: two deterministic IKL-AT runs give the same bits", False, determinism),
         ("syncs: only the progress read and the totals make the host wait, in IKL-AT and IKL-KD", True, host_syncs),

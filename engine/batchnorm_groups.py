@@ -8,8 +8,11 @@ of the first chunk alone; the other replicas' updates are thrown away.
 
 ``batchnorm_groups = G`` reproduces that on P processes (G a multiple of P): every process
 splits its share of the global batch (process r holds rows r*B/P ... of it, `shard_bounds`)
-into G / P chunks the same way, and the trainers' per-batch `broadcast_buffers_` gives every
-process rank 0's running statistics, which are then those of the global batch's first chunk.
+into G / P chunks the same way, and the trainers' `broadcast_buffers_` (adversarial training's
+before each batch, distillation's at the end of each epoch) gives every process rank 0's running
+statistics, which are those of the global batch's first chunk. Adversarial training's dual-view
+batches ([basic; augmented], as the authors concatenate them) need every process chunk to lie in
+one view: on several processes G must be a multiple of 2P.
 The chunks equal DataParallel's whenever the process shares and the chunks line up, which
 they do when the global batch divides by G (CIFAR's 50,000 images in batches of 128 end with
 a batch of 80); otherwise only on one process. G = 1 keeps one group per process (plain
@@ -78,13 +81,27 @@ _GROUPED: Dict[Type[nn.Module], Type[nn.Module]] = {
 }
 
 
-def groups_per_process(groups: int, world_size: int) -> int:
+def groups_per_process(groups: int, world_size: int, views: int = 1) -> int:
     """How many chunks each of ``world_size`` processes splits its batch into for ``groups``
-    BatchNorm groups per global batch; a `ConfigError` when the processes cannot hold them."""
+    BatchNorm groups per global batch; a `ConfigError` when the processes cannot hold them.
+
+    With ``views`` views per image (adversarial training's dual-view augmentation) DataParallel
+    chunks the global batch [basic; augmented]; a process holds its share of each view, so on
+    several processes each of its chunks must lie within one view: groups a multiple of
+    ``world_size * views``."""
     if groups < 1:
         raise ConfigError(f"config key 'batchnorm_groups' must be at least 1, got {groups}")
     if groups == 1:
         return 1
+    if world_size > 1 and views > 1 and groups % (world_size * views) == 0:
+        return groups // world_size
+    if world_size > 1 and views > 1:
+        raise ConfigError(
+            f"batchnorm_groups={groups} with {views} views of every image cannot be split over {world_size} "
+            f"processes as DataParallel splits them: each process holds its share of every view, so each group "
+            f"must lie within one view (a multiple of {world_size * views} groups); use fewer processes "
+            f"(NPROC={max(1, groups // views)} or 1), or batchnorm_groups=1"
+        )
     if groups % world_size:
         raise ConfigError(
             f"batchnorm_groups={groups} cannot be split over {world_size} processes: use a multiple of "
@@ -94,13 +111,13 @@ def groups_per_process(groups: int, world_size: int) -> int:
     return groups // world_size
 
 
-def group_batch_norm(module: nn.Module, groups: int, world_size: int = 1) -> nn.Module:
+def group_batch_norm(module: nn.Module, groups: int, world_size: int = 1, views: int = 1) -> nn.Module:
     """Make every BatchNorm layer of ``module`` normalise its training inputs in the chunks that
     ``groups`` BatchNorm groups per global batch give each of ``world_size`` processes (see the
     module docstring). In place (the layers keep their parameters and buffers); returns
     ``module``. A SyncBatchNorm layer cannot be grouped: sync_bn and batchnorm_groups > 1 are
     refused by the configs."""
-    per_process = groups_per_process(groups, world_size)
+    per_process = groups_per_process(groups, world_size, views)
     if per_process == 1:
         return module
     for layer in module.modules():

@@ -181,7 +181,13 @@ def resume_training_state(
         raise UserError(
             f"{path} does not fit {describe}: {str(error).splitlines()[0]}; resume with the config the run was started with"
         ) from None
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except ValueError as error:  # other parameter groups or sizes: another model or method than the run's
+        raise UserError(
+            f"{path}: its optimizer state does not fit this run ({error}); resume with the config the run was "
+            f"started with"
+        ) from None
     for name, obj in states.items():
         if obj is None:
             continue
@@ -197,9 +203,9 @@ def resume_training_state(
             )
         try:
             obj.load_state_dict(state[name])
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:  # RuntimeError: an nn.Module's strict load
             raise UserError(
-                f"{path}: its {name} state does not fit this run ({error}); resume with the settings "
+                f"{path}: its {name} state does not fit this run ({str(error).splitlines()[0]}); resume with the settings "
                 f"the run was started with, or start a new run"
             ) from None
     per_rank = state.get("rng_per_rank")

@@ -105,7 +105,7 @@ def digits_lbgat(out_dir, name, *extra):
 
 
 @pytest.mark.slow
-def test_two_digits_epochs_stopped_and_resumed_equal_an_uninterrupted_run(tmp_path):
+def test_two_digits_epochs_stopped_and_resumed_equal_an_uninterrupted_run(tmp_path, capsys):
     assert main(digits_lbgat(tmp_path, "straight")) == 0
     assert main(digits_lbgat(tmp_path, "split", "stop_after=1")) == 0
     first = load_file(tmp_path / "split" / "last.pt")
@@ -123,6 +123,9 @@ def test_two_digits_epochs_stopped_and_resumed_equal_an_uninterrupted_run(tmp_pa
     assert epochs[1]["train_loss_natural"] < epochs[0]["train_loss_natural"]
     best = load_file(tmp_path / "straight" / "best.pt")
     assert set(best["model"]) == set(build_model("digits_cnn", 10).state_dict())
+    # resuming with another natural classifier is one clear message, not a traceback
+    assert main(digits_lbgat(tmp_path, "split", "resume=true", "lbgat.natural_arch=digits_cnn")) == 2
+    assert "state does not fit this run" in capsys.readouterr().err
 
 
 # jiequancui/LBGAT train_lbgat_cifar100.py (f7f33f0): --batch-size 128, --epochs 100, --weight-decay 2e-4,

@@ -107,6 +107,29 @@ def test_processes_split_the_groups_or_the_config_says_what_to_use():
         groups_per_process(0, 1)
 
 
+@pytest.mark.parametrize("groups, processes", [(4, 1), (4, 2), (8, 2), (8, 4)])
+def test_dual_view_batches_are_chunked_as_dataparallel_chunks_the_global_batch(groups, processes):
+    """DataParallel chunks the global [basic; augmented] batch; process r holds [basic_r; augmented_r].
+    Where the rule admits the split, the processes' chunks are DataParallel's (as row sets), the first
+    of rank 0 its first."""
+    batch = 128
+    basic, augmented = torch.arange(batch), torch.arange(batch, 2 * batch)
+    dataparallel = [set(chunk.tolist()) for chunk in torch.cat([basic, augmented]).chunk(groups)]
+    per_process = groups_per_process(groups, processes, views=2)
+    ours = []
+    for rank in range(processes):
+        share = slice(rank * batch // processes, (rank + 1) * batch // processes)
+        ours += [set(chunk.tolist()) for chunk in torch.cat([basic[share], augmented[share]]).chunk(per_process)]
+    assert sorted(map(sorted, ours)) == sorted(map(sorted, dataparallel))
+    assert ours[0] == dataparallel[0]
+
+
+def test_dual_view_batches_refuse_a_split_that_would_mix_the_views():
+    with pytest.raises(ConfigError, match=r"batchnorm_groups=4 with 2 views .* over 4 processes .* \(NPROC=2 or 1\)"):
+        groups_per_process(4, 4, views=2)
+    assert groups_per_process(4, 1, views=2) == 4  # one process holds the whole [basic; augmented] batch
+
+
 def test_sync_bn_and_groups_are_refused_together():
     from adv_training.config import ATConfig
 
