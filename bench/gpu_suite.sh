@@ -7,7 +7,7 @@
 #                                     #    channels_last + compile, stopped after epoch 1 and resumed
 #   bash bench/gpu_suite.sh steps     # 3. the step benchmarks: bench/at_step.py (WRN-34-10, the authors'
 #                                     #    loop against ours, TF32 and bf16, then compiled), bench/kd_step.py
-#                                     #    (ImageNet pairs), bench/cifar_loader.py
+#                                     #    (ImageNet pairs), bench/cifar_loader.py, bench/batchnorm_groups.py
 #   bash bench/gpu_suite.sh epoch     # 4. one real epoch of WRN-34-10 IKL-AT on 50,000 CIFAR-sized images
 #
 #   OUT_DIR=folder bash bench/gpu_suite.sh PART   # logs go there (default: gpu_results)
@@ -100,14 +100,17 @@ steps)
         AT=(--arch WideResNet --depth 10 --widen-factor 1 --batch-size 16 --iterations 1 --repeats 1)
         KD=(--batch-size 4 --image-size 64 --iterations 1 --repeats 1 --workers 2 --data-images 16 --data-batches 2)
         LOADER=(--images 2000 --workers 0 --repeats 1)
+        BN=(--arch WideResNet --depth 10 --widen-factor 1 --batch-size 16 --iterations 1 --repeats 1)
     else
         AT=(--iterations 3 --repeats 2)
         KD=(--iterations 3 --repeats 2 --workers 16 --data-images 1024 --data-batches 24)
         LOADER=(--repeats 2)
+        BN=(--iterations 3 --repeats 5)
     fi
     run_part at_step 140 "$PYTHON" bench/at_step.py "${AT[@]}" --precisions tf32 bf16 --compile --check-syncs
     run_part kd_step 60 "$PYTHON" bench/kd_step.py "${KD[@]}" --precisions tf32 bf16
     run_part cifar_loader 30 "$PYTHON" bench/cifar_loader.py "${LOADER[@]}"
+    run_part batchnorm_groups 30 "$PYTHON" bench/batchnorm_groups.py "${BN[@]}"
     ;;
 epoch)
     epoch_run() {
