@@ -58,6 +58,15 @@ def gather_objects(obj: Any) -> List[Any]:
     return gathered
 
 
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every process (``obj`` itself when not distributed); every process must call it."""
+    if not is_distributed():
+        return obj
+    holder = [obj if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
 def gather_rows(tensor: torch.Tensor, sizes: Optional[List[int]] = None) -> torch.Tensor:
     """The rows of ``tensor`` of every process, concatenated in rank order (the tensor itself when not
     distributed); the processes' row counts may differ (the shares of a last, smaller batch). Pass

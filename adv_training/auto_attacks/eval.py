@@ -16,6 +16,10 @@ with checkpoint sha256, settings and package versions to the JSON file next to t
 (``logs/x.log`` -> ``logs/x.json``); the adversarial examples to ``--save_dir`` under the
 reference's name (``aa_standard_1_10000_eps_0.03137.pth`` holding ``{"adv_complete": x_adv}``).
 
+Several processes: ``torchrun --nproc_per_node=N -m adv_training.auto_attacks.eval ...`` deals each
+attack's batches to the N processes (nccl on GPUs, one each; gloo on CPUs); the results, the log
+lines and the adversarial examples are one process's exactly, and only rank 0 writes (`resumable`).
+
 Resuming: progress is saved after every attacked batch to ``--state_path`` (default: next
 to the log, ``logs/x.state.pt``); rerunning the same command continues where it stopped
 and ends with the results of an uninterrupted run (see `resumable`). Once finished, a rerun
@@ -57,6 +61,7 @@ from adv_training.config import ATConfig  # noqa: E402
 from engine.cli import command  # noqa: E402
 from engine.data import build_test_set, first_examples  # noqa: E402
 from engine.data import num_classes as data_num_classes  # noqa: E402
+from engine.distributed import init_distributed, is_main_process, shutdown_distributed, world_size  # noqa: E402
 from engine.errors import UserError  # noqa: E402
 from engine.file_io import CheckpointNotFoundError, atomic_save, atomic_write_text, sha256_file, writing  # noqa: E402
 from engine.run_folder import RunFolder  # noqa: E402
@@ -175,14 +180,19 @@ def build_network(target: Target) -> nn.Module:
 
 
 class EvalLog:
-    """Each line to stdout and appended to the log file (append-only, like the authors' logs)."""
+    """Each line to stdout and appended to the log file (append-only, like the authors' logs); under
+    several processes only rank 0 writes (its lines describe the whole evaluation)."""
 
     def __init__(self, path: Path):
         self.path = path
-        with writing(path.parent):
-            path.parent.mkdir(parents=True, exist_ok=True)
+        self.enabled = is_main_process()
+        if self.enabled:
+            with writing(path.parent):
+                path.parent.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, message: str) -> None:
+        if not self.enabled:
+            return
         print(message, flush=True)
         with writing(self.path), open(self.path, "a", encoding="utf-8") as stream:
             stream.write(message + "\n")
@@ -283,6 +293,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     )
     add("--seed", type=int, default=0, help="seed of the attacks (the caller's RNG state is restored afterwards)")
     add(
+        "--dist_timeout",
+        type=float,
+        default=1800.0,
+        help="under torchrun: seconds a process waits for the others at an exchange before the evaluation fails",
+    )
+    add(
         "--state_path",
         type=Path,
         default=None,
@@ -342,7 +358,8 @@ def evaluate(args, command: str = "eval.py") -> dict:
     """The whole evaluation; returns what goes into the JSON file. ``command`` heads the log."""
     log_path, json_path, state_path = results_paths(args)
     target = resolve_target(args)
-    device = resolve_device(args.device)
+    # Under torchrun each process attacks its share of every attack's batches (`resumable`).
+    device = init_distributed(resolve_device(args.device), args.dist_timeout)
     net = build_network(target)
     model = nn.Sequential(preprocessing(target.preprocess, target.dataset), net).to(device).float().eval()
     # Attacks need gradients with respect to the images only; frozen weights skip the rest.
@@ -430,9 +447,10 @@ def evaluate(args, command: str = "eval.py") -> dict:
                 f"{result.robust_acc:.2%} (a non-deterministic model?)"
             )
     adv_file = adversarial_path(args, len(y))
-    if args.individual:
+    main = is_main_process()  # every process holds the same results; rank 0 writes them
+    if main and args.individual:
         atomic_save({name: x_adv for name, x_adv in result.x_adv.items()}, adv_file)
-    else:
+    elif main:
         atomic_save({"adv_complete": result.x_adv[SEQUENTIAL]}, adv_file)
 
     def percent(value: float) -> float:
@@ -468,6 +486,7 @@ def evaluate(args, command: str = "eval.py") -> dict:
         "session_seconds": round(session_seconds, 1),
         "resumed": result.resumed,
         "device": str(device),
+        "processes": world_size(),
         "log_path": str(log_path),
         "state_path": str(state_path),
         "adversarial_examples": str(adv_file),
@@ -476,7 +495,8 @@ def evaluate(args, command: str = "eval.py") -> dict:
     }
     if args.individual:
         report["robust_acc_on_examples_by"] = {name: percent(acc) for name, acc in adv_acc.items()}
-    atomic_write_text(json.dumps(report, indent=2) + "\n", json_path)
+    if main:
+        atomic_write_text(json.dumps(report, indent=2) + "\n", json_path)
     return report
 
 
@@ -489,12 +509,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     # True float32 on GPUs too: PyTorch runs cuDNN convolutions in TF32 unless told otherwise.
     configure_precision("fp32")
+    finished = False
     try:
         evaluate(args, command=" ".join(["eval.py", *argv]))
+        finished = True
     except KeyboardInterrupt:
         print(f"interrupted; rerun the same command to continue from {results_paths(args)[2]}", file=sys.stderr)
         return 130
     finally:
+        shutdown_distributed(all_finished=finished)
         restore_rng_state(rng)
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     return 0

@@ -545,6 +545,19 @@ def test_eval_sh_runs_each_released_model_found_and_says_where_to_get_the_others
         "DKLv1 log cifar100_dkl_a3_b20_T4.log and README)" in result.stdout
     )
     assert "drive.google.com" in result.stdout and "1 of 9 released models evaluated" in result.stdout
+    sharded = subprocess.run(
+        ["bash", "adv_training/auto_attacks/sh/eval.sh"],
+        cwd=ROOT,
+        env={**env, "NPROC": "3"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert [line for line in sharded.stdout.splitlines() if line.startswith("python ")] == [
+        f"python -m torch.distributed.run --standalone --nproc_per_node=3 eval.py --arch wrn-28-10-swish "
+        f"--checkpoint {models}/cifar100_a5_b12_t4_50m.pt --data CIFAR100 --preprocess 01 --data_dir {ROOT / 'data'} "
+        f"--download --log_path logs/cifar100_dkl_a5_b12_T4_50m.log"
+    ]
 
     (models / "cifar100_a5_b12_t4_50m.pt").unlink()
     result = subprocess.run(

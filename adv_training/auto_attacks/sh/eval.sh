@@ -11,7 +11,8 @@
 # quick sanity check (not a result): --version custom --attacks apgd-ce --n_ex 500.
 # Logs and JSON results: adv_training/auto_attacks/logs/. CIFAR is downloaded into DATA_DIR
 # (default: the repository's data/, shared with training) when it is missing.
-# An interrupted run continues where it stopped when the script is run again.
+# An interrupted run continues where it stopped when the script is run again, with any NPROC.
+# NPROC=4 bash sh/eval.sh: each model over 4 processes (torchrun, one GPU each), the result of one.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$HERE/../../sh/_venv.sh"
@@ -36,6 +37,11 @@ RELEASED=(
   "cifar100_gkl_50m.pt|wrn-28-10-swish|CIFAR100|cifar100_gkl_50m|73.65 / 39.37|DKLv2 README (since April 2025)|GKL-AT WRN-28-10, CIFAR-100 + 50M generated images|https://drive.google.com/file/d/1H86QPlAnYZe6IVdGOhAQ73VsEBJ6VPom/view"
 )
 
+# NPROC=N: each evaluation over N processes on this node (torchrun; one GPU each), one process's result.
+launcher=()
+if [[ "${NPROC:-1}" != 1 ]]; then
+    launcher=(-m torch.distributed.run --standalone --nproc_per_node="$NPROC")
+fi
 evaluated=0
 missing=()
 for entry in "${RELEASED[@]}"; do
@@ -45,7 +51,7 @@ for entry in "${RELEASED[@]}"; do
         continue
     fi
     echo "== $model ($MODELS/$file): published $expected ($source)"
-    "$DKL_PY" eval.py --arch "$arch" --checkpoint "$MODELS/$file" --data "$data" --preprocess '01' \
+    "$DKL_PY" "${launcher[@]}" eval.py --arch "$arch" --checkpoint "$MODELS/$file" --data "$data" --preprocess '01' \
         --data_dir "$DATA_DIR" --download --log_path "logs/$log.log" "$@"
     evaluated=$((evaluated + 1))
 done
