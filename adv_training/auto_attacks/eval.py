@@ -245,13 +245,8 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m adv_training.auto_attacks.eval",
-        description="AutoAttack (RobustBench's protocol) on a checkpoint or a training run folder. "
-        "The flags up to --version are the authors' eval.py's.",
-    )
-    add = parser.add_argument
+def add_model_arguments(add) -> None:
+    """The flags that name the model and its weights (shared with `corruptions`)."""
     add(
         "--arch",
         default=None,
@@ -260,7 +255,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     )
     add("--checkpoint", default="./model_test.pt", help="weights file, or a run folder of adv_training.train")
     add("--data", choices=list(DATASETS), default=None, help="test set; default CIFAR10, or the run folder's")
-    add("--data_dir", default="./data", help="folder holding cifar-10-batches-py / cifar-100-python")
     add(
         "--preprocess",
         choices=["meanstd", "01", "+-1"],
@@ -268,6 +262,35 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help="normalisation in front of the model: 01 none (zoo models take [0, 1] images), "
         "meanstd CIFAR mean/std, +-1 maps to [-1, 1]; default 01, or the run folder's model.preprocess",
     )
+    add(
+        "--which",
+        choices=["ema", "swa", "best", "last"],
+        default=None,
+        help="run folders only: which weights (default: the epoch average ours-model-epoch-SWA*.pt, "
+        "as the reference reports, else ema.pt, else best.pt)",
+    )
+    add("--depth", type=int, default=None, help="depth of the generic WideResNet arch")
+    add("--widen_factor", type=int, default=None, help="width of the generic WideResNet arch")
+    add("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+
+
+def evaluation_model(target: Target, device: torch.device) -> nn.Module:
+    """The network of ``target`` behind its input normalisation, in eval mode and float32, its weights frozen."""
+    net = build_network(target)
+    model = nn.Sequential(preprocessing(target.preprocess, target.dataset), net).to(device).float().eval()
+    # Attacks need gradients with respect to the images only; frozen weights skip the rest.
+    return model.requires_grad_(False)
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m adv_training.auto_attacks.eval",
+        description="AutoAttack (RobustBench's protocol) on a checkpoint or a training run folder. "
+        "The flags up to --version are the authors' eval.py's.",
+    )
+    add = parser.add_argument
+    add_model_arguments(add)
+    add("--data_dir", default="./data", help="folder holding cifar-10-batches-py / cifar-100-python")
     add("--norm", choices=["Linf", "L2"], default="Linf", help="threat model")
     add("--epsilon", type=_fraction, default=8 / 255, help="perturbation budget (8/255 is accepted)")
     add("--n_ex", type=int, default=10000, help="evaluate the first N test images")
@@ -304,16 +327,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         default=None,
         help="progress file to resume from; default: next to the log (logs/x.log -> logs/x.state.pt)",
     )
-    add(
-        "--which",
-        choices=["ema", "swa", "best", "last"],
-        default=None,
-        help="run folders only: which weights (default: the epoch average ours-model-epoch-SWA*.pt, "
-        "as the reference reports, else ema.pt, else best.pt)",
-    )
-    add("--depth", type=int, default=None, help="depth of the generic WideResNet arch")
-    add("--widen_factor", type=int, default=None, help="width of the generic WideResNet arch")
-    add("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     add("--download", action="store_true", help="download the test set into --data_dir when it is missing")
     add(
         "--no_checksum",
@@ -360,10 +373,8 @@ def evaluate(args, command: str = "eval.py") -> dict:
     target = resolve_target(args)
     # Under torchrun each process attacks its share of every attack's batches (`resumable`).
     device = init_distributed(resolve_device(args.device), args.dist_timeout)
-    net = build_network(target)
-    model = nn.Sequential(preprocessing(target.preprocess, target.dataset), net).to(device).float().eval()
-    # Attacks need gradients with respect to the images only; frozen weights skip the rest.
-    model.requires_grad_(False)
+    model = evaluation_model(target, device)
+    net = model[1]
 
     x, y, test_size = load_test_images(target.dataset, args)
 
