@@ -11,6 +11,16 @@ and AutoAttack accuracy with the files they come from (the newest AutoAttack rep
 run folder for exactly these weights, matched by sha256; else the last epoch's monitored
 numbers, said so), the resolved config, the seed and the git commit of the run.
 
+With ``--robustbench`` it also writes the submission kit of RobustBench's leaderboards:
+FILE.robustbench_Linf.json (or _L2), the model-info entry in the schema of RobustBench's
+``model_info/<dataset>/<threat>/*.json`` files, from the run's own standard AutoAttack report on
+the whole test set; FILE.robustbench_corruptions.json from its corruption evaluation
+(`adv_training.auto_attacks.corruptions`), when there is one for these weights; and
+FILE.robustbench_issue.md, their "New Model(s)" issue template filled in. What the run cannot
+know (paper title, URL, authors, venue, the paper's reported number, a footnote, where the
+checkpoint is published) comes from flags; what is not given stays empty (null) and is listed,
+never guessed.
+
 Layouts: our ``WideResNet*`` models have the keys of RobustBench's
 ``WideResNet(depth, widen_factor, sub_block1=False)``; ``wrn-28-10-swish`` and
 ``wrn-70-16-swish`` those of ``DMWideResNet(..., activation_fn=Swish)``, whose normalisation
@@ -37,7 +47,48 @@ from models.dm_wide_resnet import DMWideResNet
 from models.wide_resnet import WideResNet
 
 from .auto_attacks.eval import build_network, run_target
-from .auto_attacks.reports import matching_autoattack, threat_model
+from .auto_attacks.reports import matching_autoattack, matching_corruptions, threat_model
+
+# The fields of RobustBench's model-info entries (model_info/cifar10/Linf/Cui2023Decoupled_WRN-34-10.json
+# and model_info/cifar10/corruptions/Addepalli2022Efficient_WRN_34_10.json), in their order.
+ROBUSTBENCH_ADVERSARIAL_FIELDS = (
+    "link",
+    "name",
+    "authors",
+    "additional_data",
+    "number_forward_passes",
+    "dataset",
+    "venue",
+    "architecture",
+    "eps",
+    "clean_acc",
+    "reported",
+    "autoattack_acc",
+    "unreliable",
+)
+ROBUSTBENCH_CORRUPTIONS_FIELDS = (
+    "link",
+    "name",
+    "authors",
+    "additional_data",
+    "number_forward_passes",
+    "dataset",
+    "venue",
+    "architecture",
+    "eps",
+    "clean_acc",
+    "reported",
+    "corruptions_acc",
+)
+# flag -> (entry field, what it is): what a run cannot know about its paper
+PAPER_FLAGS = {
+    "paper_title": ("name", "the paper's title"),
+    "paper_url": ("link", "the paper's URL"),
+    "authors": ("authors", "the authors"),
+    "venue": ("venue", "the venue, e.g. 'NeurIPS 2024'"),
+    "reported": ("reported", "the robust accuracy the paper reports"),
+}
+TEST_SET_SIZE = 10_000
 
 
 def robustbench_layout(model: torch.nn.Module, num_classes: int) -> Tuple[Optional[str], Dict[str, torch.Tensor]]:
@@ -74,7 +125,13 @@ def model_card(
         "threat_model": {"linf": "Linf", "l2": "L2"}.get(norm, norm),
         "eps": epsilon,
         "eps_over_255": round(epsilon * 255, 4) if isinstance(epsilon, (int, float)) else None,
-        "weights": {"run_dir": str(run_dir), "which": which, "file": weights.name, "sha256": sha256_file(weights)},
+        "weights": {
+            "run_dir": str(run_dir),
+            "which": which,
+            "file": weights.name,
+            "path": str(weights),
+            "sha256": sha256_file(weights),
+        },
         "export": {"file": export.name, "sha256": sha256_file(export)},
     }
     found = matching_autoattack(run_dir, weights, norm, epsilon)
@@ -120,6 +177,133 @@ def model_card(
     return card
 
 
+def robustbench_architecture(constructor: Optional[str], arch: str) -> str:
+    """RobustBench's name of the architecture ("WideResNet-34-10"), else the zoo's name."""
+    import re
+
+    match = re.search(r"depth=(\d+), (?:widen_factor|width)=(\d+)", constructor or "")
+    return f"WideResNet-{match.group(1)}-{match.group(2)}" if match else arch
+
+
+def eps_text(epsilon: float) -> str:
+    """RobustBench writes budgets as "8/255"."""
+    steps = epsilon * 255
+    return f"{round(steps)}/255" if abs(steps - round(steps)) < 1e-6 else f"{epsilon:g}"
+
+
+def robustbench_kit(card: Dict[str, Any], run_dir: Path, weights: Path, paper: Dict[str, Any]) -> Dict[str, Any]:
+    """The model-info entries (adversarial, and corruptions when evaluated) and the issue text, with
+    the list of what is missing and why."""
+    missing = [f"--{flag} ({what})" for flag, (_, what) in PAPER_FLAGS.items() if paper.get(flag) in (None, "")]
+    common = {
+        "link": paper.get("paper_url"),
+        "name": paper.get("paper_title"),
+        "authors": paper.get("authors"),
+        "additional_data": bool(paper.get("additional_data")),
+        "number_forward_passes": 1,  # a deterministic model: one forward pass per prediction
+        "dataset": card["dataset"],
+        "venue": paper.get("venue"),
+        "architecture": robustbench_architecture(card["robustbench_model"], card["architecture"]),
+    }
+    reported = None if paper.get("reported") is None else f"{float(paper['reported']):.2f}"
+    attack = card.get("autoattack_acc")
+    full = attack is not None and attack.get("n_ex") == TEST_SET_SIZE
+    if attack is None:
+        missing.append("autoattack_acc: no standard AutoAttack report for these weights in the run folder")
+    elif not full:
+        missing.append(
+            f"autoattack_acc: the AutoAttack report covers {attack.get('n_ex')} images, not all {TEST_SET_SIZE}"
+        )
+    adversarial = {
+        **common,
+        "eps": eps_text(card["eps"]) if isinstance(card["eps"], (int, float)) else None,
+        "clean_acc": f"{card['clean_acc']['value']:.2f}" if full else None,
+        "reported": reported,
+        "autoattack_acc": f"{attack['value']:.2f}" if full else None,
+        "unreliable": False,
+    }
+    if paper.get("footnote"):
+        adversarial["footnote"] = paper["footnote"]
+    kit: Dict[str, Any] = {"threat": card["threat_model"], "adversarial": adversarial, "corruptions": None}
+    found = matching_corruptions(run_dir, weights)
+    if found is not None:
+        path, report = found
+        if report.get("n_ex_per_severity") != TEST_SET_SIZE:
+            missing.append(f"corruptions_acc: {path} covers {report.get('n_ex_per_severity')} images per severity")
+        else:
+            kit["corruptions"] = {
+                **common,
+                "eps": None,
+                "clean_acc": adversarial["clean_acc"],
+                "reported": None,
+                "corruptions_acc": f"{report['corruptions_acc']:.2f}",
+                "source": str(path),
+            }
+    kit["missing"] = missing
+    kit["issue"] = robustbench_issue(kit, card, paper)
+    return kit
+
+
+def robustbench_issue(kit: Dict[str, Any], card: Dict[str, Any], paper: Dict[str, Any]) -> str:
+    """RobustBench's "New Model(s)" issue template (.github/ISSUE_TEMPLATE/new-model.md), filled in."""
+
+    def given(value, flag: str) -> str:
+        return str(value) if value not in (None, "") else f"(not given: pass --{flag})"
+
+    def percent(value: Optional[str], why: str) -> str:
+        return f"{value}%" if value is not None else f"(none: {why})"
+
+    attack = card.get("autoattack_acc") or {}
+    lines = [
+        f"[New Model] {given(paper.get('paper_title'), 'paper_title')}",
+        "",
+        "# Paper Information",
+        "",
+        f"- **Paper Title**: {given(paper.get('paper_title'), 'paper_title')}",
+        f"- **Paper URL**: {given(paper.get('paper_url'), 'paper_url')}",
+        f"- **Paper authors**: {given(paper.get('authors'), 'authors')}",
+        "",
+        "# Leaderboard Claim(s)",
+    ]
+    models = [(kit["threat"], kit["adversarial"])]
+    if kit["corruptions"] is not None:
+        models.append(("Common Corruptions", kit["corruptions"]))
+    for number, (threat, entry) in enumerate(models, 1):
+        robust = entry.get("autoattack_acc", entry.get("corruptions_acc"))
+        method = (
+            f"AutoAttack, {attack.get('version')} version, on the {attack.get('n_ex')} test images "
+            f"(adv_training.auto_attacks.eval; {attack.get('source')})"
+            if threat != "Common Corruptions"
+            else f"the 15 corruptions x 5 severities of {card['dataset'].upper()}-C (adv_training.auto_attacks.corruptions; "
+            f"{entry.get('source')})"
+        )
+        lines += [
+            "",
+            f"## Model {number}",
+            "",
+            f"- **Architecture**: {entry['architecture']}",
+            f"- **Threat Model**: {threat}",
+            f"- **eps**: {entry['eps'] if entry['eps'] is not None else 'N/A'}",
+            f"- **Clean accuracy**: {percent(entry['clean_acc'], 'no full-test-set AutoAttack report')}",
+            f"- **Robust accuracy**: {percent(robust, 'no full-test-set evaluation')}",
+            f"- **Additional data**: {'true' if entry['additional_data'] else 'false'}",
+            f"- **Evaluation method**: {method}",
+            f"- **Checkpoint and code**: {given(paper.get('checkpoint_url'), 'checkpoint_url')} "
+            f"(weights sha256 {card['export']['sha256']})",
+        ]
+    lines += [
+        "",
+        "# Model Zoo:",
+        "",
+        "- [ ] I want to add my models to the Model Zoo (check if true)",
+        f"- [{' ' if card['robustbench_model'] else 'x'}] I use an architecture that is **not** included among "
+        "RobustBench's model_zoo/architectures (check if true)",
+        "- [ ] I agree to release my model(s) under MIT license (check if true) **OR**",
+        "- [ ] I want my models to be released under a custom license, located here: (custom license URL here)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def export(run_dir: Path, which: Optional[str], out: Path) -> Dict[str, Any]:
     """Write ``out`` (the weights) and ``out`` with suffix .json (the card); return the card."""
     if out.suffix != ".pt":
@@ -152,8 +336,31 @@ def main(argv: Optional[List[str]] = None) -> int:
         help="whose weights (default: the epoch average, else the EMA, else best.pt)",
     )
     parser.add_argument("--out", type=Path, required=True, help="FILE.pt; the card is written as FILE.json")
+    parser.add_argument(
+        "--robustbench", action="store_true", help="also write RobustBench's model-info entries and issue text"
+    )
+    for flag, (_, what) in PAPER_FLAGS.items():
+        parser.add_argument(f"--{flag}", type=float if flag == "reported" else str, default=None, help=what)
+    parser.add_argument("--footnote", default=None, help="RobustBench's footnote, e.g. on generated training data")
+    parser.add_argument("--additional_data", action="store_true", help="trained with additional (real) data")
+    parser.add_argument("--checkpoint_url", default=None, help="where the exported checkpoint is published")
     args = parser.parse_args(argv)
     card = export(args.run_dir, args.which, args.out)
+    if args.robustbench:
+        paper = {key: getattr(args, key) for key in (*PAPER_FLAGS, "footnote", "additional_data", "checkpoint_url")}
+        kit = robustbench_kit(card, args.run_dir, Path(card["weights"]["path"]), paper)
+        stem = args.out.with_suffix("")
+        written = [stem.with_name(f"{stem.name}.robustbench_{kit['threat']}.json")]
+        atomic_write_text(json.dumps(kit["adversarial"], indent=2) + "\n", written[0])
+        if kit["corruptions"] is not None:
+            entry = {k: v for k, v in kit["corruptions"].items() if k != "source"}
+            written.append(stem.with_name(f"{stem.name}.robustbench_corruptions.json"))
+            atomic_write_text(json.dumps(entry, indent=2) + "\n", written[-1])
+        written.append(stem.with_name(f"{stem.name}.robustbench_issue.md"))
+        atomic_write_text(kit["issue"], written[-1])
+        print("RobustBench kit: " + ", ".join(str(path) for path in written))
+        for item in kit["missing"]:
+            print(f"  not filled in: {item}")
     accuracy = card["autoattack_acc"]
     print(
         f"wrote {args.out} ({card['architecture']}, {card['weights']['which']} weights of {args.run_dir}; "

@@ -6,6 +6,7 @@ attack lists, other budgets) and reports of weights since overwritten do not cou
 card (`adv_training.export`) and the report of many runs (`experiments.report`) read them so.
 """
 
+import json
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -44,3 +45,17 @@ def matching_autoattack(
         ),
         None,
     )
+
+
+def matching_corruptions(run_dir: Path, weights: Path) -> Optional[Tuple[Path, Dict[str, Any]]]:
+    """The newest corruption evaluation (`corruptions`' JSON) in ``run_dir`` of exactly the file ``weights``."""
+    digest = sha256_file(weights)
+    found = []
+    for path in Path(run_dir).rglob("*.json"):
+        try:
+            report = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(report, dict) and "corruptions_acc" in report and report.get("checkpoint_sha256") == digest:
+            found.append((path, report))
+    return max(found, key=lambda item: str(item[1].get("finished", "")), default=None)
