@@ -31,6 +31,7 @@ them) and the card says there is no RobustBench definition.
 
 import argparse
 import json
+import re
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -49,44 +50,13 @@ from models.wide_resnet import WideResNet
 from .auto_attacks.eval import build_network, run_target
 from .auto_attacks.reports import matching_autoattack, matching_corruptions, threat_model
 
-# The fields of RobustBench's model-info entries (model_info/cifar10/Linf/Cui2023Decoupled_WRN-34-10.json
-# and model_info/cifar10/corruptions/Addepalli2022Efficient_WRN_34_10.json), in their order.
-ROBUSTBENCH_ADVERSARIAL_FIELDS = (
-    "link",
-    "name",
-    "authors",
-    "additional_data",
-    "number_forward_passes",
-    "dataset",
-    "venue",
-    "architecture",
-    "eps",
-    "clean_acc",
-    "reported",
-    "autoattack_acc",
-    "unreliable",
-)
-ROBUSTBENCH_CORRUPTIONS_FIELDS = (
-    "link",
-    "name",
-    "authors",
-    "additional_data",
-    "number_forward_passes",
-    "dataset",
-    "venue",
-    "architecture",
-    "eps",
-    "clean_acc",
-    "reported",
-    "corruptions_acc",
-)
-# flag -> (entry field, what it is): what a run cannot know about its paper
+# flag -> what it is: what a run cannot know about its paper
 PAPER_FLAGS = {
-    "paper_title": ("name", "the paper's title"),
-    "paper_url": ("link", "the paper's URL"),
-    "authors": ("authors", "the authors"),
-    "venue": ("venue", "the venue, e.g. 'NeurIPS 2024'"),
-    "reported": ("reported", "the robust accuracy the paper reports"),
+    "paper_title": "the paper's title",
+    "paper_url": "the paper's URL",
+    "authors": "the authors",
+    "venue": "the venue, e.g. 'NeurIPS 2024'",
+    "reported": "the robust accuracy the paper reports",
 }
 TEST_SET_SIZE = 10_000
 
@@ -179,8 +149,6 @@ def model_card(
 
 def robustbench_architecture(constructor: Optional[str], arch: str) -> str:
     """RobustBench's name of the architecture ("WideResNet-34-10"), else the zoo's name."""
-    import re
-
     match = re.search(r"depth=(\d+), (?:widen_factor|width)=(\d+)", constructor or "")
     return f"WideResNet-{match.group(1)}-{match.group(2)}" if match else arch
 
@@ -193,8 +161,10 @@ def eps_text(epsilon: float) -> str:
 
 def robustbench_kit(card: Dict[str, Any], run_dir: Path, weights: Path, paper: Dict[str, Any]) -> Dict[str, Any]:
     """The model-info entries (adversarial, and corruptions when evaluated) and the issue text, with
-    the list of what is missing and why."""
-    missing = [f"--{flag} ({what})" for flag, (_, what) in PAPER_FLAGS.items() if paper.get(flag) in (None, "")]
+    the list of what is missing and why. The entries' fields, in order, are those of RobustBench's
+    model_info/cifar10/Linf/Cui2023Decoupled_WRN-34-10.json and
+    model_info/cifar10/corruptions/Addepalli2022Efficient_WRN_34_10.json (the test keeps both lists)."""
+    missing = [f"--{flag} ({what})" for flag, what in PAPER_FLAGS.items() if paper.get(flag) in (None, "")]
     common = {
         "link": paper.get("paper_url"),
         "name": paper.get("paper_title"),
@@ -339,7 +309,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument(
         "--robustbench", action="store_true", help="also write RobustBench's model-info entries and issue text"
     )
-    for flag, (_, what) in PAPER_FLAGS.items():
+    for flag, what in PAPER_FLAGS.items():
         parser.add_argument(f"--{flag}", type=float if flag == "reported" else str, default=None, help=what)
     parser.add_argument("--footnote", default=None, help="RobustBench's footnote, e.g. on generated training data")
     parser.add_argument("--additional_data", action="store_true", help="trained with additional (real) data")
