@@ -5,6 +5,32 @@ source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 
 KD_LOGIT_METHODS="vanilla kd dkd ikl"
 
+# kd_split_arguments ARG ...: the names among the arguments into KD_PAIRS, key=value overrides and
+#   --flags into KD_OVERRIDES (the pair launchers sh/kd_cifar100_ikl.sh and sh/kd_cifar100_gkl.sh).
+kd_split_arguments() {
+    KD_PAIRS=()
+    KD_OVERRIDES=()
+    local arg
+    for arg in "$@"; do
+        if [[ "$arg" == *=* || "$arg" == --* ]]; then
+            KD_OVERRIDES+=("$arg")
+        else
+            KD_PAIRS+=("$arg")
+        fi
+    done
+}
+
+# kd_train_each CONFIGS SUFFIX PAIR ...: trains CONFIGS/PAIR${SUFFIX}.yaml for each pair in turn with
+#   KD_OVERRIDES (under --print-config, a "# ---- PAIR" line heads each resolved config).
+kd_train_each() {
+    local configs="$1" suffix="$2" pair
+    shift 2
+    for pair in "$@"; do
+        [[ " ${KD_OVERRIDES[*]-} " == *" --print-config "* ]] && echo "# ---- $pair"
+        dkl_run knowledge_distillation.train --config "$configs/$pair$suffix.yaml" ${KD_OVERRIDES[@]+"${KD_OVERRIDES[@]}"}
+    done
+}
+
 # kd_launch DATASET all|one METHOD [PAIR ...] [key=value ...] [--print-config]
 #   trains METHOD on each PAIR in turn; without a PAIR on every pair ("all") or refuses ("one").
 #   A wrong method or pair prints the usage line with the valid names and exits 2.

@@ -8,32 +8,21 @@
 # configs instead of training; NPROC=N (and NNODES, NODE_RANK, MASTER) run each pair under torchrun. Teachers: mdistiller's cifar_teachers.tar extracted into
 # ./download_ckpts (see the README). Runs from any directory; outputs go to ./runs.
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/_kd.sh"
 dkl_python
 CONFIGS="$DKL_ROOT/configs/knowledge_distillation/cifar100"
 
-pairs=()
-overrides=()
-for arg in "$@"; do
-    if [[ "$arg" == *=* || "$arg" == --* ]]; then
-        overrides+=("$arg")
-    else
-        pairs+=("$arg")
-    fi
-done
-if [[ ${#pairs[@]} -eq 0 ]]; then
+kd_split_arguments "$@"
+if [[ ${#KD_PAIRS[@]} -eq 0 ]]; then
     for file in "$CONFIGS"/*.yaml; do
         name="$(basename "$file" .yaml)"
-        [[ "$name" == base || "$name" == *_gkl ]] || pairs+=("$name")  # PAIR_gkl: sh/kd_cifar100_gkl.sh
+        [[ "$name" == base || "$name" == *_gkl ]] || KD_PAIRS+=("$name")  # PAIR_gkl: sh/kd_cifar100_gkl.sh
     done
 fi
-for pair in "${pairs[@]}"; do
+for pair in "${KD_PAIRS[@]}"; do
     if [[ ! -f "$CONFIGS/$pair.yaml" || "$pair" == base || "$pair" == *_gkl ]]; then
         echo "error: no pair '$pair'; choose from: $(cd "$CONFIGS" && ls *.yaml | sed 's/\.yaml$//' | grep -v -e '^base$' -e '_gkl$' | tr '\n' ' ')" >&2
         exit 2
     fi
 done
-for pair in "${pairs[@]}"; do
-    [[ " ${overrides[*]-} " == *" --print-config "* ]] && echo "# ---- $pair"
-    dkl_run knowledge_distillation.train --config "$CONFIGS/$pair.yaml" ${overrides[@]+"${overrides[@]}"}
-done
+kd_train_each "$CONFIGS" "" "${KD_PAIRS[@]}"

@@ -336,6 +336,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.n_ex < 1 or args.batch_size < 1:
         parser.error("--n_ex and --batch_size must be positive")
+    if not args.dist_timeout > 0:
+        parser.error(f"--dist_timeout must be a positive number of seconds, got {args.dist_timeout}")
     if not math.isfinite(args.epsilon) or args.epsilon <= 0:
         parser.error(f"--epsilon must be a positive number, got {args.epsilon}")
     if args.norm == "Linf" and args.epsilon > 1:
