@@ -181,7 +181,7 @@ class LBGATConfig:
     natural_arch: str = knob(
         "ResNet18_cifar",
         "the natural classifier trained beside the robust model (LBGAT's -teacher_model); saved in last.pt "
-        "as 'companion', never exported or evaluated",
+        "with the method's state, never exported or evaluated",
     )
 
 
@@ -244,7 +244,7 @@ class EMAConfig:
 
 
 @dataclass
-class SWAConfig:
+class EpochAverageConfig:
     enabled: bool = knob(
         True,
         "average the end-of-epoch weights as the reference's `swa.py TAU START END` (run after every launcher "
@@ -325,6 +325,8 @@ class EvalConfig:
 @dataclass
 class ATConfig(RunConfig):
     PAPER_ROWS: ClassVar[Dict[str, PaperRow]] = PAPER_ROWS
+    TASK: ClassVar[str] = "adv_training"
+    RENAMED_KEYS: ClassVar[Dict[str, str]] = {"swa": "epoch_average"}
 
     method: str = knob(
         "ikl",
@@ -355,7 +357,7 @@ class ATConfig(RunConfig):
     )
     save_every: int = knob(
         0,
-        "also write ours-model-epoch{N}.pt every N epochs (plain state dict, for swa.py); 0 = never",
+        "also write ours-model-epoch{N}.pt every N epochs ({'model', 'epoch', ...}, for swa.py); 0 = never",
         valid=NON_NEGATIVE,
         changes_result=False,
     )
@@ -377,7 +379,11 @@ class ATConfig(RunConfig):
     attack: AttackConfig = section(AttackConfig, "inner maximisation during training")
     awp: AWPConfig = section(AWPConfig, "adversarial weight perturbation")
     ema: EMAConfig = section(EMAConfig, "weight averaging during training (every iteration)")
-    swa: SWAConfig = section(SWAConfig, "average of the end-of-epoch weights (the reference's swa.py)")
+    epoch_average: EpochAverageConfig = section(
+        EpochAverageConfig,
+        "exponential average of the end-of-epoch weights (the reference's swa.py; its numbers are swa_*, its file "
+        "ours-model-epoch-SWA{tau}{start}{end}.pt, --which swa)",
+    )
     optim: OptimConfig = section(OptimConfig, "optimiser and learning-rate schedule")
     eval: EvalConfig = section(EvalConfig, "per-epoch evaluation")
 
@@ -385,8 +391,6 @@ class ATConfig(RunConfig):
         """What involves several knobs (each knob's own range is checked from its declaration)."""
         super().validate()
         require_model("model.arch", self.model.arch, self.data.dataset, self.model.build_kwargs())
-        if self.method == "lbgat":
-            require_model("lbgat.natural_arch", self.lbgat.natural_arch, self.data.dataset, {})
         require_increasing("optim.milestones", self.optim.milestones)
         if self.attack.norm == "linf":
             for key, eps in (("attack.epsilon", self.attack.epsilon), ("eval.epsilon", self.eval.epsilon)):
@@ -395,10 +399,11 @@ class ATConfig(RunConfig):
                         f"config key '{key}' must be at most 1 for linf (images lie in [0, 1]), "
                         f"got {eps}; write 8/255, not 8"
                     )
-        swa_end = self.swa.last_epoch(self.epochs)
-        if not self.swa.start <= swa_end <= self.epochs:
+        average_end = self.epoch_average.last_epoch(self.epochs)
+        if not self.epoch_average.start <= average_end <= self.epochs:
             raise ConfigError(
-                f"config keys 'swa.start' ({self.swa.start}) and 'swa.end' ({self.swa.end}) must satisfy "
+                f"config keys 'epoch_average.start' ({self.epoch_average.start}) and 'epoch_average.end' "
+                f"({self.epoch_average.end}) must satisfy "
                 f"1 <= start <= end <= epochs ({self.epochs})"
             )
         for key, enabled, first in (

@@ -41,14 +41,15 @@ import torch
 
 from engine.cli import command
 from engine.data import num_classes as data_num_classes
+from engine.data.datasets import DIGITS_TEST_SIZE
 from engine.errors import UserError
 from engine.file_io import atomic_save, atomic_write_text, sha256_file, writing
 from engine.run_folder import RunFolder, metric_key
 from models.dm_wide_resnet import DMWideResNet
 from models.wide_resnet import WideResNet
 
-from .auto_attacks.eval import build_network, run_target
 from .auto_attacks.reports import matching_autoattack, matching_corruptions, threat_model
+from .auto_attacks.target import build_network, run_target
 
 # flag -> what it is: what a run cannot know about its paper
 PAPER_FLAGS = {
@@ -58,7 +59,8 @@ PAPER_FLAGS = {
     "venue": "the venue, e.g. 'NeurIPS 2024'",
     "reported": "the robust accuracy the paper reports",
 }
-TEST_SET_SIZE = 10_000
+# The size of each dataset's test set: an entry's accuracies must cover all of it (digits: the quickstart's).
+TEST_SET_SIZES = {"cifar10": 10_000, "cifar100": 10_000, "digits": DIGITS_TEST_SIZE}
 
 
 def robustbench_layout(model: torch.nn.Module, num_classes: int) -> Tuple[Optional[str], Dict[str, torch.Tensor]]:
@@ -177,12 +179,13 @@ def robustbench_kit(card: Dict[str, Any], run_dir: Path, weights: Path, paper: D
     }
     reported = None if paper.get("reported") is None else f"{float(paper['reported']):.2f}"
     attack = card.get("autoattack_acc")
-    full = attack is not None and attack.get("n_ex") == TEST_SET_SIZE
+    test_set_size = TEST_SET_SIZES.get(card["dataset"])
+    full = attack is not None and attack.get("n_ex") == test_set_size
     if attack is None:
         missing.append("autoattack_acc: no standard AutoAttack report for these weights in the run folder")
     elif not full:
         missing.append(
-            f"autoattack_acc: the AutoAttack report covers {attack.get('n_ex')} images, not all {TEST_SET_SIZE}"
+            f"autoattack_acc: the AutoAttack report covers {attack.get('n_ex')} images, not all {test_set_size}"
         )
     adversarial = {
         **common,
@@ -198,7 +201,7 @@ def robustbench_kit(card: Dict[str, Any], run_dir: Path, weights: Path, paper: D
     found = matching_corruptions(run_dir, weights)
     if found is not None:
         path, report = found
-        if report.get("n_ex_per_severity") != TEST_SET_SIZE:
+        if report.get("n_ex_per_severity") != test_set_size:
             missing.append(f"corruptions_acc: {path} covers {report.get('n_ex_per_severity')} images per severity")
         else:
             kit["corruptions"] = {

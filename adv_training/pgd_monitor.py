@@ -2,7 +2,7 @@
 
 It tracks training and picks best.pt; the robustness number to report is AutoAttack's
 (`adv_training.auto_attacks`, always strict float32). It runs at the run's float32 matrix
-precision (`engine.runtime.configure_precision`): TF32 in tf32 and bf16 runs, where a strict
+precision (`engine.environment.configure_precision`): TF32 in tf32 and bf16 runs, where a strict
 float32 monitor would cost a large share of a bf16 epoch and TF32's products keep the
 budget of 8/255 (far above TF32's rounding of the images), strict float32 in fp32 runs.
 

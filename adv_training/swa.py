@@ -10,7 +10,8 @@ which the trainer also keeps during training when ``swa.enabled``, so that no ep
     \bar\theta_{START} = \theta_{START}, \qquad
     \bar\theta_i = (1 - \tau)\, \theta_i + \tau\, \bar\theta_{i-1} \quad (i > START),
 
-then writes :math:`\bar\theta_{END}` as a plain state dict to
+then writes :math:`\bar\theta_{END}` as a weights file (``{"model": state_dict, "epoch": END}``, the
+format of every weights file of a run: `engine.checkpoint.weights_file`) to
 ``RUN_DIR/ours-model-epoch-SWA{tau}{start}{end}.pt`` (the reference's name, e.g.
 ``ours-model-epoch-SWA0.91200.pt`` for ``0.9 1 200``).
 
@@ -33,6 +34,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
+from engine.checkpoint import weights_file
 from engine.cli import command
 from engine.ema import EpochAverage
 from engine.errors import UserError
@@ -87,7 +89,7 @@ def average_checkpoints(
                 f"{path} does not fit the earlier epochs ({error}); were they saved from the same model?"
             ) from None
 
-    destination = folder.save(average.average, folder.epoch_average(tau, start, end))
+    destination = folder.save(weights_file(average.average, end), folder.epoch_average(tau, start, end))
     log(f"wrote {destination}")
     return destination
 

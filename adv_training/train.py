@@ -5,8 +5,10 @@
 
 One step, asking the method (`methods.build_method`) what differs: class-prior rows for
 the batch (IKL); natural logits once in eval mode (IKL, TRADES); PGD on the method's
-objective; AWP on the method's loss; two forwards in train mode; natural + robust loss;
-SGD step; EMA update; class-prior update. Each epoch ends
+objective; AWP on the method's proxy loss; two forwards in train mode (and the method's own
+networks, if it has any, on the clean images); the method's loss; SGD step over the model
+and the method's parameters; EMA update; class-prior update. The trainer never names a
+method or one of its parts (`Training`, `Forwards`). Each epoch ends
 with the prior step, the epoch average (the reference's swa.py, kept as the run goes),
 clean and PGD-20 accuracy of the model and its EMA, one line of metrics.jsonl, and an
 atomically written last.pt from which ``resume=true`` continues. The last epoch of the
@@ -19,7 +21,7 @@ import sys
 import time
 from copy import deepcopy
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from tqdm import tqdm
@@ -38,11 +40,7 @@ from engine.distributed import (
     wrap_model,
 )
 from engine.ema import EpochAverage, ModelEMA
-from engine.metrics import RunningSums
-from engine.optim import sgd, weight_decay_groups
-from engine.run import raise_if_not_finite, start_run
-from engine.run_folder import evaluation_keys, metric_key
-from engine.runtime import (
+from engine.environment import (
     autocast,
     compile_model,
     compile_seconds,
@@ -50,25 +48,29 @@ from engine.runtime import (
     prepare_runtime,
     sync_batch_norm,
 )
+from engine.metrics import RunningSums
+from engine.optim import sgd, weight_decay_groups
+from engine.run_folder import evaluation_keys, metric_key
 from engine.schedule import learning_rate, momentum
+from engine.training_run import raise_if_not_finite, start_run
 from losses import ClassPrior
 from models import attach_preprocessing, build_model
 
 from .attacks import attack_budget, natural_logits, pgd
 from .awp import AdversarialWeightPerturbation
 from .config import ATConfig
-from .loaders import build_loaders
-from .methods import Method, build_method
+from .loaders import Loaders, build_loaders
+from .methods import Method, StepLoss, build_method, check_method
 from .pgd_monitor import clean_and_pgd_accuracy
 
 PROGRESS_EVERY = 20  # batches between progress-bar updates (each one synchronises with the GPU)
 
 
-def epoch_precision(precision: str, eps_t: float, bf16_min_eps: float, attacks: bool) -> str:
+def epoch_precision(precision: str, eps_t: float, bf16_min_eps: float, has_attack: bool) -> str:
     """The precision an epoch trains and attacks in: ``precision``, except that a bf16 run
     trains in TF32 while its attack budget is below ``bf16_min_eps`` (bf16's rounding of the
     activations then hides most of the perturbation: README, "Precision")."""
-    if precision == "bf16" and attacks and eps_t < bf16_min_eps * (1 - 1e-9):  # 8/255 * 25/200 is 1/255
+    if precision == "bf16" and has_attack and eps_t < bf16_min_eps * (1 - 1e-9):  # 8/255 * 25/200 is 1/255
         return "tf32"
     return precision
 
@@ -92,13 +94,117 @@ def _to_device(batch, device, channels_last: bool):
 
 
 @dataclass
+class Training:
+    """What an adversarial-training run trains and keeps: the model, the method (with any networks
+    of its own), the optimizer over both, the class prior and the optional EMA, AWP and epoch average."""
+
+    model: torch.nn.Module
+    method: Method
+    optimizer: torch.optim.Optimizer
+    prior: ClassPrior
+    ema: Optional[ModelEMA]
+    awp: Optional[AdversarialWeightPerturbation]
+    epoch_average: Optional[EpochAverage]
+
+    def states(self) -> Dict[str, Optional[object]]:
+        """What last.pt saves besides the model and the optimizer (None: not used by this run)."""
+        method = self.method if self.method.has_state() else None
+        return {
+            "prior": self.prior,
+            "ema": self.ema,
+            "awp": self.awp,
+            "epoch_average": self.epoch_average,
+            "method": method,
+        }
+
+
+def prepare_network(module: torch.nn.Module, cfg: ATConfig, device: torch.device) -> torch.nn.Module:
+    """``module`` (the model, or a method's networks) on ``device`` in the run's memory format, with its
+    BatchNorm layers as the run's processes and ``batchnorm_groups`` compute them."""
+    module = module.to(device)
+    if cfg.channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    module = sync_batch_norm(module, cfg.sync_bn, device)
+    views = 2 if cfg.data.augment in ("autoaug", "cutout") else 1  # [basic; augmented] batches
+    group_batch_norm(module, cfg.batchnorm_groups, world_size(), views)  # before AWP's proxy and the EMA copy it
+    return module
+
+
+def build_training(cfg: ATConfig, num_classes: int, device: torch.device, steps_per_epoch: int) -> Training:
+    """The model, the method and everything they train with, as ``cfg`` asks (also `bench/at_step.py`'s)."""
+    model = build_model(cfg.model.arch, num_classes, dataset=cfg.data.dataset, **cfg.model.build_kwargs())
+    attach_preprocessing(model, cfg.model.preprocess, cfg.data.dataset)  # state dict unchanged; deep copies keep it
+    model = prepare_network(model, cfg, device)
+    method = prepare_network(build_method(cfg, num_classes), cfg, device)  # after the model: its networks' RNG
+    decay = (cfg.optim.weight_decay, cfg.optim.batchnorm_weight_decay)
+    optimizer = sgd(
+        weight_decay_groups(model, *decay) + method.parameter_groups(*decay),  # the method's groups after the model's
+        lr=cfg.optim.lr,
+        momentum=cfg.optim.momentum,
+        nesterov=cfg.optim.nesterov,
+        implementation=cfg.optim.implementation,
+        device=device,
+    )
+    ema = None
+    if cfg.ema.enabled:
+        warmup_steps = cfg.ema.warmup_fraction * cfg.epochs * steps_per_epoch
+        ema = ModelEMA(
+            model,
+            tau=cfg.ema.tau,
+            start_epoch=cfg.ema.start_epoch,
+            average_buffers=cfg.ema.average_buffers,
+            warmup_steps=warmup_steps,
+        )
+    awp = (
+        AdversarialWeightPerturbation(model, gamma=cfg.awp.gamma, proxy_lr=cfg.awp.proxy_lr)
+        if cfg.awp.enabled
+        else None
+    )
+    return Training(
+        model,
+        method,
+        optimizer,
+        ClassPrior(num_classes, temperature=method.prior_temperature).to(device),
+        ema,
+        awp,
+        EpochAverage(cfg.epoch_average.tau) if cfg.epoch_average.enabled else None,
+    )
+
+
+@dataclass
+class Forwards:
+    """The forwards of the training step: the model's (under DDP when several processes train, and
+    compiled when asked), the model's for the attacks (compiled, never DDP) and the method's own
+    networks' (under DDP and compiled like the model's; None for a method without networks)."""
+
+    train: torch.nn.Module
+    attack: torch.nn.Module
+    method: Optional[torch.nn.Module]
+
+    @classmethod
+    def of(cls, training: Training, cfg: ATConfig, device: torch.device) -> "Forwards":
+        network = wrap_model(training.model, device)  # the training forwards average their gradients
+        train_forward = compile_model(network, cfg.compile)
+        attack_forward = train_forward if network is training.model else compile_model(training.model, cfg.compile)
+        method = training.method
+        method_forward = compile_model(wrap_model(method, device), cfg.compile) if method.has_parameters() else None
+        return cls(train_forward, attack_forward, method_forward)
+
+    def eager(self) -> "Forwards":
+        """The same forwards uncompiled, for a batch of another shape than the compiled ones'."""
+        return Forwards(eager(self.train), unwrap(self.attack), eager(self.method) if self.method else None)
+
+
+@dataclass
 class BatchLoss:
-    """The training loss of one batch, for any forward (the training network, or AWP's proxy):
-    the two forwards the reference makes in train mode (adversarial images first, then clean ones
-    when the method uses them, each with its own BatchNorm statistics), then the method's loss of
-    their logits, scaled by this process's share of the global batch (``share``; None in one process)."""
+    """The training loss of one batch, for any forward of the model (the training network, or AWP's
+    proxy): the two forwards the reference makes in train mode (adversarial images first, then clean
+    ones when the method uses them, each with its own BatchNorm statistics), the method's own networks
+    on the clean images, then the method's loss of their outputs, scaled by this process's share of the
+    global batch (``share``; None in one process)."""
 
     method: Method
+    method_forward: Optional[torch.nn.Module]
     x_natural: torch.Tensor
     x_adv: torch.Tensor
     targets: torch.Tensor
@@ -107,51 +213,38 @@ class BatchLoss:
     device: torch.device
     precision: str
     share: Optional[float]
-    companion: Optional[torch.nn.Module] = None  # the method's second network (LBGAT), on the clean images
 
-    def __call__(self, forward, split_views: bool = True):
+    def _forwards(self, forward):
+        logits_adv = forward(self.x_adv)
+        logits_natural = forward(self.x_natural) if self.method.forwards_natural else None
+        own = self.method_forward(self.x_natural) if self.method_forward is not None else None
+        return logits_adv, logits_natural, self.targets, self.prior_rows, own
+
+    def _scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss if self.share is None else loss * self.share
+
+    def __call__(self, forward) -> Tuple[torch.Tensor, StepLoss]:
+        """(the loss to back-propagate, the method's `StepLoss`)."""
         with autocast(self.device, self.precision):
-            logits_adv = forward(self.x_adv)
-            logits_nat = forward(self.x_natural) if self.method.forwards_natural else None
-            logits_companion = self.companion(self.x_natural) if self.companion is not None else None
-            loss, parts = self.method.loss(
-                logits_adv,
-                logits_nat,
-                self.targets,
-                self.prior_rows,
-                self.basic_size,
-                split_views=split_views,
-                logits_companion=logits_companion,
-            )
-        return (loss if self.share is None else loss * self.share), {**parts, "loss": loss.detach()}
+            logits_adv, logits_natural, targets, prior_rows, own = self._forwards(forward)
+            step = self.method.loss(logits_adv, logits_natural, targets, prior_rows, self.basic_size, own)
+        return self._scaled(step.total), step
 
     def awp_proxy(self, proxy) -> torch.Tensor:
-        """AWP's proxy loss: one robust term over both views of a dual-view batch (`Method.loss`)."""
-        return self(proxy, split_views=False)[0]
+        """AWP's proxy loss (`Method.proxy_loss`) with the proxy's forwards."""
+        with autocast(self.device, self.precision):
+            return self._scaled(self.method.proxy_loss(*self._forwards(proxy)))
 
 
 def train_one_epoch(
-    cfg: ATConfig,
-    method: Method,
-    epoch: int,
-    model: torch.nn.Module,
-    loader,
-    optimizer: torch.optim.Optimizer,
-    prior: ClassPrior,
-    ema: Optional[ModelEMA],
-    awp: Optional[AdversarialWeightPerturbation],
-    device: torch.device,
-    attack_model: Optional[torch.nn.Module] = None,
-    companion: Optional[torch.nn.Module] = None,
+    cfg: ATConfig, training: Training, forwards: Forwards, epoch: int, loader, device: torch.device
 ) -> Dict[str, float]:
-    """One epoch over ``loader``. ``model`` makes the training forwards (the module, or it under
-    DDP and/or torch.compile); attacks use ``attack_model`` (default: the plain module);
-    ``companion`` is the method's second network (its training forward), if it has one."""
-    network, model = model, unwrap(model)  # the training forwards go through DDP; attacks use the module
-    attacked = attack_model if attack_model is not None else model
+    """One epoch over ``loader``: attacks through ``forwards.attack``, trains through ``forwards.train``
+    and ``forwards.method``; a last, smaller batch runs them eagerly."""
+    model, method, prior, ema, awp = training.model, training.method, training.prior, training.ema, training.awp
     full_size = None
     eps_t, step_size, steps = attack_budget(cfg.attack, epoch, cfg.epochs)
-    precision = epoch_precision(cfg.precision, eps_t, cfg.bf16_min_eps, method.attacks)
+    precision = epoch_precision(cfg.precision, eps_t, cfg.bf16_min_eps, method.has_attack)
     global_sizes = data_lib.global_batch_sizes(loader)  # None in one process
     use_awp = awp is not None and epoch >= cfg.awp.warmup
     # Sums stay on the device and are read every PROGRESS_EVERY batches, not every batch.
@@ -160,26 +253,26 @@ def train_one_epoch(
     for batch_index, batch in enumerate(bar):
         x_natural, targets, basic_size = _to_device(batch, device, cfg.channels_last)
         full_size = full_size or targets.numel()
-        # Compiled forwards are specialised to the batch shape: a last, smaller batch runs
-        # eagerly rather than compiling everything a second time.
-        attack_net, train_net = (attacked, network) if targets.numel() == full_size else (model, eager(network))
+        # Compiled forwards are specialised to the batch shape: a last, smaller batch runs eagerly
+        # rather than compiling everything a second time.
+        nets = forwards if targets.numel() == full_size else forwards.eager()
         prior_rows = prior.rows(targets) if method.uses_prior else None
         broadcast_buffers_(model)  # every process attacks with rank 0's BatchNorm statistics, as DataParallel
 
         x_adv = x_natural
-        if method.attacks:
+        if method.has_attack:
             with autocast(device, precision):
                 logits_natural = None
                 if method.attack_needs_natural_logits:
                     logits_natural = natural_logits(
-                        attack_net,
+                        nets.attack,
                         x_natural,
                         eval_mode=cfg.attack.eval_mode,
                         freeze_bn_stats=cfg.attack.freeze_bn_stats,
                     ).float()
                 objective = method.attack_objective(logits_natural, targets, prior_rows)
                 x_adv = pgd(
-                    attack_net,
+                    nets.attack,
                     x_natural,
                     objective,
                     eps=eps_t,
@@ -191,38 +284,34 @@ def train_one_epoch(
                     freeze_bn_stats=cfg.attack.freeze_bn_stats,
                 )
 
-        train_net.train()
-        companion_net = None
-        if companion is not None:
-            companion_net = companion if targets.numel() == full_size else eager(companion)
-            companion_net.train()
-
+        nets.train.train()
+        method.train()  # its own networks train too (nothing for a method without any)
         share = global_batch_share(targets.numel(), global_sizes[batch_index]) if global_sizes else None
         batch_loss = BatchLoss(
-            method, x_natural, x_adv, targets, prior_rows, basic_size, device, precision, share, companion_net
+            method, nets.method, x_natural, x_adv, targets, prior_rows, basic_size, device, precision, share
         )
         perturbation = awp.compute(batch_loss.awp_proxy) if use_awp else None
         with awp.perturbed(perturbation) if use_awp else contextlib.nullcontext():
-            loss, parts = batch_loss(train_net)
-            optimizer.zero_grad(set_to_none=True)
+            loss, step = batch_loss(nets.train)
+            training.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            training.optimizer.step()
 
         if ema is not None:
             ema.update(model, epoch)
         if method.uses_prior:
-            prior.update(parts["logits_nat"][:basic_size], targets[:basic_size])
+            prior.update(step.logits_natural[:basic_size], targets[:basic_size])
 
         batch_size = targets.numel()
         clean_correct = (
-            (parts["logits_nat"].argmax(1) == targets).sum() if parts["logits_nat"] is not None else loss.new_zeros(())
+            (step.logits_natural.argmax(1) == targets).sum() if step.logits_natural is not None else loss.new_zeros(())
         )
         sums.add(
             batch_size,
-            loss=parts["loss"].double() * batch_size,
-            natural=parts["natural"].double() * batch_size,
-            robust=parts["robust"].double() * batch_size,
-            adv_correct=(parts["logits_adv"].argmax(1) == targets).sum(),
+            loss=step.total.detach().double() * batch_size,
+            natural=step.natural.double() * batch_size,
+            robust=step.robust.double() * batch_size,
+            adv_correct=(step.logits_adv.argmax(1) == targets).sum(),
             clean_correct=clean_correct,
         )
         if (batch_index + 1) % PROGRESS_EVERY == 0 or batch_index + 1 == len(loader):
@@ -243,9 +332,9 @@ def train_one_epoch(
         "train_loss_natural": totals["natural"] / count,
         "train_loss_robust": totals["robust"] / count,
         "train_adv_acc": 100 * totals["adv_correct"] / count,
-        "eps": eps_t if method.attacks else 0.0,
+        "eps": eps_t if method.has_attack else 0.0,
         "attack_step_size": step_size,
-        "attack_steps": steps if method.attacks else 0,
+        "attack_steps": steps if method.has_attack else 0,
         "awp": use_awp,
         "precision": precision,
     }
@@ -261,6 +350,78 @@ def averaged_model(model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> to
     return copy
 
 
+def monitor(cfg: ATConfig, loaders: Loaders, device: torch.device, owner: str, network) -> Dict[str, float]:
+    """Clean and PGD accuracy of ``network`` on the monitored set (and clean test accuracy when that is
+    the validation set), keyed by `metric_key` (``ema_val_robust_acc``, ...)."""
+    eps = cfg.eval.epsilon if cfg.eval.epsilon is not None else cfg.attack.epsilon
+    accuracy = clean_and_pgd_accuracy(
+        network,
+        loaders.monitor,
+        device,
+        eps=eps,
+        step_size=cfg.eval.step_size,
+        steps=cfg.eval.pgd_steps,
+        norm=cfg.attack.norm,
+        channels_last=cfg.channels_last,
+        seed=cfg.seed,
+        objective=cfg.eval.objective,
+    )
+    numbers = {metric_key(key, split=loaders.monitor_set, owner=owner): value for key, value in accuracy.items()}
+    if loaders.monitor_set != "test":
+        clean = clean_and_pgd_accuracy(
+            network, loaders.test, device, eps=eps, step_size=0.0, steps=0, channels_last=cfg.channels_last
+        )
+        numbers[metric_key("clean_acc", owner=owner)] = clean["clean_acc"]
+    return numbers
+
+
+def selecting_metric(cfg: ATConfig, monitor_set: str) -> Tuple[str, str]:
+    """(whose weights best.pt holds, the key of metrics.jsonl that picks them): the monitored robust
+    accuracy, or the clean one when the monitor runs no attack (``eval.pgd_steps=0``)."""
+    owner = "ema" if cfg.eval.select == "ema" else "model"
+    kind = "robust_acc" if cfg.eval.pgd_steps > 0 else "clean_acc"
+    return owner, metric_key(kind, split=monitor_set, owner=owner)
+
+
+def epoch_line(cfg: ATConfig, epoch: int, metrics: Dict[str, float], monitor_set: str) -> str:
+    """The log line of one epoch."""
+    robust = {owner: metric_key("robust_acc", split=monitor_set, owner=owner) for owner in ("model", "ema", "swa")}
+    clean = metric_key("clean_acc")
+    return (
+        f"epoch {epoch}/{cfg.epochs}  lr {metrics['lr']:.4f}  eps {metrics['eps'] * 255:.2f}/255  "
+        f"loss {metrics['train_loss']:.4f}  train adv {metrics['train_adv_acc']:.2f}%"
+        + (f"  test clean {metrics[clean]:.2f}%" if clean in metrics else "")
+        + (
+            f"  {monitor_set} PGD-{cfg.eval.pgd_steps} {metrics[robust['model']]:.2f}%"
+            if robust["model"] in metrics
+            else ""
+        )
+        + (f"  (EMA {metrics[robust['ema']]:.2f}%)" if robust["ema"] in metrics else "")
+        + (f"  (epoch average {metrics[robust['swa']]:.2f}%)" if robust["swa"] in metrics else "")
+        + f"  {metrics['epoch_seconds']:.0f}s"
+        + (f" (compiling {metrics['compile_seconds']:.0f}s)" if metrics.get("compile_seconds") else "")
+    )
+
+
+def set_learning_rate(cfg: ATConfig, optimizer: torch.optim.Optimizer, epoch: int) -> float:
+    """The schedule's learning rate and momentum of ``epoch``, set in every parameter group; the rate."""
+    o = cfg.optim
+    lr = learning_rate(
+        epoch,
+        base_lr=o.lr,
+        epochs=cfg.epochs,
+        schedule=o.schedule,
+        warmup_epochs=o.warmup_epochs,
+        milestones=o.milestones,
+        decay=o.decay,
+        first_epoch_lr=o.first_epoch_lr,
+    )
+    sgd_momentum = momentum(epoch, base_momentum=o.momentum, epochs=cfg.epochs, schedule=o.schedule)
+    for group in optimizer.param_groups:
+        group["lr"], group["momentum"] = lr, sgd_momentum
+    return lr
+
+
 def train(cfg: ATConfig) -> Dict[str, object]:
     """Runs (or resumes) a whole training run; returns what results.json holds."""
     device = prepare_runtime(
@@ -271,189 +432,63 @@ def train(cfg: ATConfig) -> Dict[str, object]:
         dist_timeout=cfg.dist_timeout,
     )
     loaders = build_loaders(cfg, device)
-    num_classes, train_loader, monitor_set = loaders.num_classes, loaders.train, loaders.monitor_set
-
-    method = build_method(cfg)
-    model = build_model(cfg.model.arch, num_classes, dataset=cfg.data.dataset, **cfg.model.build_kwargs()).to(device)
-    attach_preprocessing(model, cfg.model.preprocess, cfg.data.dataset)  # state dict unchanged; deep copies keep it
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model = sync_batch_norm(model, cfg.sync_bn, device)
-    views = 2 if cfg.data.augment in ("autoaug", "cutout") else 1  # [basic; augmented] batches
-    group_batch_norm(model, cfg.batchnorm_groups, world_size(), views)  # before AWP's proxy and the EMA copy it
-    groups = weight_decay_groups(model, cfg.optim.weight_decay, cfg.optim.batchnorm_weight_decay)
-    companion = None
-    if method.companion_arch:  # LBGAT's natural classifier: one optimiser, its parameters a group of their own
-        companion = build_model(method.companion_arch, num_classes, dataset=cfg.data.dataset).to(device)
-        if cfg.channels_last:
-            companion = companion.to(memory_format=torch.channels_last)
-        companion = sync_batch_norm(companion, cfg.sync_bn, device)
-        group_batch_norm(companion, cfg.batchnorm_groups, world_size())
-        groups += weight_decay_groups(companion, cfg.optim.weight_decay, cfg.optim.batchnorm_weight_decay)
-    optimizer = sgd(
-        groups,
-        lr=cfg.optim.lr,
-        momentum=cfg.optim.momentum,
-        nesterov=cfg.optim.nesterov,
-        implementation=cfg.optim.implementation,
-        device=device,
-    )
-    prior = ClassPrior(num_classes, temperature=method.prior_temperature).to(device)
-    ema = (
-        ModelEMA(
-            model,
-            tau=cfg.ema.tau,
-            start_epoch=cfg.ema.start_epoch,
-            average_buffers=cfg.ema.average_buffers,
-            warmup_steps=cfg.ema.warmup_fraction * cfg.epochs * len(train_loader),
-        )
-        if cfg.ema.enabled
-        else None
-    )
-    awp = (
-        AdversarialWeightPerturbation(model, gamma=cfg.awp.gamma, proxy_lr=cfg.awp.proxy_lr)
-        if cfg.awp.enabled
-        else None
-    )
-    swa = EpochAverage(cfg.swa.tau) if cfg.swa.enabled else None
-    swa_end = cfg.swa.last_epoch(cfg.epochs)
-
+    training = build_training(cfg, loaders.num_classes, device, steps_per_epoch=len(loaders.train))
+    model, ema, average = training.model, training.ema, training.epoch_average
+    averaging, average_end = cfg.epoch_average, cfg.epoch_average.last_epoch(cfg.epochs)
+    selector, selects_by = selecting_metric(cfg, loaders.monitor_set)
     run = start_run(
         cfg,
-        task="adv_training",
         device=device,
         model=model,
-        optimizer=optimizer,
-        # besides model and optimizer; "companion" is None (and absent from older files) without one
-        states={"prior": prior, "ema": ema, "awp": awp, "swa": swa, "companion": companion},
-        best={"robust_acc": -1.0, "epoch": 0},
+        optimizer=training.optimizer,
+        states=training.states(),
+        selects_by=selects_by,
         optimizer_implementation=cfg.optim.implementation,
         describe=f"model.arch={cfg.model.arch} with {cfg.data.dataset}",
     )
     folder = run.folder
     log(
         f"Training {cfg.method} on {cfg.data.dataset} with {cfg.model.arch} on {device} -> {folder.path}"
-        + ("; training images resident on the device" if isinstance(train_loader, DeviceBatches) else "")
+        + ("; training images resident on the device" if isinstance(loaders.train, DeviceBatches) else "")
         + ("; compiled forwards" if cfg.compile else "")
     )
-
-    eval_eps = cfg.eval.epsilon if cfg.eval.epsilon is not None else cfg.attack.epsilon
-
-    def monitor(owner: str, network: torch.nn.Module) -> Dict[str, float]:
-        """Clean and PGD accuracy on the monitored set (and clean test accuracy when that is the
-        validation set), keyed by `metric_key` (``ema_val_robust_acc``, ...)."""
-        accuracy = clean_and_pgd_accuracy(
-            network,
-            loaders.monitor,
-            device,
-            eps=eval_eps,
-            step_size=cfg.eval.step_size,
-            steps=cfg.eval.pgd_steps,
-            norm=cfg.attack.norm,
-            channels_last=cfg.channels_last,
-            seed=cfg.seed,
-            objective=cfg.eval.objective,
-        )
-        numbers = {metric_key(key, split=monitor_set, owner=owner): value for key, value in accuracy.items()}
-        if monitor_set != "test":
-            clean = clean_and_pgd_accuracy(
-                network, loaders.test, device, eps=eval_eps, step_size=0.0, steps=0, channels_last=cfg.channels_last
-            )
-            numbers[metric_key("clean_acc", owner=owner)] = clean["clean_acc"]
-        return numbers
-
-    selector = "ema" if cfg.eval.select == "ema" else "model"  # whose numbers pick best.pt
-    selecting = {kind: metric_key(kind, split=monitor_set, owner=selector) for kind in ("robust_acc", "clean_acc")}
-    robust = {owner: metric_key("robust_acc", split=monitor_set, owner=owner) for owner in ("model", "ema", "swa")}
-    network = wrap_model(model, device)  # the training forwards average their gradients across processes
-    train_forward = compile_model(network, cfg.compile)
-    attack_forward = train_forward if network is model else compile_model(model, cfg.compile)
-    companion_forward = compile_model(wrap_model(companion, device), cfg.compile) if companion is not None else None
+    forwards = Forwards.of(training, cfg, device)
     try:
         for epoch in range(run.start_epoch, cfg.epochs + 1):
             started = time.perf_counter()
-            lr = learning_rate(
-                epoch,
-                base_lr=cfg.optim.lr,
-                epochs=cfg.epochs,
-                schedule=cfg.optim.schedule,
-                warmup_epochs=cfg.optim.warmup_epochs,
-                milestones=cfg.optim.milestones,
-                decay=cfg.optim.decay,
-                first_epoch_lr=cfg.optim.first_epoch_lr,
-            )
-            sgd_momentum = momentum(
-                epoch, base_momentum=cfg.optim.momentum, epochs=cfg.epochs, schedule=cfg.optim.schedule
-            )
-            for group in optimizer.param_groups:
-                group["lr"], group["momentum"] = lr, sgd_momentum
-            data_lib.set_epoch(train_loader, epoch)
+            lr = set_learning_rate(cfg, training.optimizer, epoch)
+            data_lib.set_epoch(loaders.train, epoch)
             compiling_since = compile_seconds()
-            metrics = {
-                "lr": lr,
-                **train_one_epoch(
-                    cfg,
-                    method,
-                    epoch,
-                    train_forward,
-                    train_loader,
-                    optimizer,
-                    prior,
-                    ema,
-                    awp,
-                    device,
-                    attack_model=attack_forward,
-                    companion=companion_forward,
-                ),
-            }
+            metrics = {"lr": lr, **train_one_epoch(cfg, training, forwards, epoch, loaders.train, device)}
             if cfg.compile:
                 metrics["compile_seconds"] = compile_seconds() - compiling_since
-            prior.step()
-            for module in (model, ema.module if ema is not None else None, companion):
+            training.prior.step()
+            for module in (model, ema.module if ema is not None else None, training.method):
                 if module is not None:
                     broadcast_buffers_(module)  # one model on every process: evaluated, averaged and saved alike
-            if swa is not None and cfg.swa.start <= epoch <= swa_end:
-                swa.add(model.state_dict())
+            if average is not None and averaging.start <= epoch <= average_end:
+                average.add(model.state_dict())
             metrics["train_seconds"] = time.perf_counter() - started
 
             if epoch % cfg.eval.every == 0 or epoch == cfg.epochs:
-                metrics.update(monitor("model", model))
+                metrics.update(monitor(cfg, loaders, device, "model", model))
                 if ema is not None and ema.started:
-                    metrics.update(monitor("ema", ema.module))
-            if swa is not None and epoch == swa_end:
-                swa_model = averaged_model(model, swa.average)
-                metrics.update(monitor("swa", swa_model))
-                del swa_model
+                    metrics.update(monitor(cfg, loaders, device, "ema", ema.module))
+            if average is not None and epoch == average_end:
+                metrics.update(monitor(cfg, loaders, device, "swa", averaged_model(model, average.average)))
             metrics["epoch_seconds"] = time.perf_counter() - started
             run.logger.log_epoch(epoch, metrics)
-            log(
-                f"epoch {epoch}/{cfg.epochs}  lr {lr:.4f}  eps {metrics['eps'] * 255:.2f}/255  "
-                f"loss {metrics['train_loss']:.4f}  train adv {metrics['train_adv_acc']:.2f}%"
-                + (f"  test clean {metrics[clean]:.2f}%" if (clean := metric_key("clean_acc")) in metrics else "")
-                + (
-                    f"  {monitor_set} PGD-{cfg.eval.pgd_steps} {metrics[robust['model']]:.2f}%"
-                    if robust["model"] in metrics
-                    else ""
-                )
-                + (f"  (EMA {metrics[robust['ema']]:.2f}%)" if robust["ema"] in metrics else "")
-                + (f"  (epoch average {metrics[robust['swa']]:.2f}%)" if robust["swa"] in metrics else "")
-                + f"  {metrics['epoch_seconds']:.0f}s"
-                + (f" (compiling {metrics['compile_seconds']:.0f}s)" if metrics.get("compile_seconds") else "")
-            )
+            log(epoch_line(cfg, epoch, metrics, loaders.monitor_set))
 
-            if is_main_process():
-                value = metrics.get(selecting["robust_acc"], metrics.get(selecting["clean_acc"]))
-                if value is not None and value > run.best["robust_acc"]:  # ties keep the earlier epoch
-                    run.best = {"robust_acc": value, "epoch": epoch}
-                    chosen = ema.module if selector == "ema" else model
-                    folder.save({"model": chosen.state_dict(), "epoch": epoch, "robust_acc": value}, folder.best)
-                if ema is not None and ema.started:
-                    folder.save({"model": ema.module.state_dict(), "epoch": epoch}, folder.ema)
-                if cfg.save_every and epoch % cfg.save_every == 0:
-                    folder.save(model.state_dict(), folder.epoch_weights(epoch))
-                if swa is not None and epoch == swa_end:
-                    path = folder.save(swa.average, folder.epoch_average(cfg.swa.tau, cfg.swa.start, swa_end))
-                    log(f"wrote the epoch average of epochs {cfg.swa.start}-{swa_end}: {path}")
+            run.offer_best(epoch, metrics, ema.module if selector == "ema" else model)
+            if ema is not None and ema.started:
+                run.save_weights(folder.ema, ema.module, epoch, evaluation_keys(metrics, owners=("ema",)))
+            if cfg.save_every and epoch % cfg.save_every == 0:
+                run.save_weights(folder.epoch_weights(epoch), model, epoch, evaluation_keys(metrics, owners=("model",)))
+            if average is not None and epoch == average_end:
+                path = folder.epoch_average(averaging.tau, averaging.start, average_end)
+                run.save_weights(path, average.average, epoch, evaluation_keys(metrics, owners=("swa",)))
+                log(f"wrote the epoch average of epochs {averaging.start}-{average_end}: {path}")
             if run.end_epoch(epoch):
                 return run.stopped(epoch)
     finally:
@@ -462,15 +497,13 @@ def train(cfg: ATConfig) -> Dict[str, object]:
     results = {
         "run_dir": str(folder.path),
         "epochs": cfg.epochs,
-        "best_epoch": run.best["epoch"],
-        "best_metric": selecting["robust_acc" if cfg.eval.pgd_steps > 0 else "clean_acc"],
-        "best_value": run.best["robust_acc"],
+        **run.best_results(),
         # From the last epoch's record, so that resuming a finished run (or one killed after its
         # last checkpoint) rebuilds the same results.
         "final": evaluation_keys(run.logger.last_record or {}),
     }
-    if swa is not None:
-        results["swa_file"] = folder.epoch_average(cfg.swa.tau, cfg.swa.start, swa_end).name
+    if average is not None:
+        results["swa_file"] = folder.epoch_average(averaging.tau, averaging.start, average_end).name
     run.logger.finish(results)
     return results
 
@@ -481,7 +514,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         train,
         prog="python -m adv_training.train",
         argv=argv,
-        check=build_method,
+        check=check_method,
         description="Adversarial training with IKL, TRADES, PGD-AT, MART or standard training. "
         "Settings: --config FILE, then key=value overrides.",
     )

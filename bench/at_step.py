@@ -42,80 +42,57 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from adv_training.awp import AdversarialWeightPerturbation  # noqa: E402
 from adv_training.config import ATConfig  # noqa: E402
-from adv_training.methods import build_method  # noqa: E402
-from adv_training.train import train_one_epoch  # noqa: E402
+from adv_training.train import Forwards, build_training, train_one_epoch  # noqa: E402
 from bench.timing import interleaved_medians, timed  # noqa: E402
-from engine.distributed import init_distributed, shutdown_distributed, world_size, wrap_model  # noqa: E402
-from engine.ema import ModelEMA  # noqa: E402
-from engine.optim import sgd, weight_decay_groups  # noqa: E402
-from engine.runtime import compile_model, configure_precision, resolve_device  # noqa: E402
-from losses import ClassPrior  # noqa: E402
+from engine.distributed import init_distributed, shutdown_distributed, world_size  # noqa: E402
+from engine.environment import configure_precision, resolve_device  # noqa: E402
 from losses.pairwise_oracle import wmse_loss_pairwise  # noqa: E402
-from models import build_model  # noqa: E402
 
 TRAIN_IMAGES, EPOCHS = 50_000, 200
 
 
-def _setup(args, precision, device, channels_last=None, fused=False):
-    configure_precision(precision)
+def bench_config(args, method, precision, channels_last=None, compiled=False, fused=False) -> ATConfig:
+    """The run this benchmark times: ``args``'s architecture on CIFAR-100, the recipe's IKL-AT knobs
+    with AWP and the EMA acting from the first epoch; fused SGD on CUDA when ``fused``, torch's default
+    kernel otherwise (the authors' loop)."""
+    cfg = ATConfig(method=method, precision=precision, epochs=EPOCHS, compile=compiled)
+    cfg.channels_last = args.channels_last if channels_last is None else channels_last
+    cfg.data.dataset = "cifar100"
+    cfg.model.arch, cfg.model.depth, cfg.model.widen_factor = args.arch, args.depth, args.widen_factor
+    cfg.optim.lr, cfg.optim.implementation = 0.1, "auto" if fused else "default"
+    cfg.awp.warmup = cfg.ema.start_epoch = 1
+    return cfg
+
+
+def setup(cfg: ATConfig, args, device):
+    """What the trainer builds for ``cfg`` (`build_training`), from seed 0, and ``args.iterations``
+    random CIFAR-sized batches of the global batch's share already on the device, as the
+    device-resident loader delivers them (the training data's cost is apart)."""
+    configure_precision(cfg.precision)
     torch.manual_seed(0)
-    kwargs = {k: v for k, v in (("depth", args.depth), ("widen_factor", args.widen_factor)) if v is not None}
-    model = build_model(args.arch, 100, dataset="cifar100", **kwargs).to(device)
-    if args.channels_last if channels_last is None else channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = sgd(
-        weight_decay_groups(model, 5e-4),
-        lr=0.1,
-        momentum=0.9,
-        nesterov=False,
-        device=device,
-        implementation="auto" if fused else "default",
-    )  # the authors' loop: torch's default kernel
-    prior = ClassPrior(100, temperature=4.0).to(device)
-    ema = ModelEMA(model, tau=0.9996, start_epoch=1)
-    awp = AdversarialWeightPerturbation(model, gamma=0.005)
+    training = build_training(cfg, 100, device, steps_per_epoch=1)
     local_batch = args.batch_size // world_size()  # the global batch, shared by the processes
-    # Already on the device, as the device-resident loader delivers them (the training data's cost is apart).
     batches = [
         (torch.rand(local_batch, 3, 32, 32).to(device), torch.randint(0, 100, (local_batch,)).to(device))
         for _ in range(args.iterations)
     ]
-    return model, optimizer, prior, ema, awp, batches
+    return training, batches
 
 
 def our_iterations(method, args, precision, device, channels_last=None, compiled=False):
     """Our training loop (`train_one_epoch`) over ``args.iterations`` batches, as a timed function:
     fused SGD on CUDA, and with ``compiled`` the compiled forwards."""
-    channels_last = args.channels_last if channels_last is None else channels_last
-    cfg = ATConfig(method=method, precision=precision, channels_last=channels_last, epochs=EPOCHS, compile=compiled)
-    cfg.data.dataset = "cifar100"
-    cfg.awp.warmup = 1
-    cfg.ema.start_epoch = 1
-    model, optimizer, prior, ema, awp, batches = _setup(args, precision, device, channels_last, fused=True)
-    network = wrap_model(model, device)
-    train_forward = compile_model(network, compiled)
-    attack_forward = train_forward if network is model else compile_model(model, compiled)
+    cfg = bench_config(args, method, precision, channels_last, compiled, fused=True)
+    training, batches = setup(cfg, args, device)
+    forwards = Forwards.of(training, cfg, device)
     run = timed(
         device,
         args.iterations,
-        lambda: train_one_epoch(
-            cfg,
-            build_method(cfg),
-            EPOCHS,
-            train_forward,
-            batches,
-            optimizer,
-            prior,
-            ema,
-            awp,
-            device,
-            attack_model=attack_forward,
-        ),
+        lambda: train_one_epoch(cfg, training, forwards, EPOCHS, batches, device),
         precision,
     )
-    run.model = model  # for tests/test_bench.py
+    run.model = training.model  # for tests/test_bench.py
     return run
 
 
@@ -125,12 +102,13 @@ def authors_iterations(args, precision, device):
     ``model(x_natural)`` at every step, IKL with the pairwise wMSE and its [B, C, C] weight
     tensor (`losses.pairwise_oracle`), the AWP proxy step on the same loss, then the training
     step, the EMA and the class prior: the same work as ours, in their loop's structure."""
-    model, optimizer, prior, ema, awp, batches = _setup(args, precision, device, channels_last=False)
+    training, batches = setup(bench_config(args, "ikl", precision, channels_last=False), args, device)
+    model, optimizer, prior, ema, awp = training.model, training.optimizer, training.prior, training.ema, training.awp
     eps, step = 8 / 255, 4 / 255
 
-    def ikl(logits_adv, logits_nat, rows, alpha, beta):
-        soft_ce = -(F.softmax(logits_nat.detach(), dim=1) * F.log_softmax(logits_adv, dim=1)).sum(1).mean()
-        return beta * wmse_loss_pairwise(logits_adv, logits_nat, rows) + alpha * soft_ce
+    def ikl(logits_adv, logits_natural, rows, alpha, beta):
+        soft_ce = -(F.softmax(logits_natural.detach(), dim=1) * F.log_softmax(logits_adv, dim=1)).sum(1).mean()
+        return beta * wmse_loss_pairwise(logits_adv, logits_natural, rows) + alpha * soft_ce
 
     def body():
         for images, targets in batches:
@@ -146,17 +124,19 @@ def authors_iterations(args, precision, device):
             model.train()
 
             def training_loss(network):
-                logits_adv, logits_nat = network(x_adv), network(x)  # in this order, as their trainer
-                return F.cross_entropy(logits_nat, y) + ikl(logits_adv, logits_nat, rows, 4.0, 20.0), logits_nat
+                logits_adv, logits_natural = network(x_adv), network(x)  # in this order, as their trainer
+                return F.cross_entropy(logits_natural, y) + ikl(
+                    logits_adv, logits_natural, rows, 4.0, 20.0
+                ), logits_natural
 
             perturbation = awp.compute(lambda proxy: training_loss(proxy)[0])
             with awp.perturbed(perturbation):
-                loss, logits_nat = training_loss(model)
+                loss, logits_natural = training_loss(model)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
             ema.update(model, EPOCHS)
-            prior.update(logits_nat.detach(), y)
+            prior.update(logits_natural.detach(), y)
 
     run = timed(device, args.iterations, body, precision)
     run.model = model

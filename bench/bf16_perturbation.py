@@ -76,7 +76,7 @@ class TF32Operands(TorchDispatchMode):
 
 def logits(model, x, precision):
     """fp32, bf16 (autocast) or tf32 logits of ``x``, as float32, as training computes them: a bf16
-    run's float32 layers (the stem and the head) run with TF32 on (`engine.runtime.configure_precision`)."""
+    run's float32 layers (the stem and the head) run with TF32 on (`engine.environment.configure_precision`)."""
     tf32 = precision in ("tf32", "bf16")
     emulate = tf32 and x.device.type != "cuda"  # rounds float32 operands only: bf16 ones are TF32 already
     flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32

@@ -28,7 +28,7 @@ from conftest import write_cifar  # noqa: E402  (CIFAR's on-disk format)
 
 from engine import data as data_lib  # noqa: E402
 from engine.data import DeviceBatches, as_float_images  # noqa: E402
-from engine.runtime import resolve_device  # noqa: E402
+from engine.environment import resolve_device  # noqa: E402
 
 
 def epoch_seconds(loader, device, epoch: int) -> float:

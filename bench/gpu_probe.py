@@ -87,7 +87,7 @@ def main(argv=None):
     cifar = write_cifar(work / "data", "cifar10", num_train=1024, num_test=200)
 
     from adv_training.train import main as train_at
-    from engine import runtime
+    from engine import environment
     from engine.run_folder import RunFolder
     from knowledge_distillation.train import main as train_kd
 
@@ -111,7 +111,7 @@ def main(argv=None):
             "eval.pgd_steps=2",
             "awp.warmup=1",
             "ema.start_epoch=1",
-            "swa.enabled=false",
+            "epoch_average.enabled=false",
             *extra,
         ]
         code = train_at(argv)
@@ -145,11 +145,11 @@ def main(argv=None):
 
     def rng_of_the_runs_gpu():
         torch.zeros(1, device=device)
-        state = runtime.capture_rng_state()
+        state = environment.capture_rng_state()
         if not isinstance(state["cuda"], torch.Tensor):
             raise AssertionError(f"state['cuda'] is a {type(state['cuda']).__name__}")
         expected = torch.rand(4, device=device)
-        runtime.restore_rng_state({**state, "cuda": [state["cuda"]] + [torch.zeros_like(state["cuda"])] * 7})
+        environment.restore_rng_state({**state, "cuda": [state["cuda"]] + [torch.zeros_like(state["cuda"])] * 7})
         if not torch.equal(torch.rand(4, device=device), expected):
             raise AssertionError("the restored CUDA stream differs")
         return f"one state of {state['cuda'].numel()} bytes, current device {torch.cuda.current_device()}"
@@ -201,7 +201,7 @@ def main(argv=None):
             split = kd_run(f"fd_{method}_split", *options, "resume=true")
             a = torch.load(RunFolder(whole).last, map_location="cpu", weights_only=True)
             b = torch.load(RunFolder(split).last, map_location="cpu", weights_only=True)
-            if not same_bits(a["model"], b["model"]) or not same_bits(a["distiller"] or {}, b["distiller"] or {}):
+            if not same_bits(a["model"], b["model"]) or not same_bits(a["method"] or {}, b["method"] or {}):
                 raise AssertionError(f"{method}: the resumed run differs from the uninterrupted one")
         return f"{len(methods)} distillers bit-equal after 2 epochs (bf16)"
 
@@ -220,7 +220,7 @@ def main(argv=None):
             split = at_run(f"{name}_split", *options, "resume=true")
             a = torch.load(RunFolder(whole).last, map_location="cpu", weights_only=True)
             b = torch.load(RunFolder(split).last, map_location="cpu", weights_only=True)
-            if not same_bits(a["model"], b["model"]) or not same_bits(a["companion"] or {}, b["companion"] or {}):
+            if not same_bits(a["model"], b["model"]) or not same_bits(a["method"] or {}, b["method"] or {}):
                 raise AssertionError(f"{name}: the resumed run differs from the uninterrupted one")
         return "LBGAT (with its natural ResNet18_cifar) and AT-AWP bit-equal after 2 epochs (bf16, 4 BN groups)"
 
@@ -252,12 +252,12 @@ def main(argv=None):
         kd_args = argparse.Namespace(batch_size=64, image_size=64, iterations=3)
         kd = kd_step.our_iterations(kd_step.pair_config("r34_r18", "bf16", True, False), kd_args, device)
         kd()
-        from knowledge_distillation.train import evaluate_topk
+        from engine.metrics import topk_accuracy
 
         validation = [
             (torch.rand(64, 3, 64, 64).pin_memory(), torch.randint(0, 1000, (64,)).pin_memory()) for _ in range(3)
         ]  # as a DataLoader with pin_memory delivers them
-        evaluate = lambda: evaluate_topk(kd.student, validation, device, channels_last=True)  # noqa: E731
+        evaluate = lambda: topk_accuracy(kd.student, validation, device, channels_last=True)  # noqa: E731
         evaluate()
         places = {
             "IKL-AT": at_step.host_syncs(ikl),

@@ -53,14 +53,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.timing import interleaved_medians, timed  # noqa: E402
 from engine import data as data_lib  # noqa: E402
 from engine.config import load_config  # noqa: E402
-from engine.optim import sgd, weight_decay_groups  # noqa: E402
-from engine.runtime import compile_model, configure_precision, resolve_device  # noqa: E402
+from engine.environment import compile_model, configure_precision, resolve_device  # noqa: E402
 from knowledge_distillation.config import KDConfig  # noqa: E402
-from knowledge_distillation.distillers import build_distiller  # noqa: E402
-from knowledge_distillation.train import StudentForward, TeacherForward, train_one_epoch  # noqa: E402
-from losses import ClassPrior  # noqa: E402
+from knowledge_distillation.train import (  # noqa: E402
+    StudentForward,
+    TeacherForward,
+    build_distillation,
+    train_one_epoch,
+)
 from losses.pairwise_oracle import wmse_loss_pairwise  # noqa: E402
-from models import build_model  # noqa: E402
+from models import build_model, freeze  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = {"r34_r18": "r34_r18.yaml", "r50_mv1": "r50_mv1.yaml"}
@@ -86,19 +88,18 @@ def pair_config(pair: str, precision: str, channels_last: bool, compiled: bool, 
             f"channels_last={channels_last}",
             f"compile={compiled}",
             "device=cpu",
+            "batchnorm_groups=1",  # one process's BatchNorm, as the authors' loop beside it (and one GPU)
         ],
     )
 
 
-def _setup(cfg: KDConfig, args, device):
+def setup(cfg: KDConfig, args, device):
+    """From seed 0: a teacher with random weights, frozen, and what the trainer builds around it for
+    ``cfg`` (`build_distillation`) at ``args.image_size``; ``args.iterations`` random batches on the device."""
     configure_precision(cfg.precision)
     torch.manual_seed(0)
-    teacher = build_model(cfg.teacher.arch, CLASSES, dataset="imagenet").to(device).eval()
-    for parameter in teacher.parameters():
-        parameter.requires_grad_(False)
-    student = build_model(cfg.student.arch, CLASSES, dataset="imagenet").to(device)
-    if cfg.channels_last:
-        teacher, student = (m.to(memory_format=torch.channels_last) for m in (teacher, student))
+    teacher = freeze(build_model(cfg.teacher.arch, CLASSES, dataset="imagenet").to(device))
+    kd = build_distillation(cfg, CLASSES, device, teacher, input_size=(3, args.image_size, args.image_size))
     generator = torch.Generator().manual_seed(1)
     batches = [
         (
@@ -107,38 +108,23 @@ def _setup(cfg: KDConfig, args, device):
         )
         for _ in range(args.iterations)
     ]
-    return teacher, student, batches
+    return kd, batches
 
 
 def our_iterations(cfg: KDConfig, args, device):
     """Our distillation loop over ``args.iterations`` batches, as a timed function."""
-    teacher, student, batches = _setup(cfg, args, device)
-    distiller = build_distiller(
-        cfg, student, teacher, input_size=(3, args.image_size, args.image_size), train_targets=None
-    ).to(device)
-    groups = weight_decay_groups(student, cfg.optim.weight_decay)
-    if list(distiller.parameters()):
-        groups.append({"params": list(distiller.parameters()), "weight_decay": cfg.optim.weight_decay})
-    optimizer = sgd(
-        groups,
-        lr=cfg.optim.lr,
-        momentum=cfg.optim.momentum,
-        nesterov=cfg.optim.nesterov,
-        implementation=cfg.optim.implementation,
-        device=device,
-    )
-    prior = ClassPrior(CLASSES, temperature=distiller.prior_temperature).to(device)
-    student_forward = compile_model(StudentForward(student, distiller), cfg.compile)
-    teacher_forward = compile_model(TeacherForward(teacher, distiller.needs_features), cfg.compile)
+    kd, batches = setup(cfg, args, device)
+    student_forward = compile_model(StudentForward(kd.student, kd.distiller), cfg.compile)
+    teacher_forward = compile_model(TeacherForward(kd.teacher, kd.distiller.needs_features), cfg.compile)
     run = timed(
         device,
         args.iterations,
         lambda: train_one_epoch(
-            cfg, distiller, EPOCH, student_forward, teacher_forward, batches, optimizer, prior, device
+            cfg, kd.distiller, EPOCH, student_forward, teacher_forward, batches, kd.optimizer, kd.prior, device
         ),
         cfg.precision,
     )
-    run.student = student  # for tests/test_bench.py
+    run.student = kd.student  # for tests/test_bench.py
     return run
 
 
@@ -147,8 +133,8 @@ def mdistiller_iterations(cfg: KDConfig, args, device):
     trainer runs: fp32 forwards, CE + alpha soft CE + beta pairwise wMSE weighted by the class
     prior rows (``one_hot(y) @ prior``), plain SGD, the prior accumulated every batch, and the
     loss and top-1/top-5 read on the host every iteration."""
-    teacher, student, batches = _setup(cfg, args, device)
-    s = cfg.ikl
+    kd, batches = setup(cfg, args, device)
+    teacher, student, s = kd.teacher, kd.student, cfg.ikl
     optimizer = torch.optim.SGD(
         student.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
     )

@@ -6,7 +6,7 @@ from typing import Callable, Dict, List, Tuple
 
 import torch
 
-from engine.runtime import compile_seconds, configure_precision
+from engine.environment import compile_seconds, configure_precision
 
 
 def timed(device: torch.device, iterations: int, body, precision: str):

@@ -5,7 +5,8 @@ one-line description (``--print-config`` shows all three). Loading is strict:
 
 * an unknown key, in a YAML file or on the command line, is an error that names the key
   and the closest valid one (``optim.lr_sheduler`` -> did you mean ``optim.lr_schedule``?);
-* a key that was renamed (listed in the schema's ``RENAMED_KEYS``) is an error naming the new key;
+* a key that was renamed (listed in the schema's ``RENAMED_KEYS``: a key, or a whole section) keeps
+  working: it is read as its new name, and a note on standard error says what to write instead;
 * a value of the wrong type is an error naming the key, the expected type and the value;
 * ints are accepted where floats are expected, and a float knob also takes a fraction
   written as ``8/255``, because that is how attack budgets are quoted.
@@ -14,10 +15,12 @@ Precedence: schema defaults < YAML file (which may name a ``base:`` file it exte
 relative to itself) < command-line ``key=value`` overrides (values parsed as YAML).
 """
 
+import copy
 import dataclasses
 import difflib
 import math
 import re
+import sys
 import types
 import typing
 from pathlib import Path
@@ -143,12 +146,57 @@ def valid_keys(schema, prefix: str = "") -> List[str]:
     return keys
 
 
-def _unknown_key_error(key: str, schema_root, where: str) -> ConfigError:
+def renamed_key(key: str, schema_root) -> Optional[str]:
+    """The name ``key`` has now when the schema's ``RENAMED_KEYS`` renamed it (or a section it is in),
+    else None: ``{"swa": "epoch_average"}`` makes ``swa.tau`` ``epoch_average.tau``."""
     renamed = getattr(schema_root, "RENAMED_KEYS", {})
-    if key in renamed:
-        return ConfigError(
-            f"config key '{key}' ({where}) is now called '{renamed[key]}'; write {renamed[key]} instead (same meaning)"
-        )
+    for old, new in renamed.items():
+        if key == old or key.startswith(old + "."):
+            return new + key[len(old) :]
+    return None
+
+
+def _note_renamed(key: str, new: str, where: str) -> None:
+    print(f"note: config key '{key}' ({where}) is now called '{new}'; read as {new} (same meaning)", file=sys.stderr)
+
+
+def _apply_renames(data: Dict[str, Any], schema_root, where: Optional[str]) -> Dict[str, Any]:
+    """A YAML mapping with every renamed key (or section) moved to its new name, each said on standard
+    error unless ``where`` is None; a key given under both names is an error."""
+    moves = []
+
+    def walk(mapping, prefix):
+        for name in list(mapping):
+            key = prefix + str(name)
+            new = renamed_key(key, schema_root)
+            if new is not None:
+                moves.append((key, new, mapping.pop(name)))
+            elif isinstance(mapping[name], dict):
+                walk(mapping[name], key + ".")
+
+    walk(data, "")
+    for old, new, value in moves:
+        if where is not None:
+            _note_renamed(old, new, where)
+        *sections, last = new.split(".")
+        target = data
+        for section in sections:
+            target = target.setdefault(section, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"config section '{section}' must be a mapping ({where}), got {target!r}")
+        if last in target:
+            raise ConfigError(f"config key '{old}' and its new name '{new}' are both given ({where}); keep {new}")
+        target[last] = value
+    return data
+
+
+def with_current_keys(data: Dict[str, Any], schema_root) -> Dict[str, Any]:
+    """A saved config mapping (``to_dict``'s, from an earlier run) with its renamed keys under their
+    current names, silently: what comparing it with today's config needs."""
+    return _apply_renames(copy.deepcopy(data), schema_root, None)
+
+
+def _unknown_key_error(key: str, schema_root, where: str) -> ConfigError:
     candidates = valid_keys(schema_root)
     close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
     if not close:  # a misspelt last component under the right section
@@ -324,12 +372,17 @@ def load_config(schema: Type[T], path: Optional[Union[str, Path]] = None, overri
     """Defaults of ``schema``, then the YAML file at ``path``, then ``key=value`` overrides."""
     config = schema()
     if path is not None:
-        _merge(config, _read_yaml(Path(path)), schema, "", f"in {path}")
+        where = f"in {path}"
+        _merge(config, _apply_renames(_read_yaml(Path(path)), schema, where), schema, "", where)
     for override in overrides:
         if "=" not in override:
             raise ConfigError(f"command-line override '{override}' must look like key=value, e.g. optim.lr=0.1")
-        key, raw_value = override.split("=", 1)
-        _set_dotted(config, key.strip(), raw_value.strip(), schema)
+        key, raw_value = (part.strip() for part in override.split("=", 1))
+        new = renamed_key(key, schema)
+        if new is not None:
+            _note_renamed(key, new, f"command line '{override}'")
+            key = new
+        _set_dotted(config, key, raw_value, schema)
     check_ranges(config)
     validate = getattr(config, "validate", None)
     if callable(validate):
@@ -417,10 +470,11 @@ class RunConfig:
     ``PAPER_ROWS`` is the task's table of published rows that ``paper_row`` may name."""
 
     PAPER_ROWS: ClassVar[Mapping[str, Any]] = {}
+    TASK: ClassVar[str] = ""  # the task's id (its package): in last.pt and environment.json
 
     method: str = knob("", "training objective: a name in the task's registry")
     epochs: int = knob(1, "training epochs", valid=EPOCHS)
-    seed: int = knob(0, "seed of every random number generator (set once, in engine.runtime)", valid=SEED)
+    seed: int = knob(0, "seed of every random number generator (set once, in engine.environment)", valid=SEED)
     deterministic: bool = knob(
         False, "deterministic kernels (slower; needed for bit-exact resume on GPU)", changes_result=False
     )

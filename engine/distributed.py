@@ -142,6 +142,7 @@ def init_distributed(device: torch.device, timeout_seconds: float) -> torch.devi
         )
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
+    _import_before_the_group()
     try:
         dist.init_process_group(
             backend,
@@ -155,6 +156,23 @@ def init_distributed(device: torch.device, timeout_seconds: float) -> torch.devi
             f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}): {error}"
         ) from None
     return device
+
+
+def _import_before_the_group() -> None:
+    """Import what would otherwise keep the process group alive after `shutdown_distributed`.
+
+    torch.distributed.nn.functional's collectives take ``group=group.WORLD`` as a default
+    argument, evaluated when the module is first imported; DistributedDataParallel imports it
+    (through torch.distributed._shard) at its first construction. Imported once the group
+    exists, those ten defaults hold the group object: destroy_process_group then cannot free
+    it, and gloo's worker threads outlive it. At the interpreter's exit a worker that drops the
+    last collective's work (the final barrier's) needs the GIL of a finalizing interpreter,
+    is made to exit inside a destructor, and aborts the process after a finished run
+    ("terminate called without an active exception", SIGABRT). Imported before, the defaults
+    are None (the default group at call time) and the group ends in destroy_process_group,
+    which joins its threads.
+    """
+    import torch.distributed.nn.functional  # noqa: F401
 
 
 def local_gpu_index(local_rank: int, visible_gpus: int) -> int:
@@ -178,7 +196,8 @@ def shutdown_distributed(*, all_finished: bool = False) -> None:
     """Leave the process group. ``all_finished``: every process got here the same way (the run
     ended normally), so they first wait for each other; a process that tears down its gloo
     connections while a peer still uses them can abort ("terminate called without an active
-    exception"). After an error no process waits: a peer may be gone."""
+    exception"). After an error no process waits: a peer may be gone. The group, and gloo's
+    threads with it, end here only if nothing else holds it (`_import_before_the_group`)."""
     if is_distributed():
         if all_finished:
             dist.barrier()

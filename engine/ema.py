@@ -183,3 +183,7 @@ class EpochAverage:
     def load_state_dict(self, state: dict) -> None:
         self.tau = float(state["tau"])
         self.average = state["average"]
+
+    def state_from_older_checkpoint(self, checkpoint) -> Optional[dict]:
+        """The average in a last.pt that held it under ``swa`` (before the config section was epoch_average)."""
+        return checkpoint.get("swa")

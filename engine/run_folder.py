@@ -9,14 +9,16 @@ One run writes one folder::
     tensorboard/           the same scalars for TensorBoard
     curves.png             the curves of metrics.jsonl (`engine.plot`)
     last.pt                everything needed to continue exactly (``resume=true``), written every epoch
-    best.pt                {"model", "epoch", <the selecting metric>}: the best epoch so far
-    ema.pt                 {"model", "epoch"}: the weight average (adversarial training, ema.enabled)
-    ours-model-epoch{N}.pt the plain state dict of epoch N (``save_every``; `adv_training.swa` reads them)
+    best.pt                the best epoch so far, by the metric the run selects by
+    ema.pt                 the weight average (adversarial training, ema.enabled)
+    ours-model-epoch{N}.pt the weights of epoch N (``save_every``; `adv_training.swa` reads them)
     ours-model-epoch-SWA{tau}{start}{end}.pt   the epoch average (the reference's swa.py name)
     results.json           written once the run completes: {"final": {...}, "best_epoch", ...}
     *.json                 AutoAttack reports (`adv_training.auto_attacks.eval`), anywhere below the folder
 
-Every file is written atomically (a temporary file, then a rename), so a run killed at any
+What last.pt and the weights files hold is decided by `engine.checkpoint`: every weights file
+is ``{"model": state_dict, "epoch": N, <metric name>: value, ...}`` with the numbers measured for
+those weights. Every file is written atomically (a temporary file, then a rename), so a run killed at any
 moment leaves each file either as it was or complete. `RunFolder.weights` picks the file that
 stands for a run (what AutoAttack evaluates and export publishes); `metric_key` names the
 per-epoch numbers that results.json's ``final`` holds.
@@ -59,9 +61,12 @@ def metric_key(name: str, *, split: str = "test", owner: str = "model") -> str:
     return f"{OWNER_PREFIXES[owner]}{split}_{name}"
 
 
-def evaluation_keys(record: Dict[str, Any], splits: Iterable[str] = ("test", "val")) -> Dict[str, Any]:
-    """The evaluation numbers of an epoch record (every owner, the given splits): results.json's ``final``."""
-    prefixes = tuple(f"{prefix}{split}_" for prefix in OWNER_PREFIXES.values() for split in splits)
+def evaluation_keys(
+    record: Dict[str, Any], splits: Iterable[str] = ("test", "val"), owners: Iterable[str] = tuple(OWNER_PREFIXES)
+) -> Dict[str, Any]:
+    """The evaluation numbers of an epoch record (of the given owners and splits; by default all of them:
+    results.json's ``final``)."""
+    prefixes = tuple(f"{OWNER_PREFIXES[owner]}{split}_" for owner in owners for split in splits)
     return {key: value for key, value in record.items() if key.startswith(prefixes)}
 
 
@@ -252,8 +257,8 @@ class RunFolder:
         """The epoch average the run's config names, else the newest ``ours-model-epoch-SWA*.pt``."""
         try:
             config = self.read_config()
-            swa, epochs = config.get("swa") or {}, config.get("epochs")
-            named = self.epoch_average(swa["tau"], swa["start"], swa.get("end") or epochs)
+            average = config.get("epoch_average") or config.get("swa") or {}  # swa: the section's earlier name
+            named = self.epoch_average(average["tau"], average["start"], average.get("end") or config.get("epochs"))
             if named.is_file():
                 return named
         except (UserError, KeyError, TypeError, ValueError, AttributeError):

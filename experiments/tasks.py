@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Type
 
 from adv_training.config import ATConfig
-from adv_training.methods import build_method
+from adv_training.methods import check_method
 from engine.config import ConfigError, from_dict
 from engine.errors import UserError
 from engine.run_folder import RunFolder
 from knowledge_distillation.config import KDConfig
-from knowledge_distillation.distillers import build_distiller
+from knowledge_distillation.distillers import check_distiller
 
 
 @dataclass(frozen=True)
@@ -19,12 +19,14 @@ class Task:
     name: str
     module: str  # python -m <module> trains one run
     schema: Type
-    check: Callable[[Any], Any]  # raises ConfigError for a config whose method is not registered
+    # the trainer's own check of a config (its CLI's): a ConfigError for a method that is not registered
+    # or a setting it refuses; it builds nothing (a feature distiller needs the student and teacher for that)
+    check: Callable[[Any], type]
 
 
 TASKS: Dict[str, Task] = {
-    "adv_training": Task("adv_training", "adv_training.train", ATConfig, build_method),
-    "knowledge_distillation": Task("knowledge_distillation", "knowledge_distillation.train", KDConfig, build_distiller),
+    "adv_training": Task("adv_training", "adv_training.train", ATConfig, check_method),
+    "knowledge_distillation": Task("knowledge_distillation", "knowledge_distillation.train", KDConfig, check_distiller),
 }
 
 

@@ -126,7 +126,7 @@ class FitNetConfig:
 
 
 @dataclass
-class ATConfig:
+class AttentionTransferConfig:
     ce_weight: float = knob(1.0, "weight of the cross-entropy with the labels", valid=NON_NEGATIVE)
     feat_weight: float = knob(1000.0, "weight of the attention-transfer term", valid=NON_NEGATIVE)
     p: float = knob(2.0, "attention map = mean over channels of |f|^p, L2-normalised", valid=POSITIVE)
@@ -250,6 +250,7 @@ class KDEvalConfig:
 @dataclass
 class KDConfig(RunConfig):
     PAPER_ROWS: ClassVar[Dict[str, PaperRow]] = PAPER_ROWS
+    TASK: ClassVar[str] = "knowledge_distillation"
 
     method: str = knob(
         "ikl",
@@ -281,7 +282,9 @@ class KDConfig(RunConfig):
     dkd: DKDLossConfig = section(DKDLossConfig, "DKD (method=dkd), mdistiller's defaults")
     ikl: IKLLossConfig = section(IKLLossConfig, "IKL-KD (method=ikl)")
     fitnet: FitNetConfig = section(FitNetConfig, "FitNet hints (method=fitnet), mdistiller's defaults")
-    at: ATConfig = section(ATConfig, "attention transfer (method=at), mdistiller's defaults")
+    at: AttentionTransferConfig = section(
+        AttentionTransferConfig, "attention transfer (method=at), mdistiller's defaults"
+    )
     nst: NSTConfig = section(NSTConfig, "neuron selectivity transfer (method=nst), mdistiller's defaults")
     pkt: PKTConfig = section(PKTConfig, "probabilistic knowledge transfer (method=pkt), mdistiller's defaults")
     kdsvd: KDSVDConfig = section(KDSVDConfig, "KD via SVD (method=kdsvd), mdistiller's defaults")

@@ -1,15 +1,16 @@
 """The base of every distiller and the registry they are named in (`distillers` builds them).
 
-A distiller is an ``nn.Module``: its parameters (a feature distiller's connectors) train with
-the student, its state is saved in last.pt; the logit distillers have none.
+A distiller follows the method contract of both tasks (`engine.method.TrainingMethod`): an
+``nn.Module`` whose parameters (a feature distiller's connectors) train with the student, in a
+group of their own, and whose state is saved in last.pt; the logit distillers have none.
 """
 
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import torch
-import torch.nn as nn
 
-from engine.registry import Registry
+from engine.config import ConfigError
+from engine.method import MethodRegistry, TrainingMethod
 
 from .config import KDConfig
 
@@ -33,7 +34,7 @@ class FeatureBatch(NamedTuple):
     global_batch_size: Optional[int] = None
 
 
-class Distiller(nn.Module):
+class Distiller(TrainingMethod):
     """The base of every distiller: its flags and ``loss``.
 
     ``needs_features``: the forwards return features (`models.features`) and ``loss`` gets them;
@@ -41,20 +42,25 @@ class Distiller(nn.Module):
     the teacher's forward normalises with the batch's statistics (OFD).
     """
 
-    name = ""
     needs_teacher = True
-    uses_prior = False
-    prior_temperature = 1.0  # the temperature of the teacher softmax the class prior averages
     needs_features = False
     needs_indices = False
     teacher_in_train_mode = False
 
+    @classmethod
+    def check(cls, cfg: KDConfig) -> None:
+        if cls.needs_teacher and not cfg.teacher.arch:
+            raise ConfigError(f"method={cfg.method} needs a teacher: set teacher.arch and teacher.checkpoint")
+
     def __init__(self, cfg: KDConfig, *args, **kwargs):
         super().__init__()
 
-    def has_state(self) -> bool:
-        """Whether last.pt must hold this distiller's state (parameters or buffers)."""
-        return bool(self.state_dict())
+    def parameter_groups(self, weight_decay: float, batchnorm_weight_decay: bool = True):
+        """One group with the student's weight decay on everything (mdistiller's optimiser)."""
+        return super().parameter_groups(weight_decay, True)
+
+    def state_from_older_checkpoint(self, checkpoint):
+        return checkpoint.get("distiller")  # where last.pt held a distiller's state before it was ``method``
 
     def loss(
         self,
@@ -72,5 +78,5 @@ class Distiller(nn.Module):
         raise NotImplementedError
 
 
-DISTILLERS = Registry("distiller")
+DISTILLERS = MethodRegistry("distiller")
 register = DISTILLERS.register  # class decorator: ``@register("name")`` makes ``method: name`` available

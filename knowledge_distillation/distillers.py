@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.config import ConfigError
+from engine.method import check_method
 from losses import dkd_loss, ikl_loss, kd_loss
 
 from . import feature_distillers  # noqa: F401  (registers the feature distillers)
@@ -50,12 +50,10 @@ def available_distillers() -> List[str]:
 
 
 def check_distiller(cfg: KDConfig) -> type:
-    """The class ``cfg.method`` names; a `ConfigError` for a name that is not registered, or for a
-    distiller that needs a teacher the config lacks."""
-    distiller = DISTILLERS.lookup(cfg.method)
-    if distiller.needs_teacher and not cfg.teacher.arch:
-        raise ConfigError(f"method={cfg.method} needs a teacher: set teacher.arch and teacher.checkpoint")
-    return distiller
+    """The class ``cfg.method`` names, after its own check of ``cfg`` (`Distiller.check`); a
+    `ConfigError` for a name that is not registered, or for a distiller that needs a teacher the
+    config lacks. Builds nothing."""
+    return check_method(DISTILLERS, cfg)
 
 
 def build_distiller(

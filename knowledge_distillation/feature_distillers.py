@@ -94,7 +94,7 @@ class FitNet(FeatureDistiller):
 
 
 @register("at")
-class AT(FeatureDistiller):
+class AttentionTransfer(FeatureDistiller):
     """Attention transfer on every stage after the stem."""
 
     section = "at"

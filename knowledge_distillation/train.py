@@ -15,17 +15,16 @@ Training speed is reported per iteration, data loading and compute separately, a
 paper's KD table compares methods by it.
 """
 
-import re
 import sys
 import time
-from pathlib import Path
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from tqdm import tqdm
 
 from engine import data as data_lib
-from engine import runtime
+from engine import environment
 from engine.batchnorm_groups import group_batch_norm
 from engine.cli import config_main
 from engine.distributed import (
@@ -33,18 +32,10 @@ from engine.distributed import (
     global_batch_share,
     is_main_process,
     log,
-    rank,
-    reduce_sum,
     world_size,
     wrap_model,
 )
-from engine.errors import UserError
-from engine.file_io import sha256_file
-from engine.metrics import RunningSums
-from engine.optim import sgd, weight_decay_groups
-from engine.run import raise_if_not_finite, start_run
-from engine.run_folder import evaluation_keys, metric_key
-from engine.runtime import (
+from engine.environment import (
     autocast,
     compile_model,
     compile_seconds,
@@ -52,83 +43,36 @@ from engine.runtime import (
     prepare_runtime,
     sync_batch_norm,
 )
+from engine.errors import UserError
+from engine.metrics import RunningSums, topk_accuracy
+from engine.optim import sgd, weight_decay_groups
+from engine.run_folder import evaluation_keys, metric_key
 from engine.schedule import learning_rate
+from engine.training_run import raise_if_not_finite, start_run
 from losses import ClassPrior
-from models import build_model, load_weights
+from models import build_model, load_frozen
 from models.registry import resolve
 
 from .config import KDConfig
 from .distillers import Distiller, FeatureBatch, build_distiller, check_distiller
+from .loaders import build_loaders
 
 PROGRESS_EVERY = 20  # batches between progress-bar updates (each one synchronises with the GPU)
 TEACHERS_URL = "https://github.com/megvii-research/mdistiller/releases/tag/checkpoints"
-
-
-def torchvision_weights_file(arch: str, weights_name: str) -> Path:
-    """torchvision's published ``arch`` weights as a file in torch's hub cache, its hash checked.
-
-    The file is fetched when missing, and its sha256 is compared with the prefix torchvision
-    publishes in the file name whether or not it was just fetched, so that a replaced file in
-    the cache is refused. It is then read like every checkpoint, by the safe reader
-    (``weights_only``), never by torchvision's own loader (which unpickles freely).
-    """
-    import torchvision
-
-    try:
-        weights = torchvision.models.get_model_weights(arch.lower())[weights_name]
-    except (ValueError, KeyError):
-        raise UserError(
-            f"teacher.checkpoint=torchvision:{weights_name} is not a torchvision weight of {arch}; "
-            f"use e.g. torchvision:IMAGENET1K_V1 with ResNet18/34/50"
-        ) from None
-    filename = weights.url.rsplit("/", 1)[-1]
-    published = re.search(r"-([a-f0-9]{8,})\.", filename)
-    path = Path(torch.hub.get_dir()) / "checkpoints" / filename
-    if not path.is_file():
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(
-                weights.url, str(path), hash_prefix=published and published.group(1), progress=is_main_process()
-            )
-        except Exception as error:  # no network, proxy, disk full, wrong hash: all end the same way
-            raise UserError(
-                f"could not fetch torchvision's {arch} {weights_name} weights ({type(error).__name__}: {error}); "
-                f"download {weights.url} yourself and set teacher.checkpoint=<that file>"
-            ) from None
-    if published is not None:
-        require_sha256_prefix(path, published.group(1))
-    return path
-
-
-def require_sha256_prefix(path: Path, prefix: str) -> None:
-    if not sha256_file(path).startswith(prefix):
-        raise UserError(
-            f"{path} does not match its published sha256 (which starts with {prefix}): the file "
-            f"was replaced or damaged; delete it and run again to fetch it anew"
-        )
 
 
 def load_teacher(cfg: KDConfig, num_classes: int, device: torch.device) -> Optional[torch.nn.Module]:
     """The frozen teacher: weights loaded strictly, eval mode, no gradients (None: no teacher.arch)."""
     if not cfg.teacher.arch:
         return None
-    teacher = build_model(cfg.teacher.arch, num_classes, dataset=cfg.data.dataset)
+    hint = (
+        f"mdistiller publishes the CIFAR-100 teachers as cifar_teachers.tar at {TEACHERS_URL}; extract it "
+        f"where you run from, so that download_ckpts/cifar_teachers/{cfg.teacher.arch}_vanilla/ckpt_epoch_240.pth "
+        f"exists, or set teacher.checkpoint=PATH (or torchvision:IMAGENET1K_V1 for the ImageNet ResNets)"
+    )
     source = cfg.teacher.checkpoint
-    if source.startswith("torchvision:"):
-        load_weights(teacher, torchvision_weights_file(cfg.teacher.arch, source.split(":", 1)[1]))
-    elif not source or not Path(source).is_file():
-        raise UserError(
-            f"teacher checkpoint not found: '{source}'. mdistiller publishes the CIFAR-100 teachers as "
-            f"cifar_teachers.tar at {TEACHERS_URL}; extract it where you run from, so that "
-            f"download_ckpts/cifar_teachers/{cfg.teacher.arch}_vanilla/ckpt_epoch_240.pth exists, "
-            f"or set teacher.checkpoint=PATH (or torchvision:IMAGENET1K_V1 for the ImageNet ResNets)"
-        )
-    else:
-        load_weights(teacher, source)
-    teacher.to(device).eval()
-    for parameter in teacher.parameters():
-        parameter.requires_grad_(False)
-    return teacher
+    teacher = load_frozen(cfg.teacher.arch, num_classes, dataset=cfg.data.dataset, source=source, missing_hint=hint)
+    return teacher.to(device)
 
 
 def teacher_output_error(cfg: KDConfig) -> UserError:
@@ -173,35 +117,11 @@ def screen_teacher_output(logits_teacher: torch.Tensor, cfg: KDConfig):
     read with the progress line, and the run stops there with the teacher's message.
     """
     bad = (~torch.isfinite(logits_teacher)).sum()
-    if runtime.checks_on_host(logits_teacher.device):
+    if environment.checks_on_host(logits_teacher.device):
         if bad.item():
             raise teacher_output_error(cfg)
         return logits_teacher, bad
     return torch.nan_to_num(logits_teacher, nan=0.0, posinf=0.0, neginf=0.0), bad
-
-
-@torch.no_grad()
-def evaluate_topk(
-    model: torch.nn.Module, loader, device: torch.device, channels_last: bool = False
-) -> Dict[str, float]:
-    """Top-1 and top-5 accuracy in percent, fp32, eval mode (the previous mode is restored)."""
-    was_training = model.training
-    model.eval()
-    counts = torch.zeros(3, dtype=torch.long, device=device)  # top-1, top-5, seen
-    seen = 0  # counted on the host: a count sent to the device per batch would be a blocking copy
-    for images, targets in loader:
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        logits = model(images)
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hits = top == targets.unsqueeze(1)
-        counts[:2] += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum()])
-        seen += targets.numel()
-    model.train(was_training)
-    counts[2] = seen
-    top1, top5, seen = reduce_sum(counts).tolist()
-    return {"top1": 100.0 * top1 / max(seen, 1), "top5": 100.0 * top5 / max(seen, 1)}
 
 
 def train_one_epoch(
@@ -307,50 +227,37 @@ def train_one_epoch(
     }
 
 
-def train(cfg: KDConfig) -> Dict[str, object]:
-    """Runs (or resumes) a whole distillation run; returns what results.json holds."""
-    device = prepare_runtime(
-        device=cfg.device,
-        precision=cfg.precision,
-        seed=cfg.seed,
-        deterministic=cfg.deterministic,
-        dist_timeout=cfg.dist_timeout,
-    )
+@dataclass
+class Distillation:
+    """What a distillation run trains and keeps: the student, the frozen teacher (None without one),
+    the distiller (with any parts of its own), the optimizer over the student and those parts, and the
+    class prior."""
 
-    num_classes = data_lib.num_classes(cfg.data.dataset)
-    augment = "none" if cfg.data.dataset == "digits" else "basic"
-    data_kwargs = dict(
-        download=cfg.data.download, verify_checksum=cfg.data.verify_checksum, normalize=cfg.data.normalize
-    )
-    train_set = data_lib.build_train_set(cfg.data.dataset, cfg.data.root, augment=augment, **data_kwargs)
-    if check_distiller(cfg).needs_indices:  # CRD: each sample's row of the memory bank
-        train_set = data_lib.WithIndices(train_set)
-    val_set = data_lib.build_test_set(cfg.data.dataset, cfg.data.root, **data_kwargs)
-    pin = device.type == "cuda"
-    shard = dict(rank=rank(), world_size=world_size())  # the training batch is global: each process takes its share
-    train_loader = data_lib.make_loader(
-        train_set,
-        batch_size=cfg.data.batch_size,
-        shuffle=True,
-        num_workers=cfg.data.num_workers,
-        seed=cfg.seed,
-        pin_memory=pin,
-        **shard,
-    )
-    # Evaluation deals whole batches to the processes: the counts equal one process's exactly.
-    val_loader = data_lib.make_eval_loader(
-        val_set, batch_size=cfg.data.test_batch_size, num_workers=cfg.data.num_workers, pin_memory=pin, **shard
-    )
+    student: torch.nn.Module
+    teacher: Optional[torch.nn.Module]
+    distiller: Distiller
+    optimizer: torch.optim.Optimizer
+    prior: ClassPrior
 
-    teacher = load_teacher(cfg, num_classes, device)
+    def states(self) -> Dict[str, Optional[object]]:
+        """What last.pt saves besides the student and the optimizer (None: not used by this run)."""
+        return {"prior": self.prior, "method": self.distiller if self.distiller.has_state() else None}
+
+
+def build_distillation(
+    cfg: KDConfig,
+    num_classes: int,
+    device: torch.device,
+    teacher: Optional[torch.nn.Module],
+    train_targets: Optional[torch.Tensor] = None,
+    input_size: Optional[Tuple[int, ...]] = None,
+) -> Distillation:
+    """The student, the distiller and what they train with, around the frozen ``teacher``, as ``cfg``
+    asks (also `bench/kd_step.py`'s); ``train_targets``: the training labels, for CRD; ``input_size``:
+    the images' (C, H, W), by default the student's for the dataset (it sizes a feature distiller)."""
     student = build_model(cfg.student.arch, num_classes, dataset=cfg.data.dataset).to(device)
-    distiller = build_distiller(
-        cfg,
-        student,
-        teacher,
-        input_size=resolve(cfg.student.arch, cfg.data.dataset).input_size,
-        train_targets=torch.as_tensor(train_set.dataset.targets) if check_distiller(cfg).needs_indices else None,
-    ).to(device)
+    input_size = input_size or resolve(cfg.student.arch, cfg.data.dataset).input_size
+    distiller = build_distiller(cfg, student, teacher, input_size=input_size, train_targets=train_targets).to(device)
     if cfg.channels_last:
         student = student.to(memory_format=torch.channels_last)
         if teacher is not None:
@@ -360,11 +267,8 @@ def train(cfg: KDConfig) -> Dict[str, object]:
     for module in (student, distiller, teacher):
         if module is not None:
             group_batch_norm(module, cfg.batchnorm_groups, world_size())
-    groups = weight_decay_groups(student, cfg.optim.weight_decay)
-    if list(distiller.parameters()):  # connectors and the like, with the student's weight decay (mdistiller)
-        groups.append({"params": list(distiller.parameters()), "weight_decay": cfg.optim.weight_decay})
     optimizer = sgd(
-        groups,
+        weight_decay_groups(student, cfg.optim.weight_decay) + distiller.parameter_groups(cfg.optim.weight_decay),
         lr=cfg.optim.lr,
         momentum=cfg.optim.momentum,
         nesterov=cfg.optim.nesterov,
@@ -372,79 +276,98 @@ def train(cfg: KDConfig) -> Dict[str, object]:
         device=device,
     )
     prior = ClassPrior(num_classes, temperature=distiller.prior_temperature).to(device)
+    return Distillation(student, teacher, distiller, optimizer, prior)
 
+
+def set_learning_rate(cfg: KDConfig, optimizer: torch.optim.Optimizer, epoch: int) -> float:
+    """The step schedule's learning rate of ``epoch``, set in every parameter group; returned."""
+    lr = learning_rate(
+        epoch,
+        base_lr=cfg.optim.lr,
+        epochs=cfg.epochs,
+        schedule="step",
+        warmup_epochs=cfg.optim.warmup_epochs,
+        milestones=cfg.optim.milestones,
+        decay=cfg.optim.decay,
+    )
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def epoch_line(cfg: KDConfig, epoch: int, metrics: Dict[str, float]) -> str:
+    """The log line of one epoch."""
+    return (
+        f"epoch {epoch}/{cfg.epochs}  lr {metrics['lr']:.4g}  loss {metrics['train_loss']:.4f}  "
+        f"train {metrics['train_acc']:.2f}%"
+        + (
+            f"  val top-1 {metrics['test_top1']:.2f}%  top-5 {metrics['test_top5']:.2f}%"
+            if "test_top1" in metrics
+            else ""
+        )
+        + f"  {metrics['sec_per_iter']:.3f} s/iter (data {metrics['data_sec_per_iter']:.3f})"
+    )
+
+
+def train(cfg: KDConfig) -> Dict[str, object]:
+    """Runs (or resumes) a whole distillation run; returns what results.json holds."""
+    device = prepare_runtime(
+        device=cfg.device,
+        precision=cfg.precision,
+        seed=cfg.seed,
+        deterministic=cfg.deterministic,
+        dist_timeout=cfg.dist_timeout,
+    )
+    loaders = build_loaders(cfg, device, with_indices=check_distiller(cfg).needs_indices)
+    teacher = load_teacher(cfg, loaders.num_classes, device)
+    kd = build_distillation(cfg, loaders.num_classes, device, teacher, loaders.train_targets)
+    student, distiller = kd.student, kd.distiller
     run = start_run(
         cfg,
-        task="knowledge_distillation",
         device=device,
         model=student,
-        optimizer=optimizer,
-        states={"prior": prior, "distiller": distiller if distiller.has_state() else None},
-        best={"top1": -1.0, "epoch": 0},
+        optimizer=kd.optimizer,
+        states=kd.states(),
+        selects_by=metric_key("top1"),
         optimizer_implementation=cfg.optim.implementation,
         describe=f"student.arch={cfg.student.arch}",
     )
-    folder = run.folder
-
     teacher_accuracy = None
-    if teacher is not None and cfg.teacher.report_accuracy:
-        teacher_accuracy = evaluate_topk(teacher, val_loader, device, cfg.channels_last)
+    if kd.teacher is not None and cfg.teacher.report_accuracy:
+        teacher_accuracy = topk_accuracy(kd.teacher, loaders.val, device, cfg.channels_last)
         log(f"Teacher {cfg.teacher.arch}: top-1 {teacher_accuracy['top1']:.2f}%  top-5 {teacher_accuracy['top5']:.2f}%")
-    source = f"{cfg.teacher.arch} -> " if teacher is not None else ""
-    log(f"Training {source}{cfg.student.arch} with {cfg.method} on {cfg.data.dataset} ({device}) -> {folder.path}")
+    source = f"{cfg.teacher.arch} -> " if kd.teacher is not None else ""
+    log(f"Training {source}{cfg.student.arch} with {cfg.method} on {cfg.data.dataset} ({device}) -> {run.folder.path}")
 
     # DDP averages the processes' gradients, of the student and of the distiller's parts.
     network = compile_model(wrap_model(StudentForward(student, distiller), device), cfg.compile)
     teacher_forward = (
-        compile_model(TeacherForward(teacher, distiller.needs_features), cfg.compile) if teacher is not None else None
+        compile_model(TeacherForward(kd.teacher, distiller.needs_features), cfg.compile) if kd.teacher else None
     )
     try:
         for epoch in range(run.start_epoch, cfg.epochs + 1):
             started = time.perf_counter()
-            lr = learning_rate(
-                epoch,
-                base_lr=cfg.optim.lr,
-                epochs=cfg.epochs,
-                schedule="step",
-                warmup_epochs=cfg.optim.warmup_epochs,
-                milestones=cfg.optim.milestones,
-                decay=cfg.optim.decay,
-            )
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            data_lib.set_epoch(train_loader, epoch)
+            lr = set_learning_rate(cfg, kd.optimizer, epoch)
+            data_lib.set_epoch(loaders.train, epoch)
             compiling_since = compile_seconds()
             metrics = {
                 "lr": lr,
                 **train_one_epoch(
-                    cfg, distiller, epoch, network, teacher_forward, train_loader, optimizer, prior, device
+                    cfg, distiller, epoch, network, teacher_forward, loaders.train, kd.optimizer, kd.prior, device
                 ),
             }
             if cfg.compile:
                 metrics["compile_seconds"] = compile_seconds() - compiling_since
-            prior.step()
+            kd.prior.step()
             broadcast_buffers_(student)  # rank 0's BatchNorm statistics everywhere: evaluated and saved alike
             broadcast_buffers_(distiller)  # its connectors' statistics too (CRD's memory is the same everywhere)
             if epoch % cfg.eval.every == 0 or epoch == cfg.epochs:
-                metrics.update(
-                    {f"test_{k}": v for k, v in evaluate_topk(student, val_loader, device, cfg.channels_last).items()}
-                )
+                accuracy = topk_accuracy(student, loaders.val, device, cfg.channels_last)
+                metrics.update({metric_key(key): value for key, value in accuracy.items()})
             metrics["epoch_seconds"] = time.perf_counter() - started
             run.logger.log_epoch(epoch, metrics)
-            log(
-                f"epoch {epoch}/{cfg.epochs}  lr {lr:.4g}  loss {metrics['train_loss']:.4f}  "
-                f"train {metrics['train_acc']:.2f}%"
-                + (
-                    f"  val top-1 {metrics['test_top1']:.2f}%  top-5 {metrics['test_top5']:.2f}%"
-                    if "test_top1" in metrics
-                    else ""
-                )
-                + f"  {metrics['sec_per_iter']:.3f} s/iter (data {metrics['data_sec_per_iter']:.3f})"
-            )
-            top1 = metric_key("top1")
-            if is_main_process() and top1 in metrics and metrics[top1] > run.best["top1"]:
-                run.best = {"top1": metrics[top1], "epoch": epoch}
-                folder.save({"model": student.state_dict(), "epoch": epoch, "top1": run.best["top1"]}, folder.best)
+            log(epoch_line(cfg, epoch, metrics))
+            run.offer_best(epoch, metrics, student)
             if run.end_epoch(epoch):
                 return run.stopped(epoch)
     finally:
@@ -452,14 +375,13 @@ def train(cfg: KDConfig) -> Dict[str, object]:
 
     last = run.logger.last_record or {}
     results = {
-        "run_dir": str(folder.path),
+        "run_dir": str(run.folder.path),
         "epochs": cfg.epochs,
         "teacher": cfg.teacher.arch,
         "student": cfg.student.arch,
         "method": cfg.method,
         "teacher_accuracy": teacher_accuracy,
-        "best_epoch": run.best["epoch"],
-        "best_" + metric_key("top1"): run.best["top1"],
+        **run.best_results(),
         # From the last epoch's record, so that resuming a finished run (or one killed after its
         # last checkpoint) rebuilds the same results.
         "final": {

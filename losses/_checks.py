@@ -9,12 +9,12 @@ from typing import Callable, Optional
 
 import torch
 
-from engine import runtime
+from engine import environment
 
 
 def _require(condition: torch.Tensor, message: Callable[[], str]) -> Optional[torch.Tensor]:
     """Raise ValueError(message()) unless the 0-dim bool tensor ``condition`` holds, where the
-    check can be made at once (`engine.runtime.checks_on_host`: the CPU); else return it.
+    check can be made at once (`engine.environment.checks_on_host`: the CPU); else return it.
 
     Shape and dtype checks are free; value checks (signs, NaN) need the data. On an
     accelerator a Python check would stall the host on every call (these run at every attack
@@ -23,7 +23,7 @@ def _require(condition: torch.Tensor, message: Callable[[], str]) -> Optional[to
     becomes NaN when it fails (`nan_unless`); the training loops stop on a NaN loss with one
     line, last.pt intact.
     """
-    if runtime.checks_on_host(condition.device):
+    if environment.checks_on_host(condition.device):
         if not bool(condition):
             raise ValueError(message())
         return None
@@ -99,7 +99,7 @@ def check_targets(targets: torch.Tensor, logits: torch.Tensor) -> None:
             f"for logits of shape {tuple(logits.shape)}"
         )
     num_classes = logits.shape[1]
-    if targets.numel() and runtime.checks_on_host(targets.device):
+    if targets.numel() and environment.checks_on_host(targets.device):
         _require(
             ((targets >= 0) & (targets < num_classes)).all(),
             lambda: (

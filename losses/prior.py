@@ -25,7 +25,7 @@ class ClassPrior:
     Usage, once per batch and once per epoch::
 
         weights = prior.rows(targets)            # [B, C], fed to ikl_loss(weights=...)
-        prior.update(logits_nat.detach(), targets)
+        prior.update(logits_natural.detach(), targets)
         ...
         prior.step()                             # at the end of the epoch
 

@@ -21,6 +21,7 @@ from . import small_cnn  # noqa: F401
 from engine.file_io import UnsafeCheckpointError
 
 from .features import FEATURE_KEYS, feature_shapes
+from .pretrained import freeze, load_frozen, torchvision_weights_file
 from .preprocess import MEAN_STD, Normalize, attach_preprocessing, attached_preprocessing, preprocessing
 from .weights import CheckpointError, CheckpointMismatchError, load_weights
 from .registry import available_models, build_model, register_model
@@ -37,7 +38,10 @@ __all__ = [
     "available_models",
     "build_model",
     "feature_shapes",
+    "freeze",
+    "load_frozen",
     "load_weights",
     "preprocessing",
     "register_model",
+    "torchvision_weights_file",
 ]

@@ -32,7 +32,9 @@ CIFAR10_STD = (0.2471, 0.2435, 0.2616)
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
-DATASET_STATS = {
+# DeepMind's statistics, which their WideResNets normalise with inside the model (the loaders'
+# NORMALIZE_STATS in engine/data/transforms.py are mdistiller's, another fourth decimal).
+DEEPMIND_STATS = {
     "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
     "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
 }
@@ -129,9 +131,9 @@ def dataset_stats(num_classes: int, dataset: Optional[str], mean, std):
                 f"cannot guess normalisation statistics for num_classes={num_classes}; "
                 'pass dataset="cifar10"|"cifar100" or mean=/std='
             )
-    if dataset not in DATASET_STATS:
-        raise ValueError(f"no statistics for dataset={dataset!r}; pass mean=/std= (known: {sorted(DATASET_STATS)})")
-    return DATASET_STATS[dataset]
+    if dataset not in DEEPMIND_STATS:
+        raise ValueError(f"no statistics for dataset={dataset!r}; pass mean=/std= (known: {sorted(DEEPMIND_STATS)})")
+    return DEEPMIND_STATS[dataset]
 
 
 _CKPT = "RobustBench `DMWideResNet` Swish checkpoints; Wang et al. 2023 `{}` checkpoints"

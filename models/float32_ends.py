@@ -1,4 +1,4 @@
-"""The stem convolution and the classifier head run in float32, also under bf16 autocast.
+"""Under bf16 autocast the stem convolution and the classifier head still run in float32.
 
 Under ``torch.autocast(dtype=torch.bfloat16)`` a convolution rounds its input to bf16,
 whose steps are 1/256 on [0.5, 1): the image itself. Adversarial training ramps its budget
@@ -14,10 +14,12 @@ bits: 8 times finer than bf16's; measured in the README's "Precision").
 
 The swapped layers are subclasses of ``nn.Conv2d`` and ``nn.Linear`` holding the very same
 parameters under the same names, so state dicts, checkpoints and published weights are
-unchanged; without autocast they compute exactly what the plain layers compute.
+unchanged. Only under autocast (enabled for the input's device type) do they cast to float32
+(and return float32); without autocast they run the plain layers' own forward, in the model's
+dtype, so a model turned to float64, float16 or bfloat16 computes exactly what the plain
+architecture computes in that dtype.
 """
 
-import contextlib
 from typing import Optional, Tuple
 
 import torch
@@ -25,27 +27,30 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def _no_autocast(device_type: str):
-    """Autocast switched off for the body when it is on for ``device_type`` (and nothing otherwise:
-    some device types, such as meta, have no autocast at all)."""
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return contextlib.nullcontext()
+def _autocast_on(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (never for device types, such as meta, that have none)."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
 
 
 class Float32Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` that computes in float32 whatever autocast says (the network's stem)."""
+    """``nn.Conv2d`` that computes in float32 under autocast (the network's stem); the plain
+    ``nn.Conv2d`` in the module's own dtype otherwise."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with _no_autocast(x.device.type):
+        if not _autocast_on(x.device.type):
+            return super().forward(x)
+        with torch.autocast(x.device.type, enabled=False):
             return self._conv_forward(x.float(), self.weight.float(), None if self.bias is None else self.bias.float())
 
 
 class Float32Linear(nn.Linear):
-    """``nn.Linear`` that computes in float32 whatever autocast says (the classifier head)."""
+    """``nn.Linear`` that computes in float32 under autocast (the classifier head); the plain
+    ``nn.Linear`` in the module's own dtype otherwise."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with _no_autocast(x.device.type):
+        if not _autocast_on(x.device.type):
+            return super().forward(x)
+        with torch.autocast(x.device.type, enabled=False):
             return F.linear(x.float(), self.weight.float(), None if self.bias is None else self.bias.float())
 
 

@@ -211,16 +211,50 @@ def image_batch():
     return _image_batch
 
 
+# The overrides that make adv_training.train a run of seconds on the CPU, for the tests of every file that
+# trains one (a later key=value wins, so a test overrides any of them by adding its own).
+TINY_AT_RUN = (
+    "data.dataset=cifar10",
+    "data.verify_checksum=false",
+    "data.num_workers=0",
+    "data.batch_size=40",
+    "data.test_batch_size=50",
+    "model.arch=WideResNet",
+    "model.depth=10",
+    "model.widen_factor=1",
+    "epochs=2",
+    "device=cpu",
+    "eval.num_examples=50",
+    "eval.pgd_steps=2",
+    "awp.warmup=1",
+    "ema.start_epoch=1",
+    "save_every=1",
+)
+
+
+def _tiny_at_run(data_root, out_dir, *extra, name="run"):
+    return [f"data.root={data_root}", *TINY_AT_RUN, f"out_dir={out_dir}", f"name={name}", *extra]
+
+
+@pytest.fixture(scope="session")
+def tiny_at_run():
+    """``tiny_at_run(data_root, out_dir, *extra, name="run")``: the overrides of a 2-epoch run of a
+    depth-10, width-1 WRN on a small CIFAR-10 set (`cifar10_root`), batch 40 (5 steps an epoch), the
+    monitor's PGD-2 on the first 50 test images, AWP and the EMA from epoch 1, every epoch's weights
+    saved; then ``extra``, which win over them. The run's folder is ``out_dir/name``."""
+    return _tiny_at_run
+
+
 @pytest.fixture
 def accelerator_checks(monkeypatch):
-    """The value checks as on a GPU (`engine.runtime.checks_on_host` false), with any device-side
+    """The value checks as on a GPU (`engine.environment.checks_on_host` false), with any device-side
     assert a test failure: on CUDA one kills the context before anything can be saved."""
-    from engine import runtime
+    from engine import environment
 
     def device_assert(*args, **kwargs):
         raise AssertionError("a device-side assert was queued")
 
-    monkeypatch.setattr(runtime, "checks_on_host", lambda device: False)
+    monkeypatch.setattr(environment, "checks_on_host", lambda device: False)
     monkeypatch.setattr(torch, "_assert_async", device_assert)
 
 

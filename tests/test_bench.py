@@ -31,7 +31,8 @@ def test_the_authors_loop_baseline_trains_the_same_weights_as_our_loop():
     finally:
         torch.set_num_threads(threads)
     # same seed, same start noise, same attack, AWP and step (closed-form vs pairwise wMSE differ in the last bits)
-    before = at_step._setup(args, "fp32", torch.device("cpu"))[0].state_dict()
+    cpu = torch.device("cpu")
+    before = at_step.setup(at_step.bench_config(args, "ikl", "fp32"), args, cpu)[0].model.state_dict()
     for name, value in ours.model.state_dict().items():
         torch.testing.assert_close(theirs.model.state_dict()[name], value, rtol=1e-4, atol=1e-5, msg=name)
     assert any(not torch.equal(before[name], value) for name, value in ours.model.state_dict().items())
@@ -51,7 +52,7 @@ def test_the_mdistiller_loop_baseline_trains_the_same_student_as_our_loop():
         theirs()
     finally:
         torch.set_num_threads(threads)
-    before = kd_step._setup(cfg, args, torch.device("cpu"))[1].state_dict()
+    before = kd_step.setup(cfg, args, torch.device("cpu"))[0].student.state_dict()
     # Two SGD steps: same teacher, same batches, same loss (closed-form vs pairwise wMSE differ in the last bits).
     for name, value in ours.student.state_dict().items():
         torch.testing.assert_close(theirs.student.state_dict()[name], value, rtol=1e-4, atol=1e-5, msg=name)

@@ -74,13 +74,16 @@ def record_training(record: dict):
 
 
 def run_outcome(run_dir: Path, record: dict, state_keys) -> dict:
+    """``state_keys``: last.pt's entries to compare; a pair (golden name, last.pt key) for one saved
+    under another name than when the golden file was written."""
     state = load_file(run_dir / "last.pt")
+    state_keys = [key if isinstance(key, tuple) else (key, key) for key in state_keys]
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     dropped = ("seconds", "sec_per_iter")  # wall-clock times differ by nature
     return {
         "backward": record["backward"],
         "grads": record["grads"],
-        "state": {key: state[key] for key in state_keys},
+        "state": {golden: state[key] for golden, key in state_keys},
         "metrics": [{k: v for k, v in m.items() if not k.endswith(dropped)} for m in metrics],
     }
 
@@ -125,7 +128,8 @@ def run_at(out_dir: Path, record: dict) -> dict:
         "eval.every=2",
     ]
     assert main(["--config", str(CONFIGS / "adv_training" / "digits_ikl.yaml"), *overrides]) == 0
-    return run_outcome(out_dir / "at", record, ("model", "ema", "prior", "swa"))
+    # the epoch average was saved as "swa" before the section was named epoch_average
+    return run_outcome(out_dir / "at", record, ("model", "ema", "prior", ("swa", "epoch_average")))
 
 
 def run_kd(out_dir: Path, record: dict) -> dict:

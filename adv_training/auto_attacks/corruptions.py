@@ -9,9 +9,10 @@ folder ``labels.npy`` and one ``<corruption>.npy`` per corruption, each [5 n, 32
 the five severities stacked (rows (s - 1) n ... s n - 1 are severity s; n = 10,000 in the published
 files), memory-mapped and read one severity at a time. The 15 corruptions are RobustBench's (its
 ``CORRUPTIONS``; CIFAR-100-C's four extra files are not part of the leaderboard). The model is
-evaluated as `eval` evaluates it (eval mode, float32, behind its ``--preprocess`` normalisation);
-the reported number is RobustBench's: the mean accuracy over the 15 x 5 sets. The JSON holds it, the
-table per corruption and severity, the checkpoint's sha256 and the versions.
+evaluated as `eval` evaluates it (`target.evaluation_model`: eval mode, float32, behind its
+``--preprocess`` normalisation); the reported number is RobustBench's: the mean accuracy over the
+15 x 5 sets. The JSON holds it, the table per corruption and severity, the checkpoint's sha256 and
+the versions.
 """
 
 import argparse
@@ -21,18 +22,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Dict, List, Optional
 
-if not __package__:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from adv_training.auto_attacks.eval import add_model_arguments, evaluation_model, resolve_target  # noqa: E402
-from adv_training.auto_attacks.resumable import predict  # noqa: E402
-from engine.cli import command  # noqa: E402
-from engine.errors import UserError  # noqa: E402
-from engine.file_io import atomic_write_text, sha256_file  # noqa: E402
-from engine.runtime import configure_precision, environment_info, resolve_device  # noqa: E402
+from adv_training.auto_attacks.resumable import predict
+from adv_training.auto_attacks.target import add_model_arguments, evaluation_model, resolve_target
+from engine.cli import command
+from engine.environment import configure_precision, environment_info, resolve_device
+from engine.errors import UserError
+from engine.file_io import atomic_write_text, sha256_file
 
 # RobustBench's CORRUPTIONS (robustbench/data.py), in its order.
 CORRUPTIONS = (

@@ -28,7 +28,7 @@ only reports the saved results; delete the state file to evaluate again from scr
 ``--checkpoint`` is a file (plain state dict, ``module.``-prefixed, ``{"model"|"state_dict":
 ...}``), read with ``weights_only=True`` by the model zoo's `load_weights`; or a run folder
 of ``adv_training.train`` (holding config.yaml), whose architecture and dataset come from its
-config and whose weights ``--which`` picks.
+config and whose weights ``--which`` picks (`target`, which `corruptions` and the export share).
 """
 
 import argparse
@@ -38,16 +38,14 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import List, Optional
 
-if not __package__:  # run as `python eval.py` from inside adv_training/auto_attacks
+if not __package__:  # run as `python eval.py` from inside adv_training/auto_attacks (the authors' way)
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
 
 from adv_training.auto_attacks.resumable import (  # noqa: E402
     ATTACKS,
@@ -57,124 +55,19 @@ from adv_training.auto_attacks.resumable import (  # noqa: E402
     predict,
     run_autoattack,
 )
-from adv_training.config import ATConfig  # noqa: E402
+from adv_training.auto_attacks.target import add_model_arguments, evaluation_model, resolve_target  # noqa: E402
 from engine.cli import command  # noqa: E402
 from engine.data import build_test_set, first_examples  # noqa: E402
-from engine.data import num_classes as data_num_classes  # noqa: E402
 from engine.distributed import init_distributed, is_main_process, shutdown_distributed, world_size  # noqa: E402
-from engine.errors import UserError  # noqa: E402
-from engine.file_io import CheckpointNotFoundError, atomic_save, atomic_write_text, sha256_file, writing  # noqa: E402
-from engine.run_folder import RunFolder  # noqa: E402
-from engine.runtime import (  # noqa: E402
+from engine.environment import (  # noqa: E402
     capture_rng_state,
     configure_precision,
     environment_info,
     resolve_device,
     restore_rng_state,
 )
-from models import build_model, load_weights, preprocessing  # noqa: E402  (preprocessing: the authors' --preprocess)
-
-DATASETS = {"CIFAR10": "cifar10", "CIFAR100": "cifar100", "digits": "digits"}  # digits: the quickstart
-DEFAULT_ARCH = "WideResNet34"  # the authors' default
-
-
-# --- the model -------------------------------------------------------------------------------
-
-
-@dataclass
-class Target:
-    """What to evaluate: a weights file and the architecture it belongs to."""
-
-    file: Path
-    arch: str
-    dataset: str
-    build_kwargs: dict
-    run_dir: Optional[Path] = None
-    which: Optional[str] = None
-    preprocess: str = "01"  # the normalisation in front of the network (--preprocess)
-
-
-def file_target(
-    path: Path,
-    *,
-    arch: Optional[str] = None,
-    data: Optional[str] = None,
-    depth: Optional[int] = None,
-    widen_factor: Optional[int] = None,
-    preprocess: Optional[str] = None,
-) -> Target:
-    """A weights file of the architecture the flags name (the authors' defaults otherwise)."""
-    if not path.is_file():
-        raise CheckpointNotFoundError(f"no checkpoint file at {path}")
-    kwargs = {k: v for k, v in (("depth", depth), ("widen_factor", widen_factor)) if v is not None}
-    return Target(path, arch or DEFAULT_ARCH, DATASETS[data or "CIFAR10"], kwargs, preprocess=preprocess or "01")
-
-
-def run_target(
-    run_dir: Path,
-    which: Optional[str] = None,
-    *,
-    arch: Optional[str] = None,
-    data: Optional[str] = None,
-    depth: Optional[int] = None,
-    widen_factor: Optional[int] = None,
-    preprocess: Optional[str] = None,
-) -> Target:
-    """The weights of a training run folder that ``which`` names (else those that stand for the
-    run, `RunFolder.weights`), with the architecture, dataset and input normalisation
-    (``model.preprocess``) of its config; flags that contradict the config are refused."""
-    folder = RunFolder(run_dir)
-    if not folder.is_run():
-        raise UserError(
-            f"{run_dir} is a folder without config.yaml: pass a checkpoint file, "
-            f"or a run folder written by adv_training.train"
-        )
-    config = folder.read_config()
-    defaults = ATConfig()
-    model, dataset_config = config.get("model") or {}, config.get("data") or {}
-    trained_arch = model.get("arch", defaults.model.arch)
-    dataset = dataset_config.get("dataset", defaults.data.dataset)
-    kwargs = {k: model[k] for k in ("depth", "widen_factor") if model.get(k) is not None}
-    trained_preprocess = model.get("preprocess", defaults.model.preprocess)
-    asked = {
-        "--arch": (arch, trained_arch),
-        "--data": (data and DATASETS[data], dataset),
-        "--depth": (depth, kwargs.get("depth")),
-        "--widen_factor": (widen_factor, kwargs.get("widen_factor")),
-        "--preprocess": (preprocess, trained_preprocess),
-    }
-    for flag, (given, trained) in asked.items():
-        if given is not None and given != trained:
-            raise UserError(
-                f"{flag} {given} contradicts the run folder {run_dir}, trained with {trained}; "
-                f"drop {flag} (a run folder's config says what it is)"
-            )
-    file, which = folder.weights(which)
-    return Target(file, trained_arch, dataset, kwargs, run_dir=run_dir, which=which, preprocess=trained_preprocess)
-
-
-def resolve_target(args) -> Target:
-    """The weights file and architecture named by the command line."""
-    path = Path(args.checkpoint)
-    flags = dict(
-        arch=args.arch, data=args.data, depth=args.depth, widen_factor=args.widen_factor, preprocess=args.preprocess
-    )
-    if path.is_dir():
-        return run_target(path, args.which, **flags)
-    if args.which:
-        raise UserError("--which picks the weights inside a training run folder, but --checkpoint is a file")
-    return file_target(path, **flags)
-
-
-def build_network(target: Target) -> nn.Module:
-    num_classes = data_num_classes(target.dataset)
-    try:
-        net = build_model(target.arch, num_classes, dataset=target.dataset, **target.build_kwargs)
-    except (ValueError, TypeError) as error:
-        given = f" with {target.build_kwargs}" if target.build_kwargs else ""
-        raise UserError(f"cannot build --arch {target.arch}{given}: {error}") from None
-    return load_weights(net, target.file)
-
+from engine.errors import UserError  # noqa: E402
+from engine.file_io import atomic_save, atomic_write_text, sha256_file, writing  # noqa: E402
 
 # --- logging ---------------------------------------------------------------------------------
 
@@ -243,43 +136,6 @@ def _fraction(text: str) -> float:
         return float(text)
     except (ValueError, ZeroDivisionError):
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-
-
-def add_model_arguments(add) -> None:
-    """The flags that name the model and its weights (shared with `corruptions`)."""
-    add(
-        "--arch",
-        default=None,
-        help=f"model zoo name (models.available_models()), e.g. WideResNet34, WideResNet28, "
-        f"PreActResNet18, wrn-28-10-swish; default {DEFAULT_ARCH}, or the run folder's",
-    )
-    add("--checkpoint", default="./model_test.pt", help="weights file, or a run folder of adv_training.train")
-    add("--data", choices=list(DATASETS), default=None, help="test set; default CIFAR10, or the run folder's")
-    add(
-        "--preprocess",
-        choices=["meanstd", "01", "+-1"],
-        default=None,
-        help="normalisation in front of the model: 01 none (zoo models take [0, 1] images), "
-        "meanstd CIFAR mean/std, +-1 maps to [-1, 1]; default 01, or the run folder's model.preprocess",
-    )
-    add(
-        "--which",
-        choices=["ema", "swa", "best", "last"],
-        default=None,
-        help="run folders only: which weights (default: the epoch average ours-model-epoch-SWA*.pt, "
-        "as the reference reports, else ema.pt, else best.pt)",
-    )
-    add("--depth", type=int, default=None, help="depth of the generic WideResNet arch")
-    add("--widen_factor", type=int, default=None, help="width of the generic WideResNet arch")
-    add("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-
-
-def evaluation_model(target: Target, device: torch.device) -> nn.Module:
-    """The network of ``target`` behind its input normalisation, in eval mode and float32, its weights frozen."""
-    net = build_network(target)
-    model = nn.Sequential(preprocessing(target.preprocess, target.dataset), net).to(device).float().eval()
-    # Attacks need gradients with respect to the images only; frozen weights skip the rest.
-    return model.requires_grad_(False)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

@@ -30,7 +30,7 @@ from .samplers import DealtBatchSampler, ShardedBatchSampler, require_global_bat
 from .transforms import (
     AUGMENTATIONS,
     AUTOAUGMENT_FILL,
-    DATASET_STATS,
+    NORMALIZE_STATS,
     Cutout,
     TwoViews,
     as_float_images,
@@ -46,7 +46,7 @@ __all__ = [
     "AUGMENTATIONS",
     "AUTOAUGMENT_FILL",
     "DATASET_AUGMENTATIONS",
-    "DATASET_STATS",
+    "NORMALIZE_STATS",
     "DIGITS_SPLIT_SEED",
     "DIGITS_TEST_SIZE",
     "NUM_CLASSES",

@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from ..errors import UserError
-from .transforms import AUGMENTATIONS, DATASET_STATS, evaluation_transform, training_transform
+from .transforms import AUGMENTATIONS, NORMALIZE_STATS, evaluation_transform, training_transform
 
 PathLike = Union[str, os.PathLike]
 
@@ -93,7 +93,7 @@ def _check_augment(dataset: str, augment: str) -> None:
 
 
 def _check_normalize(dataset: str, normalize: bool) -> None:
-    if normalize and dataset not in DATASET_STATS:
+    if normalize and dataset not in NORMALIZE_STATS:
         raise UserError(
             f"normalize=True is not supported for {_DISPLAY_NAMES[dataset]}: it has no "
             f"normalisation statistics (its pixels are in [0, 1]); use normalize=False"
@@ -257,7 +257,7 @@ def build_train_set(
 
     ``verify_checksum=False`` skips only the MD5 check of the official CIFAR files (for
     locally written CIFAR-format data); the files must still all be there. ``normalize=True``
-    ends every view with ``Normalize(*DATASET_STATS[dataset])`` (knowledge distillation;
+    ends every view with ``Normalize(*NORMALIZE_STATS[dataset])`` (knowledge distillation;
     adversarial training keeps pixels in [0, 1]). ImageNet ignores ``verify_checksum``;
     digits ignore ``root``, ``download`` and ``verify_checksum`` and refuse ``normalize``.
     """

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from ..environment import RANK_SEED_STRIDE
 from ..errors import UserError
-from ..runtime import RANK_SEED_STRIDE
 from .samplers import DealtBatchSampler, ShardedBatchSampler, _epoch_seed, require_global_batch_divides, shard_bounds
 from .transforms import crop_flip, draw_crop_flip, keyed_generator
 

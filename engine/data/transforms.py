@@ -27,12 +27,14 @@ import torch
 
 AUGMENTATIONS = ("none", "basic", "autoaug", "cutout")
 
-# Per-channel (mean, std) of the training images in [0, 1], for ``normalize=True``.
+# Per-channel (mean, std) of the training images in [0, 1], for the loaders' ``normalize=True`` (the
+# distillation runs; models/dm_wide_resnet.py's DEEPMIND_STATS and models/preprocess.py's MEAN_STD
+# are the statistics those models were trained with, each under its own name).
 # CIFAR-100 and ImageNet: mdistiller's numbers (mdistiller/dataset/cifar100.py, imagenet.py),
 # which its released teachers were trained with. CIFAR-10 (mdistiller has none): the usual
 # training-set statistics, as in models/dm_wide_resnet.py. (DeepMind's CIFAR-100 numbers in
 # that file differ from mdistiller's in the fourth decimal; each model keeps its own.)
-DATASET_STATS = {
+NORMALIZE_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -98,7 +100,7 @@ def tensor_steps(dataset: str, normalize: bool) -> list:
 
     if not normalize:
         return [transforms.ToTensor()]
-    mean, std = DATASET_STATS[dataset]
+    mean, std = NORMALIZE_STATS[dataset]
     return [transforms.ToTensor(), transforms.Normalize(mean, std)]
 
 

@@ -199,9 +199,9 @@ def test_natural_logits_once_equals_recomputing_each_step(trained_model, image_b
     eps, step, steps = 8 / 255, 2 / 255, 5
 
     torch.manual_seed(42)
-    logits_nat = natural_logits(model, x)
+    logits_natural = natural_logits(model, x)
     assert model.training
-    objective = ikl_objective(logits_nat, alpha=1.0, beta=1.0, weights=rows)
+    objective = ikl_objective(logits_natural, alpha=1.0, beta=1.0, weights=rows)
     ours = pgd(model, x, objective, eps=eps, step_size=step, steps=steps)
 
     torch.manual_seed(42)

@@ -19,11 +19,12 @@ import torch
 import torch.nn.functional as F
 
 import adv_training.auto_attacks.resumable as resumable
-from adv_training.auto_attacks.eval import main, preprocessing
+from adv_training.auto_attacks.eval import main
+from adv_training.auto_attacks.target import file_target, run_target
 from engine.data import build_test_set, build_train_set
 from engine.file_io import load_file
 from engine.run_folder import RunFolder
-from models import build_model
+from models import build_model, preprocessing
 
 ROOT = Path(__file__).resolve().parents[2]
 EVAL_DIR = ROOT / "adv_training" / "auto_attacks"
@@ -270,8 +271,6 @@ def test_a_run_folder_contradicting_the_command_line_is_refused(tmp_path, capsys
 
 
 def test_a_run_folder_brings_its_input_normalisation(tmp_path, capsys):
-    from adv_training.auto_attacks.eval import file_target, run_target
-
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("model: {arch: WideResNet34_10, preprocess: meanstd}\ndata: {dataset: cifar10}\n")
@@ -494,6 +493,30 @@ def test_missing_files_end_in_one_line_and_exit_code_2(weights, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: CIFAR-10 not found")
+
+
+@pytest.mark.slow
+def test_eval_py_runs_from_its_folder_with_only_its_own_shim(tmp_path):
+    """The authors' `python eval.py` in adv_training/auto_attacks, where the packages are neither installed
+    nor on PYTHONPATH: eval.py's sys.path shim alone finds them (and the library modules beside it)."""
+    code = (
+        "import runpy, sys\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f)]  # not installed\n"
+        "try:\n"
+        "    import adv_training\n"
+        "except ImportError:\n"
+        "    pass\n"
+        "else:\n"
+        "    sys.exit('adv_training is importable without the shim: the test would prove nothing')\n"
+        f"sys.argv = ['eval.py', '--checkpoint', {str(tmp_path / 'missing.pt')!r}]\n"
+        "runpy.run_path('eval.py', run_name='__main__')\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=EVAL_DIR, capture_output=True, text=True, timeout=120, env=env
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == f"error: no checkpoint file at {tmp_path / 'missing.pt'}"
 
 
 def test_preprocessing_matches_the_authors_options():

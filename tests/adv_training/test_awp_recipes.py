@@ -14,7 +14,7 @@ import torch
 import yaml
 
 import adv_training.train as train_module
-from adv_training.auto_attacks.eval import run_target
+from adv_training.auto_attacks.target import run_target
 from adv_training.config import ATConfig
 from adv_training.export import export
 from adv_training.loaders import uses_device_loader
@@ -75,7 +75,7 @@ AT_AWP_CIFAR10 = {
     "awp.warmup": (1, f"{AT_C10}: --awp-warmup 0 (0-based epochs: from the first)"),
     "awp.proxy_lr": (0.01, f"{AT_C10}: proxy_opt = SGD(proxy.parameters(), lr=0.01)"),
     "ema.enabled": (False, f"{AT_C10}: no weight average"),
-    "swa.enabled": (False, f"{AT_C10}: no weight average"),
+    "epoch_average.enabled": (False, f"{AT_C10}: no weight average"),
     "eval.num_examples": (None, f"{AT_C10}: the whole test set"),
     "eval.pgd_steps": (20, f"{AT_C10}: --attack-iters-test"),
     "eval.step_size": (2 / 255, f"{AT_C10}: pgd_alpha"),
@@ -140,7 +140,7 @@ TRADES_AWP_CIFAR10 = {
     "awp.warmup": (10, f"{TRADES}: --awp-warmup 10, epoch >= args.awp_warmup (1-based)"),
     "awp.proxy_lr": (0.1, f"{TRADES}: proxy_optim = SGD(proxy.parameters(), lr=args.lr)"),
     "ema.enabled": (False, f"{TRADES}: no weight average"),
-    "swa.enabled": (False, f"{TRADES}: no weight average"),
+    "epoch_average.enabled": (False, f"{TRADES}: no weight average"),
     "eval.epsilon": (None, f"{TRADES}: epsilon"),
 }
 RECIPES = {  # config -> (launcher, the table)

@@ -5,6 +5,7 @@ train_lbgat_cifar100.py's argparse defaults and schedule, lbgat.py, sh/train_lbg
 import dataclasses
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 import yaml
 
 from adv_training.config import ATConfig
-from adv_training.methods import build_method
+from adv_training.methods import build_method, check_method
 from adv_training.train import main
 from engine.config import ConfigError, load_config
 from engine.file_io import load_file
@@ -45,7 +46,8 @@ def lbgat_by_hand(adv, nat, companion, targets, beta):
 def lbgat(beta=6.0):
     cfg = ATConfig()
     cfg.method, cfg.awp.enabled, cfg.lbgat.beta = "lbgat", False, beta
-    return build_method(cfg)
+    cfg.data.dataset, cfg.lbgat.natural_arch = "digits", "digits_cnn_small"
+    return build_method(cfg, 4)
 
 
 @pytest.mark.parametrize("beta", [6.0, 0.0])
@@ -53,10 +55,11 @@ def test_the_loss_is_lbgats_formula_and_trains_both_networks(beta):
     torch.manual_seed(0)
     adv, nat, companion = (torch.randn(3, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
     targets = torch.tensor([0, 3, 1])
-    loss, parts = lbgat(beta).loss(adv, nat, targets, None, 3, logits_companion=companion)
+    step = lbgat(beta).loss(adv, nat, targets, None, 3, companion)
+    loss = step.total
     expected = lbgat_by_hand(adv.detach(), nat.detach(), companion.detach(), targets, beta)
     assert loss.item() == pytest.approx(expected, rel=1e-12)
-    assert (parts["natural"] + parts["robust"]).item() == pytest.approx(expected, rel=1e-12)
+    assert (step.natural + step.robust).item() == pytest.approx(expected, rel=1e-12)
     loss.backward()
     # nothing is detached: the MSE moves the robust logits and the natural classifier's, the KL both branches
     eps = 1e-6
@@ -73,10 +76,13 @@ def test_lbgat_refuses_awp_and_two_views():
     cfg = ATConfig()
     cfg.method = "lbgat"
     with pytest.raises(ConfigError, match="awp.enabled=false"):
-        build_method(cfg)
+        check_method(cfg)
     cfg.awp.enabled, cfg.data.augment = False, "autoaug"
     with pytest.raises(ConfigError, match="data.augment=basic"):
-        build_method(cfg)
+        check_method(cfg)
+    cfg.data.augment, cfg.lbgat.natural_arch = "basic", "ResNet81_cifar"
+    with pytest.raises(ConfigError, match="lbgat.natural_arch"):
+        check_method(cfg)
 
 
 def test_the_natural_classifier_is_lbgats_resnet18_cifar():
@@ -109,16 +115,29 @@ def test_two_digits_epochs_stopped_and_resumed_equal_an_uninterrupted_run(tmp_pa
     assert main(digits_lbgat(tmp_path, "straight")) == 0
     assert main(digits_lbgat(tmp_path, "split", "stop_after=1")) == 0
     first = load_file(tmp_path / "split" / "last.pt")
-    assert first["epoch"] == 1 and set(first["companion"]) == set(build_model("digits_cnn_small", 10).state_dict())
+    natural = {f"natural_classifier.{k}" for k in build_model("digits_cnn_small", 10).state_dict()}
+    assert first["epoch"] == 1 and set(first["method"]) == natural
+    # the same file as the trainer wrote it before the method owned its network: the natural classifier
+    # as "companion" (a plain state dict), the task as its config class, the best record by "robust_acc",
+    # the epoch average as "swa"
+    shutil.copytree(tmp_path / "split", tmp_path / "older")
+    older = {key: value for key, value in first.items() if key not in ("method", "epoch_average")}
+    older.update(task="ATConfig", best={"robust_acc": first["best"]["value"], "epoch": 1}, swa=first["epoch_average"])
+    older["companion"] = {k[len("natural_classifier.") :]: v for k, v in first["method"].items()}
+    torch.save(older, tmp_path / "older" / "last.pt")
     assert main(digits_lbgat(tmp_path, "split", "resume=true")) == 0
-    straight, split = load_file(tmp_path / "straight" / "last.pt"), load_file(tmp_path / "split" / "last.pt")
-    for key in ("model", "companion"):
-        assert straight[key].keys() == split[key].keys()
-        assert all(torch.equal(straight[key][k], split[key][k]) for k in straight[key]), key
-    assert len(straight["optimizer"]["param_groups"]) == 2  # the robust model's parameters, then the companion's
+    assert main(digits_lbgat(tmp_path, "older", "resume=true")) == 0
+    straight = load_file(tmp_path / "straight" / "last.pt")
+    for resumed in (load_file(tmp_path / "split" / "last.pt"), load_file(tmp_path / "older" / "last.pt")):
+        for key in ("model", "method"):
+            assert straight[key].keys() == resumed[key].keys()
+            assert all(torch.equal(straight[key][k], resumed[key][k]) for k in straight[key]), key
+        assert resumed["best"] == straight["best"] and resumed["task"] == "adv_training"
+    split = load_file(tmp_path / "split" / "last.pt")
+    assert len(straight["optimizer"]["param_groups"]) == 2  # the robust model's parameters, then the method's
     for slot, state in straight["optimizer"]["state"].items():
         assert torch.equal(state["momentum_buffer"], split["optimizer"]["state"][slot]["momentum_buffer"])
-    # the companion learnt (its clean CE is the natural term) and only the robust model is exported
+    # the natural classifier learnt (its clean CE is the natural term) and only the robust model is exported
     epochs = [yaml.safe_load(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert epochs[1]["train_loss_natural"] < epochs[0]["train_loss_natural"]
     best = load_file(tmp_path / "straight" / "best.pt")
@@ -162,7 +181,7 @@ LBGAT_RECIPE = {
     "lbgat.natural_arch": "ResNet18_cifar",
     "awp.enabled": False,
     "ema.enabled": False,
-    "swa.enabled": False,
+    "epoch_average.enabled": False,
 }
 ROWS = {
     "cifar100_lbgat.yaml": {"data.dataset": "cifar100", "model.arch": "WideResNet34_10", "lbgat.beta": 6.0},

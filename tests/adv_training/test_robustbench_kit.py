@@ -5,10 +5,12 @@ import json
 from datetime import datetime
 
 import pytest
+import torch
 
 from adv_training.export import main as export_main
 from adv_training.train import main as train_main
 from engine.file_io import sha256_file
+from models import build_model
 
 pytestmark = pytest.mark.slow  # the module's fixture trains a run (about 4 s)
 
@@ -124,3 +126,20 @@ def test_a_partial_evaluation_fills_in_no_accuracy_and_says_why(run, tmp_path, c
     assert "the AutoAttack report covers 1000 images, not all 10000" in printed
     assert not (tmp_path / "wrn.robustbench_corruptions.json").exists()
     assert "covers 500 images per severity" in printed
+
+
+@pytest.mark.parametrize("n_ex, filled", [(450, True), (100, False)])
+def test_an_evaluation_of_the_whole_digits_test_set_fills_in_the_quickstarts_kit(tmp_path, n_ex, filled):
+    """The quickstart's AutoAttack covers digits' 450 test images: its whole test set, as 10,000 are CIFAR's."""
+    run = tmp_path / "digits_ikl"
+    run.mkdir()
+    config = "method: ikl\nepochs: 30\nmodel:\n  arch: digits_cnn\ndata:\n  dataset: digits\n"
+    (run / "config.yaml").write_text(config + "attack:\n  norm: linf\n  epsilon: 0.2\nswa:\n  tau: 0.9\n  start: 1\n")
+    weights = run / "ours-model-epoch-SWA0.9130.pt"
+    torch.save({"model": build_model("digits_cnn", 10).state_dict(), "epoch": 30}, weights)
+    report = {"checkpoint_file": str(weights), "checkpoint_sha256": sha256_file(weights), "which": "swa"}
+    report.update(clean_acc=97.5, robust_acc=61.25, version="standard", norm="Linf", epsilon=0.2, n_ex=n_ex)
+    (run / "autoattack.json").write_text(json.dumps(report, indent=2) + "\n")
+    assert export_main([str(run), "--out", str(tmp_path / "m.pt"), "--robustbench"]) == 0
+    linf = json.loads((tmp_path / "m.robustbench_Linf.json").read_text())
+    assert (linf["autoattack_acc"], linf["clean_acc"]) == (("61.25", "97.50") if filled else (None, None))

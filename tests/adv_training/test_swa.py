@@ -60,8 +60,9 @@ def test_average_matches_the_recursion(tmp_path, start):
     path = average_checkpoints(tmp_path, 0.75, start, 4, log=lines.append)
     assert path == tmp_path / f"ours-model-epoch-SWA0.75{start}4.pt"
     assert len(lines) == (4 - start + 1) + 1 and str(path) in lines[-1]
-    averaged = load_file(path)
-    expected = expected_average(states, 0.75, start, 4)
+    saved = load_file(path)
+    assert set(saved) == {"model", "epoch"} and saved["epoch"] == 4  # every weights file's format
+    averaged, expected = saved["model"], expected_average(states, 0.75, start, 4)
     assert set(averaged) == set(expected)
     for key, value in expected.items():
         assert averaged[key].dtype == value.dtype, key
@@ -72,7 +73,7 @@ def test_average_matches_the_recursion(tmp_path, start):
 
 def test_wrapped_and_prefixed_checkpoints(tmp_path):
     states = write_epochs(tmp_path, range(1, 4), wrap=lambda s: {"model": {"module." + k: v for k, v in s.items()}})
-    averaged = load_file(average_checkpoints(tmp_path, 0.5, 1, 3, log=lambda line: None))
+    averaged = load_file(average_checkpoints(tmp_path, 0.5, 1, 3, log=lambda line: None))["model"]
     expected = expected_average(states, 0.5, 1, 3)
     assert set(averaged) == set(expected)
     for key, value in expected.items():
@@ -91,7 +92,7 @@ def test_cli_writes_the_average(tmp_path):
     output = tmp_path / "ours-model-epoch-SWA0.924.pt"
     assert str(output) in result.stdout
     assert result.stdout.count("reading") == 3
-    averaged = load_file(output)
+    averaged = load_file(output)["model"]
     for key, value in expected_average(states, 0.9, 2, 4).items():
         assert torch.equal(averaged[key], value), key
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))

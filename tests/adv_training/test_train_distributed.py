@@ -115,7 +115,7 @@ def test_ikl_at_with_two_processes_equals_one_process(exact_runs):
     assert_same_run(
         exact_runs / "one",
         exact_runs / "two",
-        ("model", "ema", "swa", "prior"),
+        ("model", "ema", "epoch_average", "prior"),
         ("train_loss", "train_loss_natural", "train_loss_robust", "train_adv_acc", "lr"),
     )
     assert metrics(exact_runs / "two")[-1]["test_clean_acc"] == metrics(exact_runs / "one")[-1]["test_clean_acc"]
@@ -141,7 +141,7 @@ def test_four_batchnorm_groups_train_one_model_on_one_two_and_four_processes(tmp
         result = launch("adv_training.train", at_args(tmp_path, f"groups_p{nproc}", *grouped), nproc)
         assert result.returncode == 0, result.stderr
     keys = ("train_loss", "train_loss_natural", "train_loss_robust", "train_adv_acc")
-    assert_same_run(tmp_path / "groups_p1", tmp_path / "groups_p4", ("model", "ema", "swa"), keys)
+    assert_same_run(tmp_path / "groups_p1", tmp_path / "groups_p4", ("model", "ema", "epoch_average"), keys)
 
     one_step = (*grouped, "awp.enabled=true", "epochs=1", "data.batch_size=1344", "data.drop_last=true")
     for nproc in (1, 2):
@@ -207,8 +207,8 @@ def test_crd_with_two_processes_equals_one_process_memory_bank_included(tmp_path
     applies the whole global batch's update) end as one process's; digits_cnn_plain has no BatchNorm,
     so the two processes' forwards are one process's."""
     kd_one_and_two_processes(tmp_path, "method=crd", "crd.nce_k=64", "teacher.report_accuracy=false")
-    assert_same_run(tmp_path / "one", tmp_path / "two", ("model", "distiller"), ("train_loss", "train_loss_kd"))
-    memory = load_file(tmp_path / "two" / "last.pt")["distiller"]["contrast.memory_v1"]
+    assert_same_run(tmp_path / "one", tmp_path / "two", ("model", "method"), ("train_loss", "train_loss_kd"))
+    memory = load_file(tmp_path / "two" / "last.pt")["method"]["contrast.memory_v1"]
     assert memory.shape[0] == 1347  # one row per training image
 
 
@@ -219,8 +219,8 @@ from adv_training.pgd_monitor import clean_and_pgd_accuracy
 from engine import data as data_lib
 from engine.distributed import is_main_process, rank, shutdown_distributed, world_size
 from engine.file_io import load_file
-from engine.runtime import prepare_runtime
-from knowledge_distillation.train import evaluate_topk
+from engine.environment import prepare_runtime
+from engine.metrics import topk_accuracy
 from models import build_model
 
 device = prepare_runtime(device="cpu", precision="fp32", seed=11, deterministic=False)
@@ -230,7 +230,7 @@ test_set = data_lib.build_test_set("digits", None)
 shard = dict(rank=rank(), world_size=world_size())
 loader = data_lib.make_eval_loader(data_lib.WithIndices(test_set), batch_size=64, **shard)  # 450 = 7 x 64 + 2
 numbers = clean_and_pgd_accuracy(model, loader, device, eps=0.1, step_size=0.025, steps=10, seed=11)
-numbers.update(evaluate_topk(model, data_lib.make_eval_loader(test_set, batch_size=64, **shard), device))
+numbers.update(topk_accuracy(model, data_lib.make_eval_loader(test_set, batch_size=64, **shard), device))
 numbers["world_size"] = world_size()
 if is_main_process():
     print("NUMBERS " + json.dumps(numbers), flush=True)
@@ -337,7 +337,7 @@ def test_a_two_process_run_stopped_and_resumed_ends_bit_equal_to_an_uninterrupte
     assert launch("adv_training.train", at_args(tmp_path, "split", *noisy, "resume=true"), 2).returncode == 0
     straight, split = load_file(tmp_path / "straight" / "last.pt"), load_file(tmp_path / "split" / "last.pt")
     assert len(split["rng_per_rank"]) == 2
-    for key in ("model", "ema", "swa"):
+    for key in ("model", "ema", "epoch_average"):
         a, b = straight[key], split[key]
         a, b = a.get("module", a.get("average", a)), b.get("module", b.get("average", b))
         assert all(torch.equal(a[name], b[name]) for name in a), key
@@ -385,7 +385,7 @@ def test_processes_draw_different_random_numbers_but_rank_0_keeps_the_seed(tmp_p
     script.write_text(
         "import torch\n"
         "from engine.distributed import rank, shutdown_distributed\n"
-        "from engine.runtime import prepare_runtime\n"
+        "from engine.environment import prepare_runtime\n"
         "prepare_runtime(device='cpu', precision='fp32', seed=7, deterministic=False)\n"
         "print(f'rank {rank()} draws {torch.rand(1).item()!r}', flush=True)\n"
         "shutdown_distributed()\n"

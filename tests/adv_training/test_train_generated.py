@@ -14,10 +14,11 @@ import yaml
 from adv_training import generated as generated_data
 from adv_training.prepare_generated import main as prepare_main
 from adv_training.train import main
+from engine import data as data_lib
 from engine.file_io import load_file
 from engine.run_folder import RunFolder
 
-from .test_train import flatten
+from .test_train import accuracy_by_hand, examples, first_test_images, flatten, wrn
 from .test_train_distributed import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,36 +39,22 @@ def generated_root(tmp_path_factory):
     return folder / "prepared"
 
 
-def generated_run(data_root, generated, out_dir, *extra, name="run"):
-    """A 2-epoch run of a depth-10, width-1 WRN on 200 real and 250 generated images, batch 40 (half generated)."""
-    return [
-        f"data.root={data_root}",
-        "data.dataset=cifar10",
-        "data.verify_checksum=false",
-        "data.num_workers=0",
-        "data.batch_size=40",
-        "data.test_batch_size=50",
-        "model.arch=WideResNet",
-        "model.depth=10",
-        "model.widen_factor=1",
-        "epochs=2",
-        "device=cpu",
-        f"out_dir={out_dir}",
-        f"name={name}",
-        "eval.num_examples=50",
-        "eval.pgd_steps=2",
-        "attack.steps=2",
-        "awp.warmup=1",
-        "ema.start_epoch=1",
-        f"generated.path={generated}",
-        "generated.unsup_fraction=0.5",
-        "generated.epoch_images=200",
-        *extra,
-    ]
+@pytest.fixture(scope="session")
+def generated_run(tiny_at_run):
+    """``generated_run(data_root, generated, out_dir, *extra, name="run")``: a tiny run (`tiny_at_run`) on 200 real
+    and 250 generated images, batch 40 (half generated), PGD-2 attacks in training."""
+
+    def overrides(data_root, generated, out_dir, *extra, name="run"):
+        mixing = [f"generated.path={generated}", "generated.unsup_fraction=0.5", "generated.epoch_images=200"]
+        return tiny_at_run(data_root, out_dir, "attack.steps=2", *mixing, *extra, name=name)
+
+    return overrides
 
 
 @pytest.mark.slow
-def test_a_generated_data_run_trains_on_mixed_batches(cifar10_root, generated_root, tmp_path, monkeypatch):
+def test_a_generated_data_run_trains_on_mixed_batches(
+    cifar10_root, generated_root, tmp_path, monkeypatch, generated_run
+):
     seen = []
     real_getitem = generated_data.MixedBatches.__getitem__
 
@@ -84,7 +71,7 @@ def test_a_generated_data_run_trains_on_mixed_batches(cifar10_root, generated_ro
 
 
 @pytest.mark.slow
-def test_a_stopped_and_resumed_generated_data_run_ends_bit_equal(cifar10_root, generated_root, tmp_path):
+def test_a_stopped_and_resumed_generated_data_run_ends_bit_equal(cifar10_root, generated_root, tmp_path, generated_run):
     assert main(generated_run(cifar10_root, generated_root, tmp_path, name="straight")) == 0
     assert main(generated_run(cifar10_root, generated_root, tmp_path, "stop_after=1", name="resumed")) == 0
     assert main(generated_run(cifar10_root, generated_root, tmp_path, "resume=true", name="resumed")) == 0
@@ -97,7 +84,9 @@ def test_a_stopped_and_resumed_generated_data_run_ends_bit_equal(cifar10_root, g
 
 
 @pytest.mark.slow
-def test_two_processes_train_a_generated_data_run_and_resume_it_exactly(cifar10_root, generated_root, tmp_path):
+def test_two_processes_train_a_generated_data_run_and_resume_it_exactly(
+    cifar10_root, generated_root, tmp_path, generated_run
+):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
     def launch(*extra, name):
@@ -140,7 +129,7 @@ def test_two_processes_train_a_generated_data_run_and_resume_it_exactly(cifar10_
     ],
 )
 def test_bad_generated_data_settings_end_in_one_message(
-    override, message, cifar10_root, cifar100_root, generated_root, tmp_path, capsys
+    override, message, cifar10_root, cifar100_root, generated_root, tmp_path, capsys, generated_run
 ):
     (tmp_path / "empty").mkdir()
     root = cifar100_root if "cifar100" in override else cifar10_root
@@ -164,10 +153,8 @@ def test_the_margin_objective_by_hand():
 
 
 def test_validation_split_monitors_held_out_images_and_best_holds_the_selected_average(
-    cifar10_root, generated_root, tmp_path, monkeypatch
+    cifar10_root, generated_root, tmp_path, monkeypatch, generated_run
 ):
-    from engine import data as data_lib
-
     trained_on = []
     real_make_loader = generated_data.make_mixed_loader
 
@@ -193,8 +180,17 @@ def test_validation_split_monitors_held_out_images_and_best_holds_the_selected_a
     real = data_lib.build_train_set("cifar10", cifar10_root, augment="none", verify_checksum=False).data
     assert np.array_equal(trained_on[0], real[30:])  # the first 30 real images are held out
     (record,) = RunFolder(tmp_path / "run").read_metrics()
-    for key in ("val_clean_acc", "val_robust_acc", "test_clean_acc", "ema_val_robust_acc", "ema_test_clean_acc"):
-        assert 0 <= record[key] <= 100, key
+    # monitored: clean and margin PGD-2 accuracy on the 30 held-out images, and clean accuracy on the test images
+    held_out = examples(
+        data_lib.build_train_set("cifar10", cifar10_root, augment="none", verify_checksum=False), range(30)
+    )
+    test_images = first_test_images(cifar10_root)
+    for owner, weights in (("", "last.pt"), ("ema_", "ema.pt")):
+        model = wrn(tmp_path / "run" / weights)
+        assert (record[f"{owner}val_clean_acc"], record[f"{owner}val_robust_acc"]) == accuracy_by_hand(
+            model, held_out, objective="margin"
+        ), owner
+        assert record[f"{owner}test_clean_acc"] == accuracy_by_hand(model, test_images, steps=0)[0], owner
     assert "test_robust_acc" not in record
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["best_metric"] == "ema_val_robust_acc" and results["best_value"] == record["ema_val_robust_acc"]
@@ -211,7 +207,9 @@ def test_validation_split_monitors_held_out_images_and_best_holds_the_selected_a
         (["data.validation_size=200"], "data.validation_size=200 leaves no training image: the training set has 200"),
     ],
 )
-def test_bad_validation_settings_end_in_one_message(overrides, message, cifar10_root, generated_root, tmp_path, capsys):
+def test_bad_validation_settings_end_in_one_message(
+    overrides, message, cifar10_root, generated_root, tmp_path, capsys, generated_run
+):
     assert main(generated_run(cifar10_root, generated_root, tmp_path, *overrides)) == 2
     error = capsys.readouterr().err.strip()
     assert message in error and error.count("\n") == 0, error
@@ -251,7 +249,7 @@ WANG_RECIPE = {  # Wang et al.'s README command, parser defaults, train-wa.py an
     "ema.start_epoch": 1,
     "ema.warmup_fraction": 0.025,
     "ema.average_buffers": False,
-    "swa.enabled": False,
+    "epoch_average.enabled": False,
     "eval.split": "validation",
     "eval.pgd_steps": 40,
     "eval.step_size": 2 / 255,
@@ -418,7 +416,14 @@ def test_the_papers_generated_data_rows_train_end_to_end_on_tiny_data(
     assert main(["--config", str(ROOT / "configs" / "adv_training" / f"{run}.yaml"), *overrides]) == 0
     records = RunFolder(tmp_path / run).read_metrics()
     assert [r["epoch"] for r in records] == [1, 2]
-    assert all(0 <= r["ema_val_robust_acc"] <= r["ema_val_clean_acc"] <= 100 for r in records)
+    # the last epoch's numbers: the model's and the weight average's (the selecting ones) clean and margin PGD-40
+    # accuracy on the 30 held-out images
+    root, dataset = (cifar100_root, "cifar100") if cifar100 else (cifar10_root, "cifar10")
+    held_out = examples(data_lib.build_train_set(dataset, root, augment="none", verify_checksum=False), range(30))
+    for owner, weights in (("", "last.pt"), ("ema_", "ema.pt")):
+        model = wrn(tmp_path / run / weights, num_classes=100 if cifar100 else 10)
+        expected = accuracy_by_hand(model, held_out, steps=40, objective="margin")
+        assert (records[-1][f"{owner}val_clean_acc"], records[-1][f"{owner}val_robust_acc"]) == expected, owner
     assert records[0]["lr"] > records[1]["lr"]  # cosinew over 2 epochs: already falling
     results = json.loads((tmp_path / run / "results.json").read_text())
     assert results["best_metric"] == "ema_val_robust_acc" and results["best_epoch"] in (1, 2)

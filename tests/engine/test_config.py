@@ -2,7 +2,7 @@
 
 import math
 from dataclasses import dataclass
-from typing import List, Literal, Optional
+from typing import ClassVar, Dict, List, Literal, Optional
 
 import pytest
 import torch
@@ -170,3 +170,31 @@ def test_schema_validation_names_the_key():
 
     with pytest.raises(ConfigError, match="method=kd needs a teacher"):  # the registry lookup checks it
         build_distiller(load_config(KDConfig, None, ["method=kd", "teacher.arch="]))
+
+
+@dataclass
+class _Average:
+    tau: float = knob(0.9, "weight")
+    start: int = knob(1, "first epoch")
+
+
+@dataclass
+class _Renamed:
+    RENAMED_KEYS: ClassVar[Dict[str, str]] = {"swa": "epoch_average", "lr_old": "lr"}
+    lr: float = knob(0.1, "rate")
+    epoch_average: _Average = section(_Average, "the average")
+
+
+def test_renamed_keys_and_sections_keep_working_with_a_note(tmp_path, capsys):
+    path = tmp_path / "old.yaml"
+    path.write_text("lr_old: 0.5\nswa:\n  tau: 0.8\n")
+    cfg = load_config(_Renamed, path, ["swa.start=3"])
+    assert (cfg.lr, cfg.epoch_average.tau, cfg.epoch_average.start) == (0.5, 0.8, 3)
+    err = capsys.readouterr().err
+    assert f"config key 'swa' (in {path}) is now called 'epoch_average'" in err
+    assert "config key 'lr_old'" in err and "config key 'swa.start' (command line 'swa.start=3')" in err
+    path.write_text("swa:\n  tau: 0.8\nepoch_average:\n  tau: 0.7\n")
+    with pytest.raises(ConfigError, match="'swa' and its new name 'epoch_average' are both given"):
+        load_config(_Renamed, path)
+    with pytest.raises(ConfigError, match="unknown config key 'swab.tau'"):
+        load_config(_Renamed, None, ["swab.tau=1"])

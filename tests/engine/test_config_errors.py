@@ -67,10 +67,10 @@ AT_BAD = [
     ("ema.tau=1.5", "1.5"),
     ("ema.tau=-0.1", "-0.1"),
     ("ema.start_epoch=-1", "-1"),
-    ("swa.tau=1", "1"),
-    ("swa.start=0", "0"),
-    ("swa.end=0", "0"),
-    ("swa.end=300", "300"),
+    ("epoch_average.tau=1", "1"),
+    ("epoch_average.start=0", "0"),
+    ("epoch_average.end=0", "0"),
+    ("epoch_average.end=300", "300"),
     ("optim.lr=0", "0"),
     ("optim.lr=-0.1", "-0.1"),
     ("optim.lr=.inf", "inf"),
@@ -132,8 +132,6 @@ KD_BAD = [
     ("data.num_workers=-2", "-2"),
     ("method=kdd", "kdd"),
     ("method=", "''"),
-    ("distiller=kd", "now called 'method'"),
-    ("ikl.weight_temperature=4", "now called 'ikl.prior_temperature'"),
     *[
         (f"kd.{k}={v}", v)
         for k, v in (("ce_weight", "-0.1"), ("kd_weight", "-1"), ("temperature", "0"), ("temperature", "-4"))
@@ -278,7 +276,7 @@ def test_valid_edge_values_pass():
             "model.depth=16",
             "model.widen_factor=2",
             "name=cifar10_ikl_a4b20t4.seed-1",
-            "swa.end=200",
+            "epoch_average.end=200",
             "optim.milestones=[]",
         ],
     )

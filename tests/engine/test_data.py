@@ -18,7 +18,7 @@ from torchvision.transforms import functional as TF
 
 from engine.data import (
     AUGMENTATIONS,
-    DATASET_STATS,
+    NORMALIZE_STATS,
     Cutout,
     WithIndices,
     autoaugment_cifar,
@@ -403,7 +403,7 @@ def test_set_epoch_needs_a_loader_from_make_loader():
 
 # --- normalisation -------------------------------------------------------------------------
 
-# The published statistics, written out here rather than read from DATASET_STATS.
+# The published statistics, written out here rather than read from NORMALIZE_STATS.
 MDISTILLER_CIFAR100 = ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
 TORCHVISION_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -420,10 +420,10 @@ def assert_normalised(image, plain, stats):
 
 
 def test_dataset_stats():
-    assert DATASET_STATS["cifar100"] == MDISTILLER_CIFAR100
-    assert DATASET_STATS["imagenet"] == TORCHVISION_IMAGENET
-    assert set(DATASET_STATS) == {"cifar10", "cifar100", "imagenet"}
-    for mean, std in DATASET_STATS.values():
+    assert NORMALIZE_STATS["cifar100"] == MDISTILLER_CIFAR100
+    assert NORMALIZE_STATS["imagenet"] == TORCHVISION_IMAGENET
+    assert set(NORMALIZE_STATS) == {"cifar10", "cifar100", "imagenet"}
+    for mean, std in NORMALIZE_STATS.values():
         assert len(mean) == len(std) == 3 and all(0 < m < 1 for m in mean) and all(0 < s < 1 for s in std)
 
 

@@ -103,8 +103,12 @@ def test_plot_run_to_another_file_and_overwrite(tmp_path):
     output = tmp_path / "figures" / "at.png"
     assert plot_run(run_dir, output) == output
     _check_png(output)
-    plot_run(run_dir, output)  # a second plot replaces the first
+    first = output.read_bytes()
+    at_run(run_dir, epochs=8, robust_gain=1.0)  # the run went on: other curves
+    assert plot_run(run_dir, output) == output  # a second plot replaces the first
     _check_png(output)
+    assert output.read_bytes() != first
+    assert plot_run(run_dir, tmp_path / "fresh.png").read_bytes() == output.read_bytes()  # the new curves
     _no_temporaries(output.parent)
     assert not (run_dir / "curves.png").exists()
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import torch
 
 from engine.file_io import atomic_save
-from knowledge_distillation.train import main, require_sha256_prefix
+from knowledge_distillation.train import main
 from models import build_model
+from models.pretrained import require_sha256_prefix
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = str(ROOT / "configs" / "knowledge_distillation" / "digits_ikl.yaml")

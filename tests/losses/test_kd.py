@@ -120,13 +120,13 @@ def test_dkd_bad_targets():
 def test_trades_kl_term_matches_trades_formula():
     generator = torch.Generator().manual_seed(1)
     logits_adv = torch.randn(8, 10, generator=generator, requires_grad=True)
-    logits_nat = torch.randn(8, 10, generator=generator, requires_grad=True)
-    ours = trades_kl_loss(logits_adv, logits_nat)
+    logits_natural = torch.randn(8, 10, generator=generator, requires_grad=True)
+    ours = trades_kl_loss(logits_adv, logits_natural)
     # TRADES: (1 / B) * KLDivLoss(size_average=False)(log_softmax(adv), softmax(nat))
-    reference = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits_nat, 1), reduction="sum") / 8
+    reference = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits_natural, 1), reduction="sum") / 8
     torch.testing.assert_close(ours, reference)
-    ours_grads = torch.autograd.grad(ours, [logits_adv, logits_nat])
-    reference_grads = torch.autograd.grad(reference, [logits_adv, logits_nat])
+    ours_grads = torch.autograd.grad(ours, [logits_adv, logits_natural])
+    reference_grads = torch.autograd.grad(reference, [logits_adv, logits_natural])
     for mine, theirs in zip(ours_grads, reference_grads):
         torch.testing.assert_close(mine, theirs)
 

@@ -1,5 +1,9 @@
-"""Every model's stem and head compute in float32 under bf16 autocast; the state dict is the architecture's own;
-no model pools with a kernel whose CUDA backward is nondeterministic."""
+"""Every model's stem and head compute in float32 under bf16 autocast; without autocast every model turned to
+float64, float16 or bfloat16 computes exactly what its plain architecture does; the state dict is the
+architecture's own; no model pools with a kernel whose CUDA backward is nondeterministic."""
+
+import copy
+import functools
 
 import pytest
 import torch
@@ -28,6 +32,36 @@ def _input(entry, device, batch=2):
     channels, height, width = entry.input_size
     side = min(height, 64)  # the ImageNet networks pool globally: 64 x 64 runs the same layers as 224 x 224
     return torch.rand(batch, channels, side, side, device=device)
+
+
+@functools.lru_cache(maxsize=None)
+def _smallest_side(entry):
+    """The smallest square image side for which ``entry``'s network gives one row of logits (tried on meta)."""
+    with torch.device("meta"):
+        model = entry.build(entry.default_num_classes, entry.datasets[0]).eval()
+    channels, height, _ = entry.input_size
+    for side in range(1, height + 1):
+        try:
+            if model(torch.empty(1, channels, side, side, device="meta")).shape == (1, entry.default_num_classes):
+                return side
+        except RuntimeError:
+            continue
+    return height
+
+
+# Over 3 s a case on one CPU thread (building, copying and converting hundreds of millions of parameters).
+SLOW = {"WideResNet70_16", "wrn-70-16-swish", "WideResNet34_20"}
+DTYPES = (torch.float64, torch.float16, torch.bfloat16)
+CASES = [
+    pytest.param(
+        entry,
+        dtype,
+        id=f"{entry.name}-{entry.family}-{str(dtype).removeprefix('torch.')}",
+        marks=[pytest.mark.slow] if entry.name in SLOW else [],
+    )
+    for entry in ALL
+    for dtype in DTYPES
+]
 
 
 @pytest.mark.parametrize("entry", ALL, ids=lambda e: f"{e.name}-{e.family}")
@@ -95,3 +129,31 @@ def test_without_autocast_the_float32_layers_compute_what_the_plain_ones_do():
     twin_linear.load_state_dict(linear.state_dict())
     x, features = torch.rand(2, 3, 6, 6), torch.rand(2, 7)
     assert torch.equal(twin_conv(x), conv(x)) and torch.equal(twin_linear(features), linear(features))
+
+
+@functools.lru_cache(maxsize=1)  # the cases of one entry run one after the other: one float32 build for the three
+def _float32_model(entry):
+    torch.manual_seed(0)
+    return build_model(entry.name, entry.default_num_classes, dataset=entry.datasets[0]).eval()
+
+
+@pytest.mark.parametrize("entry, dtype", CASES)
+def test_without_autocast_every_model_in_float64_float16_or_bfloat16_computes_what_its_plain_architecture_does(
+    entry, dtype
+):
+    model = copy.deepcopy(_float32_model(entry)).to(dtype)  # what a user's model.double() / .half() gives
+    with torch.device("meta"):
+        plain = entry.build(entry.default_num_classes, entry.datasets[0])  # the builder alone: no swap
+    assert not any(isinstance(m, (Float32Conv2d, Float32Linear)) for m in plain.modules())
+    plain = plain.to_empty(device="cpu").to(dtype).eval()
+    plain.load_state_dict(model.state_dict())
+    for name, buffer in model.named_buffers():  # the non-persistent ones too (normalisation constants)
+        plain.get_buffer(name).copy_(buffer)
+    side = _smallest_side(entry)
+    x = torch.rand(2, entry.input_size[0], side, side, generator=torch.Generator().manual_seed(0)).to(dtype)
+    with torch.no_grad():
+        expected = plain(x)
+        output = model(x)
+    assert expected.dtype == dtype and expected.shape == (2, entry.default_num_classes)
+    assert torch.isfinite(expected).all()
+    assert output.dtype == dtype and torch.equal(output, expected)

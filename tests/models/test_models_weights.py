@@ -81,9 +81,28 @@ def test_mdistiller_style_checkpoint_for_teacher(tmp_path):
 
 
 def test_state_dict_without_batchnorm_counters_loads():
+    """A state dict from PyTorch < 0.4.1 has no num_batches_tracked: every other tensor loads, and BatchNorm
+    keeps its own counters."""
     source = _fresh("resnet8", 100, 0)
     state = {k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
-    load_weights(_fresh("resnet8", 100, 1), state)
+    counters = [k for k in source.state_dict() if k.endswith("num_batches_tracked")]
+    target = _fresh("resnet8", 100, 1)
+    with torch.no_grad():  # every tensor unlike the source's (BatchNorm's start as ones and zeros in both)
+        for key, tensor in target.state_dict().items():
+            if key in counters:
+                tensor.fill_(7)
+            else:
+                tensor.add_(0.5)
+    assert counters and all(not torch.equal(value, target.state_dict()[key]) for key, value in state.items())
+    assert load_weights(target, state) is target
+    loaded = target.state_dict()
+    assert loaded.keys() == source.state_dict().keys()
+    for key, value in state.items():
+        assert torch.equal(loaded[key], value), key
+    assert all(loaded[key].item() == 7 for key in counters)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(source(x), target(x))
 
 
 class _Payload:

@@ -1,4 +1,6 @@
-"""Seeds, devices, precision and random-number state: set in one place for every run."""
+"""The process's execution environment, set in one place for every run: device, precision, seeds and
+random-number state, determinism, torch.compile, and the record of versions and hardware that
+environment.json holds (`environment_info`)."""
 
 import contextlib
 import os

@@ -1,4 +1,4 @@
-"""engine.runtime on the CPU: RNG states wherever their tensors lie, the run's own GPU state,
+"""engine.environment on the CPU: RNG states wherever their tensors lie, the run's own GPU state,
 deterministic mode, precision flags; engine.cli's line for an operation deterministic mode refuses.
 
 Tensors "on another device" are put on torch's lazy device (its TorchScript backend ships
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine import runtime
+from engine import environment
 from engine.cli import nondeterminism_reason
 from engine.ema import EpochAverage
 
@@ -36,13 +36,13 @@ def test_rng_states_whose_tensors_lie_on_another_device_are_restored(other_devic
     random.seed(1)
     np.random.seed(2)
     torch.manual_seed(3)
-    state = runtime.capture_rng_state()
+    state = environment.capture_rng_state()
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     name, keys, position, has_gauss, cached = state["numpy"]
     moved = dict(
         state, torch=state["torch"].to(other_device), numpy=(name, keys.to(other_device), position, has_gauss, cached)
     )
-    runtime.restore_rng_state(moved)
+    environment.restore_rng_state(moved)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
 
 
@@ -74,36 +74,39 @@ class FakeCuda:
 
 def test_last_pt_keeps_the_state_of_the_runs_own_gpu_only(monkeypatch):
     cuda = FakeCuda(monkeypatch, count=8, current=5)  # process 5 of an eight-GPU node
-    state = runtime.capture_rng_state()
+    state = environment.capture_rng_state()
     assert torch.equal(state["cuda"], torch.full((4,), 5, dtype=torch.uint8))
 
     cuda.states = {0: torch.zeros(4, dtype=torch.uint8)}  # resumed where the process sees one GPU
     cuda.current = 0
-    runtime.restore_rng_state(state)
+    environment.restore_rng_state(state)
     assert torch.equal(cuda.states[0], torch.full((4,), 5, dtype=torch.uint8))
 
 
 def test_a_last_pt_of_every_visible_gpu_restores_the_current_ones_state(monkeypatch):
     cuda = FakeCuda(monkeypatch, count=1, current=0)
-    saved_by_eight = {**runtime.capture_rng_state(), "cuda": [torch.full((4,), i, dtype=torch.uint8) for i in range(8)]}
-    runtime.restore_rng_state(saved_by_eight)  # the earlier format: set_rng_state_all raised IndexError here
+    saved_by_eight = {
+        **environment.capture_rng_state(),
+        "cuda": [torch.full((4,), i, dtype=torch.uint8) for i in range(8)],
+    }
+    environment.restore_rng_state(saved_by_eight)  # the earlier format: set_rng_state_all raised IndexError here
     assert torch.equal(cuda.states[0], torch.zeros(4, dtype=torch.uint8))
     cuda.states, cuda.current = {3: torch.zeros(4, dtype=torch.uint8)}, 3
-    runtime.restore_rng_state(saved_by_eight)
+    environment.restore_rng_state(saved_by_eight)
     assert torch.equal(cuda.states[3], torch.full((4,), 3, dtype=torch.uint8))
 
 
 def test_a_cpu_run_records_no_gpu_state():
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         pytest.skip("CUDA is in use in this process")
-    assert "cuda" not in runtime.capture_rng_state()
+    assert "cuda" not in environment.capture_rng_state()
 
 
 def test_deterministic_mode_sets_the_cublas_workspace_and_refuses_instead_of_warning(monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     try:
-        runtime.seed_everything(0, deterministic=True)
-        assert runtime.os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        environment.seed_everything(0, deterministic=True)
+        assert environment.os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
         assert torch.are_deterministic_algorithms_enabled()
         assert not torch.is_deterministic_algorithms_warn_only_enabled()
         with pytest.raises(RuntimeError) as refused:
@@ -112,11 +115,11 @@ def test_deterministic_mode_sets_the_cublas_workspace_and_refuses_instead_of_war
             "put_ (an operation of this run) has no deterministic implementation in torch"
         )
     finally:
-        runtime.seed_everything(0, deterministic=False)
+        environment.seed_everything(0, deterministic=False)
     assert not torch.are_deterministic_algorithms_enabled()
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
-    runtime.deterministic_cublas()
-    assert runtime.os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"  # the user's choice stays
+    environment.deterministic_cublas()
+    assert environment.os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"  # the user's choice stays
     assert nondeterminism_reason(RuntimeError("CUDA out of memory")) is None
 
 
@@ -124,16 +127,16 @@ def test_tf32_is_on_for_tf32_and_bf16_runs_and_off_for_fp32():
     before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     try:
         for precision, tf32 in (("fp32", False), ("tf32", True), ("bf16", True)):
-            runtime.configure_precision(precision)
+            environment.configure_precision(precision)
             assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (tf32, tf32)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 def test_value_checks_are_made_on_the_host_for_the_cpu_only():
-    assert runtime.checks_on_host(torch.device("cpu"))
-    assert not runtime.checks_on_host(torch.device("cuda", 0))
-    assert not runtime.checks_on_host(torch.device("meta"))
+    assert environment.checks_on_host(torch.device("cpu"))
+    assert not environment.checks_on_host(torch.device("cuda", 0))
+    assert not environment.checks_on_host(torch.device("meta"))
 
 
 @pytest.mark.parametrize("asked, expected", [("auto", 0), ("cuda", 0), ("cuda:1", 1)])
@@ -147,7 +150,7 @@ def test_a_cuda_run_names_its_gpu_and_makes_it_the_current_one(asked, expected, 
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: made_current.append(_get_device_index(device)))
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     try:
-        device = runtime.prepare_runtime(device=asked, precision="fp32", seed=0, deterministic=False)
+        device = environment.prepare_runtime(device=asked, precision="fp32", seed=0, deterministic=False)
     finally:
-        runtime.configure_precision("fp32")
+        environment.configure_precision("fp32")
     assert device == torch.device("cuda", expected) and made_current == [expected]

@@ -19,15 +19,13 @@ from experiments import report, sweep
 from models import build_model, load_weights
 from models.dm_wide_resnet import DMWideResNet
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _robustbench_layouts():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(
-        "robustbench_layouts", Path(__file__).with_name("robustbench_layouts.py")
-    )
+    spec = importlib.util.spec_from_file_location("robustbench_layouts", ROOT / "tests" / "robustbench_layouts.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -288,32 +286,11 @@ def test_export_of_a_digits_run_with_its_autoattack_card(at_sweep, tmp_path):
     assert card["seed"] == 0 and card["config"]["ikl"]["beta"] == 10.0 and "commit" in card
 
 
-def test_export_of_a_wide_resnet_loads_strictly_into_robustbenchs_layout(cifar10_root, tmp_path):
+def test_export_of_a_wide_resnet_loads_strictly_into_robustbenchs_layout(cifar10_root, tmp_path, tiny_at_run):
     from adv_training.train import main as train_main
 
-    assert (
-        train_main(
-            [
-                f"data.root={cifar10_root}",
-                "data.dataset=cifar10",
-                "data.verify_checksum=false",
-                "data.num_workers=0",
-                "data.batch_size=50",
-                "model.arch=WideResNet",
-                "model.depth=10",
-                "model.widen_factor=1",
-                "epochs=1",
-                "device=cpu",
-                f"out_dir={tmp_path}",
-                "name=wrn",
-                "eval.num_examples=50",
-                "eval.pgd_steps=1",
-                "awp.enabled=false",
-                "ema.start_epoch=1",
-            ]
-        )
-        == 0
-    )
+    overrides = ["data.batch_size=50", "epochs=1", "eval.pgd_steps=1", "awp.enabled=false"]
+    assert train_main(tiny_at_run(cifar10_root, tmp_path, *overrides, name="wrn")) == 0
     out = tmp_path / "wrn.pt"
     card = export(tmp_path / "wrn", "swa", out)
     assert card["robustbench_model"] == "WideResNet(depth=10, widen_factor=1, num_classes=10)"
