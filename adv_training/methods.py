@@ -344,7 +344,7 @@ class LBGAT(Method):
     """
 
     attack_needs_natural_logits = True
-    OLDER_CHECKPOINT_KEY = "companion"  # where last.pt held the natural classifier before it was the method's
+    OLDER_CHECKPOINT_KEY = "companion"  # last.pt held the natural classifier there, a plain state dict
 
     @classmethod
     def check(cls, cfg: ATConfig) -> None:

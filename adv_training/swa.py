@@ -3,7 +3,7 @@ r"""Post-hoc exponential averaging of saved epochs: the reference's ``swa.py``, 
     python -m adv_training.swa RUN_DIR TAU START END
 
 reads ``RUN_DIR/ours-model-epoch{i}.pt`` for i = START..END and computes (`engine.ema.EpochAverage`,
-which the trainer also keeps during training when ``swa.enabled``, so that no epoch files are needed)
+which the trainer also keeps during training when ``epoch_average.enabled``, so that no epoch files are needed)
 
 .. math::
 

@@ -231,7 +231,8 @@ class BatchLoss:
         return self._scaled(step.total), step
 
     def awp_proxy(self, proxy) -> torch.Tensor:
-        """AWP's proxy loss (`Method.proxy_loss`) with the proxy's forwards."""
+        """AWP's proxy loss (`Method.proxy_loss`) with the proxy's forwards. A method's own networks run
+        here too, in train mode, as in the step (no method with networks takes AWP today: LBGAT refuses it)."""
         with autocast(self.device, self.precision):
             return self._scaled(self.method.proxy_loss(*self._forwards(proxy)))
 

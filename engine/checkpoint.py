@@ -104,10 +104,10 @@ def _saved_state(path: Path, state: Dict[str, Any], name: str, obj) -> Any:
     if name in state and state[name] is not None:
         return state[name]
     older = getattr(obj, "state_from_older_checkpoint", None)
-    found = older(state) if older is not None else None
+    found = older(state) if older is not None and name not in state else None
     if found is not None:
         return found
-    if name not in state:
+    if name not in state and not _older_key_says_off(obj, state):
         raise UserError(
             f"{path} holds no {name} state: it was written by an earlier version of this code "
             f"that had none; resume with {name} switched off, or start a new run"
@@ -116,6 +116,13 @@ def _saved_state(path: Path, state: Dict[str, Any], name: str, obj) -> Any:
         f"{path} holds no {name} state: the run was started with {name} switched off; "
         f"resume with the settings it was started with"
     )
+
+
+def _older_key_says_off(obj, state: Dict[str, Any]) -> bool:
+    """Whether a last.pt of an earlier version holds the older key of ``obj``'s state, as None (the run
+    was started with it switched off)."""
+    older_key = getattr(obj, "OLDER_CHECKPOINT_KEY", None)
+    return older_key is not None and older_key in state and state[older_key] is None
 
 
 def resume_training_state(
@@ -187,5 +194,12 @@ def resume_training_state(
             ) from None
     per_rank = state.get("rng_per_rank")
     restore_rng_state(per_rank[rank()] if per_rank and len(per_rank) == world_size() else state["rng"])
-    state["best"] = _best_record(state.get("best"), selects_by)
+    best = _best_record(state.get("best"), selects_by)
+    if best["metric"] != selects_by:  # eval.select, eval.split or eval.pgd_steps changed: another metric
+        log(
+            f"note: best.pt was chosen by {best['metric']} and this run selects by {selects_by}; "
+            f"the best-so-far record starts anew (best.pt is replaced at the next evaluation)"
+        )
+        best = new_best(selects_by)
+    state["best"] = best
     return state

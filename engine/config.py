@@ -330,8 +330,8 @@ def _parse_command_line_value(raw_value: str, field_type) -> Any:
         return raw_value
 
 
-def _read_yaml(path: Path, seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
-    """A YAML mapping, with its ``base:`` chain merged underneath it."""
+def _read_yaml(path: Path, schema_root, seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
+    """A YAML mapping, renamed keys under their current names, with its ``base:`` chain merged underneath it."""
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"config files extend each other in a loop: {' -> '.join(map(str, seen + (path,)))}")
@@ -348,11 +348,12 @@ def _read_yaml(path: Path, seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
     base = data.pop("base", None)
+    data = _apply_renames(data, schema_root, f"in {path}")  # each file's own keys, before the chain merges
     if base is None:
         return data
     if not isinstance(base, str) or not base.strip():
         raise ConfigError(f"'base:' in {path} must be the file name of the config it extends, got {base!r}")
-    merged = _read_yaml(path.parent / base, seen + (path,))
+    merged = _read_yaml(path.parent / base, schema_root, seen + (path,))
     _deep_update(merged, data)
     return merged
 
@@ -372,8 +373,7 @@ def load_config(schema: Type[T], path: Optional[Union[str, Path]] = None, overri
     """Defaults of ``schema``, then the YAML file at ``path``, then ``key=value`` overrides."""
     config = schema()
     if path is not None:
-        where = f"in {path}"
-        _merge(config, _apply_renames(_read_yaml(Path(path)), schema, where), schema, "", where)
+        _merge(config, _read_yaml(Path(path), schema), schema, "", f"in {path}")
     for override in overrides:
         if "=" not in override:
             raise ConfigError(f"command-line override '{override}' must look like key=value, e.g. optim.lr=0.1")
@@ -552,8 +552,10 @@ class RunConfig:
 
 
 def get_value(config, key: str) -> Any:
-    """The value at a dotted key (for shell scripts: ``--get optim.lr``)."""
+    """The value at a dotted key (for shell scripts: ``--get optim.lr``; a renamed key is read under its
+    current name)."""
     value = config
+    key = renamed_key(key, type(config)) or key
     for part in key.split("."):
         if not (dataclasses.is_dataclass(value) and part in _fields(value)):
             raise _unknown_key_error(key, type(config), "asked for with --get")
@@ -601,9 +603,10 @@ def flat_dict(data: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 
 def from_dict(schema: Type[T], data: Dict[str, Any]) -> T:
-    """Rebuild a config saved by `to_dict` (for example from a checkpoint), strictly."""
+    """Rebuild a config saved by `to_dict` (for example from a checkpoint or an earlier run's
+    config.yaml), strictly; renamed keys are read under their current names."""
     config = schema()
-    _merge(config, data, schema, "", "in the saved config")
+    _merge(config, with_current_keys(data, schema), schema, "", "in the saved config")
     return config
 
 

@@ -184,6 +184,8 @@ class EpochAverage:
         self.tau = float(state["tau"])
         self.average = state["average"]
 
+    OLDER_CHECKPOINT_KEY = "swa"  # where last.pt held the average before the config section was epoch_average
+
     def state_from_older_checkpoint(self, checkpoint) -> Optional[dict]:
-        """The average in a last.pt that held it under ``swa`` (before the config section was epoch_average)."""
-        return checkpoint.get("swa")
+        """The average in a last.pt that held it under ``swa``."""
+        return checkpoint.get(self.OLDER_CHECKPOINT_KEY)

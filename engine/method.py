@@ -61,6 +61,7 @@ class TrainingMethod(nn.Module):
     name = ""  # set by the registry's decorator
     uses_prior = False  # reads the class prior (IKL's global weights), which the trainer keeps
     prior_temperature = 1.0  # the temperature of the softmax that prior averages
+    OLDER_CHECKPOINT_KEY: Optional[str] = None  # where last.pt held its state before the key was ``method``
 
     @classmethod
     def check(cls, cfg: Any) -> None:
@@ -80,9 +81,9 @@ class TrainingMethod(nn.Module):
         return weight_decay_groups(self, weight_decay, batchnorm_weight_decay) if self.has_parameters() else []
 
     def state_from_older_checkpoint(self, checkpoint: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
-        """This method's state in a last.pt written before methods were saved under ``method``
-        (None: that file holds none)."""
-        return None
+        """This method's state in a last.pt written before methods were saved under ``method``: the entry
+        ``OLDER_CHECKPOINT_KEY`` names (None: that file holds none)."""
+        return checkpoint.get(self.OLDER_CHECKPOINT_KEY) if self.OLDER_CHECKPOINT_KEY else None
 
 
 def check_method(registry: MethodRegistry, cfg: Any) -> type:

@@ -44,6 +44,7 @@ class Distiller(TrainingMethod):
 
     needs_teacher = True
     needs_features = False
+    OLDER_CHECKPOINT_KEY = "distiller"
     needs_indices = False
     teacher_in_train_mode = False
 
@@ -58,9 +59,6 @@ class Distiller(TrainingMethod):
     def parameter_groups(self, weight_decay: float, batchnorm_weight_decay: bool = True):
         """One group with the student's weight decay on everything (mdistiller's optimiser)."""
         return super().parameter_groups(weight_decay, True)
-
-    def state_from_older_checkpoint(self, checkpoint):
-        return checkpoint.get("distiller")  # where last.pt held a distiller's state before it was ``method``
 
     def loss(
         self,

@@ -263,6 +263,7 @@ def build_distillation(
         if teacher is not None:
             teacher = teacher.to(memory_format=torch.channels_last)
     student = sync_batch_norm(student, cfg.sync_bn, device)
+    distiller = sync_batch_norm(distiller, cfg.sync_bn, device)  # its connectors' BatchNorms, as the student's
     # The authors' DataParallel splits every forward of the whole distiller (OFD's teacher runs in train mode).
     for module in (student, distiller, teacher):
         if module is not None:
@@ -342,7 +343,9 @@ def train(cfg: KDConfig) -> Dict[str, object]:
     # DDP averages the processes' gradients, of the student and of the distiller's parts.
     network = compile_model(wrap_model(StudentForward(student, distiller), device), cfg.compile)
     teacher_forward = (
-        compile_model(TeacherForward(kd.teacher, distiller.needs_features), cfg.compile) if kd.teacher else None
+        compile_model(TeacherForward(kd.teacher, distiller.needs_features), cfg.compile)
+        if kd.teacher is not None
+        else None
     )
     try:
         for epoch in range(run.start_epoch, cfg.epochs + 1):

@@ -4,7 +4,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 # run_adv_training CONFIG [key=value ...]
 #   trains (or, with resume=true, continues) the run of configs/adv_training/CONFIG. Training
 #   ends with the reference's epoch average (swa.py RUN 0.9 1 200) when the config asks for it
-#   (swa.enabled), written as ours-model-epoch-SWA0.91200.pt in the run folder.
+#   (epoch_average.enabled), written as ours-model-epoch-SWA0.91200.pt in the run folder.
 #   With --print-config among the arguments it only prints the resolved config (a dry run).
 #   NPROC, NNODES, NODE_RANK and MASTER start it under torchrun (see dkl_run in _venv.sh).
 run_adv_training() {

@@ -86,11 +86,13 @@ kd_launch() {
             exit 2
         fi
     done
-    local logit=0
-    [[ " $KD_LOGIT_METHODS " == *" $method "* ]] && logit=1
+    # A method with a folder of its own (a feature distiller) runs its PAIR.yaml there; any other runs
+    # the pair's own config with method=METHOD.
+    local own_configs=0
+    [[ -d "$configs/$method" ]] && own_configs=1
     for arg in "${pairs[@]}"; do
         file="$configs/$method/$arg.yaml"
-        if [[ $logit == 0 && ! -f "$file" ]]; then
+        if [[ $own_configs == 1 && ! -f "$file" ]]; then
             echo "error: $method has no config for $arg ($file)" >&2
             exit 2
         fi
@@ -98,10 +100,10 @@ kd_launch() {
     dkl_python
     for arg in "${pairs[@]}"; do
         [[ " ${overrides[*]-} " == *" --print-config "* ]] && echo "# ---- $method $arg"
-        if [[ $logit == 1 ]]; then
-            dkl_run knowledge_distillation.train --config "$configs/$arg.yaml" "method=$method" ${overrides[@]+"${overrides[@]}"}
-        else
+        if [[ $own_configs == 1 ]]; then
             dkl_run knowledge_distillation.train --config "$configs/$method/$arg.yaml" ${overrides[@]+"${overrides[@]}"}
+        else
+            dkl_run knowledge_distillation.train --config "$configs/$arg.yaml" "method=$method" ${overrides[@]+"${overrides[@]}"}
         fi
     done
 }

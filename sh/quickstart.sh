@@ -90,8 +90,8 @@ out, methods = Path(sys.argv[1]), sys.argv[2:]
 names = {"ikl": "IKL-AT", "trades": "TRADES", "standard": "standard training"}
 # AutoAttack evaluated the weights that stand for each run (RunFolder.weights); the monitor's clean and
 # PGD-20 numbers of the same weights carry their prefix (the epoch average's swa_test_clean_acc, ...).
-owners = {"swa": "swa", "ema": "ema"}
-weights = {"swa": "epoch average", "ema": "EMA"}
+owners = {"swa": "swa", "ema": "ema", "best": "model", "last": "model"}
+weights = {"swa": "epoch average", "ema": "EMA", "best": "best epoch", "last": "last epoch"}
 print(f"\nDigits (8x8 images), Linf eps 0.2; clean and PGD-20 on the 450 test images. Run folders under {out}/")
 print(f"{'method':<18} {'clean':>7} {'PGD-20':>7} {'AutoAttack':>11} {'(images)':>9} {'wall time':>10}")
 evaluated = set()
@@ -100,6 +100,9 @@ for method in methods:
     attack = json.loads((run.path / "autoattack.json").read_text())
     owner = owners[attack["which"]]  # the digits configs keep the epoch average
     final = run.final_metrics()
+    if attack["which"] == "best":  # the monitor's numbers of the epoch best.pt holds
+        best_epoch = run.read_results()["best_epoch"]
+        final = next(record for record in run.read_metrics() if record["epoch"] == best_epoch)
     evaluated.add(f"{weights[attack['which']]} ({Path(attack['checkpoint_file']).name})")
     seconds = float((run.path / "quickstart_seconds.txt").read_text())
     print(f"{names[method]:<18} {final[metric_key('clean_acc', owner=owner)]:>6.1f}% "

@@ -123,10 +123,13 @@ def test_two_digits_epochs_stopped_and_resumed_equal_an_uninterrupted_run(tmp_pa
     shutil.copytree(tmp_path / "split", tmp_path / "older")
     older = {key: value for key, value in first.items() if key not in ("method", "epoch_average")}
     older.update(task="ATConfig", best={"robust_acc": first["best"]["value"], "epoch": 1}, swa=first["epoch_average"])
+    older["config"] = {("swa" if key == "epoch_average" else key): value for key, value in first["config"].items()}
     older["companion"] = {k[len("natural_classifier.") :]: v for k, v in first["method"].items()}
     torch.save(older, tmp_path / "older" / "last.pt")
     assert main(digits_lbgat(tmp_path, "split", "resume=true")) == 0
+    capsys.readouterr()
     assert main(digits_lbgat(tmp_path, "older", "resume=true")) == 0
+    assert "swa" not in capsys.readouterr().out  # the renamed section is not a changed setting
     straight = load_file(tmp_path / "straight" / "last.pt")
     for resumed in (load_file(tmp_path / "split" / "last.pt"), load_file(tmp_path / "older" / "last.pt")):
         for key in ("model", "method"):

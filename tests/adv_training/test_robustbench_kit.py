@@ -68,7 +68,7 @@ def run(cifar10_root, tmp_path_factory):
         "eval.pgd_steps=1",
         "awp.enabled=false",
         "ema.enabled=false",
-        "swa.enabled=false",
+        "epoch_average.enabled=false",
     ]
     assert train_main(argv) == 0
     return out / "wrn"

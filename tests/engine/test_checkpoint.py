@@ -159,3 +159,35 @@ def test_every_weights_file_has_one_format():
     assert weights_file(weights, 3) == {"model": weights, "epoch": 3}
     with pytest.raises(ValueError, match="metric names may not be"):
         weights_file(weights, 3, {"epoch": 1.0})
+
+
+def test_a_run_that_now_selects_by_another_metric_starts_its_best_record_anew(tmp_path, small_model, image_batch):
+    model, optimizer, states = trained(small_model, image_batch, seed=0)
+    best = {"metric": "test_clean_acc", "value": 88.0, "epoch": 2}  # chosen without the PGD monitor
+    atomic_save(training_state(TinyConfig(), 3, model, optimizer, best, states), tmp_path / "last.pt")
+    lines = []
+    state = resume_training_state(
+        tmp_path / "last.pt",
+        TinyConfig(),
+        model,
+        optimizer,
+        states,
+        describe="the tiny model",
+        selects_by="test_robust_acc",
+        log=lines.append,
+    )
+    assert state["best"] == {"metric": "test_robust_acc", "value": -math.inf, "epoch": 0}
+    assert any("chosen by test_clean_acc and this run selects by test_robust_acc" in line for line in lines)
+
+
+def test_an_older_last_pt_without_the_average_says_the_run_was_started_without_it(tmp_path, small_model, image_batch):
+    model, optimizer, states = trained(small_model, image_batch, seed=0)
+    state = training_state(
+        TinyConfig(), 1, model, optimizer, {"epoch": 0, "robust_acc": -1.0}, {"prior": states["prior"]}
+    )
+    state["swa"] = None  # an earlier version's last.pt of a run started with the epoch average off
+    atomic_save(state, tmp_path / "last.pt")
+    with pytest.raises(
+        UserError, match="holds no epoch_average state: the run was started with epoch_average switched off"
+    ):
+        resume(tmp_path / "last.pt", model, optimizer, {"prior": states["prior"], "epoch_average": states["swa"]})

@@ -198,3 +198,19 @@ def test_renamed_keys_and_sections_keep_working_with_a_note(tmp_path, capsys):
         load_config(_Renamed, path)
     with pytest.raises(ConfigError, match="unknown config key 'swab.tau'"):
         load_config(_Renamed, None, ["swab.tau=1"])
+
+
+def test_a_renamed_section_in_a_file_extends_a_base_written_with_the_new_name(tmp_path, capsys):
+    (tmp_path / "base.yaml").write_text("lr: 0.2\nepoch_average:\n  tau: 0.7\n  start: 2\n")
+    (tmp_path / "mine.yaml").write_text("base: base.yaml\nswa:\n  tau: 0.8\n")
+    cfg = load_config(_Renamed, tmp_path / "mine.yaml")
+    assert (cfg.lr, cfg.epoch_average.tau, cfg.epoch_average.start) == (0.2, 0.8, 2)  # mine wins, the base fills in
+    assert "is now called 'epoch_average'" in capsys.readouterr().err
+
+
+def test_a_saved_config_with_a_renamed_section_is_read_back_and_asked_for():
+    from engine.config import from_dict, get_value
+
+    cfg = from_dict(_Renamed, {"lr": 0.3, "swa": {"tau": 0.6, "start": 4}})  # an earlier run's config.yaml
+    assert (cfg.lr, cfg.epoch_average.tau, cfg.epoch_average.start) == (0.3, 0.6, 4)
+    assert get_value(cfg, "swa.tau") == get_value(cfg, "epoch_average.tau") == 0.6
