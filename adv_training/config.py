@@ -11,6 +11,7 @@ them all.
 from dataclasses import dataclass
 from typing import ClassVar, Dict, List, Literal, Optional
 
+from engine.batchnorm_groups import require_whole_groups
 from engine.config import (
     BATCH,
     EPOCHS,
@@ -392,6 +393,8 @@ class ATConfig(RunConfig):
         super().validate()
         require_model("model.arch", self.model.arch, self.data.dataset, self.model.build_kwargs())
         require_increasing("optim.milestones", self.optim.milestones)
+        views = 2 if self.data.augment in ("autoaug", "cutout") else 1  # [basic; augmented] batches
+        require_whole_groups(self.batchnorm_groups, self.data.batch_size, views)
         if self.attack.norm == "linf":
             for key, eps in (("attack.epsilon", self.attack.epsilon), ("eval.epsilon", self.eval.epsilon)):
                 if eps is not None and eps > 1:
@@ -455,6 +458,11 @@ class ATConfig(RunConfig):
             raise ConfigError(
                 "config key 'generated.rotate_degrees' acts on the mixing loader only: set "
                 "generated.path, or generated.rotate_degrees=0"
+            )
+        if self.data.dataset == "digits" and self.data.augment in ("autoaug", "cutout"):
+            raise ConfigError(
+                f"config key 'data.augment' is {self.data.augment}, which digits does not have (8x8 digits are "
+                f"not augmented; none and basic both give the plain images): use data.augment=none"
             )
         if self.model.preprocess == "meanstd" and self.data.dataset not in MEAN_STD:
             raise ConfigError(

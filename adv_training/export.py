@@ -30,6 +30,8 @@ them) and the card says there is no RobustBench definition.
 """
 
 import argparse
+import hashlib
+import io
 import json
 import re
 import sys
@@ -43,7 +45,7 @@ from engine.cli import command
 from engine.data import num_classes as data_num_classes
 from engine.data.datasets import DIGITS_TEST_SIZE
 from engine.errors import UserError
-from engine.file_io import atomic_save, atomic_write_text, sha256_file, writing
+from engine.file_io import atomic_write_text, sha256_file, write_atomically, writing
 from engine.run_folder import RunFolder, metric_key
 from models.dm_wide_resnet import DMWideResNet
 from models.wide_resnet import WideResNet
@@ -81,8 +83,10 @@ def robustbench_layout(model: torch.nn.Module, num_classes: int) -> Tuple[Option
 
 
 def model_card(
-    run_dir: Path, weights: Path, which: str, arch: str, dataset: str, constructor: Optional[str], export: Path
+    run_dir: Path, weights: Path, which: str, arch: str, dataset: str, constructor: Optional[str]
 ) -> Dict[str, Any]:
+    """The card of ``weights`` (without its ``export`` entry, which `export` adds once the file is written),
+    every number read from the run's reports checked first (`reports.check_autoattack_report`)."""
     folder = RunFolder(run_dir)
     config = folder.read_config_or_empty()
     evaluation = config.get("eval") or {}
@@ -104,7 +108,6 @@ def model_card(
             "path": str(weights),
             "sha256": sha256_file(weights),
         },
-        "export": {"file": export.name, "sha256": sha256_file(export)},
     }
     found = matching_autoattack(run_dir, weights, norm, epsilon)
     if found is not None:
@@ -277,8 +280,24 @@ def robustbench_issue(kit: Dict[str, Any], card: Dict[str, Any], paper: Dict[str
     return "\n".join(lines) + "\n"
 
 
-def export(run_dir: Path, which: Optional[str], out: Path) -> Dict[str, Any]:
-    """Write ``out`` (the weights) and ``out`` with suffix .json (the card); return the card."""
+def kit_files(out: Path, kit: Dict[str, Any]) -> Dict[Path, str]:
+    """The RobustBench kit's files beside ``out`` and their text."""
+    stem = out.with_suffix("")
+    files = {stem.with_name(f"{stem.name}.robustbench_{kit['threat']}.json"): json.dumps(kit["adversarial"], indent=2)}
+    if kit["corruptions"] is not None:
+        entry = {k: v for k, v in kit["corruptions"].items() if k != "source"}
+        files[stem.with_name(f"{stem.name}.robustbench_corruptions.json")] = json.dumps(entry, indent=2)
+    files[stem.with_name(f"{stem.name}.robustbench_issue.md")] = kit["issue"].rstrip("\n")
+    return files
+
+
+def export(
+    run_dir: Path, which: Optional[str], out: Path, paper: Optional[Dict[str, Any]] = None
+) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
+    """Write ``out`` (the weights), ``out`` with suffix .json (the card) and, given ``paper`` (the
+    RobustBench flags), the RobustBench kit beside them, as one set: everything that reads the run
+    folder (and may refuse a damaged report) happens before the first file is written, and a failure
+    while writing removes what was written. Returns (card, kit or None)."""
     if out.suffix != ".pt":
         raise UserError(
             f"--out {out} must end in .pt (the model card goes beside it as {out.with_suffix('.json').name})"
@@ -288,12 +307,27 @@ def export(run_dir: Path, which: Optional[str], out: Path) -> Dict[str, Any]:
     target = run_target(run_dir, which)
     model = build_network(target)  # loads strictly: a damaged or foreign file stops here
     constructor, state = robustbench_layout(model, data_num_classes(target.dataset))
-    with writing(out.parent):
-        out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save(state, out)
-    card = model_card(run_dir, target.file, target.which, target.arch, target.dataset, constructor, out)
-    atomic_write_text(json.dumps(card, indent=2) + "\n", out.with_suffix(".json"))
-    return card
+    card = model_card(run_dir, target.file, target.which, target.arch, target.dataset, constructor)
+    serialized = io.BytesIO()
+    torch.save(state, serialized)  # the exported file's bytes: their sha256 goes into the card and the kit
+    weights = serialized.getvalue()
+    card["export"] = {"file": out.name, "sha256": hashlib.sha256(weights).hexdigest()}
+    kit = robustbench_kit(card, run_dir, target.file, paper) if paper is not None else None
+    written: List[Path] = []
+    try:
+        with writing(out.parent):
+            out.parent.mkdir(parents=True, exist_ok=True)
+        written.append(write_atomically(out, "wb", lambda stream: stream.write(weights)))
+        written.append(atomic_write_text(json.dumps(card, indent=2) + "\n", out.with_suffix(".json")))
+        for path, text in (kit_files(out, kit) if kit is not None else {}).items():
+            written.append(atomic_write_text(text + "\n", path))
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    if kit is not None:
+        kit["files"] = written[2:]
+    return card, kit
 
 
 @command
@@ -318,20 +352,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--additional_data", action="store_true", help="trained with additional (real) data")
     parser.add_argument("--checkpoint_url", default=None, help="where the exported checkpoint is published")
     args = parser.parse_args(argv)
-    card = export(args.run_dir, args.which, args.out)
+    paper = None
     if args.robustbench:
         paper = {key: getattr(args, key) for key in (*PAPER_FLAGS, "footnote", "additional_data", "checkpoint_url")}
-        kit = robustbench_kit(card, args.run_dir, Path(card["weights"]["path"]), paper)
-        stem = args.out.with_suffix("")
-        written = [stem.with_name(f"{stem.name}.robustbench_{kit['threat']}.json")]
-        atomic_write_text(json.dumps(kit["adversarial"], indent=2) + "\n", written[0])
-        if kit["corruptions"] is not None:
-            entry = {k: v for k, v in kit["corruptions"].items() if k != "source"}
-            written.append(stem.with_name(f"{stem.name}.robustbench_corruptions.json"))
-            atomic_write_text(json.dumps(entry, indent=2) + "\n", written[-1])
-        written.append(stem.with_name(f"{stem.name}.robustbench_issue.md"))
-        atomic_write_text(kit["issue"], written[-1])
-        print("RobustBench kit: " + ", ".join(str(path) for path in written))
+    card, kit = export(args.run_dir, args.which, args.out, paper)
+    if kit is not None:
+        print("RobustBench kit: " + ", ".join(str(path) for path in kit["files"]))
         for item in kit["missing"]:
             print(f"  not filled in: {item}")
     accuracy = card["autoattack_acc"]

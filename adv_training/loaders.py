@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from engine import data as data_lib
+from engine.config import ConfigError
 from engine.data import DeviceBatches
 from engine.distributed import is_main_process, rank, world_size
 from engine.errors import UserError
@@ -58,12 +59,15 @@ def build_loaders(cfg: ATConfig, device: torch.device) -> Loaders:
         padding_mode=cfg.data.padding_mode,
         rotate_degrees=cfg.data.rotate_degrees,
     )
-    test_set = data_lib.first_examples(
-        data_lib.build_test_set(
-            cfg.data.dataset, cfg.data.root, download=cfg.data.download, verify_checksum=cfg.data.verify_checksum
-        ),
-        cfg.eval.num_examples,
+    full_test_set = data_lib.build_test_set(
+        cfg.data.dataset, cfg.data.root, download=cfg.data.download, verify_checksum=cfg.data.verify_checksum
     )
+    if cfg.eval.num_examples is not None and cfg.eval.num_examples > len(full_test_set):
+        raise ConfigError(
+            f"config key 'eval.num_examples' ({cfg.eval.num_examples}) is more than the {len(full_test_set)} "
+            f"images of the {cfg.data.dataset} test set; use eval.num_examples=null for all of them"
+        )
+    test_set = data_lib.first_examples(full_test_set, cfg.eval.num_examples)
     held_out = cfg.data.validation_size
     if held_out >= len(train_set):
         raise UserError(

@@ -78,20 +78,39 @@ def average_checkpoints(
         )
 
     average = EpochAverage(tau)
-    for path in paths:
+    for index, path in enumerate(paths):
         log(f"reading {path}")
         state = _state_dict(load_file(path, map_location="cpu"), path)
         require_finite(state, path)
         try:
             average.add(state)
         except ValueError as error:
-            raise UserError(
-                f"{path} does not fit the earlier epochs ({error}); were they saved from the same model?"
-            ) from None
+            raise _misfit(paths, index, state, error) from None
 
     destination = folder.save(weights_file(average.average, end), folder.epoch_average(tau, start, end))
     log(f"wrote {destination}")
     return destination
+
+
+def _layout(state: Dict[str, torch.Tensor]) -> Dict[str, tuple]:
+    return {key: tuple(value.shape) for key, value in state.items()}
+
+
+def _misfit(paths, index: int, state: Dict[str, torch.Tensor], error: ValueError) -> UserError:
+    """The error for epoch file ``index``, which does not fit the ones before it. The earlier files agree
+    with each other, so ``paths[index]`` is the odd one, unless only one file came before: then the
+    next file, when there is one, says which of the two differs from the rest."""
+    odd = paths[index]
+    if index == 1 and len(paths) > 2:
+        following = _state_dict(load_file(paths[2], map_location="cpu"), paths[2])
+        if _layout(following) == _layout(state):  # the second and the third agree: the first is the odd one
+            odd = paths[0]
+    elif index == 1:
+        return UserError(
+            f"{paths[0]} and {paths[1]} do not fit each other ({error}); were they saved from the same model?"
+        )
+    others = "the other epochs" if odd == paths[0] else "the earlier epochs"
+    return UserError(f"{odd} does not fit {others} ({error}); were they saved from the same model?")
 
 
 @command

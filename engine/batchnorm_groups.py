@@ -32,7 +32,9 @@ mode is untouched. The layers keep their class's parameters, buffers and state-d
 optimisers and copies (AWP's proxy, the EMA) are those of plain BatchNorm.
 """
 
-from typing import Dict, Type
+import math
+import os
+from typing import Dict, Optional, Type
 
 import torch
 import torch.nn as nn
@@ -109,6 +111,27 @@ def groups_per_process(groups: int, world_size: int, views: int = 1) -> int:
             f"or batchnorm_groups=1 for one group per process"
         )
     return groups // world_size
+
+
+def require_whole_groups(groups: int, batch_size: int, views: int = 1, world_size: Optional[int] = None) -> None:
+    """A `ConfigError` unless torch.chunk, as DataParallel splits a batch, gives every process's full
+    batch (``views`` x ``batch_size`` / processes rows) exactly its ``groups`` / processes pieces: with more
+    groups than rows, or rows that chunk into fewer pieces (128 rows in 100 groups: 64 pieces of 2), the
+    groups would silently be fewer than asked (DataParallel would leave GPUs idle). The processes are
+    torchrun's WORLD_SIZE unless given."""
+    processes = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    if groups <= 1 or groups % processes:
+        return  # one group, or a split `chunks_per_process` refuses with its own message
+    rows, pieces = views * batch_size // processes, groups // processes
+    if rows < 1:
+        return
+    given = math.ceil(rows / math.ceil(rows / pieces))
+    if pieces > rows or given != pieces:
+        raise ConfigError(
+            f"config key 'batchnorm_groups' ({groups}) does not fit the batch: torch.chunk, as DataParallel, "
+            f"splits each process's {rows} rows into {min(given, rows)} pieces, not {pieces}; use a divisor of "
+            f"{rows} (times {processes} processes), or batchnorm_groups=1"
+        )
 
 
 def group_batch_norm(module: nn.Module, groups: int, world_size: int = 1, views: int = 1) -> nn.Module:

@@ -27,7 +27,7 @@ from .config import changed_keys, to_dict, with_current_keys
 from .distributed import gather_objects, rank, world_size
 from .environment import capture_rng_state, restore_rng_state
 from .errors import UserError
-from .file_io import load_file
+from .file_io import load_file, require_finite
 
 CHECKPOINT_FORMAT = 1
 LAST_KEYS = frozenset({"format", "task", "epoch", "model", "optimizer", "best", "rng", "rng_per_rank", "config"})
@@ -165,6 +165,10 @@ def resume_training_state(
             f"(the data order then differs from an uninterrupted run)"
         )
     saved_config = with_current_keys(state["config"], type(cfg))  # an earlier version's config, today's key names
+    used = {name: _saved_state(path, state, name, obj) for name, obj in states.items() if obj is not None}
+    # Damaged state never trains: a NaN in the weights, the optimizer's momentum or any state a run uses
+    # (a method's networks, CRD's memory, the class prior, the averages) is refused before anything loads.
+    require_finite({"model": state["model"], "optimizer": state["optimizer"], **used}, path)
     changed = [c for c in changed_keys(saved_config, to_dict(cfg)) if not c.startswith("resume:")]
     if changed:
         log("note: resuming with changed settings: " + "; ".join(changed))
@@ -181,10 +185,8 @@ def resume_training_state(
             f"{path}: its optimizer state does not fit this run ({error}); resume with the config the run was "
             f"started with"
         ) from None
-    for name, obj in states.items():
-        if obj is None:
-            continue
-        saved = _saved_state(path, state, name, obj)
+    for name, saved in used.items():
+        obj = states[name]
         try:
             obj.load_state_dict(saved)
         except (KeyError, TypeError, ValueError, RuntimeError) as error:  # RuntimeError: an nn.Module's strict load

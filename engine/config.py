@@ -534,6 +534,10 @@ class RunConfig:
 
     def validate(self) -> None:
         """The checks of the shared knobs; a task's ``validate`` calls this first."""
+        if not self.out_dir.strip():
+            raise ConfigError(
+                "config key 'out_dir' is empty: name the folder that holds run folders, e.g. out_dir=runs"
+            )
         require_plain_name("name", self.name)
         if self.paper_row:
             require_choice("paper_row", self.paper_row, sorted(self.PAPER_ROWS))

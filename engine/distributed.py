@@ -10,6 +10,8 @@ the same in one process and in many.
 import datetime
 import inspect
 import os
+import signal
+import sys
 from typing import Any, Iterable, List, Optional
 
 import torch
@@ -142,6 +144,7 @@ def init_distributed(device: torch.device, timeout_seconds: float) -> torch.devi
         )
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
+    stop_with_the_launcher()
     _import_before_the_group()
     try:
         dist.init_process_group(
@@ -156,6 +159,28 @@ def init_distributed(device: torch.device, timeout_seconds: float) -> torch.devi
             f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}): {error}"
         ) from None
     return device
+
+
+def stop_with_the_launcher() -> None:
+    """Under torchrun, end this worker when its launcher dies (Linux; elsewhere nothing).
+
+    torchrun starts each worker in a session of its own, so a launcher killed outright (SIGKILL, or a
+    job scheduler's kill of that one process) leaves its workers running: they would go on training or
+    attacking and keep writing last.pt, the AutoAttack state and the logs of a run the user believes
+    stopped, racing the rerun that resumes it. The kernel sends this process SIGTERM when its parent,
+    the launcher, exits (prctl PR_SET_PDEATHSIG); a launcher already gone before this call ends it at once.
+    Every file is written atomically, so the run folder keeps the last complete epoch or round."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    launcher = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != launcher or launcher == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _import_before_the_group() -> None:

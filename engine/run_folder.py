@@ -73,7 +73,7 @@ def evaluation_keys(
 def _read_json(path: Path) -> Optional[Dict[str, Any]]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested past Python's stack
         return None
     return data if isinstance(data, dict) else None
 

@@ -219,7 +219,8 @@ def table(groups: Sequence[Group], which: str) -> Tuple[str, List[Dict[str, Any]
             if len(images) == 1:
                 headers[2] = f"AutoAttack ({images.pop()} images)"
             paper_header = "paper clean / AutoAttack"
-            title = f"Adversarial training ({'the model' if which == 'model' else 'the ' + which}, %)"
+            whose = {"model": "the model", "ema": "the EMA", "swa": "the epoch average"}.get(which, which)
+            title = f"Adversarial training ({whose}, %)"
         else:
             paper_header = "paper top-1"
             title = "Knowledge distillation (student top-1, %)"

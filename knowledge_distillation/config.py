@@ -10,6 +10,7 @@ states the pair, its learning rate and each distiller's pair-specific weights, s
 from dataclasses import dataclass
 from typing import ClassVar, Dict, List, Literal
 
+from engine.batchnorm_groups import require_whole_groups
 from engine.config import (
     BATCH,
     EPOCHS,
@@ -148,14 +149,21 @@ class PKTConfig:
 class KDSVDConfig:
     ce_weight: float = knob(1.0, "weight of the cross-entropy with the labels", valid=NON_NEGATIVE)
     feat_weight: float = knob(1.0, "weight of the SVD term", valid=NON_NEGATIVE)
-    k: int = knob(1, "singular vectors kept of the teacher (the student keeps k + 3)", valid=Range(1))
+    k: int = knob(
+        1,
+        "singular vectors kept of the teacher (the student keeps k + 3); at most what the smallest feature "
+        "map has (its width; k + 3 for the student's)",
+        valid=Range(1, 1024),
+    )
 
 
 @dataclass
 class OFDConfig:
     ce_weight: float = knob(1.0, "weight of the cross-entropy with the labels", valid=NON_NEGATIVE)
     feat_weight: float = knob(0.001, "weight of the margin-based feature term", valid=NON_NEGATIVE)
-    kernel_size: int = knob(1, "kernel size of the student-to-teacher connectors", valid=Range(1))
+    kernel_size: int = knob(
+        1, "kernel size of the student-to-teacher connectors: odd (they keep the map's size)", valid=Range(1, 15)
+    )
 
 
 @dataclass
@@ -196,8 +204,12 @@ class CRDConfig:
     mode: Literal["exact", "relax"] = knob(
         "exact", "positive of a sample: itself (exact) or a random sample of its class (relax)"
     )
-    feat_dim: int = knob(128, "dimension of the embeddings and of the memory bank", valid=Range(1))
-    nce_k: int = knob(16384, "negatives per sample, drawn from the other classes", valid=Range(1))
+    feat_dim: int = knob(128, "dimension of the embeddings and of the memory bank", valid=Range(1, 65536))
+    nce_k: int = knob(
+        16384,
+        "negatives per sample, drawn from the other classes; fewer than the training images",
+        valid=Range(1, 10_000_000),
+    )
     nce_momentum: float = knob(0.5, "momentum of the memory-bank update", valid=Range(0, 1, high_open=True))
     nce_temperature: float = knob(0.07, "temperature of the contrastive scores", valid=POSITIVE)
 
@@ -217,7 +229,7 @@ class ReviewKDConfig:
         512,
         "middle width of the fusion modules = min(this, the student's pooled width); mdistiller's "
         "configs set it (256 for R50->MV1), its code ignores it and caps at 512",
-        valid=Range(1),
+        valid=Range(1, 65536),
     )
 
 
@@ -302,6 +314,12 @@ class KDConfig(RunConfig):
 
     def validate(self) -> None:
         super().validate()
+        require_whole_groups(self.batchnorm_groups, self.data.batch_size)
+        if self.ofd.kernel_size % 2 == 0:
+            raise ConfigError(
+                f"config key 'ofd.kernel_size' ({self.ofd.kernel_size}) must be odd: an even kernel would change "
+                f"the size of the student's maps, which the teacher's must match"
+            )
         require_model("student.arch", self.student.arch, self.data.dataset, {})
         if self.teacher.arch:
             require_model("teacher.arch", self.teacher.arch, self.data.dataset, {})

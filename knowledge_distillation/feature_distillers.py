@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine import distributed
+from engine.config import ConfigError
 from engine.data.samplers import shard_bounds
 from engine.data.transforms import keyed_generator
 from engine.errors import UserError
@@ -134,6 +135,19 @@ class KDSVD(FeatureDistiller):
     """KD via SVD on every stage after the stem."""
 
     section = "kdsvd"
+
+    def __init__(self, cfg, student, teacher, input_size, **kwargs):
+        super().__init__(cfg, student, teacher, input_size, **kwargs)
+        k = self.settings.k
+        for role, model, wanted in (("student", student, k + 3), ("teacher", teacher, k)):
+            shapes, _ = feature_shapes(model, input_size)
+            # each stage's map is reshaped to (C*H, W): it has min(C*H, W) singular vectors
+            available = min(min(c * h, w) for _, c, h, w in shapes[1:])
+            if wanted > available:
+                raise ConfigError(
+                    f"config key 'kdsvd.k' ({k}) asks for {wanted} singular vectors of the {role}'s maps, whose "
+                    f"smallest has {available}; use kdsvd.k={max(1, available - 3)} or less"
+                )
 
     def feature_loss(self, features, targets, epoch):
         return self.settings.feat_weight * feature_losses.kdsvd_loss(
@@ -264,6 +278,11 @@ class CRD(FeatureDistiller):
         _, t_dim = feature_shapes(teacher, input_size)
         self.embed_s, self.embed_t = Embed(s_dim, s.feat_dim), Embed(t_dim, s.feat_dim)
         self.num_data = len(train_targets)
+        if s.nce_k >= self.num_data:
+            raise ConfigError(
+                f"config key 'crd.nce_k' ({s.nce_k}) asks for as many negatives per sample as the training set has "
+                f"images ({self.num_data}) or more; use fewer (mdistiller: 16384 of CIFAR-100's 50000)"
+            )
         self.contrast = ContrastMemory(s.feat_dim, self.num_data, s.nce_temperature, s.nce_momentum)
         self.sampler = CRDSampler(train_targets, s.nce_k, s.mode)
         self.seed = cfg.seed
@@ -324,6 +343,11 @@ class ReviewKD(FeatureDistiller):
         self.shapes = [size for _, size in s_entries][::-1]
         self.out_shapes = [size for _, size in t_entries][::-1]
         mid = min(self.settings.max_mid_channel, self.in_channels[-1])
+        if self.settings.max_mid_channel > mid:
+            distributed.log(
+                f"note: reviewkd.max_mid_channel={self.settings.max_mid_channel} is more than the student's pooled "
+                f"width {mid}: the fusion modules are {mid} wide (mdistiller's min)"
+            )
         fusions = [
             AttentionFusion(c_in, mid, c_out, fuse=index < self.count - 1)
             for index, (c_in, c_out) in enumerate(zip(self.in_channels, self.out_channels))

@@ -17,7 +17,9 @@ the versions.
 
 import argparse
 import json
+import pickle
 import sys
+import zipfile
 from datetime import datetime
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -59,6 +61,23 @@ SOURCES = {
 DEFAULT_DIRS = {"cifar10": "data/CIFAR-10-C", "cifar100": "data/CIFAR-100-C"}
 
 
+def read_npy(path: Path) -> np.ndarray:
+    """The array of a .npy file, memory-mapped, as data only (never unpickled); a `UserError` naming the
+    file for anything else: Python objects, a pickle or an .npz archive under that name, a truncated,
+    empty or random file."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError, TypeError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(
+            f"{path} is not a readable NumPy .npy array ({reason}); replace it with the published file"
+        ) from None
+    if not isinstance(array, np.ndarray):  # an .npz archive (a zip file) saved under a .npy name
+        getattr(array, "close", lambda: None)()
+        raise UserError(f"{path} is an .npz archive, not a .npy array; replace it with the published file")
+    return array
+
+
 def open_corruptions(folder: Path, dataset: str) -> tuple:
     """(labels, {corruption: memory-mapped array}, images per severity), every file checked."""
     if dataset not in SOURCES:
@@ -70,14 +89,16 @@ def open_corruptions(folder: Path, dataset: str) -> tuple:
             f"{f' and {len(missing) - 4} more' if len(missing) > 4 else ''}: download {SOURCES[dataset]}, "
             f"extract it and pass its folder with --corruptions_dir (it holds labels.npy and one .npy per corruption)"
         )
-    labels = np.load(folder / "labels.npy", mmap_mode="r", allow_pickle=False)
+    labels = read_npy(folder / "labels.npy")
+    if labels.dtype.kind not in "iu":
+        raise UserError(f"{folder / 'labels.npy'} holds {labels.dtype} values; the published labels are integers")
     if labels.ndim != 1 or len(labels) == 0 or len(labels) % SEVERITIES:
         raise UserError(
             f"{folder / 'labels.npy'} holds {labels.shape}, not one label per image of {SEVERITIES} stacked severities"
         )
     arrays = {}
     for name in CORRUPTIONS:
-        array = np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+        array = read_npy(folder / f"{name}.npy")
         if array.shape != (len(labels), 32, 32, 3) or array.dtype != np.uint8:
             raise UserError(
                 f"{folder / f'{name}.npy'} holds {array.dtype} {array.shape}; the published files hold uint8 "

@@ -111,6 +111,34 @@ def _expected_files(cls) -> list:
     return [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
 
 
+def _mismatched_checksums(cls, folder: Path) -> list:
+    """The files of ``folder`` whose MD5 differs from the official one torchvision lists."""
+    from torchvision.datasets.utils import check_integrity
+
+    entries = cls.train_list + cls.test_list + [[cls.meta["filename"], cls.meta["md5"]]]
+    return [name for name, md5 in entries if not check_integrity(str(folder / name), md5)]
+
+
+def _first_unreadable(cls, folder: Path, train: bool) -> Union[str, None]:
+    """The first file of the split torchvision reads (then the metadata) that is not a CIFAR python batch."""
+    names = [name for name, _ in (cls.train_list if train else cls.test_list)] + [cls.meta["filename"]]
+    for name in names:
+        try:
+            with open(folder / name, "rb") as stream:
+                batch = _CIFARBatchUnpickler(stream, encoding="latin1").load()
+        except Exception:  # whatever a damaged file raises, this is the file
+            return name
+        if not isinstance(batch, dict):
+            return name
+    return None
+
+
+def _unreadable(cls, folder: Path, train: bool, generic: str, error: BaseException) -> str:
+    bad = _first_unreadable(cls, folder, train)
+    where = f"{folder / bad} is not a CIFAR python batch" if bad else generic
+    return f"{where} ({type(error).__name__}: {error})"
+
+
 def open_cifar(
     dataset: str, root: PathLike, *, train: bool, transform: Callable, download: bool, verify_checksum: bool
 ) -> Dataset:
@@ -127,18 +155,20 @@ def open_cifar(
         cause = error
     except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, IndexError) as error:
         # Only reachable with verify_checksum=False: the official files are checked first.
-        raise UserError(f"{unreadable} ({type(error).__name__}: {error})") from None
+        raise UserError(_unreadable(cls, folder, train, unreadable, error)) from None
 
     if all((folder / filename).is_file() for filename in _expected_files(cls)):
         # With checksums on, torchvision refuses present files only when their MD5 differs
         # (and download=True then tries, and here failed, to fetch them again).
         if verify_checksum:
+            bad = [str(folder / file) for file in _mismatched_checksums(cls, folder)] or [f"the files in {folder}"]
             raise UserError(
-                f"the {name} files in {folder} do not match the official checksums (a corrupted or "
-                f"incomplete download?): delete the folder and download it again (data.download=true); "
+                f"{', '.join(bad)} {'does' if len(bad) == 1 else 'do'} not match the official {name} checksums "
+                f"(a corrupted or incomplete "
+                f"download?): delete the folder and download it again (data.download=true); "
                 f"only for CIFAR-format data you generated yourself, set data.verify_checksum=false"
             )
-        raise UserError(f"{unreadable} ({type(cause).__name__}: {cause})")
+        raise UserError(_unreadable(cls, folder, train, unreadable, cause))
     if download:
         failed, alternative = f"downloading {name} failed ({type(cause).__name__}: {cause}); ", ""
     else:

@@ -106,6 +106,29 @@ def test_three_processes_give_one_processs_evaluation_exactly(trained):
     assert attack_lines(trained / "one.log") == attack_lines(trained / "three.log")
 
 
+def children(pid):
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def alive(pid):
+    """Whether ``pid`` still runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 @pytest.mark.slow
 def test_a_killed_sharded_evaluation_continues_with_another_number_of_processes(trained):
     """Killed during its attacks under 3 processes, continued by 2: the result is one process's."""
@@ -128,8 +151,18 @@ def test_a_killed_sharded_evaluation_continues_with_another_number_of_processes(
                 break
         time.sleep(0.02)
     assert runner.poll() is None, "the evaluation ended before it could be killed"
-    os.killpg(runner.pid, signal.SIGKILL)
+    workers = children(runner.pid)  # torchrun starts them in sessions of their own: killpg would miss them
+    assert len(workers) == 3, workers
+    os.kill(runner.pid, signal.SIGKILL)  # the launcher alone, as a user's kill or a scheduler's would
     runner.wait(timeout=60)
+    # its workers end with it (engine.distributed.stop_with_the_launcher): none writes the folder afterwards
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(alive(pid) for pid in workers):
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in workers), "a worker outlived its killed launcher"
+    before = state.read_bytes(), (trained / "killed.log").read_bytes()
+    time.sleep(1.0)
+    assert (state.read_bytes(), (trained / "killed.log").read_bytes()) == before  # nothing writes any more
     saved = load_file(state)["runs"]["autoattack"]
     assert len(saved["done"]) < 2  # stopped before its last attack ended
     assert not (trained / "killed.json").exists()

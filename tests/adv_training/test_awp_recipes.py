@@ -245,7 +245,7 @@ def test_one_epoch_of_each_awp_config_writes_its_run_folder(config, request, tmp
     assert list(state) == list(plain.state_dict())
     plain.load_state_dict(state)
     assert run_target(run, "best").preprocess == cfg.model.preprocess
-    assert export(run, "best", tmp_path / "export.pt")["preprocess"] == cfg.model.preprocess  # the model card
+    assert export(run, "best", tmp_path / "export.pt")[0]["preprocess"] == cfg.model.preprocess  # the model card
     assert (run / "last.pt").is_file() and not list(run.glob("ours-model-epoch-SWA*.pt"))
 
 

@@ -3,6 +3,7 @@ format: labels.npy and one [5 n, 32, 32, 3] uint8 <corruption>.npy per corruptio
 against the accuracy computed image by image."""
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -121,4 +122,43 @@ def test_a_file_of_another_shape_is_refused_by_name(checkpoint, tmp_path, capsys
     argv = ["--arch", "WideResNet", "--depth", "10", "--widen_factor", "1", "--checkpoint", str(path)]
     assert main([*argv, "--corruptions_dir", str(folder), "--device", "cpu", "--json", str(tmp_path / "c.json")]) == 2
     assert "fog.npy holds uint8 (30, 3, 32, 32)" in capsys.readouterr().err
+    assert not (tmp_path / "c.json").exists()
+
+
+def crafted(path, kind, good):
+    """``path`` rewritten as a file that is not a plain .npy array (``good``: the array it held)."""
+    if kind == "objects":
+        np.save(path, np.array([{"label": 1}, None], dtype=object), allow_pickle=True)
+    elif kind == "pickle":
+        path.write_bytes(pickle.dumps(good.tolist()))
+    elif kind == "npz":
+        with open(path, "wb") as stream:
+            np.savez(stream, good)
+    elif kind == "truncated":
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "random":
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    elif kind == "float labels":
+        np.save(path, good.astype(np.float32))
+
+
+DAMAGED = ["objects", "pickle", "npz", "truncated", "empty", "random"]
+
+
+@pytest.mark.parametrize(
+    "name, kind", [(name, kind) for name in ("labels", "fog") for kind in DAMAGED] + [("labels", "float labels")]
+)
+def test_a_damaged_or_foreign_file_is_one_error_line_naming_it(checkpoint, tmp_path, capsys, name, kind):
+    _, path = checkpoint
+    folder = write_cifar10_c(tmp_path / "CIFAR-10-C")
+    target = folder / f"{name}.npy"
+    crafted(target, kind, np.load(target))
+    argv = ["--arch", "WideResNet", "--depth", "10", "--widen_factor", "1", "--checkpoint", str(path)]
+    assert main([*argv, "--corruptions_dir", str(folder), "--device", "cpu", "--json", str(tmp_path / "c.json")]) == 2
+    error = capsys.readouterr().err
+    assert "Traceback" not in error and f"{target}" in error
+    assert [line for line in error.splitlines() if line.strip()] == [error.strip()]  # one line
     assert not (tmp_path / "c.json").exists()

@@ -143,3 +143,66 @@ def test_an_evaluation_of_the_whole_digits_test_set_fills_in_the_quickstarts_kit
     assert export_main([str(run), "--out", str(tmp_path / "m.pt"), "--robustbench"]) == 0
     linf = json.loads((tmp_path / "m.robustbench_Linf.json").read_text())
     assert (linf["autoattack_acc"], linf["clean_acc"]) == (("61.25", "97.50") if filled else (None, None))
+
+
+def deeply_nested(depth=100_000):
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize(
+    "field, value, text",
+    [
+        ("robust_acc", "fifty", "field 'robust_acc' must be a number in [0, 100], got 'fifty'"),
+        ("clean_acc", {"value": 80}, "field 'clean_acc' must be a number in [0, 100]"),
+        ("robust_acc", 150.0, "field 'robust_acc' must be a number in [0, 100], got 150.0"),
+        ("epsilon", "8/255", "field 'epsilon' must be a positive number, got '8/255'"),
+        ("n_ex", -3, "field 'n_ex' must be a positive integer"),
+        ("version", 1, "field 'version' must be text"),
+    ],
+)
+def test_a_damaged_report_is_refused_by_file_and_field_and_nothing_is_written(
+    run, tmp_path, capsys, field, value, text
+):
+    write_reports(run)
+    path = run / "eval" / "autoattack.json"
+    report = json.loads(path.read_text())
+    report[field] = value
+    path.write_text(json.dumps(report))
+    out = tmp_path / "exports" / "wrn.pt"
+    try:
+        assert export_main([str(run), "--which", "last", "--out", str(out), "--robustbench"]) == 2
+    finally:
+        write_reports(run)  # the module's run folder, as the other tests expect it
+    error = capsys.readouterr().err
+    assert f"{path}: {text}" in error and "Traceback" not in error
+    assert not (tmp_path / "exports").exists() or not list((tmp_path / "exports").iterdir())
+
+
+def test_a_deeply_nested_json_in_the_run_folder_is_not_a_report(run, tmp_path, capsys):
+    write_reports(run)
+    nested = run / "eval" / "nested.json"
+    nested.write_text(deeply_nested())
+    try:
+        out = tmp_path / "wrn.pt"
+        assert export_main([str(run), "--which", "last", "--out", str(out), "--robustbench"]) == 0
+    finally:
+        nested.unlink()
+    assert json.loads((tmp_path / "wrn.robustbench_Linf.json").read_text())["autoattack_acc"] == "41.50"
+
+
+def test_a_failure_while_writing_the_set_leaves_none_of_it(run, tmp_path, monkeypatch):
+    import adv_training.export as export_module
+
+    write_reports(run)
+    real = export_module.atomic_write_text
+
+    def failing(text, path):
+        if str(path).endswith("robustbench_issue.md"):
+            raise OSError("disk full")
+        return real(text, path)
+
+    monkeypatch.setattr(export_module, "atomic_write_text", failing)
+    out = tmp_path / "set" / "wrn.pt"
+    with pytest.raises(OSError, match="disk full"):
+        export_module.export(run, "last", out, {})
+    assert list((tmp_path / "set").iterdir()) == []

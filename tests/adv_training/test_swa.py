@@ -133,3 +133,27 @@ def test_an_epoch_with_nan_weights_is_refused_by_file_and_key(tmp_path):
     with pytest.raises(UserError, match=r"ours-model-epoch3.pt: entry '3.weight' holds NaN or inf"):
         average_checkpoints(tmp_path, 0.9, 1, 3, log=lambda line: None)
     assert not list(tmp_path.glob("*SWA*"))
+
+
+def wider_state():
+    """Another architecture's state dict: the same keys, a wider first layer."""
+    model = nn.Sequential(nn.Conv2d(1, 3, kernel_size=2), nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(3, 3))
+    return model.state_dict()
+
+
+@pytest.mark.parametrize("odd, epochs", [(1, 3), (2, 3), (3, 3), (1, 4)])
+def test_the_file_that_does_not_fit_is_the_one_named(tmp_path, odd, epochs):
+    write_epochs(tmp_path, range(1, epochs + 1))
+    atomic_save(wider_state(), tmp_path / f"ours-model-epoch{odd}.pt")
+    with pytest.raises(UserError) as raised:
+        average_checkpoints(tmp_path, 0.5, 1, epochs, log=lambda line: None)
+    message = str(raised.value)
+    assert message.startswith(str(tmp_path / f"ours-model-epoch{odd}.pt") + " does not fit"), message
+    assert not list(tmp_path.glob("*SWA*"))
+
+
+def test_two_files_that_do_not_fit_each_other_are_both_named(tmp_path):
+    write_epochs(tmp_path, range(1, 3))
+    atomic_save(wider_state(), tmp_path / "ours-model-epoch1.pt")
+    with pytest.raises(UserError, match="ours-model-epoch1.pt and .*ours-model-epoch2.pt do not fit each other"):
+        average_checkpoints(tmp_path, 0.5, 1, 2, log=lambda line: None)

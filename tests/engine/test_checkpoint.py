@@ -191,3 +191,29 @@ def test_an_older_last_pt_without_the_average_says_the_run_was_started_without_i
         UserError, match="holds no epoch_average state: the run was started with epoch_average switched off"
     ):
         resume(tmp_path / "last.pt", model, optimizer, {"prior": states["prior"], "epoch_average": states["swa"]})
+
+
+@pytest.mark.parametrize("where", ["model", "optimizer", "method", "prior"])
+def test_a_last_pt_with_a_nan_in_any_state_the_run_uses_is_refused_and_left_as_it_was(
+    tmp_path, small_model, image_batch, where
+):
+    model, optimizer, states = trained(small_model, image_batch, seed=0)
+    states["method"] = Owner()
+    best = {"metric": "test_robust_acc", "value": 1.0, "epoch": 1}
+    state = training_state(TinyConfig(), 1, model, optimizer, best, states)
+    entry = {
+        "model": lambda s: s["model"][next(iter(s["model"]))],
+        "optimizer": lambda s: next(iter(s["optimizer"]["state"].values()))["momentum_buffer"],
+        "method": lambda s: s["method"]["net.weight"],
+        "prior": lambda s: s["prior"]["prior"],
+    }[where](state)
+    entry.view(-1)[0] = float("nan")
+    atomic_save(state, tmp_path / "last.pt")
+    before = (tmp_path / "last.pt").read_bytes()
+    fresh_model, fresh_optimizer, fresh_states = trained(small_model, image_batch, seed=1)
+    fresh_states["method"] = Owner()
+    untouched = {k: v.clone() for k, v in fresh_model.state_dict().items()}
+    with pytest.raises(UserError, match=f"last.pt: entry '{where}\\..*' holds NaN or inf"):
+        resume(tmp_path / "last.pt", fresh_model, fresh_optimizer, fresh_states)
+    assert (tmp_path / "last.pt").read_bytes() == before
+    assert all(torch.equal(untouched[k], v) for k, v in fresh_model.state_dict().items())  # nothing was loaded

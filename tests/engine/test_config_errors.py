@@ -1,6 +1,8 @@
 """Bad configs of both tasks end in one line naming the key, the value and what is allowed
 (exit status 2), before any data, model or folder is touched; valid spellings pass."""
 
+from pathlib import Path
+
 import pytest
 
 from adv_training.config import ATConfig
@@ -17,6 +19,10 @@ def shown(value: str) -> str:
 
 # (key=value override, text the error must contain besides the key)
 AT_BAD = [
+    # batchnorm_groups that torch.chunk cannot give every group a row of the batch of 128 (as DataParallel)
+    ("batchnorm_groups=1024", "splits each process's 128 rows into 128 pieces, not 1024"),
+    ("batchnorm_groups=129", "into 128 pieces, not 129"),
+    ("batchnorm_groups=100", "into 64 pieces, not 100"),
     *[(f"epochs={v}", v) for v in ("0", "-1", "100001")],
     ("epochs=1.5", "expects int"),
     ("epochs=ten", "expects int"),
@@ -122,6 +128,14 @@ AT_BAD = [
     ("bf16_min_eps=2", "2"),
 ]
 KD_BAD = [
+    ("batchnorm_groups=65", "splits each process's 64 rows into 64 pieces, not 65"),
+    ("crd.nce_k=99999999999999999999", "99999999999999999999"),
+    ("crd.feat_dim=99999999999999999999", "99999999999999999999"),
+    ("crd.feat_dim=0", "0"),
+    ("ofd.kernel_size=2", "must be odd"),
+    ("ofd.kernel_size=99", "99"),
+    ("kdsvd.k=99999", "99999"),
+    ("reviewkd.max_mid_channel=99999999999", "99999999999"),
     ("epochs=0", "0"),
     ("epochs=-240", "-240"),
     ("seed=-3", "-3"),
@@ -283,3 +297,29 @@ def test_valid_edge_values_pass():
     assert cfg.model.depth == 16
     with pytest.raises(ConfigError, match="6n \\+ 4"):
         load_config(ATConfig, None, ["model.arch=WideResNet", "model.depth=12"])
+
+
+@pytest.mark.parametrize("entry_point", [at_main, kd_main], ids=["adversarial_training", "distillation"])
+def test_an_empty_out_dir_is_refused(entry_point, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # an empty out_dir would put the run folder here
+    code = entry_point(["out_dir=", "device=cpu"])
+    error = capsys.readouterr().err
+    assert code == 2 and error.startswith("error: config key 'out_dir' is empty") and len(error.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+DIGITS_AT = str(Path(__file__).resolve().parents[2] / "configs" / "adv_training" / "digits_ikl.yaml")
+
+
+@pytest.mark.parametrize(
+    "override, text",
+    [
+        ("data.augment=autoaug", "config key 'data.augment' is autoaug, which digits does not have"),
+        ("data.augment=cutout", "config key 'data.augment' is cutout"),
+        ("eval.num_examples=99999999999999999999", "config key 'eval.num_examples' (99999999999999999999) is more"),
+        ("eval.num_examples=451", "than the 450 images of the digits test set"),
+    ],
+)
+def test_digits_settings_that_cannot_apply_name_their_key(override, text, tmp_path, capsys):
+    code, error = run(at_main, ["--config", DIGITS_AT, override], tmp_path, capsys)
+    assert_one_line_error(code, error, tmp_path, text)

@@ -292,7 +292,7 @@ def test_export_of_a_wide_resnet_loads_strictly_into_robustbenchs_layout(cifar10
     overrides = ["data.batch_size=50", "epochs=1", "eval.pgd_steps=1", "awp.enabled=false"]
     assert train_main(tiny_at_run(cifar10_root, tmp_path, *overrides, name="wrn")) == 0
     out = tmp_path / "wrn.pt"
-    card = export(tmp_path / "wrn", "swa", out)
+    card, _ = export(tmp_path / "wrn", "swa", out)
     assert card["robustbench_model"] == "WideResNet(depth=10, widen_factor=1, num_classes=10)"
     assert card["autoattack_acc"] is None and "no standard AutoAttack report" in card["note"]
     theirs = RBWideResNet(depth=10, widen_factor=1, num_classes=10)

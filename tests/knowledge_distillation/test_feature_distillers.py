@@ -400,3 +400,28 @@ def test_crd_sampler_draws_in_chunks_as_in_one(monkeypatch):
     assert chunked.shape == whole.shape == (7, 6) and chunked[:, 0].tolist() == indices.tolist()
     for row, index in zip(chunked, indices):
         assert (targets[row[1:]] != targets[index]).all() and len(set(row[1:].tolist())) == 5
+
+
+def digits_distiller(method, *overrides, train_targets=None):
+    cfg = load_config(KDConfig, CONFIGS / "digits_kd.yaml", [f"method={method}", *overrides])
+    student, teacher = build_model("digits_cnn_small", 10), build_model("digits_cnn", 10)
+    extra = {"train_targets": train_targets} if train_targets is not None else {}
+    return build_distiller(cfg, student, teacher, input_size=(1, 8, 8), **extra)
+
+
+def test_knobs_that_the_pair_or_the_data_cannot_hold_are_refused_by_key(capsys):
+    from engine.config import ConfigError
+
+    # digits_cnn_small's smallest stage after the stem is 32 x 4 x 4: 4 singular vectors; the student keeps k + 3
+    assert digits_distiller("kdsvd", "kdsvd.k=1").settings.k == 1
+    with pytest.raises(ConfigError, match=r"'kdsvd.k' \(2\) asks for 5 singular vectors of the student's maps"):
+        digits_distiller("kdsvd", "kdsvd.k=2")
+    targets = torch.arange(100) % 10
+    assert digits_distiller("crd", "crd.nce_k=99", train_targets=targets).sampler is not None
+    with pytest.raises(ConfigError, match=r"'crd.nce_k' \(100\) asks for as many negatives .* images \(100\)"):
+        digits_distiller("crd", "crd.nce_k=100", train_targets=targets)
+    capsys.readouterr()
+    digits_distiller("reviewkd", "reviewkd.max_mid_channel=1000")  # capped to the student's width: said
+    assert "reviewkd.max_mid_channel=1000 is more than the student's pooled width 32" in capsys.readouterr().out
+    digits_distiller("reviewkd", "reviewkd.max_mid_channel=16")
+    assert "max_mid_channel" not in capsys.readouterr().out
