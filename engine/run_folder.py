@@ -185,8 +185,8 @@ class RunFolder:
         """config.yaml as a mapping; a `UserError` when it is missing or not YAML."""
         try:
             config = yaml.safe_load(self.config.read_text(encoding="utf-8")) or {}
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-            raise UserError(f"{self.config} cannot be read ({error})") from None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as error:
+            raise UserError(f"{self.config} cannot be read ({type(error).__name__}: {error})") from None
         if not isinstance(config, dict):
             raise UserError(f"{self.config} does not hold a mapping of config keys")
         return config
@@ -231,6 +231,10 @@ class RunFolder:
         for number, line in enumerate(lines, start=1):
             try:
                 record = json.loads(line)
+            except RecursionError:  # nested deeper than Python's stack: no trainer wrote it
+                raise UserError(
+                    f"{path}, line {number}, is nested too deeply to be an epoch record; delete it"
+                ) from None
             except json.JSONDecodeError as error:
                 if number == len(lines):
                     if log is not None:

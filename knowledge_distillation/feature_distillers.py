@@ -139,14 +139,15 @@ class KDSVD(FeatureDistiller):
     def __init__(self, cfg, student, teacher, input_size, **kwargs):
         super().__init__(cfg, student, teacher, input_size, **kwargs)
         k = self.settings.k
-        for role, model, wanted in (("student", student, k + 3), ("teacher", teacher, k)):
+        for role, model in (("student", student), ("teacher", teacher)):
             shapes, _ = feature_shapes(model, input_size)
-            # each stage's map is reshaped to (C*H, W): it has min(C*H, W) singular vectors
+            # each stage's map is reshaped to (C*H, W): it has min(C*H, W) singular vectors. The student's
+            # k + 3 are capped at that, as in mdistiller (whose configs do so on 2-wide maps); k itself is not.
             available = min(min(c * h, w) for _, c, h, w in shapes[1:])
-            if wanted > available:
+            if k > available:
                 raise ConfigError(
-                    f"config key 'kdsvd.k' ({k}) asks for {wanted} singular vectors of the {role}'s maps, whose "
-                    f"smallest has {available}; use kdsvd.k={max(1, available - 3)} or less"
+                    f"config key 'kdsvd.k' ({k}) asks for more singular vectors than the {role}'s smallest "
+                    f"feature map has ({available}); use kdsvd.k={available} or less"
                 )
 
     def feature_loss(self, features, targets, epoch):

@@ -137,3 +137,16 @@ def test_a_damaged_line_before_the_last_is_an_error_naming_it(tmp_path):
     folder.metrics.write_bytes(records(1).encode() + b'{"epoch": 2, "note": "\xff"}\n')  # byte 32 + 22
     with pytest.raises(UserError, match=r"is damaged \(not UTF-8 at byte 54\)"):
         folder.read_metrics()
+
+
+def test_json_and_yaml_nested_past_pythons_stack_are_damaged_files_not_tracebacks(tmp_path):
+    folder = RunFolder(tmp_path)
+    nested = "[" * 100_000 + "]" * 100_000
+    folder.results.write_text(nested)
+    assert folder.read_results() is None and folder.results_damaged()
+    folder.metrics.write_text(records(1) + nested + "\n" + records(2))
+    with pytest.raises(UserError, match=r"metrics.jsonl, line 2, is nested too deeply"):
+        folder.read_metrics()
+    folder.config.write_text(nested)
+    with pytest.raises(UserError, match=r"config.yaml cannot be read \(RecursionError"):
+        folder.read_config()

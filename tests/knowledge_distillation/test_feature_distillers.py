@@ -412,10 +412,10 @@ def digits_distiller(method, *overrides, train_targets=None):
 def test_knobs_that_the_pair_or_the_data_cannot_hold_are_refused_by_key(capsys):
     from engine.config import ConfigError
 
-    # digits_cnn_small's smallest stage after the stem is 32 x 4 x 4: 4 singular vectors; the student keeps k + 3
-    assert digits_distiller("kdsvd", "kdsvd.k=1").settings.k == 1
-    with pytest.raises(ConfigError, match=r"'kdsvd.k' \(2\) asks for 5 singular vectors of the student's maps"):
-        digits_distiller("kdsvd", "kdsvd.k=2")
+    # the smallest maps after the stem, 16 x 4 x 4 (student) and 64 x 4 x 4 (teacher), have 4 singular vectors
+    assert digits_distiller("kdsvd", "kdsvd.k=4").settings.k == 4
+    with pytest.raises(ConfigError, match=r"'kdsvd.k' \(5\) asks for more singular vectors than the student's"):
+        digits_distiller("kdsvd", "kdsvd.k=5")
     targets = torch.arange(100) % 10
     assert digits_distiller("crd", "crd.nce_k=99", train_targets=targets).sampler is not None
     with pytest.raises(ConfigError, match=r"'crd.nce_k' \(100\) asks for as many negatives .* images \(100\)"):
