@@ -45,7 +45,7 @@ from engine.environment import (
     compile_model,
     compile_seconds,
     eager,
-    prepare_runtime,
+    prepare_run_runtime,
     sync_batch_norm,
 )
 from engine.metrics import RunningSums
@@ -425,13 +425,7 @@ def set_learning_rate(cfg: ATConfig, optimizer: torch.optim.Optimizer, epoch: in
 
 def train(cfg: ATConfig) -> Dict[str, object]:
     """Runs (or resumes) a whole training run; returns what results.json holds."""
-    device = prepare_runtime(
-        device=cfg.device,
-        precision=cfg.precision,
-        seed=cfg.seed,
-        deterministic=cfg.deterministic,
-        dist_timeout=cfg.dist_timeout,
-    )
+    device = prepare_run_runtime(cfg)
     loaders = build_loaders(cfg, device)
     training = build_training(cfg, loaders.num_classes, device, steps_per_epoch=len(loaders.train))
     model, ema, average = training.model, training.ema, training.epoch_average

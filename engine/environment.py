@@ -77,6 +77,17 @@ def prepare_runtime(
     return resolved
 
 
+def prepare_run_runtime(cfg) -> torch.device:
+    """`prepare_runtime` with a run config's knobs (device, precision, seed, deterministic, dist_timeout)."""
+    return prepare_runtime(
+        device=cfg.device,
+        precision=cfg.precision,
+        seed=cfg.seed,
+        deterministic=cfg.deterministic,
+        dist_timeout=cfg.dist_timeout,
+    )
+
+
 def sync_batch_norm(model: torch.nn.Module, enabled: bool, device: torch.device) -> torch.nn.Module:
     """BatchNorm statistics over the global batch (SyncBatchNorm) when ``enabled`` and several
     processes train; else per process, which is what the reference's DataParallel computes."""

@@ -40,7 +40,7 @@ from engine.environment import (
     compile_model,
     compile_seconds,
     eager,
-    prepare_runtime,
+    prepare_run_runtime,
     sync_batch_norm,
 )
 from engine.errors import UserError
@@ -312,13 +312,7 @@ def epoch_line(cfg: KDConfig, epoch: int, metrics: Dict[str, float]) -> str:
 
 def train(cfg: KDConfig) -> Dict[str, object]:
     """Runs (or resumes) a whole distillation run; returns what results.json holds."""
-    device = prepare_runtime(
-        device=cfg.device,
-        precision=cfg.precision,
-        seed=cfg.seed,
-        deterministic=cfg.deterministic,
-        dist_timeout=cfg.dist_timeout,
-    )
+    device = prepare_run_runtime(cfg)
     loaders = build_loaders(cfg, device, with_indices=check_distiller(cfg).needs_indices)
     teacher = load_teacher(cfg, loaders.num_classes, device)
     kd = build_distillation(cfg, loaders.num_classes, device, teacher, loaders.train_targets)
