@@ -11,6 +11,12 @@ VERSION = re.search(r'^__version__ = "([^"]+)"', (ROOT / "engine" / "__init__.py
 
 
 TEST_ONLY = ("pytest", "ruff")
+# Optional extras, `pip install .[NAME]`: their packages' lines of requirements.txt (which CI installs whole).
+EXTRAS = {"robustbench": ("robustbench", "timm", "gdown", "geotorch", "torchdiffeq", "requests")}
+
+
+def requirement_name(requirement):
+    return re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0].lower()
 
 
 def read_requirements():
@@ -18,6 +24,10 @@ def read_requirements():
     lines = (ROOT / "requirements.txt").read_text().splitlines()
     requirements = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     return [r for r in requirements if not r.startswith(TEST_ONLY)]
+
+
+REQUIREMENTS = read_requirements()
+OPTIONAL = {name for names in EXTRAS.values() for name in names}
 
 
 setup(
@@ -29,6 +39,9 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=[p + suffix for p in PACKAGES for suffix in ("", ".*")]),
-    install_requires=read_requirements(),
+    install_requires=[r for r in REQUIREMENTS if requirement_name(r) not in OPTIONAL],
+    extras_require={
+        extra: [r for r in REQUIREMENTS if requirement_name(r) in names] for extra, names in EXTRAS.items()
+    },
     license="MIT",
 )

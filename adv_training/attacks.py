@@ -318,3 +318,52 @@ def attack_budget(attack: AttackConfig, epoch: int, epochs: int) -> Tuple[float,
             return eps_t, eps_t / 2, 4
         return eps_t, eps_t / 2, 5
     return eps_t, attack.step_size, attack.steps
+
+
+def per_sample_pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    objective: Objective,
+    *,
+    eps: torch.Tensor,
+    step_size: torch.Tensor,
+    steps: torch.Tensor,
+    start_eps: float,
+    start_noise: Optional[torch.Tensor] = None,
+    eval_mode: bool = True,
+) -> torch.Tensor:
+    r"""l_inf PGD with a budget of its own for every sample (LAS-AT's attack); returns a detached ``x_adv``.
+
+    Sample b starts at ``x + start_eps * start_noise`` clamped to [0, 1] (``start_noise`` uniform in [-1, 1]
+    and shaped as ``x``, drawn by the caller; None: drawn here from torch's generator) and takes
+    ``steps[b]`` steps of ``step_size[b]`` within ``eps[b]``:
+    :math:`x_b \leftarrow \mathrm{clip}_{[0,1]}\big(\mathrm{clip}_{[x_b - \epsilon_b,\, x_b + \epsilon_b]}
+    (x_b + \eta_b\, \mathrm{sign}(g_b))\big)` while it has steps left; the batch takes ``max(steps)`` steps.
+    ``objective`` must treat the samples independently up to a batch-wide positive factor (a batch mean),
+    so that each sample's steps are those of its own attack (in eval mode nothing else couples them).
+    """
+    if not (eps.shape == step_size.shape == steps.shape == (x.shape[0],)):
+        raise ValueError(
+            f"eps, step_size and steps need one value per sample ({x.shape[0]}), got shapes "
+            f"{tuple(eps.shape)}, {tuple(step_size.shape)}, {tuple(steps.shape)}"
+        )
+    x = x.detach()
+
+    def per_row(values: torch.Tensor) -> torch.Tensor:
+        return values.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+
+    eps_rows, step_rows, left = per_row(eps), per_row(step_size), steps.clone()
+    with attack_mode(model, eval_mode), parameters_frozen(model):
+        noise = torch.empty_like(x).uniform_(-1.0, 1.0) if start_noise is None else start_noise.to(x)
+        x_adv = (x + start_eps * noise).clamp(0.0, 1.0)
+        for _ in range(int(steps.max()) if steps.numel() else 0):
+            x_adv = x_adv.detach().requires_grad_(True)
+            with torch.enable_grad():
+                loss = objective(model(x_adv))
+            (grad,) = torch.autograd.grad(loss, [x_adv])
+            with torch.no_grad():
+                moving = per_row((left >= 1).to(x.dtype))
+                x_adv = x_adv + moving * step_rows * grad.sign()
+                x_adv = torch.max(torch.min(x_adv, x + eps_rows), x - eps_rows).clamp(0.0, 1.0)
+                left = left - 1
+    return x_adv.detach()

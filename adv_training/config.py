@@ -44,6 +44,12 @@ class DataConfig:
     augment: Literal["none", "basic", "autoaug", "cutout"] = knob(
         "basic", "basic = crop+flip; autoaug/cutout add a second, augmented view per image; none = as stored"
     )
+    augmented_views: int = knob(
+        1,
+        "augmented views of each image beside the basic one with augment autoaug or cutout (independent draws; "
+        "batches hold the basic view, then each augmented view: [basic; aug_1; ...]); DAJAT: 2",
+        valid=Range(1, 8),
+    )
     padding_mode: Literal["constant", "reflect"] = knob(
         "constant",
         "how the CIFAR crop pads the image by 4 pixels: constant = zeros (RandomCrop(32, padding=4)); "
@@ -79,6 +85,13 @@ class DataConfig:
         "transform; Wang et al.: 1024, for eval.split=validation); 0 = none",
         valid=NON_NEGATIVE,
     )
+    validation_per_class: int = knob(
+        0,
+        "hold the first N real training images of each class (in the files' order) out of training as a "
+        "validation set (DAJAT: 10, so 49,000 CIFAR-100 and 49,900 CIFAR-10 training images); 0 = none; "
+        "excludes validation_size",
+        valid=NON_NEGATIVE,
+    )
     num_workers: int = knob(4, "DataLoader worker processes", valid=Range(0, 256), changes_result=False)
     loader: Literal["auto", "workers", "device"] = knob(
         "auto",
@@ -88,6 +101,10 @@ class DataConfig:
         "device on CUDA where it applies, else workers",
         changes_result=False,
     )
+
+    def views(self) -> int:
+        """How many views of each image a training batch holds: 1, or the basic and the augmented ones."""
+        return 1 + self.augmented_views if self.augment in ("autoaug", "cutout") else 1
 
 
 @dataclass
@@ -139,6 +156,14 @@ class ModelConfig:
         "folder, or takes --preprocess meanstd for a checkpoint file",
     )
 
+    view_batchnorm: bool = knob(
+        False,
+        "the augmented views (data.augmented_views) go through BatchNorms of their own, one set shared by every "
+        "augmented view, each view normalised with its own batch statistics, also inside the attack (DAJAT's "
+        "WideResNet, batch_norm='auto'); the weights files, the export and the evaluation hold the basic "
+        "view's BatchNorms only, in the architecture's plain layout (last.pt keeps both)",
+    )
+
     def build_kwargs(self) -> dict:
         return {k: v for k, v in (("depth", self.depth), ("widen_factor", self.widen_factor)) if v is not None}
 
@@ -161,7 +186,7 @@ class IKLConfig:
 
 @dataclass
 class TradesConfig:
-    beta: float = knob(6.0, "weight of TRADES' KL term", valid=NON_NEGATIVE)
+    beta: float = knob(6.0, "weight of TRADES' KL term (also each view's in method=dajat)", valid=NON_NEGATIVE)
 
 
 @dataclass
@@ -184,6 +209,72 @@ class LBGATConfig:
         "the natural classifier trained beside the robust model (LBGAT's -teacher_model); saved in last.pt "
         "with the method's state, never exported or evaluated",
     )
+
+
+@dataclass
+class DAJATConfig:
+    js_weight: float = knob(
+        2.0,
+        "weight of the Jensen-Shannon term over the clean softmaxes of all views (DAJAT's --JS_weight: "
+        "defaults.py, 2 on CIFAR-100, 3 for CIFAR-10 WRN-34-10)",
+        valid=NON_NEGATIVE,
+    )
+
+
+@dataclass
+class LASATConfig:
+    epsilons: List[int] = knob(
+        [7, 8, 9, 10, 11, 12, 13, 14, 15],
+        "the strategy network's epsilon choices, in /255 of a pixel (LAS-AT's README: --epsilon_types 7 ... 15)",
+        valid=Range(1, 255),
+    )
+    steps: List[int] = knob(
+        [8, 9, 10, 11, 12, 13, 14, 15, 16],
+        "its choices of attack steps (README: --attack_iters_types 8 ... 16 on CIFAR-10, 8 ... 15 on CIFAR-100)",
+        valid=Range(1, 1000),
+    )
+    step_sizes: List[int] = knob(
+        [2, 3, 4, 5],
+        "its step-size choices, in /255 of a pixel (README: --step_size_types 2 3 4 5)",
+        valid=Range(1, 255),
+    )
+    interval: int = knob(
+        1,
+        "the strategy network learns every N training steps (LAS_AWP CIFAR-10: every step; CIFAR-100: "
+        "--interval_num 10)",
+        valid=Range(1),
+    )
+    policy_lr: float = knob(
+        1e-4,
+        "the strategy network's SGD learning rate, scaled with the model's schedule (--policy_model_lr)",
+        valid=POSITIVE,
+    )
+    policy_momentum: float = knob(
+        0.0, "its SGD momentum (CIFAR-10: none; CIFAR-100's SGD_with_momentum: 0.9)", valid=Range(0, 1, high_open=True)
+    )
+    policy_weight_decay: float = knob(0.0, "its SGD weight decay (CIFAR-100: 5e-4)", valid=NON_NEGATIVE)
+    clip_grad_norm: float = knob(1.0, "its gradient is clipped to this norm (--clip_grad_norm)", valid=POSITIVE)
+    robust_weight: float = knob(
+        1.0,
+        "weight of the look-ahead copy's robust accuracy in the reward (--R2_param: 1 CIFAR-10, 4 CIFAR-100)",
+        valid=NON_NEGATIVE,
+    )
+    clean_weight: float = knob(
+        1.0, "weight of its clean accuracy in the reward (--R3_param: 1 CIFAR-10, 2 CIFAR-100)", valid=NON_NEGATIVE
+    )
+    lookahead_label_smoothing: float = knob(
+        0.3,
+        "label smoothing of the look-ahead step's CE, off_target form (their --factor 0.7: 0.7 on the label)",
+        valid=Range(0, 1, high_open=True),
+    )
+    reward_epsilon: float = knob(
+        8 / 255,
+        "the radius of the look-ahead copy's PGD and the random start of every sampled attack (their 8/255)",
+        valid=POSITIVE,
+    )
+    reward_step_size: float = knob(2 / 255, "the step size of the look-ahead copy's PGD", valid=POSITIVE)
+    reward_steps: int = knob(10, "the steps of the look-ahead copy's PGD", valid=Range(1, 1000))
+    reward_restarts: int = knob(2, "the restarts of the look-ahead copy's PGD", valid=Range(1, 100))
 
 
 @dataclass
@@ -332,7 +423,8 @@ class ATConfig(RunConfig):
     method: str = knob(
         "ikl",
         "training objective, a name in adv_training.methods: ikl (IKL-AT), trades, pgd (Madry PGD-AT), "
-        "mart, lbgat (Cui et al. 2021), or standard (clean CE, no attack)",
+        "mart, lbgat (Cui et al. 2021), dajat (Addepalli et al. 2022), las_at (Jia et al. 2022), or standard "
+        "(clean CE, no attack); ACAT is trades with its own recipe",
     )
     epochs: int = knob(200, "training epochs", valid=EPOCHS)
     precision: Literal["fp32", "tf32", "bf16"] = knob(
@@ -364,9 +456,15 @@ class ATConfig(RunConfig):
     )
     label_smoothing: float = knob(
         0.0,
-        "label smoothing of the clean-image CE term of ikl and trades, (1-ls)*CE + ls*mean_k(-log p_k) (Wang "
+        "label smoothing of the clean-image CE term of ikl, trades and dajat, in the form label_smoothing_form says (Wang "
         "et al.'s --ls 0.1 in their generated-data runs); 0 = none, as the DKL scripts",
         valid=Range(0, 1, high_open=True),
+    )
+    label_smoothing_form: Literal["uniform", "off_target"] = knob(
+        "uniform",
+        "where label_smoothing puts its mass: uniform = ls/C on every class, the true one included (torch's, Wang "
+        "et al.'s); off_target = 1-ls on the true class and ls/(C-1) on each other (DAJAT's LabelSmoothingLoss: a "
+        "target of 0.9 with ls 0.1). AWP's proxy loss never smooths (DAJAT's utils_awp.py)",
     )
     data: DataConfig = section(DataConfig, "dataset, augmentation and loaders")
     generated: GeneratedConfig = section(
@@ -377,6 +475,10 @@ class ATConfig(RunConfig):
     trades: TradesConfig = section(TradesConfig, "TRADES loss (method=trades)")
     mart: MARTConfig = section(MARTConfig, "MART loss (method=mart)")
     lbgat: LBGATConfig = section(LBGATConfig, "LBGAT loss and its natural classifier (method=lbgat)")
+    las_at: LASATConfig = section(LASATConfig, "LAS-AT's strategy network and its reward (method=las_at)")
+    dajat: DAJATConfig = section(
+        DAJATConfig, "DAJAT's Jensen-Shannon term over the views (method=dajat; each view's TRADES beta is trades.beta)"
+    )
     attack: AttackConfig = section(AttackConfig, "inner maximisation during training")
     awp: AWPConfig = section(AWPConfig, "adversarial weight perturbation")
     ema: EMAConfig = section(EMAConfig, "weight averaging during training (every iteration)")
@@ -393,10 +495,32 @@ class ATConfig(RunConfig):
         super().validate()
         require_model("model.arch", self.model.arch, self.data.dataset, self.model.build_kwargs())
         require_increasing("optim.milestones", self.optim.milestones)
-        views = 2 if self.data.augment in ("autoaug", "cutout") else 1  # [basic; augmented] batches
-        require_whole_groups(self.batchnorm_groups, self.data.batch_size, views)
+        require_whole_groups(self.batchnorm_groups, self.data.batch_size, self.data.views())
+        if self.model.view_batchnorm:
+            if self.data.views() == 1:
+                raise ConfigError(
+                    "config key 'model.view_batchnorm' gives augmented views BatchNorms of their own, and "
+                    f"data.augment is {self.data.augment} (one view): use data.augment=autoaug or cutout, or "
+                    "model.view_batchnorm=false"
+                )
+            for key, value, plain in (("batchnorm_groups", self.batchnorm_groups, 1), ("sync_bn", self.sync_bn, False)):
+                if value != plain:
+                    raise ConfigError(
+                        f"config key '{key}' ({value}) cannot be combined with model.view_batchnorm (each view's "
+                        f"BatchNorm normalises that view on its process): set {key}={str(plain).lower()}"
+                    )
+        if self.data.augmented_views != 1 and self.data.views() == 1:
+            raise ConfigError(
+                f"config key 'data.augmented_views' ({self.data.augmented_views}) needs data.augment autoaug or "
+                f"cutout, got {self.data.augment}: set data.augmented_views=1"
+            )
         if self.attack.norm == "linf":
-            for key, eps in (("attack.epsilon", self.attack.epsilon), ("eval.epsilon", self.eval.epsilon)):
+            for key, eps in (
+                ("attack.epsilon", self.attack.epsilon),
+                ("eval.epsilon", self.eval.epsilon),
+                ("las_at.reward_epsilon", self.las_at.reward_epsilon),
+                ("las_at.reward_step_size", self.las_at.reward_step_size),
+            ):
                 if eps is not None and eps > 1:
                     raise ConfigError(
                         f"config key '{key}' must be at most 1 for linf (images lie in [0, 1]), "
@@ -418,10 +542,15 @@ class ATConfig(RunConfig):
                     f"config key '{key}' ({first}) is after the last epoch ({self.epochs}), so it would "
                     f"never act; lower it, or switch it off ({key.split('.')[0]}.enabled=false)"
                 )
-        if self.eval.split == "validation" and self.data.validation_size == 0:
+        if self.data.validation_size and self.data.validation_per_class:
             raise ConfigError(
-                "config key 'eval.split' is validation but data.validation_size is 0: hold some "
-                "training images out (Wang et al.: data.validation_size=1024) or use eval.split=test"
+                "config keys 'data.validation_size' and 'data.validation_per_class' both hold training images "
+                "out: set one of them to 0"
+            )
+        if self.eval.split == "validation" and self.data.validation_size == 0 and self.data.validation_per_class == 0:
+            raise ConfigError(
+                "config key 'eval.split' is validation but no training image is held out: set data.validation_size "
+                "(Wang et al.: 1024) or data.validation_per_class, or use eval.split=test"
             )
         if self.eval.select == "ema" and not self.ema.enabled:
             raise ConfigError(

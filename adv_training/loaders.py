@@ -8,8 +8,9 @@ images), dealt to the processes in whole batches, so every count equals one proc
 """
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
@@ -47,6 +48,17 @@ def uses_device_loader(cfg: ATConfig, device: torch.device) -> bool:
     )
 
 
+def held_out_indices(cfg: ATConfig, targets: Sequence[int]) -> np.ndarray:
+    """The indices of the training images held out as the validation set, in the files' order: the first
+    ``data.validation_size`` images (Wang et al.), or the first ``data.validation_per_class`` of each class
+    (DAJAT's loop over the training set); none by default."""
+    if cfg.data.validation_per_class:
+        targets = np.asarray(targets)
+        per_class = [np.flatnonzero(targets == label)[: cfg.data.validation_per_class] for label in np.unique(targets)]
+        return np.sort(np.concatenate(per_class))
+    return np.arange(min(cfg.data.validation_size, len(targets)))
+
+
 def build_loaders(cfg: ATConfig, device: torch.device) -> Loaders:
     """The training, test and monitored loaders of ``cfg`` on ``device``."""
     num_classes = data_lib.num_classes(cfg.data.dataset)
@@ -58,6 +70,7 @@ def build_loaders(cfg: ATConfig, device: torch.device) -> Loaders:
         verify_checksum=cfg.data.verify_checksum,
         padding_mode=cfg.data.padding_mode,
         rotate_degrees=cfg.data.rotate_degrees,
+        augmented_views=cfg.data.augmented_views,
     )
     full_test_set = data_lib.build_test_set(
         cfg.data.dataset, cfg.data.root, download=cfg.data.download, verify_checksum=cfg.data.verify_checksum
@@ -68,11 +81,13 @@ def build_loaders(cfg: ATConfig, device: torch.device) -> Loaders:
             f"images of the {cfg.data.dataset} test set; use eval.num_examples=null for all of them"
         )
     test_set = data_lib.first_examples(full_test_set, cfg.eval.num_examples)
-    held_out = cfg.data.validation_size
-    if held_out >= len(train_set):
+    held_out = held_out_indices(cfg, train_set.targets)
+    if len(held_out) >= len(train_set):
+        key = "validation_per_class" if cfg.data.validation_per_class else "validation_size"
         raise UserError(
-            f"data.validation_size={held_out} leaves no training image: the training set has {len(train_set)}"
+            f"data.{key}={getattr(cfg.data, key)} leaves no training image: the training set has {len(train_set)}"
         )
+    kept = np.setdiff1d(np.arange(len(train_set)), held_out)  # the training images, in the files' order
     shard = dict(rank=rank(), world_size=world_size())  # the training batch is global: each process takes its share
     if cfg.generated.path:
         # Rank 0 rehashes (reading 154 GB once, not once per process); a mismatch stops it, and torchrun the rest.
@@ -80,8 +95,8 @@ def build_loaders(cfg: ATConfig, device: torch.device) -> Loaders:
             cfg.generated.path, num_classes, verify_hashes=cfg.generated.verify_hashes and is_main_process()
         )
         train_loader = make_mixed_loader(
-            train_set.data[held_out:],
-            train_set.targets[held_out:],
+            train_set.data[kept],
+            np.asarray(train_set.targets)[kept].tolist(),
             generated,
             batch_size=cfg.data.batch_size,
             unsup_fraction=cfg.generated.unsup_fraction,
@@ -95,8 +110,8 @@ def build_loaders(cfg: ATConfig, device: torch.device) -> Loaders:
         )
     elif uses_device_loader(cfg, device):
         train_loader = DeviceBatches(
-            train_set.data[held_out:],
-            train_set.targets[held_out:],
+            train_set.data[kept],
+            np.asarray(train_set.targets)[kept].tolist(),
             batch_size=cfg.data.batch_size,
             device=device,
             seed=cfg.seed,
@@ -106,7 +121,7 @@ def build_loaders(cfg: ATConfig, device: torch.device) -> Loaders:
         )
     else:
         train_loader = data_lib.make_loader(
-            Subset(train_set, range(held_out, len(train_set))) if held_out else train_set,
+            Subset(train_set, kept.tolist()) if len(held_out) else train_set,
             batch_size=cfg.data.batch_size,
             shuffle=True,
             num_workers=cfg.data.num_workers,
@@ -131,7 +146,7 @@ def build_loaders(cfg: ATConfig, device: torch.device) -> Loaders:
         validation_set = data_lib.build_train_set(
             cfg.data.dataset, cfg.data.root, augment="none", verify_checksum=cfg.data.verify_checksum
         )
-        monitor_loader, monitor_set = eval_loader(Subset(validation_set, range(held_out))), "val"
+        monitor_loader, monitor_set = eval_loader(Subset(validation_set, held_out.tolist())), "val"
     else:
         monitor_loader, monitor_set = test_loader, "test"
     return Loaders(num_classes, train_loader, test_loader, monitor_loader, monitor_set)

@@ -18,6 +18,7 @@ DKLV1_LOG = "the authors' AutoAttack log DKLv1/Adv-training-dkl/auto_attacks/log
 
 
 AWP_README = "csdongxian/AWP auto_attacks/README.md"
+DAJAT_README = "val-iisc/DAJAT README.md, its result table {}"
 
 
 def _ikl(clean: float, autoattack: float) -> Dict[str, Dict[str, float]]:
@@ -68,6 +69,43 @@ PAPER_ROWS: Dict[str, PaperRow] = {
         "jiequancui/DKL DKLv1/Adv-training-dkl/README.md CIFAR-100 table, LBGAT, WRN-34-10 (as the NeurIPS "
         "tables cite it; LBGAT's README: 60.64 / 29.33 for LBGAT6 at eps 0.031, 62.31 / 30.44 for LBGAT-AWP)",
         {"lbgat": {"clean": 62.31, "autoattack": 29.33}},
+    ),
+    "cifar100_acat": PaperRow(
+        DAJAT_README.format("DAJAT_C100.png")
+        + ', "ACAT (2)", WRN-34-10, CIFAR-100 (the DKL READMEs\' ACAT row cites the same numbers)',
+        _trades(65.75, 30.23),
+    ),
+    "cifar10_acat": PaperRow(
+        DAJAT_README.format("DAJAT_C10.png")
+        + ', "ACAT (Base, 2step)", WRN-34-10, CIFAR-10; the DKL READMEs print 82.41 / 55.36, where 82.41 is '
+        "that table's ResNet-18 clean accuracy",
+        _trades(86.71, 55.36),
+    ),
+    "cifar100_dajat": PaperRow(
+        DAJAT_README.format("DAJAT_C100.png")
+        + ', "DAJAT (Base, 2*AA), 2+4", WRN-34-10, CIFAR-100 (the DKL READMEs\' CIFAR-100 + AutoAugment row)',
+        {"dajat": {"clean": 68.74, "autoattack": 31.30}},
+    ),
+    "cifar100_dajat_200": PaperRow(
+        DAJAT_README.format("DAJAT_200.png")
+        + ", WRN-34-10, CIFAR-100, 200 epochs; RobustBench's Addepalli2022Efficient_WRN_34_10 lists the same",
+        {"dajat": {"clean": 68.75, "autoattack": 31.85}},
+    ),
+    "cifar10_dajat_200": PaperRow(
+        DAJAT_README.format("DAJAT_200.png")
+        + ", WRN-34-10, CIFAR-10, 200 epochs; RobustBench's Addepalli2022Efficient_WRN_34_10 lists the same",
+        {"dajat": {"clean": 88.71, "autoattack": 57.81}},
+    ),
+    "cifar10_las_at": PaperRow(
+        "jiequancui/DKL DKLv1/Adv-training-dkl/README.md CIFAR-10 table, LAS-AT, WRN-34-10 (the LAS-AT paper's LAS-AWP "
+        "row; RobustBench's Jia2022LAS-AT_34_10 lists 84.98 / 56.26 for the released model)",
+        {"las_at": {"clean": 87.74, "autoattack": 55.52}},
+    ),
+    "cifar100_las_at": PaperRow(
+        "jiequancui/DKL DKLv1/Adv-training-dkl/README.md CIFAR-100 table, LAS-AT, WRN-34-10; its 62.99 clean is "
+        "RobustBench's LBGAT9 (Cui2020Learnable_34_10_LBGAT9_eps_8_255), LAS-AT's own is 64.89 / 30.77 "
+        "(RobustBench's Jia2022LAS-AT_34_10)",
+        {"las_at": {"clean": 62.99, "autoattack": 30.77}},
     ),
     "cifar10_lbgat": PaperRow(
         "jiequancui/DKL DKLv1/Adv-training-dkl/README.md CIFAR-10 table, LBGAT, WRN-34-20 (LBGAT's README: "

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from engine import data as data_lib
 from engine.batchnorm_groups import group_batch_norm
 from engine.cli import config_main
+from engine.config import ConfigError
 from engine.data import DeviceBatches, as_float_images
 from engine.distributed import (
     broadcast_buffers_,
@@ -53,10 +54,11 @@ from engine.optim import sgd, weight_decay_groups
 from engine.run_folder import evaluation_keys, metric_key
 from engine.schedule import learning_rate, momentum
 from engine.training_run import raise_if_not_finite, start_run
+from engine.view_batchnorm import add_view_batchnorms, batch_views
 from losses import ClassPrior
 from models import attach_preprocessing, build_model
 
-from .attacks import attack_budget, natural_logits, pgd
+from .attacks import attack_budget, natural_logits
 from .awp import AdversarialWeightPerturbation
 from .config import ATConfig
 from .loaders import Loaders, build_loaders
@@ -125,14 +127,20 @@ def prepare_network(module: torch.nn.Module, cfg: ATConfig, device: torch.device
     if cfg.channels_last:
         module = module.to(memory_format=torch.channels_last)
     module = sync_batch_norm(module, cfg.sync_bn, device)
-    views = 2 if cfg.data.augment in ("autoaug", "cutout") else 1  # [basic; augmented] batches
-    group_batch_norm(module, cfg.batchnorm_groups, world_size(), views)  # before AWP's proxy and the EMA copy it
+    group_batch_norm(
+        module, cfg.batchnorm_groups, world_size(), cfg.data.views()
+    )  # before AWP's proxy and the EMA copy it
     return module
 
 
 def build_training(cfg: ATConfig, num_classes: int, device: torch.device, steps_per_epoch: int) -> Training:
     """The model, the method and everything they train with, as ``cfg`` asks (also `bench/at_step.py`'s)."""
     model = build_model(cfg.model.arch, num_classes, dataset=cfg.data.dataset, **cfg.model.build_kwargs())
+    if cfg.model.view_batchnorm and not add_view_batchnorms(model):  # the augmented views' BatchNorms (last.pt)
+        raise ConfigError(
+            f"config key 'model.view_batchnorm' gives the augmented views BatchNorms of their own, and "
+            f"model.arch={cfg.model.arch} has no BatchNorm2d: use model.view_batchnorm=false"
+        )
     attach_preprocessing(model, cfg.model.preprocess, cfg.data.dataset)  # state dict unchanged; deep copies keep it
     model = prepare_network(model, cfg, device)
     method = prepare_network(build_method(cfg, num_classes), cfg, device)  # after the model: its networks' RNG
@@ -187,7 +195,9 @@ class Forwards:
         train_forward = compile_model(network, cfg.compile)
         attack_forward = train_forward if network is training.model else compile_model(training.model, cfg.compile)
         method = training.method
-        method_forward = compile_model(wrap_model(method, device), cfg.compile) if method.has_parameters() else None
+        method_forward = (
+            compile_model(wrap_model(method, device), cfg.compile) if method.forwards_own_networks else None
+        )
         return cls(train_forward, attack_forward, method_forward)
 
     def eager(self) -> "Forwards":
@@ -214,11 +224,24 @@ class BatchLoss:
     precision: str
     share: Optional[float]
 
-    def _forwards(self, forward):
-        logits_adv = forward(self.x_adv)
-        logits_natural = forward(self.x_natural) if self.method.forwards_natural else None
-        own = self.method_forward(self.x_natural) if self.method_forward is not None else None
-        return logits_adv, logits_natural, self.targets, self.prior_rows, own
+    def _forwards(self, forward, rows: Optional[slice] = None):
+        """The forwards on the batch, or on its ``rows`` (AWP's proxy on the basic view), each view
+        through its own BatchNorms where the network has them (`batch_views`)."""
+
+        def part(tensor):
+            return tensor if rows is None or tensor is None else tensor[rows]
+
+        x_adv, x_natural = part(self.x_adv), part(self.x_natural)
+        with batch_views(forward, self.view_rows if rows is None else None):
+            logits_adv = forward(x_adv)
+            logits_natural = forward(x_natural) if self.method.forwards_natural else None
+        own = self.method_forward(x_natural) if self.method_forward is not None else None
+        return logits_adv, logits_natural, part(self.targets), part(self.prior_rows), own
+
+    @property
+    def view_rows(self) -> Tuple[int, ...]:
+        """The rows of each view of the batch, basic view first."""
+        return (self.basic_size,) * (len(self.targets) // self.basic_size)
 
     def _scaled(self, loss: torch.Tensor) -> torch.Tensor:
         return loss if self.share is None else loss * self.share
@@ -231,10 +254,12 @@ class BatchLoss:
         return self._scaled(step.total), step
 
     def awp_proxy(self, proxy) -> torch.Tensor:
-        """AWP's proxy loss (`Method.proxy_loss`) with the proxy's forwards. A method's own networks run
-        here too, in train mode, as in the step (no method with networks takes AWP today: LBGAT refuses it)."""
+        """AWP's proxy loss (`Method.proxy_loss`) with the proxy's forwards, on the whole batch or, for a
+        method with ``awp_on_basic_view``, on the basic view's rows. A method's own networks run here too,
+        in train mode, as in the step (no method with networks takes AWP today: LBGAT refuses it)."""
+        rows = slice(0, self.basic_size) if self.method.awp_on_basic_view else None
         with autocast(self.device, self.precision):
-            return self._scaled(self.method.proxy_loss(*self._forwards(proxy)))
+            return self._scaled(self.method.proxy_loss(*self._forwards(proxy, rows)))
 
 
 def train_one_epoch(
@@ -261,8 +286,9 @@ def train_one_epoch(
         broadcast_buffers_(model)  # every process attacks with rank 0's BatchNorm statistics, as DataParallel
 
         x_adv = x_natural
+        view_rows = (basic_size,) * (targets.numel() // basic_size)  # each view attacked with its own BatchNorms
         if method.has_attack:
-            with autocast(device, precision):
+            with autocast(device, precision), batch_views(nets.attack, view_rows):
                 logits_natural = None
                 if method.attack_needs_natural_logits:
                     logits_natural = natural_logits(
@@ -272,17 +298,8 @@ def train_one_epoch(
                         freeze_bn_stats=cfg.attack.freeze_bn_stats,
                     ).float()
                 objective = method.attack_objective(logits_natural, targets, prior_rows)
-                x_adv = pgd(
-                    nets.attack,
-                    x_natural,
-                    objective,
-                    eps=eps_t,
-                    step_size=step_size,
-                    steps=steps,
-                    norm=cfg.attack.norm,
-                    random_start=cfg.attack.random_start,
-                    eval_mode=cfg.attack.eval_mode,
-                    freeze_bn_stats=cfg.attack.freeze_bn_stats,
+                x_adv = method.adversarial_examples(
+                    nets.attack, x_natural, targets, objective, (eps_t, step_size, steps), cfg.attack
                 )
 
         nets.train.train()
@@ -338,6 +355,7 @@ def train_one_epoch(
         "attack_steps": steps if method.has_attack else 0,
         "awp": use_awp,
         "precision": precision,
+        **method.epoch_metrics(),
     }
     if method.forwards_natural:  # PGD-AT never sees the clean training images
         summary["train_clean_acc"] = 100 * totals["clean_correct"] / count
@@ -452,6 +470,7 @@ def train(cfg: ATConfig) -> Dict[str, object]:
         for epoch in range(run.start_epoch, cfg.epochs + 1):
             started = time.perf_counter()
             lr = set_learning_rate(cfg, training.optimizer, epoch)
+            training.method.epoch_start(epoch, lr)
             data_lib.set_epoch(loaders.train, epoch)
             compiling_since = compile_seconds()
             metrics = {"lr": lr, **train_one_epoch(cfg, training, forwards, epoch, loaders.train, device)}

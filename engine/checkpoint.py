@@ -28,6 +28,7 @@ from .distributed import gather_objects, rank, world_size
 from .environment import capture_rng_state, restore_rng_state
 from .errors import UserError
 from .file_io import load_file, require_finite
+from .view_batchnorm import basic_view_state
 
 CHECKPOINT_FORMAT = 1
 LAST_KEYS = frozenset({"format", "task", "epoch", "model", "optimizer", "best", "rng", "rng_per_rank", "config"})
@@ -39,12 +40,14 @@ def task_id(cfg) -> str:
 
 
 def weights_file(model_state: Mapping[str, torch.Tensor], epoch: int, metrics: Optional[Mapping[str, float]] = None):
-    """The one format of every weights file: ``{"model", "epoch", <metric name>: value, ...}``."""
+    """The one format of every weights file: ``{"model", "epoch", <metric name>: value, ...}``. The model is
+    the architecture's plain state dict: without the augmented views' BatchNorms of a model that has them
+    (`engine.view_batchnorm`; last.pt keeps them)."""
     metrics = dict(metrics or {})
     reserved = {"model", "epoch"} & set(metrics)
     if reserved:
         raise ValueError(f"metric names may not be {sorted(reserved)}: weights files use those keys")
-    return {"model": dict(model_state), "epoch": int(epoch), **metrics}
+    return {"model": basic_view_state(model_state), "epoch": int(epoch), **metrics}
 
 
 def new_best(metric: str) -> Dict[str, Any]:

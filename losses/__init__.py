@@ -2,12 +2,14 @@
 
 ``dkl_loss`` and ``ikl_loss`` are the paper's losses; ``wmse_loss``, ``soft_ce_loss`` and
 ``kl_loss`` their parts and reference; ``ClassPrior`` the class-wise global information
-IKL weights its wMSE term with; ``kd_loss``, ``dkd_loss`` and ``trades_kl_loss`` the baselines.
+IKL weights its wMSE term with; ``kd_loss``, ``dkd_loss`` and ``trades_kl_loss`` the baselines;
+``smoothed_cross_entropy`` and ``jensen_shannon_loss`` the terms of ACAT and DAJAT.
 """
 
 from .dkl import dkl_loss, ikl_loss, kl_loss, soft_ce_loss, wmse_loss
 from .kd import dkd_loss, kd_loss, trades_kl_loss
 from .prior import ClassPrior
+from .smoothing import jensen_shannon_loss, smoothed_cross_entropy
 
 __all__ = [
     "wmse_loss",
@@ -19,4 +21,6 @@ __all__ = [
     "kd_loss",
     "dkd_loss",
     "trades_kl_loss",
+    "smoothed_cross_entropy",
+    "jensen_shannon_loss",
 ]

@@ -22,8 +22,9 @@ from engine.file_io import CheckpointError, load_file, require_finite
 _WRAPPER_KEYS = ("model_state_dict", "state_dict", "model")
 _PREFIXES = ("module.0.", "module.")
 # RobustBench's WideResNet(sub_block1=True) carries a second copy of block1
-# that forward never uses.
-_UNUSED_KEY = re.compile(r"^sub_block\d*\.")
+# that forward never uses; a last.pt of a run with model.view_batchnorm (DAJAT) carries the augmented
+# views' BatchNorms (engine.view_batchnorm), which the plain architecture evaluates without.
+_UNUSED_KEY = re.compile(r"^sub_block\d*\.|(^|\.)augmented_view_bn\.")
 _SHOW = 5
 
 
@@ -103,7 +104,7 @@ def _load_state(model: nn.Module, state: Dict[str, torch.Tensor], source: str) -
     arch = _describe(model)
     expected = model.state_dict()
     state = _strip_prefix(state, expected.keys())
-    state = {k: v for k, v in state.items() if not (_UNUSED_KEY.match(k) and k not in expected)}
+    state = {k: v for k, v in state.items() if not (_UNUSED_KEY.search(k) and k not in expected)}
     _drop_owned_buffers(model, state, expected.keys(), arch)
 
     # BatchNorm fills a missing counter itself (state dicts from PyTorch<0.4.1).

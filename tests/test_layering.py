@@ -170,9 +170,10 @@ WHERE_AND_HOW = {
     "generated.verify_hashes",
 }
 RESULT_KNOBS = {  # section: its knobs ("": the top level), over both tasks
-    "": "batchnorm_groups bf16_min_eps epochs label_smoothing method precision seed sync_bn",
-    "data": "aug_weight augment batch_size dataset drop_last normalize padding_mode rotate_degrees validation_size",
-    "model": "arch depth preprocess widen_factor",
+    "": "batchnorm_groups bf16_min_eps epochs label_smoothing label_smoothing_form method precision seed sync_bn",
+    "data": "aug_weight augment augmented_views batch_size dataset drop_last normalize padding_mode rotate_degrees "
+    "validation_per_class validation_size",
+    "model": "arch depth preprocess view_batchnorm widen_factor",
     "student": "arch",
     "teacher": "arch",
     "optim": "batchnorm_weight_decay decay first_epoch_lr lr milestones momentum nesterov schedule warmup_epochs "
@@ -187,6 +188,9 @@ RESULT_KNOBS = {  # section: its knobs ("": the top level), over both tasks
     "trades": "beta",
     "mart": "beta",
     "lbgat": "beta natural_arch",
+    "dajat": "js_weight",
+    "las_at": "clean_weight clip_grad_norm epsilons interval lookahead_label_smoothing policy_lr policy_momentum "
+    "policy_weight_decay reward_epsilon reward_restarts reward_step_size reward_steps robust_weight step_sizes steps",
     "kd": "ce_weight kd_weight temperature",
     "dkd": "alpha beta ce_weight temperature warmup",
     "at": "ce_weight feat_weight p",

@@ -12,7 +12,9 @@ files), memory-mapped and read one severity at a time. The 15 corruptions are Ro
 evaluated as `eval` evaluates it (`target.evaluation_model`: eval mode, float32, behind its
 ``--preprocess`` normalisation); the reported number is RobustBench's: the mean accuracy over the
 15 x 5 sets. The JSON holds it, the table per corruption and severity, the checkpoint's sha256 and
-the versions.
+the versions. ``--checkpoint robustbench:ID`` evaluates a published model of RobustBench's zoo (`target`):
+its Linf entry by default (the zoo's corruptions entry of a Linf model is the same file), another with
+``--threat_model``; the JSON records the ID and the threat model.
 """
 
 import argparse
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 
 from adv_training.auto_attacks.resumable import predict
-from adv_training.auto_attacks.target import add_model_arguments, evaluation_model, resolve_target
+from adv_training.auto_attacks.target import add_model_arguments, evaluation_model, resolve_target, robustbench_fields
 from engine.cli import command
 from engine.environment import configure_precision, environment_info, resolve_device
 from engine.errors import UserError
@@ -175,6 +177,7 @@ def evaluate(args) -> dict:
         "checkpoint_file": str(target.file),
         "checkpoint_sha256": sha256_file(target.file),
         "which": target.which,
+        **robustbench_fields(target),
         "arch": target.arch,
         **target.build_kwargs,
         "data": target.dataset,

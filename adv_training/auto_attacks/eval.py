@@ -28,7 +28,10 @@ only reports the saved results; delete the state file to evaluate again from scr
 ``--checkpoint`` is a file (plain state dict, ``module.``-prefixed, ``{"model"|"state_dict":
 ...}``), read with ``weights_only=True`` by the model zoo's `load_weights`; or a run folder
 of ``adv_training.train`` (holding config.yaml), whose architecture and dataset come from its
-config and whose weights ``--which`` picks (`target`, which `corruptions` and the export share).
+config and whose weights ``--which`` picks (`target`, which `corruptions` and the export share); or
+``robustbench:ID``, a published model of RobustBench's zoo, built and loaded (downloaded into
+``--robustbench_dir`` when missing) by the optional robustbench package (``pip install .[robustbench]``):
+its entry for ``--data`` and ``--norm`` (or ``--threat_model``), normalising its inputs itself.
 """
 
 import argparse
@@ -55,7 +58,12 @@ from adv_training.auto_attacks.resumable import (  # noqa: E402
     predict,
     run_autoattack,
 )
-from adv_training.auto_attacks.target import add_model_arguments, evaluation_model, resolve_target  # noqa: E402
+from adv_training.auto_attacks.target import (  # noqa: E402
+    add_model_arguments,
+    evaluation_model,
+    resolve_target,
+    robustbench_fields,
+)
 from engine.cli import command  # noqa: E402
 from engine.data import build_test_set, first_examples  # noqa: E402
 from engine.distributed import init_distributed, is_main_process, shutdown_distributed, world_size  # noqa: E402
@@ -231,6 +239,11 @@ def evaluate(args, command: str = "eval.py") -> dict:
     target = resolve_target(args)
     # Under torchrun each process attacks its share of every attack's batches (`resumable`).
     device = init_distributed(resolve_device(args.device), args.dist_timeout)
+    if target.robustbench_id is not None and world_size() > 1 and not target.file.is_file():
+        raise UserError(
+            f"{target.file} is not there yet, and {world_size()} processes would each download it: run the "
+            f"command once without torchrun to download it (or place the file there), then under torchrun"
+        )
     model = evaluation_model(target, device)
     net = model[1]
 
@@ -263,6 +276,11 @@ def evaluate(args, command: str = "eval.py") -> dict:
         "seed": args.seed,
     }
     log(f"==== {datetime.now().isoformat(timespec='seconds')}  {command}")
+    if target.robustbench_id is not None:
+        log(
+            f"RobustBench's {target.robustbench_id} ({target.dataset} {target.threat_model}, robustbench "
+            f"{robustbench_fields(target)['robustbench_version']}): {target.file}"
+        )
     if target.run_dir is not None:
         log(
             f"run folder {target.run_dir}: evaluating {target.file.name} (--which {target.which}; "
@@ -344,6 +362,7 @@ def evaluate(args, command: str = "eval.py") -> dict:
         "checkpoint": str(args.checkpoint),
         "checkpoint_file": str(target.file),
         "which": target.which,
+        **robustbench_fields(target),
         **fingerprint,
         "data_dir": str(args.data_dir),
         "clean_acc": percent(result.clean_acc),

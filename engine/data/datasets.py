@@ -248,8 +248,10 @@ def build_train_set(
     normalize: bool = False,
     padding_mode: str = "constant",
     rotate_degrees: float = 0.0,
+    augmented_views: int = 1,
 ) -> Dataset:
-    """The training split of ``dataset`` under ``root``, with the ``augment`` transform.
+    """The training split of ``dataset`` under ``root``, with the ``augment`` transform (autoaug and
+    cutout: the basic view and ``augmented_views`` augmented ones).
 
     CIFAR's crops pad with ``padding_mode`` (constant or reflect) and are rotated by
     RandomRotation(``rotate_degrees``) when it is positive (`transforms.training_transform`);
@@ -266,7 +268,12 @@ def build_train_set(
     _check_augment(dataset, augment)
     try:
         transform = training_transform(
-            dataset, augment, normalize, padding_mode=padding_mode, rotate_degrees=rotate_degrees
+            dataset,
+            augment,
+            normalize,
+            padding_mode=padding_mode,
+            rotate_degrees=rotate_degrees,
+            augmented_views=augmented_views,
         )
     except ValueError as error:
         raise UserError(str(error)) from None

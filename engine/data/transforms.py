@@ -3,7 +3,7 @@ uint8 batches on any device.
 
 Per image (DataLoader workers): ``basic`` is a random 32x32 crop of the 4-pixel zero-padded
 image (or reflect-padded, ``padding_mode``) and a random horizontal flip (then, with
-``rotate_degrees``, a RandomRotation); ``autoaug`` and ``cutout`` add a second view (another
+``rotate_degrees``, a RandomRotation); ``autoaug`` and ``cutout`` add augmented views (another
 crop/flip, then AutoAugment's CIFAR-10 policy with the reference's grey fill, or one 16x16
 Cutout hole); ImageNet's ``basic`` is RandomResizedCrop(224) and a flip, its test transform
 Resize(256) and CenterCrop(224). With ``normalize``, normalisation is the last step of every
@@ -66,18 +66,22 @@ class Cutout:
         return f"{type(self).__name__}(size={self.size})"
 
 
-class TwoViews:
-    """Return ``(basic(image), augmented(image))``: two independent draws of one image."""
+class AugmentedViews:
+    """Return ``(basic(image), augmented(image), ...)``: the basic view and ``count`` augmented views,
+    independent draws of one image (DKL's autoaug runs: one augmented view; DAJAT's: two)."""
 
-    def __init__(self, basic: Callable, augmented: Callable):
+    def __init__(self, basic: Callable, augmented: Callable, count: int = 1):
+        if count < 1:
+            raise ValueError(f"count (augmented views) must be at least 1, got {count}")
         self.basic = basic
         self.augmented = augmented
+        self.count = count
 
     def __call__(self, image):
-        return self.basic(image), self.augmented(image)
+        return (self.basic(image), *(self.augmented(image) for _ in range(self.count)))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(basic={self.basic!r}, augmented={self.augmented!r})"
+        return f"{type(self).__name__}(basic={self.basic!r}, augmented={self.augmented!r}, count={self.count})"
 
 
 PADDING_MODES = ("constant", "reflect")
@@ -137,11 +141,18 @@ def autoaugment_cifar() -> Callable:
 
 
 def training_transform(
-    dataset: str, augment: str, normalize: bool, *, padding_mode: str = "constant", rotate_degrees: float = 0.0
+    dataset: str,
+    augment: str,
+    normalize: bool,
+    *,
+    padding_mode: str = "constant",
+    rotate_degrees: float = 0.0,
+    augmented_views: int = 1,
 ) -> Callable:
     """The training transform. CIFAR's crops pad by 4 pixels with ``padding_mode`` (constant: zeros;
     reflect: mirrored, without repeating the edge) and, with ``rotate_degrees`` > 0, are then
-    rotated by RandomRotation(rotate_degrees), in every view; other datasets take the defaults only."""
+    rotated by RandomRotation(rotate_degrees), in every view; other datasets take the defaults only.
+    autoaug and cutout give the basic view and ``augmented_views`` augmented ones."""
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
     if not 0 <= rotate_degrees <= 180:
@@ -172,7 +183,7 @@ def training_transform(
     else:
         # The hole is cut before normalising, so it is black whether or not one normalises.
         augmented = transforms.Compose([*crop_flip(), transforms.ToTensor(), Cutout(16), *to_tensor[1:]])
-    return TwoViews(basic, augmented)
+    return AugmentedViews(basic, augmented, augmented_views)
 
 
 def imagenet_test_steps() -> list:

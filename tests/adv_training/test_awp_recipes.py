@@ -174,10 +174,14 @@ def test_the_awp_launchers_are_exactly_the_listed_ones():
 @pytest.mark.slow
 @pytest.mark.parametrize("config", sorted(RECIPES))
 def test_each_awp_launcher_prints_its_config_with_the_authors_hyperparameters(config, tmp_path):
-    launcher, table = RECIPES[config]
+    assert_launcher_prints_recipe(*RECIPES[config], config, tmp_path)
+
+
+def assert_launcher_prints_recipe(launcher: str, table: dict, config: str, cwd: Path) -> None:
+    """``bash sh/<launcher> --print-config``, run from ``cwd``, prints ``config`` resolved to ``table``."""
     result = subprocess.run(
         ["bash", str(ROOT / "sh" / launcher), "--print-config"],
-        cwd=tmp_path,
+        cwd=cwd,
         env=dict(os.environ, DKL_PYTHON=sys.executable),
         capture_output=True,
         text=True,

@@ -61,6 +61,10 @@ def dual_view_batch():
 def method(name, **overrides):
     cfg = ATConfig(method=name)
     cfg.awp.enabled = name != "lbgat"  # LBGAT refuses AWP (its AWP recipe is not published)
+    if name == "dajat":  # DAJAT trains on augmented views
+        cfg.data.augment = "autoaug"
+    if name == "las_at":  # LAS-AT's strategy draws every budget: no schedule to ramp
+        cfg.attack.eps_ramp = False
     for key, value in overrides.items():
         section, knob = key.split(".")
         setattr(getattr(cfg, section), knob, value)
@@ -68,34 +72,39 @@ def method(name, **overrides):
 
 
 def test_the_registry_holds_every_method_and_the_config_accepts_exactly_those():
-    assert available_methods() == ["ikl", "lbgat", "mart", "pgd", "standard", "trades"]
+    assert available_methods() == ["dajat", "ikl", "las_at", "lbgat", "mart", "pgd", "standard", "trades"]
     for name in available_methods():
         assert load_config(ATConfig, None, [f"method={name}"]).method == name
         assert type(method(name)) is METHODS[name] and METHODS[name].name == name
     with pytest.raises(
         ConfigError,
-        match="'method' must be one of ikl, lbgat, mart, pgd, standard, trades, got 'ilk'; did you mean 'ikl'",
+        match="'method' must be one of dajat, ikl, las_at, lbgat, mart, pgd, standard, trades, got 'ilk'; did you mean 'ikl'",
     ):
         check_method(load_config(ATConfig, None, ["method=ilk"]))  # the registry lookup raises the config error
 
 
 def test_flags_say_what_each_method_needs():
     flags = {
-        name: (m.has_attack, m.attack_needs_natural_logits, m.forwards_natural, m.uses_prior)
+        name: (m.has_attack, m.attack_needs_natural_logits, m.forwards_natural, m.uses_prior, m.awp_on_basic_view)
         for name, m in ((name, method(name)) for name in available_methods())
     }
     assert flags == {
-        "ikl": (True, True, True, True),
-        "trades": (True, True, True, False),
-        "pgd": (True, False, False, False),
-        "mart": (True, False, True, False),
-        "standard": (False, False, False, False),
-        "lbgat": (True, True, True, False),
+        "ikl": (True, True, True, True, False),
+        "trades": (True, True, True, False, False),
+        "pgd": (True, False, False, False, False),
+        "mart": (True, False, True, False, False),
+        "standard": (False, False, False, False, False),
+        "lbgat": (True, True, True, False, False),
+        "dajat": (True, True, True, False, True),
+        "las_at": (True, False, False, False, False),
     }
-    # only LBGAT has a network of its own (its natural classifier), built for the run's classes
+    # LBGAT has a network of its own run in the step (its natural classifier), built for the run's classes;
+    # LAS-AT's strategy network trains apart, with its own optimiser
     owners = [name for name in available_methods() if method(name).has_parameters()]
-    assert owners == ["lbgat"] and method("lbgat")(torch.rand(2, 3, 32, 32)).shape == (2, NUM_CLASSES)
-    assert all(not method(name).has_state() for name in available_methods() if name != "lbgat")
+    assert owners == ["las_at", "lbgat"] and method("lbgat")(torch.rand(2, 3, 32, 32)).shape == (2, NUM_CLASSES)
+    assert [name for name in available_methods() if method(name).forwards_own_networks] == ["lbgat"]
+    assert method("las_at").parameter_groups(5e-4) == []
+    assert all(not method(name).has_state() for name in available_methods() if name not in owners)
     assert method("ikl", **{"ikl.prior_temperature": 2.5}).prior_temperature == 2.5
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+import adv_training.methods as methods_module
 import adv_training.train as train_module
 from adv_training.attacks import attack_budget, pgd
 from adv_training.config import ATConfig, AttackConfig
@@ -150,7 +151,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(cifar10_root, tm
     assert main(tiny_at_run(cifar10_root, tmp_path, name="straight")) == 0
 
     # Crash in the middle of epoch 2 (on the 3rd attack of that epoch), after epoch 1's last.pt.
-    real_pgd, calls = train_module.pgd, {"epoch2": 0}
+    real_pgd, calls = methods_module.pgd, {"epoch2": 0}
 
     def crashing_pgd(*args, **kwargs):
         if kwargs["eps"] == pytest.approx(8 / 255):  # epoch 2 of 2 with the linear ramp
@@ -159,11 +160,11 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(cifar10_root, tm
                 raise RuntimeError("simulated crash")
         return real_pgd(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "pgd", crashing_pgd)
+    monkeypatch.setattr(methods_module, "pgd", crashing_pgd)
     with pytest.raises(RuntimeError, match="simulated crash"):
         main(tiny_at_run(cifar10_root, tmp_path, name="interrupted"))
     assert load_file(tmp_path / "interrupted" / "last.pt")["epoch"] == 1
-    monkeypatch.setattr(train_module, "pgd", real_pgd)
+    monkeypatch.setattr(methods_module, "pgd", real_pgd)
 
     assert main(tiny_at_run(cifar10_root, tmp_path, "resume=true", name="interrupted")) == 0
     straight, resumed = _final_state(tmp_path / "straight"), _final_state(tmp_path / "interrupted")
@@ -240,13 +241,13 @@ def test_attack_budget_by_hand():
 
 def test_the_training_loop_attacks_with_the_budget_of_each_epoch(cifar10_root, tmp_path, monkeypatch, tiny_at_run):
     seen = []
-    real_pgd = train_module.pgd
+    real_pgd = methods_module.pgd
 
     def recording_pgd(*args, **kwargs):
         seen.append((kwargs["eps"], kwargs["step_size"], kwargs["steps"]))
         return real_pgd(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "pgd", recording_pgd)
+    monkeypatch.setattr(methods_module, "pgd", recording_pgd)
     assert main(tiny_at_run(cifar10_root, tmp_path, "eval.every=5", "awp.enabled=false", "save_every=0")) == 0
     assert set(seen) == {(8 / 255 / 2, 8 / 255 / 4, 5), (8 / 255, 8 / 255 / 2, 5)}
 
@@ -475,11 +476,12 @@ def test_released_model_configs_resolve_to_their_log_names(config, run):
 
 def test_launchers_are_exactly_the_listed_ones():
     # the generated-data launchers are checked in test_train_generated.py, the AWP ones in test_awp_recipes.py,
-    # the LBGAT ones in test_lbgat.py
+    # the LBGAT ones in test_lbgat.py, the ACAT and DAJAT ones in test_dajat_recipes.py, LAS-AT's in test_las_at.py
+    elsewhere = ("_awp_", "_lbgat_", "_acat_", "_dajat_", "_las_at_")
     shipped = {
         path.name
         for path in (ROOT / "sh").glob("train_*.sh")
-        if not path.name.endswith("_generated.sh") and "_awp_" not in path.name and "_lbgat_" not in path.name
+        if not path.name.endswith("_generated.sh") and not any(part in path.name for part in elsewhere)
     }
     assert shipped == set(LAUNCHERS)
 
@@ -527,7 +529,7 @@ def test_standard_training_never_attacks(cifar10_root, tmp_path, monkeypatch, ti
     def no_attack(*args, **kwargs):
         raise AssertionError("standard training must not attack")
 
-    monkeypatch.setattr(train_module, "pgd", no_attack)
+    monkeypatch.setattr(methods_module, "pgd", no_attack)
     assert main(tiny_at_run(cifar10_root, tmp_path, "method=standard", "epochs=1", "awp.enabled=false")) == 0
     (record,) = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert record["attack_steps"] == 0 and record["train_loss_natural"] == 0.0

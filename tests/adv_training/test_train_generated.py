@@ -202,7 +202,7 @@ def test_validation_split_monitors_held_out_images_and_best_holds_the_selected_a
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["eval.split=validation"], "'eval.split' is validation but data.validation_size is 0"),
+        (["eval.split=validation"], "'eval.split' is validation but no training image is held out"),
         (["eval.select=ema", "ema.enabled=false"], "'eval.select' is ema but ema.enabled is false"),
         (["data.validation_size=200"], "data.validation_size=200 leaves no training image: the training set has 200"),
     ],
