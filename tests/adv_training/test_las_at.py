@@ -363,6 +363,18 @@ def test_two_las_at_epochs_stopped_and_resumed_equal_an_uninterrupted_run(cifar1
         (["las_at.lookahead_label_smoothing=1"], "las_at.lookahead_label_smoothing"),
         (["attack.eps_ramp=true"], "'attack.eps_ramp' ramps the schedule's budget"),
         (["las_at.reward_epsilon=8"], "'las_at.reward_epsilon' must be at most 1"),
+        (["las_at.steps=[]"], "'las_at.steps' is empty"),
+        (["las_at.epsilons=[0]"], "las_at.epsilons"),
+        (["las_at.policy_lr=0"], "las_at.policy_lr"),
+        (["las_at.policy_momentum=1"], "las_at.policy_momentum"),
+        (["las_at.policy_weight_decay=-1"], "las_at.policy_weight_decay"),
+        (["las_at.clip_grad_norm=0"], "las_at.clip_grad_norm"),
+        (["las_at.robust_weight=-1"], "las_at.robust_weight"),
+        (["las_at.clean_weight=-1"], "las_at.clean_weight"),
+        (["las_at.reward_step_size=0"], "las_at.reward_step_size"),
+        (["las_at.reward_steps=0"], "las_at.reward_steps"),
+        (["las_at.reward_restarts=0"], "las_at.reward_restarts"),
+        (["las_at.intervals=2"], "las_at.intervals"),
     ],
 )
 def test_bad_values_of_the_las_at_knobs_end_in_one_message_naming_the_key(overrides, message):
