@@ -285,6 +285,9 @@ GROUP_PANELS = {
     "test_robust_acc": "robust accuracy (test)",
     "val_robust_acc": "robust accuracy (validation)",
     "test_top1": "top-1",
+    "test_many_shot_top1": "many-shot top-1",
+    "test_medium_shot_top1": "medium-shot top-1",
+    "test_few_shot_top1": "few-shot top-1",
 }
 
 

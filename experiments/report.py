@@ -134,6 +134,7 @@ def read_run(path: Path, which: str) -> Run:
         run.numbers = {
             "top1_best": results.get("best_" + metric_key("top1")),
             "top1_last": final.get(metric_key("top1")),
+            **{f"{group}_last": final.get(metric_key(f"{group}_shot_top1")) for group in ("many", "medium", "few")},
         }
     else:
         if which == "swa" and not any(key.startswith(OWNER_PREFIXES["swa"]) for key in final):
@@ -184,6 +185,8 @@ COLUMNS = {
     "adv_training": [("clean", "clean"), ("pgd", "PGD"), ("autoattack", "AutoAttack")],
     "knowledge_distillation": [("top1_best", "top-1 (best)"), ("top1_last", "top-1 (last)")],
 }
+# A long-tailed distillation's shot-wise top-1 (the last epoch's), shown when a run of the table has it.
+SHOT_COLUMNS = [("many_last", "many-shot"), ("medium_last", "medium-shot"), ("few_last", "few-shot")]
 
 
 def paper_cell(group: Group) -> Tuple[str, Optional[str]]:
@@ -208,6 +211,8 @@ def table(groups: Sequence[Group], which: str) -> Tuple[str, List[Dict[str, Any]
         if not selected:
             continue
         columns = COLUMNS[task]
+        if any(key in run.numbers for group in selected for run in group.runs for key, _ in SHOT_COLUMNS):
+            columns = columns + SHOT_COLUMNS
         headers = [name for _, name in columns]
         if task == "adv_training":
             steps = {(g.runs[0].config.get("eval") or {}).get("pgd_steps") for g in selected}

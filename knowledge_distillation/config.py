@@ -30,11 +30,37 @@ from .paper_rows import PAPER_ROWS, PaperRow
 
 @dataclass
 class KDDataConfig:
-    dataset: Literal["cifar100", "imagenet", "digits"] = knob("cifar100", "training and validation set")
+    dataset: Literal["cifar100", "imagenet", "imagenet_lt", "digits"] = knob(
+        "cifar100",
+        "training and validation set; imagenet_lt: ImageNet-LT, the ImageNet images that data.lists names, with "
+        "many/medium/few-shot accuracy",
+    )
     root: str = knob(
         "data",
-        "cifar-100-python/ folder for cifar100; train/ and val/ ImageFolder trees for imagenet",
+        "cifar-100-python/ folder for cifar100; train/ and val/ ImageFolder trees for imagenet; the ImageNet folder "
+        "the ImageNet-LT lists' paths start from (train/..., val/...) for imagenet_lt",
         changes_result=False,
+    )
+    lists: str = knob(
+        "data/ImageNet_LT",
+        "imagenet_lt: the folder of ImageNet_LT_train.txt, ImageNet_LT_val.txt and ImageNet_LT_test.txt (the OLTR "
+        "authors' published split lists: 'relative/path label' lines)",
+        changes_result=False,
+    )
+    eval_list: Literal["test", "val"] = knob(
+        "test",
+        "imagenet_lt: the list evaluated every epoch (the DKL authors': the 50,000-image test list; val: the "
+        "20,000-image validation list)",
+    )
+    long_tail: List[int] = knob(
+        [],
+        "[max, min]: train on a long-tailed subset, the first n_c images of class c in the files' order with n_c "
+        "from max (class 0) down to min (the last class) exponentially, and report many/medium/few-shot accuracy "
+        "(for digits and cifar100 demos of imagenet_lt); empty = the whole training set",
+        valid=Range(1),
+    )
+    drop_last: bool = knob(
+        False, "drop the last incomplete training batch (the DKL authors' ImageNet-LT script: 905 batches of 128)"
     )
     download: bool = knob(
         False, "download CIFAR-100 into `root` when missing (ImageNet cannot be downloaded)", changes_result=False
@@ -251,7 +277,12 @@ class KDOptimConfig:
         [150, 180, 210], "epochs after which lr is multiplied by decay (LR_DECAY_STAGES)", valid=Range(1)
     )
     decay: float = knob(0.1, "step decay factor (LR_DECAY_RATE)", valid=Range(0, 1, low_open=True))
-    warmup_epochs: int = knob(0, "linear learning-rate warm-up epochs", valid=NON_NEGATIVE)
+    warmup_epochs: int = knob(0, "linear learning-rate warm-up epochs: lr * e / w while e < w", valid=NON_NEGATIVE)
+    schedule: Literal["step", "cosine"] = knob(
+        "step",
+        "step: x decay after each milestone (mdistiller); cosine: lr (1 + cos(pi (e - w) / (E - w + 1))) / 2 after the "
+        "w warm-up epochs, set once per epoch (the DKL authors' ImageNet-LT script: w 10, E 90)",
+    )
 
 
 @dataclass
@@ -329,6 +360,17 @@ class KDConfig(RunConfig):
                 f"config key 'optim.warmup_epochs' ({self.optim.warmup_epochs}) must be smaller "
                 f"than epochs ({self.epochs})"
             )
+        if self.data.long_tail:
+            if len(self.data.long_tail) != 2 or self.data.long_tail[0] < self.data.long_tail[1]:
+                raise ConfigError(
+                    f"config key 'data.long_tail' must be [max, min] images per class with max >= min, got "
+                    f"{self.data.long_tail}; e.g. data.long_tail=[150,5], or [] for the whole training set"
+                )
+            if self.data.dataset in ("imagenet", "imagenet_lt"):
+                raise ConfigError(
+                    f"config key 'data.long_tail' subsamples digits or cifar100, not {self.data.dataset} (ImageNet-LT "
+                    "is data.dataset=imagenet_lt with its published lists): set data.long_tail=[]"
+                )
         if self.data.dataset == "digits" and self.data.normalize:
             raise ConfigError(
                 "data.normalize=true is not available for digits (pixels stay in [0, 1]); set data.normalize=false"

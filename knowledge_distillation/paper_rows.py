@@ -21,6 +21,11 @@ _CIFAR = f"{NEURIPS}, CIFAR-100 distillation table (student top-1, mean of 3 run
 _IMAGENET = f"{NEURIPS}, ImageNet distillation table (student top-1)"
 
 
+_LT = "jiequancui/DKL DKLv1/Imbalanced_KD-dkl/README.md, ImageNet-LT (student top-1 on the test list)"
+_LT_SELF = "jiequancui/DKL DKLv1/Imbalanced_KD-dkl/README.md, ImageNet-LT self-distillation (top-1 on the test list)"
+_LT_GKL = "jiequancui/DKL DKLv2/Imbalanced_KD-dkl/README.md, ImageNet-LT GKL-KD (student top-1 on the test list)"
+
+
 def _top1(ikl: float, dkd: float, kd: float) -> Dict[str, Dict[str, float]]:
     return {"ikl": {"top1": ikl}, "dkd": {"top1": dkd}, "kd": {"top1": kd}}
 
@@ -84,6 +89,17 @@ PAPER_ROWS: Dict[str, PaperRow] = {
     "kd_imagenet_r50_mv1": PaperRow(_IMAGENET, _top1(72.84, 72.05, 70.50)),
     "kd_imagenet_r34_r18_gkl": PaperRow(_GKL_IMAGENET, {"ikl": {"top1": 71.91}}),
     "kd_imagenet_r50_mv1_gkl": PaperRow(_GKL_IMAGENET, {"ikl": {"top1": 72.92}}),
+    # ImageNet-LT (test list, 50,000 images): jiequancui/DKL DKLv1/Imbalanced_KD-dkl/README.md, top-1 to 3 decimals
+    # there (41.150, ...), two here; GKL-KD: DKLv2/Imbalanced_KD-dkl/README.md
+    "kd_imagenet_lt_r18_baseline": PaperRow(_LT, {"vanilla": {"top1": 41.15}}),
+    "kd_imagenet_lt_r50_baseline": PaperRow(_LT, {"vanilla": {"top1": 45.48}}),
+    "kd_imagenet_lt_x101_baseline": PaperRow(_LT, {"vanilla": {"top1": 48.02}}),
+    "kd_imagenet_lt_x101_r18": PaperRow(_LT, {"ikl": {"top1": 45.21}, "kd": {"top1": 44.32}}),
+    "kd_imagenet_lt_x101_r50": PaperRow(_LT, {"ikl": {"top1": 49.22}, "kd": {"top1": 48.31}}),
+    "kd_imagenet_lt_r18_r18": PaperRow(_LT_SELF, {"ikl": {"top1": 43.06}, "kd": {"top1": 42.73}}),
+    "kd_imagenet_lt_r50_r50": PaperRow(_LT_SELF, {"ikl": {"top1": 47.50}, "kd": {"top1": 47.04}}),
+    "kd_imagenet_lt_x101_r18_gkl": PaperRow(_LT_GKL, {"ikl": {"top1": 45.40}}),
+    "kd_imagenet_lt_x101_r50_gkl": PaperRow(_LT_GKL, {"ikl": {"top1": 49.40}}),
     # FitNet, AT, SP, VID, RKD, PKT, NST, CRD
     "kd_cifar100_res32x4_res8x4_repdistiller": PaperRow(
         _REPDISTILLER_SAME, _repdistiller(73.50, 73.44, 72.94, 73.09, 71.90, 73.64, 73.30, 75.51)

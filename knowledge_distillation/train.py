@@ -281,12 +281,12 @@ def build_distillation(
 
 
 def set_learning_rate(cfg: KDConfig, optimizer: torch.optim.Optimizer, epoch: int) -> float:
-    """The step schedule's learning rate of ``epoch``, set in every parameter group; returned."""
+    """The schedule's learning rate of ``epoch``, set in every parameter group; returned."""
     lr = learning_rate(
         epoch,
         base_lr=cfg.optim.lr,
         epochs=cfg.epochs,
-        schedule="step",
+        schedule=cfg.optim.schedule,
         warmup_epochs=cfg.optim.warmup_epochs,
         milestones=cfg.optim.milestones,
         decay=cfg.optim.decay,
@@ -305,6 +305,15 @@ def epoch_line(cfg: KDConfig, epoch: int, metrics: Dict[str, float]) -> str:
             f"  val top-1 {metrics['test_top1']:.2f}%  top-5 {metrics['test_top5']:.2f}%"
             if "test_top1" in metrics
             else ""
+        )
+        + "".join(
+            f"  {group} {metrics[key]:.2f}%"
+            for group, key in (
+                ("many", "test_many_shot_top1"),
+                ("medium", "test_medium_shot_top1"),
+                ("few", "test_few_shot_top1"),
+            )
+            if key in metrics
         )
         + f"  {metrics['sec_per_iter']:.3f} s/iter (data {metrics['data_sec_per_iter']:.3f})"
     )
@@ -359,8 +368,8 @@ def train(cfg: KDConfig) -> Dict[str, object]:
             broadcast_buffers_(student)  # rank 0's BatchNorm statistics everywhere: evaluated and saved alike
             broadcast_buffers_(distiller)  # its connectors' statistics too (CRD's memory is the same everywhere)
             if epoch % cfg.eval.every == 0 or epoch == cfg.epochs:
-                accuracy = topk_accuracy(student, loaders.val, device, cfg.channels_last)
-                metrics.update({metric_key(key): value for key, value in accuracy.items()})
+                accuracy = topk_accuracy(student, loaders.val, device, cfg.channels_last, loaders.train_counts)
+                metrics.update({metric_key(key): value for key, value in accuracy.items() if value is not None})
             metrics["epoch_seconds"] = time.perf_counter() - started
             run.logger.log_epoch(epoch, metrics)
             log(epoch_line(cfg, epoch, metrics))

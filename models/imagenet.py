@@ -104,11 +104,12 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _torchvision_resnet(block: str, layers, num_classes: int) -> nn.Module:
-    """What ``torchvision.models.resnet*(weights=None, num_classes=...)`` builds, as a `TorchvisionResNet`."""
+def _torchvision_resnet(block: str, layers, num_classes: int, **widths) -> nn.Module:
+    """What ``torchvision.models.resnet*(weights=None, num_classes=...)`` builds, as a `TorchvisionResNet`
+    (``widths``: ResNeXt's ``groups`` and ``width_per_group``)."""
     from torchvision.models import resnet  # here: torchvision's import is slow
 
-    return _torchvision_resnet_class()(getattr(resnet, block), layers, num_classes=num_classes)
+    return _torchvision_resnet_class()(getattr(resnet, block), layers, num_classes=num_classes, **widths)
 
 
 @register_model(
@@ -219,3 +220,11 @@ class MobileNetV1(nn.Module):
 @register_model("MobileNetV1", family="imagenet", input_size=(3, 224, 224), default_num_classes=1000)
 def mobilenet_v1(num_classes=1000):
     return MobileNetV1(num_classes)
+
+
+@register_model("ResNeXt101_32x4d", family="imagenet", input_size=(3, 224, 224), default_num_classes=1000)
+def resnext101_32x4d(num_classes=1000):
+    """ResNeXt-101 32x4d: torchvision's ResNet with Bottleneck blocks [3, 4, 23, 3], 32 groups of width 4
+    (the DKL authors' ImageNet-LT teacher, DKLv1/Imbalanced_KD-dkl ``models/resnet_imagenet.py``, whose keys are
+    torchvision's; torchvision publishes 32x8d and 64x4d, not 32x4d). 44,177,704 parameters with 1000 classes."""
+    return _torchvision_resnet("Bottleneck", [3, 4, 23, 3], num_classes, groups=32, width_per_group=4)

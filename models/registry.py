@@ -24,7 +24,7 @@ from .float32_ends import keep_ends_in_float32
 FAMILY_DATASETS: Dict[str, Tuple[str, ...]] = {
     "cifar-at": ("cifar10", "cifar100"),
     "cifar-kd": ("cifar100", "cifar10"),
-    "imagenet": ("imagenet",),
+    "imagenet": ("imagenet", "imagenet_lt"),
     "digits": ("digits",),
 }
 
@@ -127,7 +127,7 @@ def resolve(name: str, dataset: Optional[str] = None) -> ModelEntry:
             f"({', '.join(e.family for e in candidates)}); pass {options}."
         )
     for entry in candidates:
-        if dataset in entry.datasets:
+        if dataset in {normalize_dataset(name) for name in entry.datasets}:
             return entry
     known = sorted({d for e in candidates for d in e.datasets})
     raise ValueError(f"model {name!r} has no variant for dataset={dataset!r}; known: {known}")
@@ -159,7 +159,7 @@ def require_model(arch_key: str, arch: str, dataset: str, kwargs: Dict[str, obje
         entry = resolve(arch, dataset)
     except ValueError as error:
         raise ConfigError(f"config key '{arch_key}' names no usable model: {error}") from None
-    if dataset not in entry.datasets:
+    if normalize_dataset(dataset) not in {normalize_dataset(name) for name in entry.datasets}:
         raise ConfigError(
             f"config key '{arch_key}': {arch} takes {'x'.join(map(str, entry.input_size))} images "
             f"({', '.join(entry.datasets)}), not {dataset}'s; choose a model of that family "

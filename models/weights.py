@@ -20,7 +20,7 @@ import torch.nn as nn
 from engine.file_io import CheckpointError, load_file, require_finite
 
 _WRAPPER_KEYS = ("model_state_dict", "state_dict", "model")
-_PREFIXES = ("module.0.", "module.")
+_PREFIXES = ("module.0.", "module.encoder.", "module.")  # module.encoder.: the DKL authors' ImageNet-LT DDAModel
 # RobustBench's WideResNet(sub_block1=True) carries a second copy of block1
 # that forward never uses; a last.pt of a run with model.view_batchnorm (DAJAT) carries the augmented
 # views' BatchNorms (engine.view_batchnorm), which the plain architecture evaluates without.

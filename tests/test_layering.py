@@ -155,6 +155,7 @@ WHERE_AND_HOW = {
     "allow_world_size_change",
     "paper_row",
     "data.root",
+    "data.lists",
     "data.download",
     "data.num_workers",
     "data.test_batch_size",
@@ -171,8 +172,8 @@ WHERE_AND_HOW = {
 }
 RESULT_KNOBS = {  # section: its knobs ("": the top level), over both tasks
     "": "batchnorm_groups bf16_min_eps epochs label_smoothing label_smoothing_form method precision seed sync_bn",
-    "data": "aug_weight augment augmented_views batch_size dataset drop_last normalize padding_mode rotate_degrees "
-    "validation_per_class validation_size",
+    "data": "aug_weight augment augmented_views batch_size dataset drop_last eval_list long_tail normalize padding_mode "
+    "rotate_degrees validation_per_class validation_size",
     "model": "arch depth preprocess view_batchnorm widen_factor",
     "student": "arch",
     "teacher": "arch",

@@ -1,4 +1,5 @@
-"""Data, by concern: what the datasets are (`datasets`), how images are augmented (`transforms`),
+"""Data, by concern: what the datasets are (`datasets`, and `image_lists` for datasets given as
+lists of images, such as ImageNet-LT), how images are augmented (`transforms`),
 which images each process takes (`samplers`), and the loaders that put them together (`loaders`).
 
 Images come out as float tensors in [0, 1] unless ``normalize=True``. Adversarial training
@@ -25,6 +26,14 @@ from .datasets import (
     first_examples,
     num_classes,
 )
+from .image_lists import (
+    IMAGENET_LT_LISTS,
+    IMAGENET_LT_SOURCE,
+    ImageListDataset,
+    class_counts,
+    long_tailed_indices,
+    long_tailed_profile,
+)
 from .loaders import DeviceBatches, SeededDataLoader, global_batch_sizes, make_eval_loader, make_loader, set_epoch
 from .samplers import DealtBatchSampler, ShardedBatchSampler, require_global_batch_divides, shard_bounds
 from .transforms import (
@@ -49,11 +58,14 @@ __all__ = [
     "NORMALIZE_STATS",
     "DIGITS_SPLIT_SEED",
     "DIGITS_TEST_SIZE",
+    "IMAGENET_LT_LISTS",
+    "IMAGENET_LT_SOURCE",
     "NUM_CLASSES",
     "Cutout",
     "DealtBatchSampler",
     "DeviceBatches",
     "Digits",
+    "ImageListDataset",
     "PathLike",
     "SeededDataLoader",
     "ShardedBatchSampler",
@@ -63,6 +75,7 @@ __all__ = [
     "autoaugment_cifar",
     "build_test_set",
     "build_train_set",
+    "class_counts",
     "crop_flip",
     "dataset_num_classes",
     "draw_crop_flip",
@@ -70,6 +83,8 @@ __all__ = [
     "first_examples",
     "global_batch_sizes",
     "keyed_generator",
+    "long_tailed_indices",
+    "long_tailed_profile",
     "make_eval_loader",
     "make_loader",
     "num_classes",

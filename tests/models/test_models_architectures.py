@@ -58,6 +58,7 @@ PARAMS = {
     ("ResNet34", "imagenet"): 21_797_672,
     ("ResNet50", "imagenet"): 25_557_032,
     ("MobileNetV1", "imagenet"): 4_231_976,
+    ("ResNeXt101_32x4d", "imagenet"): 44_177_704,  # counted from the DKL authors' models/resnet_imagenet.py
 }
 
 BIG = {"WideResNet34_10", "WideResNet34_20", "WideResNet28_10", "WideResNet70_16", "wrn-28-10-swish", "wrn-70-16-swish"}

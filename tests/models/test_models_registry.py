@@ -44,7 +44,7 @@ KD_NAMES = {
     "ShuffleV1",
     "ShuffleV2",
 }
-IMAGENET_NAMES = {"ResNet18", "ResNet34", "ResNet50", "MobileNetV1"}
+IMAGENET_NAMES = {"ResNet18", "ResNet34", "ResNet50", "MobileNetV1", "ResNeXt101_32x4d"}
 DIGITS_NAMES = {"digits_cnn", "digits_cnn_small", "digits_cnn_plain"}
 
 
