@@ -4,7 +4,7 @@ authors' mdistiller-based loop and beside DKD and ReviewKD run by the same loop.
     python bench/kd_step.py                                  # both pairs, batch 512, 224x224, on CUDA if present
     python bench/kd_step.py --pairs r34_r18 --batch-size 8 --image-size 64 --data-batches 4   # quick CPU check
     python bench/kd_step.py --precisions tf32 bf16 --compile
-    python bench/kd_step.py --methods ikl reviewkd           # the methods our loop times (default: ikl dkd reviewkd)
+    python bench/kd_step.py --methods ikl reviewkd           # the methods our loop times (default: ikl dkd dist reviewkd)
 
 **Compute.** For each pair (``r34_r18``: ResNet-34 -> ResNet-18, ``r50_mv1``: ResNet-50 ->
 MobileNetV1, with the settings of configs/knowledge_distillation/imagenet/) it times, on
@@ -28,9 +28,9 @@ busy; the files sit in the page cache, so this is decoding and augmentation, not
 In training the loader runs ahead of the GPU: an iteration costs the larger of the two.
 
 **Methods.** Our loop runs each of ``--methods`` on the same pair, batch, images and precision,
-interleaved with the rest: IKL-KD and DKD (logits only), and ReviewKD (the features of both
-networks, its fusion modules trained with the student, with the settings of mdistiller's
-ImageNet ReviewKD config for the pair). The last column is each method's time over our
+interleaved with the rest: IKL-KD, DKD and DIST (logits only; DIST with its own ImageNet config), and
+ReviewKD (the features of both networks, its fusion modules trained with the student, with the settings
+of mdistiller's ImageNet ReviewKD config for the pair). The last column is each method's time over our
 IKL-KD's at that precision.
 
 The paper states 0.197 s/iter for ResNet-34 -> ResNet-18 and 0.252 s/iter for ResNet-50 ->
@@ -68,7 +68,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAIRS = {"r34_r18": "r34_r18.yaml", "r50_mv1": "r50_mv1.yaml"}
 PAPER_SECONDS = {"r34_r18": 0.197, "r50_mv1": 0.252}  # s/iter on 4 RTX 3090s, batch 512, as the paper states
 PAPER_REVIEWKD_SECONDS = {"r34_r18": 0.319, "r50_mv1": 0.526}  # ReviewKD's, in the same table of the paper
-METHODS = ("ikl", "dkd", "reviewkd")
+METHODS = ("ikl", "dkd", "dist", "reviewkd")
 CLASSES = 1000
 EPOCH = 2  # after the one-epoch warm-up of the IKL term: the full loss
 

@@ -186,7 +186,11 @@ COLUMNS = {
     "knowledge_distillation": [("top1_best", "top-1 (best)"), ("top1_last", "top-1 (last)")],
 }
 # A long-tailed distillation's shot-wise top-1 (the last epoch's), shown when a run of the table has it.
-SHOT_COLUMNS = [("many_last", "many-shot"), ("medium_last", "medium-shot"), ("few_last", "few-shot")]
+SHOT_COLUMNS = [
+    ("many_last", "many-shot (last)"),
+    ("medium_last", "medium-shot (last)"),
+    ("few_last", "few-shot (last)"),
+]
 
 
 def paper_cell(group: Group) -> Tuple[str, Optional[str]]:

@@ -117,6 +117,25 @@ class DKDLossConfig:
 
 
 @dataclass
+class DISTConfig:
+    ce_weight: float = knob(
+        1.0, "weight of the cross-entropy with the labels (DIST's ori_loss_weight)", valid=NON_NEGATIVE
+    )
+    kd_weight: float = knob(
+        2.0, "weight of the DIST term (its kd_loss_weight: 2 in its CIFAR and ImageNet recipes)", valid=NON_NEGATIVE
+    )
+    beta: float = knob(
+        1.0, "weight of the inter-class relation (each sample's Pearson over the classes)", valid=NON_NEGATIVE
+    )
+    gamma: float = knob(
+        1.0, "weight of the intra-class relation (each class's Pearson over the batch)", valid=NON_NEGATIVE
+    )
+    temperature: float = knob(
+        4.0, "softmax temperature tau, tau^2 on both terms (its CIFAR recipe: dist_t4; ImageNet: 1)", valid=POSITIVE
+    )
+
+
+@dataclass
 class IKLLossConfig:
     ce_weight: float = knob(1.0, "weight of the cross-entropy with the labels", valid=NON_NEGATIVE)
     alpha: float = knob(1.0, "weight of the soft-label CE term of IKL", valid=NON_NEGATIVE)
@@ -267,6 +286,11 @@ class KDOptimConfig:
     momentum: float = knob(0.9, "SGD momentum", valid=Range(0, 1, high_open=True))
     weight_decay: float = knob(5e-4, "L2 weight decay", valid=NON_NEGATIVE)
     nesterov: bool = knob(False, "Nesterov momentum")
+    batchnorm_weight_decay: bool = knob(
+        True,
+        "apply weight_decay to the student's BatchNorm weights and biases too (mdistiller); false = none on them "
+        "(DIST's ImageNet recipe, whose filter also spares the classifier's bias, which keeps it here)",
+    )
     implementation: Literal["auto", "fused", "foreach", "for_loop"] = knob(
         "auto",
         "SGD's update kernel: fused (one kernel for all parameters), foreach, for_loop; the same update "
@@ -298,7 +322,14 @@ class KDConfig(RunConfig):
     method: str = knob(
         "ikl",
         "distiller, a name in knowledge_distillation.distillers: vanilla = CE only; kd = Hinton; "
-        "dkd = Zhao et al.; ikl = IKL-KD",
+        "dkd = Zhao et al.; dist = Huang et al.; ikl = IKL-KD",
+    )
+    logit_standardization: bool = knob(
+        False,
+        "z-score the student's and the teacher's logits over the classes, (z - mean) / (1e-7 + std), before the "
+        "distillation term of kd, dkd, dist and ikl (Sun et al., CVPR 2024; the method's temperature is then their "
+        "'base temperature'); the CE with the labels keeps the raw logits, and ikl's class prior averages the "
+        "standardised teacher logits",
     )
     epochs: int = knob(240, "training epochs", valid=EPOCHS)
     precision: Literal["fp32", "tf32", "bf16"] = knob(
@@ -323,6 +354,7 @@ class KDConfig(RunConfig):
     student: StudentConfig = section(StudentConfig, "the student being trained")
     kd: KDLossConfig = section(KDLossConfig, "Hinton KD (method=kd), mdistiller's defaults")
     dkd: DKDLossConfig = section(DKDLossConfig, "DKD (method=dkd), mdistiller's defaults")
+    dist: DISTConfig = section(DISTConfig, "DIST loss (method=dist; Huang et al., NeurIPS 2022)")
     ikl: IKLLossConfig = section(IKLLossConfig, "IKL-KD (method=ikl)")
     fitnet: FitNetConfig = section(FitNetConfig, "FitNet hints (method=fitnet), mdistiller's defaults")
     at: AttentionTransferConfig = section(
@@ -359,6 +391,11 @@ class KDConfig(RunConfig):
             raise ConfigError(
                 f"config key 'optim.warmup_epochs' ({self.optim.warmup_epochs}) must be smaller "
                 f"than epochs ({self.epochs})"
+            )
+        if self.data.eval_list != "test" and self.data.dataset != "imagenet_lt":
+            raise ConfigError(
+                f"config key 'data.eval_list' chooses an ImageNet-LT list, and data.dataset is {self.data.dataset} "
+                "(evaluated on its test set): set data.eval_list=test"
             )
         if self.data.long_tail:
             if len(self.data.long_tail) != 2 or self.data.long_tail[0] < self.data.long_tail[1]:

@@ -11,6 +11,7 @@ import torch
 
 from engine.config import ConfigError
 from engine.method import MethodRegistry, TrainingMethod
+from losses import logit_standardize
 
 from .config import KDConfig
 
@@ -55,6 +56,12 @@ class Distiller(TrainingMethod):
 
     def __init__(self, cfg: KDConfig, *args, **kwargs):
         super().__init__()
+        self.logit_standardization = cfg.logit_standardization
+
+    def distillation_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits a distillation term compares: z-scored over the classes with ``logit_standardization``
+        (`losses.logit_standardize`), else as they are."""
+        return logit_standardize(logits) if self.logit_standardization else logits
 
     def parameter_groups(self, weight_decay: float, batchnorm_weight_decay: bool = True):
         """One group with the student's weight decay on everything (mdistiller's optimiser)."""

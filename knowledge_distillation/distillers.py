@@ -3,11 +3,13 @@ r"""The distillation methods: vanilla CE, Hinton KD, DKD and IKL-KD, one class e
     vanilla: CE(s, y)
     kd:      ce_weight * CE(s, y) + kd_weight * KD(s, t; T)                      (T^2 inside KD)
     dkd:     ce_weight * CE(s, y) + warmup(e) * DKD(s, t, y; alpha, beta, T)     (T^2 inside DKD)
+    dist:    ce_weight * CE(s, y) + kd_weight * DIST(s, t; beta, gamma, T)       (T^2 inside DIST)
     ikl:     ce_weight * CE(s, y) + warmup(e) * IKL(s, t; alpha, beta, T, gamma, w)
 
 with warmup(e) = min(e / warmup, 1) for the 1-based epoch e, and for IKL the wMSE weights
 w = the previous epoch's class-wise mean of softmax(t / T2) (``ikl.class_prior: true``) or
-the per-sample softmax(t / T2), T2 = ``ikl.prior_temperature``.
+the per-sample softmax(t / T2), T2 = ``ikl.prior_temperature``. With ``logit_standardization`` every
+distillation term compares the z-scored logits (`Distiller.distillation_logits`); CE keeps the raw ones.
 
 A distiller owns its loss, its warm-up and its use of the class prior; the trainer asks it
 (`build_distiller`) and never tests its name. As mdistiller's ``distiller_dict``, without
@@ -26,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine.method import check_method
-from losses import dkd_loss, ikl_loss, kd_loss
+from losses import dist_loss, dkd_loss, ikl_loss, kd_loss
 
 from . import feature_distillers  # noqa: F401  (registers the feature distillers)
 from .config import KDConfig
@@ -98,7 +100,8 @@ class KD(Distiller):
     def loss(self, logits_student, logits_teacher, targets, epoch, prior_rows=None, features=None):
         s = self.settings
         ce = s.ce_weight * F.cross_entropy(logits_student, targets)
-        distill = s.kd_weight * kd_loss(logits_student, logits_teacher.detach(), s.temperature)
+        student, teacher = self.distillation_logits(logits_student), self.distillation_logits(logits_teacher.detach())
+        distill = s.kd_weight * kd_loss(student, teacher, s.temperature)
         return ce + distill, {"ce": ce.detach(), "kd": distill.detach()}
 
 
@@ -114,11 +117,32 @@ class DKD(Distiller):
         s = self.settings
         ce = s.ce_weight * F.cross_entropy(logits_student, targets)
         distill = loss_warmup(epoch, s.warmup) * dkd_loss(
-            logits_student,
-            logits_teacher.detach(),
+            self.distillation_logits(logits_student),
+            self.distillation_logits(logits_teacher.detach()),
             targets,
             alpha=s.alpha,
             beta=s.beta,
+            temperature=s.temperature,
+        )
+        return ce + distill, {"ce": ce.detach(), "kd": distill.detach()}
+
+
+@register("dist")
+class DIST(Distiller):
+    """Huang et al.'s DIST: ce_weight * CE + kd_weight * DIST(s, t; beta, gamma, tau) (`losses.dist_loss`)."""
+
+    def __init__(self, cfg: KDConfig):
+        super().__init__(cfg)
+        self.settings = cfg.dist
+
+    def loss(self, logits_student, logits_teacher, targets, epoch, prior_rows=None, features=None):
+        s = self.settings
+        ce = s.ce_weight * F.cross_entropy(logits_student, targets)
+        distill = s.kd_weight * dist_loss(
+            self.distillation_logits(logits_student),
+            self.distillation_logits(logits_teacher.detach()),
+            beta=s.beta,
+            gamma=s.gamma,
             temperature=s.temperature,
         )
         return ce + distill, {"ce": ce.detach(), "kd": distill.detach()}
@@ -139,8 +163,8 @@ class IKL(Distiller):
         s = self.settings
         ce = s.ce_weight * F.cross_entropy(logits_student, targets)
         distill = loss_warmup(epoch, s.warmup) * ikl_loss(
-            logits_student,
-            logits_teacher.detach(),
+            self.distillation_logits(logits_student),
+            self.distillation_logits(logits_teacher.detach()),
             alpha=s.alpha,
             beta=s.beta,
             temperature=s.temperature,

@@ -70,6 +70,11 @@ def load_teacher(cfg: KDConfig, num_classes: int, device: torch.device) -> Optio
         f"where you run from, so that download_ckpts/cifar_teachers/{cfg.teacher.arch}_vanilla/ckpt_epoch_240.pth "
         f"exists, or set teacher.checkpoint=PATH (or torchvision:IMAGENET1K_V1 for the ImageNet ResNets)"
     )
+    if cfg.data.dataset == "imagenet_lt":  # its teachers are baselines trained on the long-tailed list itself
+        hint = (
+            "ImageNet-LT's teachers are this recipe's baselines: train one first (bash sh/kd_imagenet_lt.sh vanilla "
+            "x101_baseline, or r18_baseline / r50_baseline), or set teacher.checkpoint=PATH to its best.pt"
+        )
     source = cfg.teacher.checkpoint
     teacher = load_frozen(cfg.teacher.arch, num_classes, dataset=cfg.data.dataset, source=source, missing_hint=hint)
     return teacher.to(device)
@@ -185,7 +190,7 @@ def train_one_epoch(
         (loss if share is None else loss * share).backward()
         optimizer.step()
         if distiller.uses_prior:
-            prior.update(logits_teacher, targets)
+            prior.update(distiller.distillation_logits(logits_teacher), targets)
 
         batch_size = targets.numel()
         sums.add(
@@ -269,7 +274,8 @@ def build_distillation(
         if module is not None:
             group_batch_norm(module, cfg.batchnorm_groups, world_size())
     optimizer = sgd(
-        weight_decay_groups(student, cfg.optim.weight_decay) + distiller.parameter_groups(cfg.optim.weight_decay),
+        weight_decay_groups(student, cfg.optim.weight_decay, cfg.optim.batchnorm_weight_decay)
+        + distiller.parameter_groups(cfg.optim.weight_decay),
         lr=cfg.optim.lr,
         momentum=cfg.optim.momentum,
         nesterov=cfg.optim.nesterov,

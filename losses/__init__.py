@@ -2,12 +2,13 @@
 
 ``dkl_loss`` and ``ikl_loss`` are the paper's losses; ``wmse_loss``, ``soft_ce_loss`` and
 ``kl_loss`` their parts and reference; ``ClassPrior`` the class-wise global information
-IKL weights its wMSE term with; ``kd_loss``, ``dkd_loss`` and ``trades_kl_loss`` the baselines;
+IKL weights its wMSE term with; ``kd_loss``, ``dkd_loss``, ``dist_loss`` and ``trades_kl_loss`` the
+baselines, ``logit_standardize`` Sun et al.'s z-score in front of them;
 ``smoothed_cross_entropy`` and ``jensen_shannon_loss`` the terms of ACAT and DAJAT.
 """
 
 from .dkl import dkl_loss, ikl_loss, kl_loss, soft_ce_loss, wmse_loss
-from .kd import dkd_loss, kd_loss, trades_kl_loss
+from .kd import dist_loss, dkd_loss, kd_loss, logit_standardize, trades_kl_loss
 from .prior import ClassPrior
 from .smoothing import jensen_shannon_loss, smoothed_cross_entropy
 
@@ -21,6 +22,8 @@ __all__ = [
     "kd_loss",
     "dkd_loss",
     "trades_kl_loss",
+    "dist_loss",
+    "logit_standardize",
     "smoothed_cross_entropy",
     "jensen_shannon_loss",
 ]

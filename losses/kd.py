@@ -85,3 +85,55 @@ def trades_kl_loss(logits_adv: torch.Tensor, logits_natural: torch.Tensor) -> to
     exactly this term by ``ikl_loss(logits_adv, logits_natural, ...)``.
     """
     return kl_loss(logits_adv, logits_natural)
+
+
+def logit_standardize(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    r"""Sun et al.'s logit standardization (CVPR 2024): each row's z-score over the classes,
+
+    .. math::
+
+        \mathcal{Z}(z) = \frac{z - \bar z}{\epsilon + \sigma(z)}, \qquad \bar z = \frac{1}{C} \sum_k z_k,\quad
+        \sigma(z) = \sqrt{\tfrac{1}{C - 1} \sum_k (z_k - \bar z)^2}
+
+    (their ``normalize``: torch's unbiased std, ``eps`` added to it), applied to the student's and the teacher's
+    logits before a distillation term divides them by its temperature (their "base temperature")."""
+    check_logits(logits=logits)
+    mean = logits.mean(dim=1, keepdim=True)
+    return (logits - mean) / (eps + logits.std(dim=1, keepdim=True))
+
+
+def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
+    """Each row's Pearson correlation: the cosine of the centred rows, ``eps`` added to the product of norms."""
+    a, b = a - a.mean(dim=1, keepdim=True), b - b.mean(dim=1, keepdim=True)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+def dist_loss(
+    logits_student: torch.Tensor,
+    logits_teacher: torch.Tensor,
+    *,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    temperature: float = 1.0,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    r"""DIST (Huang et al., NeurIPS 2022): the student matches the teacher's relations, not its probabilities.
+
+    With :math:`Y = \mathrm{softmax}(z / \tau)` for student and teacher ([B, C]) and :math:`\rho` the Pearson
+    correlation (the cosine of the centred vectors, :math:`\epsilon` added to the product of their norms),
+
+    .. math::
+
+        \mathrm{DIST} = \tau^2 \beta \Big(1 - \frac{1}{B} \sum_b \rho(Y^s_{b,:}, Y^t_{b,:})\Big)
+        + \tau^2 \gamma \Big(1 - \frac{1}{C} \sum_c \rho(Y^s_{:,c}, Y^t_{:,c})\Big)
+
+    the inter-class term (each sample over the classes) and the intra-class term (each class over the batch),
+    as hunto/image_classification_sota ``lib/models/losses/dist_kd.py``. Gradients flow into both arguments.
+    """
+    check_logits(logits_student=logits_student, logits_teacher=logits_teacher)
+    check_positive(temperature=temperature)
+    y_s = torch.softmax(logits_student / temperature, dim=1)
+    y_t = torch.softmax(logits_teacher / temperature, dim=1)
+    inter = 1 - _pearson_rows(y_s, y_t, eps).mean()
+    intra = 1 - _pearson_rows(y_s.t(), y_t.t(), eps).mean()
+    return temperature**2 * (beta * inter + gamma * intra)

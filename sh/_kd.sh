@@ -3,7 +3,7 @@
 # the logit methods (method=METHOD); a feature distiller's file METHOD/PAIR.yaml extends it.
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 
-KD_LOGIT_METHODS="vanilla kd dkd ikl"
+KD_LOGIT_METHODS="vanilla kd dkd dist ikl"
 
 # kd_split_arguments ARG ...: the names among the arguments into KD_PAIRS, key=value overrides and
 #   --flags into KD_OVERRIDES (the pair launchers sh/kd_cifar100_ikl.sh and sh/kd_cifar100_gkl.sh).

@@ -171,7 +171,8 @@ WHERE_AND_HOW = {
     "generated.verify_hashes",
 }
 RESULT_KNOBS = {  # section: its knobs ("": the top level), over both tasks
-    "": "batchnorm_groups bf16_min_eps epochs label_smoothing label_smoothing_form method precision seed sync_bn",
+    "": "batchnorm_groups bf16_min_eps epochs label_smoothing label_smoothing_form logit_standardization method precision "
+    "seed sync_bn",
     "data": "aug_weight augment augmented_views batch_size dataset drop_last eval_list long_tail normalize padding_mode "
     "rotate_degrees validation_per_class validation_size",
     "model": "arch depth preprocess view_batchnorm widen_factor",
@@ -190,6 +191,7 @@ RESULT_KNOBS = {  # section: its knobs ("": the top level), over both tasks
     "mart": "beta",
     "lbgat": "beta natural_arch",
     "dajat": "js_weight",
+    "dist": "beta ce_weight gamma kd_weight temperature",
     "las_at": "clean_weight clip_grad_norm epsilons interval lookahead_label_smoothing policy_lr policy_momentum "
     "policy_weight_decay reward_epsilon reward_restarts reward_step_size reward_steps robust_weight step_sizes steps",
     "kd": "ce_weight kd_weight temperature",

@@ -213,7 +213,7 @@ def test_a_wrong_name_prints_the_usage_and_exits_2(script, args, wrong):
     assert result.returncode == 2 and result.stdout == ""
     assert wrong in result.stderr and f"usage: bash sh/{script} METHOD" in result.stderr
     if script == "kd_cifar100.sh":
-        assert "reviewkd" in result.stderr and "kd dkd ikl" in result.stderr and "wrn40_2_wrn40_1" in result.stderr
+        assert "reviewkd" in result.stderr and "kd dkd dist ikl" in result.stderr and "wrn40_2_wrn40_1" in result.stderr
     else:
         assert "at crd ofd reviewkd" in result.stderr and "r34_r18 r50_mv1" in result.stderr
 

@@ -21,7 +21,7 @@ from engine.file_io import load_file
 from engine.schedule import learning_rate
 from knowledge_distillation.config import KDConfig
 from knowledge_distillation.loaders import build_loaders
-from knowledge_distillation.train import main
+from knowledge_distillation.train import main, set_learning_rate
 from models import build_model, load_weights
 
 from ..adv_training.test_awp_recipes import assert_recipe
@@ -133,7 +133,8 @@ def test_each_launcher_prints_its_config_with_the_authors_hyperparameters(config
     assert result.returncode == 0, result.stderr
     printed = yaml.safe_load(result.stdout.split("# ---- ")[-1].split("\n", 1)[1])
     assert_recipe(printed, table)
-    assert printed["name"] == f"imagenet_lt_{config}"
+    if "baseline" in config or config.endswith("_gkl"):  # the teachers' folders are fixed: the pairs name them
+        assert printed["name"] == f"imagenet_lt_{config}"
 
 
 def test_the_cosine_schedule_with_warm_up_is_their_adjust_learning_rate():
@@ -142,9 +143,12 @@ def test_the_cosine_schedule_with_warm_up_is_their_adjust_learning_rate():
             return 0.05 / 10 * (epoch0 + 1)
         return 0.05 * 0.5 * (1.0 + math.cos(math.pi * (epoch0 - 10 + 1) / (90 - 10 + 1)))
 
-    for epoch in range(1, 91):
-        ours = learning_rate(epoch, base_lr=0.05, epochs=90, schedule="cosine", warmup_epochs=10)
-        assert ours == pytest.approx(theirs(epoch - 1), rel=1e-12, abs=1e-15), epoch
+    cfg = load_config(KDConfig, LT / "x101_r18.yaml")
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    for epoch in range(1, 91):  # what the trainer sets from the config
+        assert set_learning_rate(cfg, optimizer, epoch) == pytest.approx(theirs(epoch - 1), rel=1e-12, abs=1e-15)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(theirs(epoch - 1), rel=1e-12, abs=1e-15)
+    assert learning_rate(11, base_lr=0.05, epochs=90, schedule="cosine", warmup_epochs=10) == pytest.approx(theirs(10))
 
 
 @pytest.mark.slow
@@ -265,7 +269,7 @@ def test_a_long_tailed_digits_teacher_and_ikl_student_report_shot_accuracy_and_r
 
     assert report([str(tmp_path / "straight"), "--plot", str(tmp_path / "groups.png")]) == 0
     header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| setting"))
-    assert header.endswith("| many-shot | medium-shot | few-shot |")
+    assert header.endswith("| many-shot (last) | medium-shot (last) | few-shot (last) |")
     assert (tmp_path / "groups.png").stat().st_size > 5_000
 
 
@@ -281,6 +285,7 @@ def test_a_long_tailed_digits_teacher_and_ikl_student_report_shot_accuracy_and_r
         ),
         (["data.eval_list=train"], "data.eval_list"),
         (["optim.schedule=cos"], "optim.schedule"),
+        (["data.eval_list=val"], "'data.eval_list' chooses an ImageNet-LT list"),
     ],
 )
 def test_bad_values_of_the_new_knobs_end_in_one_message_naming_the_key(overrides, message):
