@@ -74,7 +74,14 @@ def weights(path):
 
 
 def same_bits(a, b):
-    return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    """Equal keys and bit-equal tensors, nested dicts (a method's extra state: LAS-AT's optimiser) included."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return set(a) == set(b) and all(same_bits(a[k], b[k]) for k in a)
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_bits(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 def main(argv=None):
@@ -207,11 +214,29 @@ def main(argv=None):
 
     def comparison_rows():
         """The comparison rows' new paths on the device in bf16: LBGAT (its natural classifier trained
-        and resumed beside the robust model) with the authors' 4 BatchNorm groups, and AT-AWP with its
-        input normalisation and train-mode attack; each stopped and resumed equals an uninterrupted run."""
+        and resumed beside the robust model) with the authors' 4 BatchNorm groups, AT-AWP with its
+        input normalisation and train-mode attack, DAJAT (its augmented views' own BatchNorms, compiled)
+        and LAS-AT (its strategy network, per-sample attack and look-ahead copy, its state on the device);
+        each stopped and resumed equals an uninterrupted run."""
         variants = {
             "lbgat": ("method=lbgat", "lbgat.natural_arch=ResNet18_cifar", "awp.enabled=false", "batchnorm_groups=4"),
             "at_awp": ("method=pgd", "model.preprocess=meanstd", "attack.eval_mode=false", "batchnorm_groups=4"),
+            "dajat": (
+                "method=dajat",
+                "data.augment=autoaug",
+                "data.augmented_views=2",
+                "model.view_batchnorm=true",
+                "batchnorm_groups=1",
+                "compile=true",
+            ),
+            "las_at": (
+                "method=las_at",
+                "attack.eps_ramp=false",
+                "las_at.steps=[1, 2]",
+                "las_at.reward_steps=2",
+                "las_at.reward_restarts=1",
+                "batchnorm_groups=1",
+            ),
         }
         for name, options in variants.items():
             options = (*options, "precision=bf16", deterministic)
@@ -222,7 +247,7 @@ def main(argv=None):
             b = torch.load(RunFolder(split).last, map_location="cpu", weights_only=True)
             if not same_bits(a["model"], b["model"]) or not same_bits(a["method"] or {}, b["method"] or {}):
                 raise AssertionError(f"{name}: the resumed run differs from the uninterrupted one")
-        return "LBGAT (with its natural ResNet18_cifar) and AT-AWP bit-equal after 2 epochs (bf16, 4 BN groups)"
+        return "LBGAT, AT-AWP (bf16, 4 BN groups), DAJAT (compiled) and LAS-AT bit-equal after 2 epochs"
 
     def resume_kd():
         whole = kd_run("kd_whole", deterministic)
@@ -357,7 +382,7 @@ def main(argv=None):
             feature_distillers,
         ),
         (
-            "comparison rows: LBGAT and AT-AWP in bf16 with 4 BatchNorm groups, stopped and resumed, equal uninterrupted",
+            "comparison rows: LBGAT, AT-AWP, DAJAT and LAS-AT in bf16, stopped and resumed, equal uninterrupted",
             False,
             comparison_rows,
         ),
