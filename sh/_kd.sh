@@ -31,6 +31,24 @@ kd_train_each() {
     done
 }
 
+# kd_train_listed CONFIGS SUFFIX "PAIR ..." ARG ...: trains CONFIGS/PAIR${SUFFIX}.yaml for the pairs named
+#   among ARG (all the listed pairs, in their order, when none is), with the key=value and --flag arguments;
+#   a pair that is not listed prints the valid names and exits 2 (the GKL launchers).
+kd_train_listed() {
+    local configs="$1" suffix="$2" listed="$3" pair
+    shift 3
+    kd_split_arguments "$@"
+    [[ ${#KD_PAIRS[@]} -eq 0 ]] && read -r -a KD_PAIRS <<< "$listed"
+    for pair in "${KD_PAIRS[@]}"; do
+        if [[ " $listed " != *" $pair "* ]]; then
+            echo "error: no pair '$pair'; choose from: $listed" >&2
+            exit 2
+        fi
+    done
+    dkl_python
+    kd_train_each "$configs" "$suffix" "${KD_PAIRS[@]}"
+}
+
 # kd_launch DATASET all|one METHOD [PAIR ...] [key=value ...] [--print-config]
 #   trains METHOD on each PAIR in turn; without a PAIR on every pair ("all") or refuses ("one").
 #   A wrong method or pair prints the usage line with the valid names and exits 2.

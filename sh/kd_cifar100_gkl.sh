@@ -11,17 +11,6 @@
 # A wrong pair prints the valid names and exits 2. Runs from any directory; outputs go to ./runs.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_kd.sh"
-CONFIGS="$DKL_ROOT/configs/knowledge_distillation/cifar100"
 GKL_PAIRS=(res32x4_res8x4 res32x4_shuv1 res32x4_shuv2 res50_mv2 res56_res20 vgg13_mv2 vgg13_vgg8
     wrn40_2_shuv1 wrn40_2_wrn16_2 wrn40_2_wrn40_1 res110_res32)
-
-kd_split_arguments "$@"
-[[ ${#KD_PAIRS[@]} -eq 0 ]] && KD_PAIRS=("${GKL_PAIRS[@]}")
-for pair in "${KD_PAIRS[@]}"; do
-    if [[ " ${GKL_PAIRS[*]} " != *" $pair "* ]]; then
-        echo "error: no pair '$pair'; choose from: ${GKL_PAIRS[*]}" >&2
-        exit 2
-    fi
-done
-dkl_python
-kd_train_each "$CONFIGS" _gkl "${KD_PAIRS[@]}"
+kd_train_listed "$DKL_ROOT/configs/knowledge_distillation/cifar100" _gkl "${GKL_PAIRS[*]}" "$@"

@@ -8,16 +8,4 @@
 # directory; outputs go to ./runs.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_kd.sh"
-CONFIGS="$DKL_ROOT/configs/knowledge_distillation/imagenet_lt"
-GKL_PAIRS=(x101_r18 x101_r50)
-
-kd_split_arguments "$@"
-[[ ${#KD_PAIRS[@]} -eq 0 ]] && KD_PAIRS=("${GKL_PAIRS[@]}")
-for pair in "${KD_PAIRS[@]}"; do
-    if [[ " ${GKL_PAIRS[*]} " != *" $pair "* ]]; then
-        echo "error: no pair '$pair'; choose from: ${GKL_PAIRS[*]}" >&2
-        exit 2
-    fi
-done
-dkl_python
-kd_train_each "$CONFIGS" _gkl "${KD_PAIRS[@]}"
+kd_train_listed "$DKL_ROOT/configs/knowledge_distillation/imagenet_lt" _gkl "x101_r18 x101_r50" "$@"
