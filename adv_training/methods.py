@@ -184,10 +184,6 @@ class Method(TrainingMethod):
     def epoch_start(self, epoch: int, lr: float) -> None:
         """Told by the trainer at the start of every epoch (1-based) with the model's learning rate."""
 
-    def epoch_metrics(self) -> Dict[str, float]:
-        """Numbers of the epoch for metrics.jsonl (LAS-AT's reward and sampled budgets); none by default."""
-        return {}
-
     def natural_loss(self, logits_natural: torch.Tensor, targets: torch.Tensor, smoothed: bool = True) -> torch.Tensor:
         """The clean-image term (only for methods that forward the clean images): cross-entropy,
         label-smoothed by ``label_smoothing`` in the form ``label_smoothing_form`` (`smoothed_cross_entropy`:

@@ -195,6 +195,17 @@ def main(argv=None):
             raise AssertionError("the resumed run's weights differ from the uninterrupted run's")
         return "bit-equal weights after 2 epochs"
 
+    def resumed_equally(run, name, options):
+        """``run`` (at_run or kd_run) whole, then stopped after epoch 1 and resumed: an AssertionError unless the
+        two last.pt hold the same bits, model and method state."""
+        whole = run(f"{name}_whole", *options)
+        run(f"{name}_split", *options, "stop_after=1")
+        split = run(f"{name}_split", *options, "resume=true")
+        a = torch.load(RunFolder(whole).last, map_location="cpu", weights_only=True)
+        b = torch.load(RunFolder(split).last, map_location="cpu", weights_only=True)
+        if not same_bits(a["model"], b["model"]) or not same_bits(a["method"] or {}, b["method"] or {}):
+            raise AssertionError(f"{name}: the resumed run differs from the uninterrupted one")
+
     def feature_distillers():
         """Each feature distiller on the device (bf16 autocast, CRD's device-side sampler and memory,
         OFD's margins, ReviewKD's fusion) two epochs, stopped and resumed: the student's and the
@@ -202,15 +213,21 @@ def main(argv=None):
         methods = ("fitnet", "at", "nst", "pkt", "kdsvd", "ofd", "rkd", "vid", "sp", "crd", "reviewkd")
         common = ("method={}", "ikl.class_prior=false", "crd.nce_k=256", "precision=bf16", deterministic)
         for method in methods:
-            options = [option.format(method) for option in common]
-            whole = kd_run(f"fd_{method}_whole", *options)
-            kd_run(f"fd_{method}_split", *options, "stop_after=1")
-            split = kd_run(f"fd_{method}_split", *options, "resume=true")
-            a = torch.load(RunFolder(whole).last, map_location="cpu", weights_only=True)
-            b = torch.load(RunFolder(split).last, map_location="cpu", weights_only=True)
-            if not same_bits(a["model"], b["model"]) or not same_bits(a["method"] or {}, b["method"] or {}):
-                raise AssertionError(f"{method}: the resumed run differs from the uninterrupted one")
+            resumed_equally(kd_run, f"fd_{method}", [option.format(method) for option in common])
         return f"{len(methods)} distillers bit-equal after 2 epochs (bf16)"
+
+    def logit_distillers():
+        """DIST, MLKD (two views through both networks), CTKD (its temperature trained on the device) and KD with
+        logit standardization, each in bf16 two epochs, stopped and resumed: student and distiller bit-equal."""
+        variants = {
+            "dist": ("method=dist",),
+            "mlkd": ("method=mlkd", "logit_standardization=true"),
+            "ctkd": ("method=ctkd", "ctkd.curriculum_epochs=2"),
+            "kd_ls": ("method=kd", "logit_standardization=true"),
+        }
+        for name, options in variants.items():
+            resumed_equally(kd_run, f"ld_{name}", (*options, "ikl.class_prior=false", "precision=bf16", deterministic))
+        return f"{', '.join(variants)} bit-equal after 2 epochs (bf16)"
 
     def comparison_rows():
         """The comparison rows' new paths on the device in bf16: LBGAT (its natural classifier trained
@@ -239,14 +256,7 @@ def main(argv=None):
             ),
         }
         for name, options in variants.items():
-            options = (*options, "precision=bf16", deterministic)
-            whole = at_run(f"{name}_whole", *options)
-            at_run(f"{name}_split", *options, "stop_after=1")
-            split = at_run(f"{name}_split", *options, "resume=true")
-            a = torch.load(RunFolder(whole).last, map_location="cpu", weights_only=True)
-            b = torch.load(RunFolder(split).last, map_location="cpu", weights_only=True)
-            if not same_bits(a["model"], b["model"]) or not same_bits(a["method"] or {}, b["method"] or {}):
-                raise AssertionError(f"{name}: the resumed run differs from the uninterrupted one")
+            resumed_equally(at_run, name, (*options, "precision=bf16", deterministic))
         return "LBGAT, AT-AWP (bf16, 4 BN groups), DAJAT (compiled) and LAS-AT bit-equal after 2 epochs"
 
     def resume_kd():
@@ -380,6 +390,12 @@ def main(argv=None):
             "feature distillers: each on the device in bf16, stopped and resumed, equals uninterrupted",
             False,
             feature_distillers,
+        ),
+        (
+            "logit distillers: DIST, MLKD, CTKD and KD + LS on the device in bf16, stopped and resumed, equal "
+            "uninterrupted",
+            False,
+            logit_distillers,
         ),
         (
             "comparison rows: LBGAT, AT-AWP, DAJAT and LAS-AT in bf16, stopped and resumed, equal uninterrupted",

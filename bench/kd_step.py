@@ -4,7 +4,7 @@ authors' mdistiller-based loop and beside DKD and ReviewKD run by the same loop.
     python bench/kd_step.py                                  # both pairs, batch 512, 224x224, on CUDA if present
     python bench/kd_step.py --pairs r34_r18 --batch-size 8 --image-size 64 --data-batches 4   # quick CPU check
     python bench/kd_step.py --precisions tf32 bf16 --compile
-    python bench/kd_step.py --methods ikl reviewkd           # the methods our loop times (default: ikl dkd dist reviewkd)
+    python bench/kd_step.py --methods ikl reviewkd           # the methods our loop times (default: all of METHODS)
 
 **Compute.** For each pair (``r34_r18``: ResNet-34 -> ResNet-18, ``r50_mv1``: ResNet-50 ->
 MobileNetV1, with the settings of configs/knowledge_distillation/imagenet/) it times, on
@@ -28,8 +28,9 @@ busy; the files sit in the page cache, so this is decoding and augmentation, not
 In training the loader runs ahead of the GPU: an iteration costs the larger of the two.
 
 **Methods.** Our loop runs each of ``--methods`` on the same pair, batch, images and precision,
-interleaved with the rest: IKL-KD, DKD and DIST (logits only; DIST with its own ImageNet config), and
-ReviewKD (the features of both networks, its fusion modules trained with the student, with the settings
+interleaved with the rest: IKL-KD, DKD, DIST and CTKD (logits only; DIST and CTKD with their own ImageNet
+configs), MLKD (two views of every image, each through both networks: a batch of B is 2B forwards, its own
+config), and ReviewKD (the features of both networks, its fusion modules trained with the student, with the settings
 of mdistiller's ImageNet ReviewKD config for the pair). The last column is each method's time over our
 IKL-KD's at that precision.
 
@@ -68,7 +69,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAIRS = {"r34_r18": "r34_r18.yaml", "r50_mv1": "r50_mv1.yaml"}
 PAPER_SECONDS = {"r34_r18": 0.197, "r50_mv1": 0.252}  # s/iter on 4 RTX 3090s, batch 512, as the paper states
 PAPER_REVIEWKD_SECONDS = {"r34_r18": 0.319, "r50_mv1": 0.526}  # ReviewKD's, in the same table of the paper
-METHODS = ("ikl", "dkd", "dist", "reviewkd")
+METHODS = ("ikl", "dkd", "dist", "mlkd", "ctkd", "reviewkd")
 CLASSES = 1000
 EPOCH = 2  # after the one-epoch warm-up of the IKL term: the full loss
 
@@ -101,9 +102,13 @@ def setup(cfg: KDConfig, args, device):
     teacher = freeze(build_model(cfg.teacher.arch, CLASSES, dataset="imagenet").to(device))
     kd = build_distillation(cfg, CLASSES, device, teacher, input_size=(3, args.image_size, args.image_size))
     generator = torch.Generator().manual_seed(1)
+
+    def images():
+        return torch.rand(args.batch_size, 3, args.image_size, args.image_size, generator=generator).to(device)
+
     batches = [
         (
-            torch.rand(args.batch_size, 3, args.image_size, args.image_size, generator=generator).to(device),
+            images() if kd.distiller.training_views == 1 else [images() for _ in range(kd.distiller.training_views)],
             torch.randint(0, CLASSES, (args.batch_size,), generator=generator).to(device),
         )
         for _ in range(args.iterations)

@@ -67,6 +67,10 @@ class TrainingMethod(nn.Module):
     def check(cls, cfg: Any) -> None:
         """Raise a `ConfigError` for settings of ``cfg`` this method cannot run with; nothing is built."""
 
+    def epoch_metrics(self) -> Dict[str, float]:
+        """Numbers of the epoch for metrics.jsonl (LAS-AT's reward, CTKD's temperature); none by default."""
+        return {}
+
     def has_parameters(self) -> bool:
         """Whether the method trains parameters of its own (then the trainer optimises, wraps and
         broadcasts it beside the model)."""

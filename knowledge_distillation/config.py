@@ -136,6 +136,46 @@ class DISTConfig:
 
 
 @dataclass
+class MLKDConfig:
+    ce_weight: float = knob(
+        0.1, "weight of each view's cross-entropy with the labels (the weak and the strong view's)", valid=NON_NEGATIVE
+    )
+    kd_weight: float = knob(
+        0.9, "weight of every KD, class- and batch-correlation term (mdistiller's KD weight)", valid=NON_NEGATIVE
+    )
+    temperature: float = knob(
+        4.0,
+        "the configured temperature; every term also runs at 3, 5, 2 and 6 (hard-coded by its authors)",
+        valid=POSITIVE,
+    )
+
+
+@dataclass
+class CTKDConfig:
+    ce_weight: float = knob(0.1, "weight of the cross-entropy with the labels (CTKD's -r gamma)", valid=NON_NEGATIVE)
+    kd_weight: float = knob(0.9, "weight of the KD term at the learned temperature (its -a alpha)", valid=NON_NEGATIVE)
+    temperature_start: float = knob(
+        1.0, "t_start: the learned temperature is t_start + t_span * sigmoid(p), p a scalar from 1", valid=POSITIVE
+    )
+    temperature_span: float = knob(
+        20.0, "t_span (CTKD's t_end): the width of the temperature's range above t_start", valid=POSITIVE
+    )
+    curriculum_epochs: int = knob(
+        10,
+        "the gradient reversal ramps from 0 to max_reversal over these epochs by half a cosine, then stays (its "
+        "decay_loops: CIFAR 10, ImageNet 5)",
+        valid=Range(1),
+    )
+    max_reversal: float = knob(
+        1.0,
+        "lambda at the curriculum's end: the temperature climbs the distillation loss with this factor on its "
+        "gradient while the student descends it (its -decay_min); 0 stops that gradient, but the optimizer's "
+        "weight decay and momentum still move p (as theirs)",
+        valid=NON_NEGATIVE,
+    )
+
+
+@dataclass
 class IKLLossConfig:
     ce_weight: float = knob(1.0, "weight of the cross-entropy with the labels", valid=NON_NEGATIVE)
     alpha: float = knob(1.0, "weight of the soft-label CE term of IKL", valid=NON_NEGATIVE)
@@ -322,12 +362,12 @@ class KDConfig(RunConfig):
     method: str = knob(
         "ikl",
         "distiller, a name in knowledge_distillation.distillers: vanilla = CE only; kd = Hinton; "
-        "dkd = Zhao et al.; dist = Huang et al.; ikl = IKL-KD",
+        "dkd = Zhao et al.; dist = Huang et al.; mlkd = Jin et al.; ctkd = Li et al.; ikl = IKL-KD",
     )
     logit_standardization: bool = knob(
         False,
         "z-score the student's and the teacher's logits over the classes, (z - mean) / (1e-7 + std), before the "
-        "distillation term of kd, dkd, dist and ikl (Sun et al., CVPR 2024; the method's temperature is then their "
+        "distillation term of kd, dkd, dist, mlkd (its KD terms, as theirs), ctkd and ikl (Sun et al., CVPR 2024; the method's temperature is then their "
         "'base temperature'); the CE with the labels keeps the raw logits, and ikl's class prior averages the "
         "standardised teacher logits",
     )
@@ -346,7 +386,8 @@ class KDConfig(RunConfig):
     )
     name: str = knob(
         "",
-        "run folder name under out_dir; empty = <dataset>_<method>_<teacher>_<student>_seed<seed>",
+        "run folder name under out_dir; empty = <dataset>_<method>[_ls]_<teacher>_<student>_seed<seed> (_ls: with "
+        "logit_standardization)",
         changes_result=False,
     )
     data: KDDataConfig = section(KDDataConfig, "dataset and loaders")
@@ -355,6 +396,16 @@ class KDConfig(RunConfig):
     kd: KDLossConfig = section(KDLossConfig, "Hinton KD (method=kd), mdistiller's defaults")
     dkd: DKDLossConfig = section(DKDLossConfig, "DKD (method=dkd), mdistiller's defaults")
     dist: DISTConfig = section(DISTConfig, "DIST loss (method=dist; Huang et al., NeurIPS 2022)")
+    ctkd: CTKDConfig = section(
+        CTKDConfig,
+        "curriculum temperature (method=ctkd; Li et al., AAAI 2023): KD at a temperature learned adversarially, "
+        "trained with the student's optimizer",
+    )
+    mlkd: MLKDConfig = section(
+        MLKDConfig,
+        "multi-level logit distillation (method=mlkd; Jin et al., CVPR 2023): a weak and a strong (RandAugment) "
+        "view of every training image, mdistiller's KD weights",
+    )
     ikl: IKLLossConfig = section(IKLLossConfig, "IKL-KD (method=ikl)")
     fitnet: FitNetConfig = section(FitNetConfig, "FitNet hints (method=fitnet), mdistiller's defaults")
     at: AttentionTransferConfig = section(
@@ -408,6 +459,13 @@ class KDConfig(RunConfig):
                     f"config key 'data.long_tail' subsamples digits or cifar100, not {self.data.dataset} (ImageNet-LT "
                     "is data.dataset=imagenet_lt with its published lists): set data.long_tail=[]"
                 )
+        if self.paper_row.endswith("_ls") != self.logit_standardization and self.paper_row:
+            published = "with" if self.paper_row.endswith("_ls") else "without"
+            raise ConfigError(
+                f"config key 'paper_row' ({self.paper_row}) names numbers published {published} logit standardization, "
+                f'and logit_standardization is {str(self.logit_standardization).lower()}: set paper_row="" for this '
+                "ablation, or run the recipe that row belongs to"
+            )
         if self.data.dataset == "digits" and self.data.normalize:
             raise ConfigError(
                 "data.normalize=true is not available for digits (pixels stay in [0, 1]); set data.normalize=false"
@@ -415,4 +473,5 @@ class KDConfig(RunConfig):
 
     def run_name(self) -> str:
         pair = f"{self.teacher.arch}_{self.student.arch}" if self.teacher.arch else self.student.arch
-        return self.name or f"{self.data.dataset}_{self.method}_{pair}_seed{self.seed}"
+        method = f"{self.method}_ls" if self.logit_standardization else self.method  # beside the plain run's folder
+        return self.name or f"{self.data.dataset}_{method}_{pair}_seed{self.seed}"

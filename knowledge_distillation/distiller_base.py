@@ -5,7 +5,7 @@ A distiller follows the method contract of both tasks (`engine.method.TrainingMe
 group of their own, and whose state is saved in last.pt; the logit distillers have none.
 """
 
-from typing import Any, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -40,11 +40,16 @@ class Distiller(TrainingMethod):
 
     ``needs_features``: the forwards return features (`models.features`) and ``loss`` gets them;
     ``needs_indices``: the training set yields each sample's index; ``teacher_in_train_mode``:
-    the teacher's forward normalises with the batch's statistics (OFD).
+    the teacher's forward normalises with the batch's statistics (OFD); ``training_views`` 2: each
+    training image comes as a weak (crop, flip) and a strong (+ RandAugment) view, each view goes through
+    its own forwards (its own BatchNorm statistics), and ``loss`` gets their logits as [weak; strong] rows (MLKD).
     """
 
     needs_teacher = True
     needs_features = False
+    training_views = 1
+    takes_logit_standardization = False  # its distillation term compares logits that the knob may z-score
+    loss_groups = 1  # set by the trainer: the BatchNorm groups of this process's batch (`batchnorm_groups`)
     OLDER_CHECKPOINT_KEY = "distiller"
     needs_indices = False
     teacher_in_train_mode = False
@@ -53,6 +58,11 @@ class Distiller(TrainingMethod):
     def check(cls, cfg: KDConfig) -> None:
         if cls.needs_teacher and not cfg.teacher.arch:
             raise ConfigError(f"method={cfg.method} needs a teacher: set teacher.arch and teacher.checkpoint")
+        if cfg.logit_standardization and not cls.takes_logit_standardization:
+            raise ConfigError(
+                f"config key 'logit_standardization' z-scores the logits of a logit distiller's term (kd, dkd, dist, "
+                f"mlkd, ctkd, ikl); method={cfg.method} has none: set logit_standardization=false"
+            )
 
     def __init__(self, cfg: KDConfig, *args, **kwargs):
         super().__init__()
@@ -62,6 +72,16 @@ class Distiller(TrainingMethod):
         """The logits a distillation term compares: z-scored over the classes with ``logit_standardization``
         (`losses.logit_standardize`), else as they are."""
         return logit_standardize(logits) if self.logit_standardization else logits
+
+    def per_group(self, term: Callable[..., torch.Tensor], *batches: torch.Tensor) -> torch.Tensor:
+        """``term(*batches)``; with ``loss_groups`` > 1 the mean of ``term`` over that many chunks of every batch
+        (``Tensor.chunk``): a term that couples the batch's samples (DIST's intra-class relation, MLKD's batch and
+        class correlations) as the authors' nn.DataParallel replicas or per-GPU processes computed it, one share
+        of the batch each, their losses averaged."""
+        if self.loss_groups <= 1:
+            return term(*batches)
+        chunks = zip(*(batch.chunk(self.loss_groups) for batch in batches))
+        return torch.stack([term(*chunk) for chunk in chunks]).mean()
 
     def parameter_groups(self, weight_decay: float, batchnorm_weight_decay: bool = True):
         """One group with the student's weight decay on everything (mdistiller's optimiser)."""

@@ -4,6 +4,8 @@ r"""The distillation methods: vanilla CE, Hinton KD, DKD and IKL-KD, one class e
     kd:      ce_weight * CE(s, y) + kd_weight * KD(s, t; T)                      (T^2 inside KD)
     dkd:     ce_weight * CE(s, y) + warmup(e) * DKD(s, t, y; alpha, beta, T)     (T^2 inside DKD)
     dist:    ce_weight * CE(s, y) + kd_weight * DIST(s, t; beta, gamma, T)       (T^2 inside DIST)
+    mlkd:    ce_weight * (CE(s_w, y) + CE(s_s, y)) + kd_weight * MLKD(s_w, s_s, t_w, t_s; T)   (weak/strong views)
+    ctkd:    ce_weight * CE(s, y) + kd_weight * KD(s, t; T_e), T_e learned against the student (T^2 inside KD)
     ikl:     ce_weight * CE(s, y) + warmup(e) * IKL(s, t; alpha, beta, T, gamma, w)
 
 with warmup(e) = min(e / warmup, 1) for the 1-based epoch e, and for IKL the wMSE weights
@@ -21,14 +23,15 @@ state is saved in last.pt; the logit distillers have none.
 The losses themselves live in `losses` and are never re-implemented here.
 """
 
-from typing import List, Optional, Tuple
+import math
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from engine.method import check_method
-from losses import dist_loss, dkd_loss, ikl_loss, kd_loss
+from losses import dist_loss, dkd_loss, ikl_loss, kd_loss, mlkd_loss
 
 from . import feature_distillers  # noqa: F401  (registers the feature distillers)
 from .config import KDConfig
@@ -93,6 +96,8 @@ class Vanilla(Distiller):
 class KD(Distiller):
     """Hinton et al.'s KD with mdistiller's weights (T^2 inside `kd_loss`)."""
 
+    takes_logit_standardization = True
+
     def __init__(self, cfg: KDConfig):
         super().__init__(cfg)
         self.settings = cfg.kd
@@ -108,6 +113,8 @@ class KD(Distiller):
 @register("dkd")
 class DKD(Distiller):
     """Zhao et al.'s decoupled KD, ramped in over ``dkd.warmup`` epochs (T^2 inside `dkd_loss`)."""
+
+    takes_logit_standardization = True
 
     def __init__(self, cfg: KDConfig):
         super().__init__(cfg)
@@ -131,6 +138,8 @@ class DKD(Distiller):
 class DIST(Distiller):
     """Huang et al.'s DIST: ce_weight * CE + kd_weight * DIST(s, t; beta, gamma, tau) (`losses.dist_loss`)."""
 
+    takes_logit_standardization = True
+
     def __init__(self, cfg: KDConfig):
         super().__init__(cfg)
         self.settings = cfg.dist
@@ -138,20 +147,103 @@ class DIST(Distiller):
     def loss(self, logits_student, logits_teacher, targets, epoch, prior_rows=None, features=None):
         s = self.settings
         ce = s.ce_weight * F.cross_entropy(logits_student, targets)
-        distill = s.kd_weight * dist_loss(
+        distill = s.kd_weight * self.per_group(
+            lambda student, teacher: dist_loss(student, teacher, beta=s.beta, gamma=s.gamma, temperature=s.temperature),
             self.distillation_logits(logits_student),
             self.distillation_logits(logits_teacher.detach()),
-            beta=s.beta,
-            gamma=s.gamma,
-            temperature=s.temperature,
         )
         return ce + distill, {"ce": ce.detach(), "kd": distill.detach()}
+
+
+@register("mlkd")
+class MLKD(Distiller):
+    """Jin et al.'s multi-level logit distillation (`losses.mlkd_loss`) on a weak and a strong view of each image:
+    the logits arrive as [weak; strong] rows of the same images; the CE is each view's, weighted ce_weight.
+    ``logit_standardization`` z-scores the KD terms' logits only, as the logit-standardization fork's MLKD."""
+
+    takes_logit_standardization = True
+
+    training_views = 2
+
+    def __init__(self, cfg: KDConfig):
+        super().__init__(cfg)
+        self.settings = cfg.mlkd
+
+    def loss(self, logits_student, logits_teacher, targets, epoch, prior_rows=None, features=None):
+        s = self.settings
+        student_weak, student_strong = logits_student.chunk(2)
+        teacher_weak, teacher_strong = logits_teacher.detach().chunk(2)
+        ce = s.ce_weight * (F.cross_entropy(student_weak, targets) + F.cross_entropy(student_strong, targets))
+        distill = s.kd_weight * self.per_group(
+            lambda *views: mlkd_loss(*views, temperature=s.temperature, standardize=self.logit_standardization),
+            student_weak,
+            student_strong,
+            teacher_weak,
+            teacher_strong,
+        )
+        return ce + distill, {"ce": ce.detach(), "kd": distill.detach()}
+
+
+class _ScaledGradient(torch.autograd.Function):
+    """The identity forward; the backward multiplies the gradient by ``factor`` (CTKD's gradient "reversal" layer:
+    theirs multiplies by +lambda, and lambda is negative)."""
+
+    @staticmethod
+    def forward(ctx, x, factor):
+        ctx.factor = factor
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.factor * grad, None
+
+
+@register("ctkd")
+class CTKD(Distiller):
+    """Li et al.'s curriculum temperature: KD at T = t_start + t_span * sigmoid(p), one learnable scalar p (from 1)
+    trained by the student's optimizer (its learning rate, momentum and weight decay) through a layer that
+    multiplies its gradient by -lambda_e: the temperature climbs the KD term while the student descends it, in one
+    step. lambda_e = max_reversal * (1 - cos(pi * min(e, L) / L)) / 2 for the 1-based epoch e and L =
+    ``ctkd.curriculum_epochs`` (their CosineDecay from 0 to -1). p is saved in last.pt with the student."""
+
+    takes_logit_standardization = True
+
+    def __init__(self, cfg: KDConfig):
+        super().__init__(cfg)
+        self.settings = cfg.ctkd
+        self.temperature_logit = nn.Parameter(torch.ones(()))
+        self._last_epoch = 1
+
+    def reversal(self, epoch: int) -> float:
+        """lambda_e: 0 at epoch 0, max_reversal from epoch L on, by half a cosine."""
+        s = self.settings
+        progress = min(max(epoch, 0), s.curriculum_epochs) / s.curriculum_epochs
+        return s.max_reversal * (1 - math.cos(math.pi * progress)) / 2
+
+    def temperature(self, reversal: float = 0.0) -> torch.Tensor:
+        s = self.settings
+        logit = _ScaledGradient.apply(self.temperature_logit, -reversal)
+        return s.temperature_start + s.temperature_span * torch.sigmoid(logit)
+
+    def loss(self, logits_student, logits_teacher, targets, epoch, prior_rows=None, features=None):
+        s = self.settings
+        self._last_epoch = epoch
+        ce = s.ce_weight * F.cross_entropy(logits_student, targets)
+        student, teacher = self.distillation_logits(logits_student), self.distillation_logits(logits_teacher.detach())
+        distill = s.kd_weight * kd_loss(student, teacher, self.temperature(self.reversal(epoch)))
+        return ce + distill, {"ce": ce.detach(), "kd": distill.detach()}
+
+    def epoch_metrics(self) -> Dict[str, float]:
+        with torch.no_grad():
+            return {"ctkd_temperature": self.temperature().item(), "ctkd_reversal": self.reversal(self._last_epoch)}
 
 
 @register("ikl")
 class IKL(Distiller):
     """IKL-KD, ramped in over ``ikl.warmup`` epochs; wMSE weighted by the class prior
     (``ikl.class_prior``) or by the teacher's per-sample softmax(t / T2)."""
+
+    takes_logit_standardization = True
 
     def __init__(self, cfg: KDConfig):
         super().__init__(cfg)

@@ -58,6 +58,49 @@ _OFD_IMAGENET = (
 )
 
 
+# DIST (Huang et al., NeurIPS 2022): hunto/DIST_KD's README, its only pairs (mean of its runs on CIFAR-100).
+_DIST_CIFAR = "hunto/DIST_KD README.md, CIFAR-100 table (student top-1, mean of their runs)"
+_DIST_IMAGENET = "hunto/DIST_KD README.md, ImageNet table of its baseline settings (student top-1)"
+# Logit standardization (Sun et al., CVPR 2024): the "+ Ours" rows of sunshangquan/logit-standardization-KD's
+# README (f6e5aa5), each a link to a log; they sit near each log's best epoch, not its last. The fork publishes
+# no number for resnet32x4 -> ShuffleV1 or wrn_40_2 -> ShuffleV1, and none on ImageNet (one log, no table).
+_LS = (
+    "sunshangquan/logit-standardization-KD README.md, CIFAR-100 tables, the '+ Ours' rows (student top-1, near "
+    "the best epoch of the linked logs)"
+)
+# MLKD (Jin et al., CVPR 2023): its repository's README publishes no table; the logit-standardization fork's README
+# has an "MLKD" row for nine of the eleven pairs (no ShuffleV1 student, no ImageNet).
+_MLKD = (
+    "sunshangquan/logit-standardization-KD README.md, CIFAR-100 tables, the 'MLKD' row (student top-1; "
+    "Jin-Ying/Multi-Level-Logit-Distillation's README publishes none)"
+)
+# CTKD (Li et al., AAAI 2023): zhengli97/CTKD's README (six CIFAR-100 pairs, ImageNet R34 -> R18), its project page's
+# table image for five more; resnet32x4 -> resnet8x4 only in the logit-standardization fork's README.
+_CTKD_README = "zhengli97/CTKD README.md, CIFAR-100 table (KD + CTKD; student top-1)"
+_CTKD_PAGE = "zhengli97/CTKD project page (gh-pages a8b278e, static/images/cifar_acc.jpg; student top-1)"
+_CTKD_FORK = (
+    "sunshangquan/logit-standardization-KD README.md, CIFAR-100 table, the 'CTKD' row (CTKD's authors publish no "
+    "number for this pair)"
+)
+_CTKD_IMAGENET = "zhengli97/CTKD README.md, ImageNet table (KD + CTKD; top-1)"
+
+
+def _dist(top1: float) -> Dict[str, Dict[str, float]]:
+    return {"dist": {"top1": top1}}
+
+
+def _ls(kd: float, dkd: float, mlkd: float, ctkd: float) -> Dict[str, Dict[str, float]]:
+    return {"kd": {"top1": kd}, "dkd": {"top1": dkd}, "mlkd": {"top1": mlkd}, "ctkd": {"top1": ctkd}}
+
+
+def _mlkd(top1: float) -> Dict[str, Dict[str, float]]:
+    return {"mlkd": {"top1": top1}}
+
+
+def _ctkd(top1: float) -> Dict[str, Dict[str, float]]:
+    return {"ctkd": {"top1": top1}}
+
+
 def _repdistiller(
     fitnet: float, at: float, sp: float, vid: float, rkd: float, pkt: float, nst: float, crd: float
 ) -> Dict[str, Dict[str, float]]:
@@ -140,4 +183,43 @@ PAPER_ROWS: Dict[str, PaperRow] = {
     "kd_imagenet_r50_mv1_reviewkd": PaperRow(_REVIEWKD_IMAGENET, {"reviewkd": {"top1": 72.56}}),
     "kd_imagenet_r34_r18_at": PaperRow(_AT_IMAGENET, {"at": {"top1": 70.7}}),
     "kd_imagenet_r50_mv1_ofd": PaperRow(_OFD_IMAGENET, {"ofd": {"top1": 71.25}}),
+    "kd_cifar100_wrn40_2_wrn40_1_dist": PaperRow(_DIST_CIFAR, _dist(74.43)),
+    "kd_cifar100_res56_res20_dist": PaperRow(_DIST_CIFAR, _dist(71.75)),
+    "kd_cifar100_res32x4_res8x4_dist": PaperRow(_DIST_CIFAR, _dist(76.31)),
+    "kd_cifar100_res50_mv2_dist": PaperRow(_DIST_CIFAR, _dist(68.66)),
+    "kd_cifar100_res32x4_shuv1_dist": PaperRow(_DIST_CIFAR, _dist(76.34)),
+    "kd_cifar100_res32x4_shuv2_dist": PaperRow(_DIST_CIFAR, _dist(77.35)),
+    "kd_imagenet_r34_r18_dist": PaperRow(_DIST_IMAGENET, _dist(72.07)),
+    "kd_imagenet_r50_mv1_dist": PaperRow(_DIST_IMAGENET, _dist(73.24)),
+    "kd_cifar100_res32x4_res8x4_mlkd": PaperRow(_MLKD, _mlkd(77.08)),
+    "kd_cifar100_vgg13_vgg8_mlkd": PaperRow(_MLKD, _mlkd(75.18)),
+    "kd_cifar100_wrn40_2_wrn40_1_mlkd": PaperRow(_MLKD, _mlkd(75.35)),
+    "kd_cifar100_wrn40_2_wrn16_2_mlkd": PaperRow(_MLKD, _mlkd(76.63)),
+    "kd_cifar100_res56_res20_mlkd": PaperRow(_MLKD, _mlkd(72.19)),
+    "kd_cifar100_res110_res32_mlkd": PaperRow(_MLKD, _mlkd(74.11)),
+    "kd_cifar100_res32x4_shuv2_mlkd": PaperRow(_MLKD, _mlkd(78.44)),
+    "kd_cifar100_vgg13_mv2_mlkd": PaperRow(_MLKD, _mlkd(70.57)),
+    "kd_cifar100_res50_mv2_mlkd": PaperRow(_MLKD, _mlkd(71.04)),
+    "kd_cifar100_res56_res20_ctkd": PaperRow(_CTKD_README, _ctkd(71.19)),
+    "kd_cifar100_res110_res32_ctkd": PaperRow(_CTKD_README, _ctkd(73.52)),
+    "kd_cifar100_wrn40_2_wrn16_2_ctkd": PaperRow(_CTKD_README, _ctkd(75.45)),
+    "kd_cifar100_wrn40_2_wrn40_1_ctkd": PaperRow(_CTKD_README, _ctkd(73.93)),
+    "kd_cifar100_vgg13_vgg8_ctkd": PaperRow(_CTKD_README, _ctkd(73.52)),
+    "kd_cifar100_wrn40_2_shuv1_ctkd": PaperRow(_CTKD_PAGE, _ctkd(75.78)),
+    "kd_cifar100_vgg13_mv2_ctkd": PaperRow(_CTKD_PAGE, _ctkd(68.46)),
+    "kd_cifar100_res50_mv2_ctkd": PaperRow(_CTKD_PAGE, _ctkd(68.47)),
+    "kd_cifar100_res32x4_shuv1_ctkd": PaperRow(_CTKD_PAGE, _ctkd(74.48)),
+    "kd_cifar100_res32x4_shuv2_ctkd": PaperRow(_CTKD_PAGE, _ctkd(75.31)),
+    "kd_cifar100_res32x4_res8x4_ctkd": PaperRow(_CTKD_FORK, _ctkd(73.39)),
+    "kd_imagenet_r34_r18_ctkd": PaperRow(_CTKD_IMAGENET, _ctkd(71.32)),
+    # KD, DKD, MLKD, CTKD, each + logit standardization
+    "kd_cifar100_res32x4_res8x4_ls": PaperRow(_LS, _ls(76.62, 77.01, 78.28, 76.67)),
+    "kd_cifar100_vgg13_vgg8_ls": PaperRow(_LS, _ls(74.36, 74.81, 75.22, 74.47)),
+    "kd_cifar100_wrn40_2_wrn40_1_ls": PaperRow(_LS, _ls(74.37, 74.89, 75.56, 74.58)),
+    "kd_cifar100_wrn40_2_wrn16_2_ls": PaperRow(_LS, _ls(76.11, 76.39, 76.95, 76.08)),
+    "kd_cifar100_res56_res20_ls": PaperRow(_LS, _ls(71.43, 72.32, 72.33, 71.34)),
+    "kd_cifar100_res110_res32_ls": PaperRow(_LS, _ls(74.17, 74.29, 74.32, 74.01)),
+    "kd_cifar100_res32x4_shuv2_ls": PaperRow(_LS, _ls(75.56, 77.37, 78.76, 76.18)),
+    "kd_cifar100_vgg13_mv2_ls": PaperRow(_LS, _ls(68.61, 69.98, 70.94, 68.98)),
+    "kd_cifar100_res50_mv2_ls": PaperRow(_LS, _ls(69.02, 70.45, 71.19, 69.36)),
 }

@@ -5,7 +5,7 @@
 
 One step, asking the distiller (`distillers.build_distiller`) what differs: the frozen
 teacher's logits (eval mode, no gradient; OFD's teacher normalises with the batch's
-statistics); the student's logits; for a feature distiller both forwards' features too
+statistics); the student's logits (of each view, for MLKD's weak and strong one); for a feature distiller both forwards' features too
 (`models.features`); CE + the distiller's term; SGD step over the student and the
 distiller's own parts (connectors); with IKL's class prior, the teacher's
 softmax(logits / T2) is accumulated per class for the next epoch.
@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from engine import data as data_lib
 from engine import environment
-from engine.batchnorm_groups import group_batch_norm
+from engine.batchnorm_groups import group_batch_norm, groups_per_process
 from engine.cli import config_main
 from engine.distributed import (
     broadcast_buffers_,
@@ -99,6 +99,8 @@ class StudentForward(torch.nn.Module):
         self.features = distiller.needs_features
 
     def forward(self, images):
+        if isinstance(images, list):  # a two-view distiller's [weak, strong]: a forward each, logits stacked
+            return torch.cat([self.student(view) for view in images]), None
         return self.student.forward_features(images) if self.features else (self.student(images), None)
 
 
@@ -110,7 +112,17 @@ class TeacherForward(torch.nn.Module):
         self.teacher, self.features = teacher, features
 
     def forward(self, images):
+        if isinstance(images, list):  # [weak, strong], as the student's
+            return torch.cat([self.teacher(view) for view in images]), None
         return self.teacher.forward_features(images) if self.features else (self.teacher(images), None)
+
+
+def batch_images(images, device: torch.device, channels_last: bool):
+    """A batch's images on ``device`` (in channels-last memory with ``channels_last``); a list of views stays one."""
+    if isinstance(images, list):
+        return [batch_images(view, device, channels_last) for view in images]
+    images = images.to(device, non_blocking=True)
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
 
 def screen_teacher_output(logits_teacher: torch.Tensor, cfg: KDConfig):
@@ -155,10 +167,8 @@ def train_one_epoch(
     bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None if is_main_process() else True)
     for batch_index, batch in enumerate(bar):
         data_seconds += time.perf_counter() - waiting_since
-        images, targets = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        images, targets = batch_images(batch[0], device, cfg.channels_last), batch[1].to(device, non_blocking=True)
         indices = batch[2].to(device, non_blocking=True) if distiller.needs_indices else None
-        if cfg.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
         full_size = full_size or targets.numel()
         # Compiled forwards are specialised to the batch shape: a last, smaller batch runs eagerly.
         same_shape = targets.numel() == full_size
@@ -198,7 +208,7 @@ def train_one_epoch(
             loss=loss.detach().double() * batch_size,
             ce=parts["ce"].double() * batch_size,
             kd=parts["kd"].double() * batch_size,
-            correct=(logits_student.detach().argmax(1) == targets).sum(),
+            correct=(logits_student.detach()[:batch_size].argmax(1) == targets).sum(),  # the (first) weak view's
             teacher_nonfinite=teacher_bad,
         )
         if (batch_index + 1) % PROGRESS_EVERY == 0 or batch_index + 1 == len(loader):
@@ -263,6 +273,7 @@ def build_distillation(
     student = build_model(cfg.student.arch, num_classes, dataset=cfg.data.dataset).to(device)
     input_size = input_size or resolve(cfg.student.arch, cfg.data.dataset).input_size
     distiller = build_distiller(cfg, student, teacher, input_size=input_size, train_targets=train_targets).to(device)
+    distiller.loss_groups = groups_per_process(cfg.batchnorm_groups, world_size())  # its loss, as the BatchNorms
     if cfg.channels_last:
         student = student.to(memory_format=torch.channels_last)
         if teacher is not None:
@@ -328,7 +339,8 @@ def epoch_line(cfg: KDConfig, epoch: int, metrics: Dict[str, float]) -> str:
 def train(cfg: KDConfig) -> Dict[str, object]:
     """Runs (or resumes) a whole distillation run; returns what results.json holds."""
     device = prepare_run_runtime(cfg)
-    loaders = build_loaders(cfg, device, with_indices=check_distiller(cfg).needs_indices)
+    method = check_distiller(cfg)
+    loaders = build_loaders(cfg, device, with_indices=method.needs_indices, views=method.training_views)
     teacher = load_teacher(cfg, loaders.num_classes, device)
     kd = build_distillation(cfg, loaders.num_classes, device, teacher, loaders.train_targets)
     student, distiller = kd.student, kd.distiller
@@ -367,6 +379,7 @@ def train(cfg: KDConfig) -> Dict[str, object]:
                 **train_one_epoch(
                     cfg, distiller, epoch, network, teacher_forward, loaders.train, kd.optimizer, kd.prior, device
                 ),
+                **distiller.epoch_metrics(),  # CTKD's temperature
             }
             if cfg.compile:
                 metrics["compile_seconds"] = compile_seconds() - compiling_since
@@ -411,8 +424,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         prog="python -m knowledge_distillation.train",
         argv=argv,
         check=check_distiller,
-        description="Knowledge distillation with IKL, KD, DKD or a feature distiller (fitnet, at, nst, pkt, kdsvd, "
-        "ofd, rkd, vid, sp, crd, reviewkd). Settings: --config FILE, then key=value overrides.",
+        description="Knowledge distillation with IKL, KD, DKD, DIST, MLKD, CTKD or a feature distiller (fitnet, at, "
+        "nst, pkt, kdsvd, ofd, rkd, vid, sp, crd, reviewkd). Settings: --config FILE, then key=value overrides.",
     )
 
 

@@ -111,5 +111,7 @@ def check_targets(targets: torch.Tensor, logits: torch.Tensor) -> None:
 
 def check_positive(**named_values: float) -> None:
     for name, value in named_values.items():
-        if not value > 0:
+        if isinstance(value, torch.Tensor) and value.requires_grad:
+            continue  # a learned temperature (CTKD's), positive by construction: a check would wait for the GPU
+        if not bool(torch.as_tensor(value > 0).all()):
             raise ValueError(f"{name} must be positive, got {value}")

@@ -1,9 +1,10 @@
 # Sourced by the distillation launchers sh/kd_cifar100.sh and sh/kd_imagenet.sh: one method on
 # teacher/student pairs. A pair's own file (configs/knowledge_distillation/DATASET/PAIR.yaml) runs
-# the logit methods (method=METHOD); a feature distiller's file METHOD/PAIR.yaml extends it.
+# the logit methods (method=METHOD); a recipe with a folder of its own (a feature distiller, DIST,
+# MLKD, CTKD, the logit-standardization rows kd_ls ...) runs its RECIPE/PAIR.yaml, which extends it.
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 
-KD_LOGIT_METHODS="vanilla kd dkd dist ikl"
+KD_LOGIT_METHODS="vanilla kd dkd ikl"
 
 # kd_split_arguments ARG ...: the names among the arguments into KD_PAIRS, key=value overrides and
 #   --flags into KD_OVERRIDES (the pair launchers sh/kd_cifar100_ikl.sh and sh/kd_cifar100_gkl.sh).
@@ -56,18 +57,18 @@ kd_launch() {
     local dataset="$1" without_pair="$2"
     shift 2
     local configs="$DKL_ROOT/configs/knowledge_distillation/$dataset" launcher="sh/kd_$dataset.sh"
-    local known_pairs=() feature_methods=() method="" pairs=() overrides=() arg file name
+    local known_pairs=() recipes=() method="" pairs=() overrides=() arg file name
     for file in "$configs"/*.yaml; do
         name="$(basename "$file" .yaml)"
         [[ "$name" == base || "$name" == *_gkl ]] || known_pairs+=("$name")  # PAIR_gkl: a setting of PAIR
     done
     for file in "$configs"/*/; do
         name="$(basename "$file")"
-        compgen -G "$file*.yaml" >/dev/null && feature_methods+=("$name")
+        compgen -G "$file*.yaml" >/dev/null && recipes+=("$name")
     done
     _kd_usage() {
         echo "usage: bash $launcher METHOD $([[ "$without_pair" == all ]] && echo "[PAIR ...]" || echo "PAIR ...") [key=value ...] [--print-config]"
-        echo "  METHOD: ${feature_methods[*]} (feature distillers) or $KD_LOGIT_METHODS (logit)"
+        echo "  METHOD: ${recipes[*]} (files of their own) or $KD_LOGIT_METHODS (the pair's file)"
         echo "  PAIR: ${known_pairs[*]}"
     }
     for arg in "$@"; do
@@ -82,7 +83,7 @@ kd_launch() {
             pairs+=("$arg")
         fi
     done
-    local methods=" ${feature_methods[*]} $KD_LOGIT_METHODS " pair_names=" ${known_pairs[*]} "
+    local methods=" ${recipes[*]} $KD_LOGIT_METHODS " pair_names=" ${known_pairs[*]} "
     if [[ -z "$method" ]]; then
         { echo "error: name a method"; _kd_usage; } >&2
         exit 2
@@ -91,12 +92,22 @@ kd_launch() {
         { echo "error: no method '$method'"; _kd_usage; } >&2
         exit 2
     fi
+    # A recipe with a folder of its own (a feature distiller, DIST, ...) runs its RECIPE/PAIR.yaml; any other
+    # method runs the pair's own config with method=METHOD.
+    local own_configs=0
+    [[ -d "$configs/$method" ]] && own_configs=1
     if [[ ${#pairs[@]} -eq 0 ]]; then
         if [[ "$without_pair" != all ]]; then
             { echo "error: name a pair"; _kd_usage; } >&2
             exit 2
         fi
         pairs=("${known_pairs[@]}")
+        if [[ $own_configs == 1 ]]; then  # the pairs the recipe has a file for, in the pairs' order
+            pairs=()
+            for arg in "${known_pairs[@]}"; do
+                [[ -f "$configs/$method/$arg.yaml" ]] && pairs+=("$arg")
+            done
+        fi
     fi
     for arg in "${pairs[@]}"; do
         if [[ "$pair_names" != *" $arg "* ]]; then
@@ -104,14 +115,11 @@ kd_launch() {
             exit 2
         fi
     done
-    # A method with a folder of its own (a feature distiller) runs its PAIR.yaml there; any other runs
-    # the pair's own config with method=METHOD.
-    local own_configs=0
-    [[ -d "$configs/$method" ]] && own_configs=1
     for arg in "${pairs[@]}"; do
         file="$configs/$method/$arg.yaml"
         if [[ $own_configs == 1 && ! -f "$file" ]]; then
-            echo "error: $method has no config for $arg ($file)" >&2
+            echo "error: $method has no config for $arg ($file); its pairs: $(cd "$configs/$method" && ls -- *.yaml | sed 's/\.yaml$//' | tr '\n' ' ')" >&2
+            [[ " $KD_LOGIT_METHODS " == *" $method "* ]] || echo "  (a logit method on another pair: python -m knowledge_distillation.train --config $configs/$arg.yaml method=$method)" >&2
             exit 2
         fi
     done

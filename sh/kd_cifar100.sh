@@ -6,7 +6,8 @@
 #   bash sh/kd_cifar100.sh dkd res32x4_res8x4                   # a logit method on one pair
 # METHOD: a feature distiller (fitnet at nst pkt kdsvd ofd rkd vid sp crd reviewkd; their files are
 # configs/knowledge_distillation/cifar100/METHOD/PAIR.yaml, mdistiller's settings) or a logit method
-# (vanilla kd dkd ikl: the pair's file with method=METHOD; ikl is what sh/kd_cifar100_ikl.sh runs).
+# (vanilla kd dkd ikl: the pair's file with method=METHOD; ikl is what sh/kd_cifar100_ikl.sh runs), or a logit
+# recipe with files of its own (dist mlkd ctkd; kd_ls dkd_ls mlkd_ls ctkd_ls ikl_ls gkl_ls: + logit standardization).
 # key=value arguments are config overrides for every run; --print-config prints the resolved configs
 # instead of training; NPROC=N (and NNODES, NODE_RANK, MASTER) run each pair under torchrun; SEEDS="0 1 2"
 # runs each once per seed. Teachers: mdistiller's cifar_teachers.tar extracted into ./download_ckpts

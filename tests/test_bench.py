@@ -80,3 +80,22 @@ def test_the_kd_bench_times_reviewkd_with_its_imagenet_config_and_trains_its_fus
     finally:
         torch.set_num_threads(threads)
     assert any(not torch.equal(before[k], v) for k, v in run.student.state_dict().items())
+
+
+def test_the_kd_bench_times_mlkd_on_two_views_and_ctkd_with_their_imagenet_configs():
+    kd_step = load("kd_step")
+    mlkd = kd_step.pair_config("r34_r18", "fp32", False, False, "mlkd")
+    ctkd = kd_step.pair_config("r34_r18", "fp32", False, False, "ctkd")
+    assert (mlkd.method, mlkd.mlkd.kd_weight, ctkd.method, ctkd.ctkd.curriculum_epochs) == ("mlkd", 0.5, "ctkd", 5)
+    args = Namespace(batch_size=2, image_size=64, iterations=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        kd, batches = kd_step.setup(mlkd, args, torch.device("cpu"))
+        assert isinstance(batches[0][0], list) and len(batches[0][0]) == 2  # a weak and a strong view
+        run = kd_step.our_iterations(ctkd, args, torch.device("cpu"))
+        before = {k: v.clone() for k, v in run.student.state_dict().items()}
+        run()
+    finally:
+        torch.set_num_threads(threads)
+    assert any(not torch.equal(before[k], v) for k, v in run.student.state_dict().items())

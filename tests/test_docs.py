@@ -228,13 +228,21 @@ def paper_rows_table():
     return rows
 
 
+# The pages with a table of paper rows after a <!-- paper-rows --> marker: the README's, and the distillation
+# page's every pair of the logit recipes (the README shows one pair of each).
+PAPER_ROW_PAGES = ("README.md", "docs/distillation.md")
+
+
 def readme_paper_rows():
-    """The lines of the README's table of paper rows (after its <!-- paper-rows --> marker)."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert "<!-- paper-rows -->" in text, "README.md has no '<!-- paper-rows -->' table"
-    lines = text.split("<!-- paper-rows -->", 1)[1].lstrip("\n").splitlines()
-    table = list(itertools.takewhile(lambda line: line.startswith("|"), lines))
-    return [line for line in table[2:]]  # without the header and the |---| line
+    """The lines of the tables of paper rows (after each page's <!-- paper-rows --> marker)."""
+    rows = []
+    for page in PAPER_ROW_PAGES:
+        text = (ROOT / page).read_text(encoding="utf-8")
+        assert "<!-- paper-rows -->" in text, f"{page} has no '<!-- paper-rows -->' table"
+        lines = text.split("<!-- paper-rows -->", 1)[1].lstrip("\n").splitlines()
+        table = list(itertools.takewhile(lambda line: line.startswith("|"), lines))
+        rows += table[2:]  # without the header and the |---| line
+    return rows
 
 
 def test_the_paper_rows_table_is_read_from_its_source():

@@ -192,6 +192,8 @@ RESULT_KNOBS = {  # section: its knobs ("": the top level), over both tasks
     "lbgat": "beta natural_arch",
     "dajat": "js_weight",
     "dist": "beta ce_weight gamma kd_weight temperature",
+    "mlkd": "ce_weight kd_weight temperature",
+    "ctkd": "ce_weight curriculum_epochs kd_weight max_reversal temperature_span temperature_start",
     "las_at": "clean_weight clip_grad_norm epsilons interval lookahead_label_smoothing policy_lr policy_momentum "
     "policy_weight_decay reward_epsilon reward_restarts reward_step_size reward_steps robust_weight step_sizes steps",
     "kd": "ce_weight kd_weight temperature",

@@ -43,7 +43,7 @@ NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "digits": 10}
 DATASET_AUGMENTATIONS = {
     "cifar10": AUGMENTATIONS,
     "cifar100": AUGMENTATIONS,
-    "imagenet": ("none", "basic"),
+    "imagenet": ("none", "basic", "randaugment"),
     "digits": ("none", "basic"),
 }
 
@@ -83,7 +83,7 @@ def _check_augment(dataset: str, augment: str) -> None:
     supported = DATASET_AUGMENTATIONS[dataset]
     if augment not in supported:
         why = {
-            "imagenet": "the two-view augmentations follow the CIFAR recipe with its 32x32 crops",
+            "imagenet": "autoaug and cutout follow the CIFAR recipe with its 32x32 crops",
             "digits": "8x8 digits are not augmented; none and basic both give the plain images",
         }[dataset]
         raise UserError(

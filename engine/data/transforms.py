@@ -5,7 +5,9 @@ Per image (DataLoader workers): ``basic`` is a random 32x32 crop of the 4-pixel 
 image (or reflect-padded, ``padding_mode``) and a random horizontal flip (then, with
 ``rotate_degrees``, a RandomRotation); ``autoaug`` and ``cutout`` add augmented views (another
 crop/flip, then AutoAugment's CIFAR-10 policy with the reference's grey fill, or one 16x16
-Cutout hole); ImageNet's ``basic`` is RandomResizedCrop(224) and a flip, its test transform
+Cutout hole; ``randaugment``: another crop/flip, then MLKD's FixMatch RandAugment and Cutout,
+`engine.data.randaugment`); ImageNet's ``basic`` is RandomResizedCrop(224) and a flip (``randaugment`` adds the
+same strong view after its own crop and flip), its test transform
 Resize(256) and CenterCrop(224). With ``normalize``, normalisation is the last step of every
 view. Every random transform draws from torch's RNG.
 
@@ -25,7 +27,9 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-AUGMENTATIONS = ("none", "basic", "autoaug", "cutout")
+from .randaugment import FixMatchRandAugment
+
+AUGMENTATIONS = ("none", "basic", "autoaug", "cutout", "randaugment")
 
 # Per-channel (mean, std) of the training images in [0, 1], for the loaders' ``normalize=True`` (the
 # distillation runs; models/dm_wide_resnet.py's DEEPMIND_STATS and models/preprocess.py's MEAN_STD
@@ -152,7 +156,7 @@ def training_transform(
     """The training transform. CIFAR's crops pad by 4 pixels with ``padding_mode`` (constant: zeros;
     reflect: mirrored, without repeating the edge) and, with ``rotate_degrees`` > 0, are then
     rotated by RandomRotation(rotate_degrees), in every view; other datasets take the defaults only.
-    autoaug and cutout give the basic view and ``augmented_views`` augmented ones."""
+    autoaug, cutout and randaugment give the basic view and ``augmented_views`` augmented ones."""
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
     if not 0 <= rotate_degrees <= 180:
@@ -169,7 +173,11 @@ def training_transform(
 
     to_tensor = tensor_steps(dataset, normalize)
     if dataset == "imagenet":
-        return transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), *to_tensor])
+        basic = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), *to_tensor])
+        if augment != "randaugment":
+            return basic
+        strong = [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), FixMatchRandAugment(2)]
+        return AugmentedViews(basic, transforms.Compose([*strong, *to_tensor]), augmented_views)
 
     def crop_flip() -> list:
         return _crop_flip(padding_mode, rotate_degrees)
@@ -180,6 +188,8 @@ def training_transform(
     if augment == "autoaug":
         policy = autoaugment_cifar()
         augmented = transforms.Compose([*crop_flip(), policy, *to_tensor])
+    elif augment == "randaugment":  # MLKD's strong view: its own crop and flip, then RandAugment and Cutout
+        augmented = transforms.Compose([*crop_flip(), FixMatchRandAugment(2), *to_tensor])
     else:
         # The hole is cut before normalising, so it is black whether or not one normalises.
         augmented = transforms.Compose([*crop_flip(), transforms.ToTensor(), Cutout(16), *to_tensor[1:]])

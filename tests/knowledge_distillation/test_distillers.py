@@ -33,14 +33,14 @@ def distiller(name, **overrides):
 
 def test_the_registry_and_the_config_name_the_same_distillers():
     feature = ["at", "crd", "fitnet", "kdsvd", "nst", "ofd", "pkt", "reviewkd", "rkd", "sp", "vid"]
-    assert available_distillers() == sorted(["dist", "dkd", "ikl", "kd", "vanilla", *feature])
+    assert available_distillers() == sorted(["ctkd", "dist", "dkd", "ikl", "kd", "mlkd", "vanilla", *feature])
     for name in available_distillers():
         load_config(KDConfig, None, [f"method={name}"])
         if (
             name not in feature
         ):  # those are built from the models: tests/knowledge_distillation/test_feature_distillers.py
             assert type(distiller(name)) is DISTILLERS[name] and DISTILLERS[name].name == name
-    with pytest.raises(ConfigError, match="'method' must be one of at, crd, dist, dkd, .*, vid, got 'dkdd'"):
+    with pytest.raises(ConfigError, match="'method' must be one of at, crd, ctkd, dist, dkd, .*, vid, got 'dkdd'"):
         build_distiller(load_config(KDConfig, None, ["method=dkdd"]))  # the registry lookup raises the config error
 
 

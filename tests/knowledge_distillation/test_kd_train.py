@@ -15,6 +15,7 @@ from engine.data import build_test_set
 from engine.file_io import atomic_save, load_file
 from knowledge_distillation.config import KDConfig
 from knowledge_distillation.distillers import IKL, Vanilla, build_distiller
+from knowledge_distillation.loaders import build_loaders
 from knowledge_distillation.train import main
 from losses import ClassPrior
 from models import build_model, load_weights
@@ -303,3 +304,23 @@ def test_the_seconds_per_iteration_split_into_waiting_for_the_loader_and_the_res
     (record,) = read_metrics(tmp_path / "digits_teacher")
     seconds = {key: record[key] for key in ("sec_per_iter", "data_sec_per_iter", "compute_sec_per_iter")}
     assert seconds == {"sec_per_iter": 8.0, "data_sec_per_iter": 3.0, "compute_sec_per_iter": 5.0}
+
+
+def test_a_two_view_distillers_loader_gives_weak_and_strong_views(cifar100_root):
+    cfg = load_config(
+        KDConfig,
+        CONFIGS / "cifar100" / "mlkd" / "res32x4_res8x4.yaml",
+        [f"data.root={cifar100_root}", "data.verify_checksum=false", "data.num_workers=0", "data.batch_size=50"],
+    )
+    loaders = build_loaders(cfg, torch.device("cpu"), with_indices=False, views=2)
+    (weak, strong), targets = next(iter(loaders.train))
+    assert weak.shape == strong.shape == (50, 3, 32, 32) and targets.shape == (50,)
+    assert not torch.equal(weak, strong)  # independent crops and flips, and RandAugment on the strong one
+
+
+@pytest.mark.slow
+def test_mlkd_trains_on_cifar_files_with_both_views(cifar100_root, cifar_teacher, tmp_path):
+    assert main(cifar_run(cifar100_root, cifar_teacher, tmp_path, "method=mlkd", "epochs=1")) == 0
+    (record,) = read_metrics(tmp_path / "run")
+    assert record["train_loss_kd"] > 0 and 0 <= record["train_acc"] <= 100  # accuracy of the weak view, per image
+    assert record["train_loss"] == pytest.approx(record["train_loss_ce"] + record["train_loss_kd"], rel=1e-6)
