@@ -7,17 +7,17 @@ from Python's and numpy's unseeded ones), so a seed reproduces the views. Not to
 enhancements only weaken (factors below 1), the magnitudes are random, and no sign is drawn.
 """
 
-from typing import Callable, List, Tuple
+from typing import List, Tuple
 
 import torch
 
 CUTOUT_FILL = (125, 123, 114)  # their Cutout's grey, about CIFAR's mean colour
 
 
-def _affine(coefficients: Tuple[float, ...]) -> Callable:
+def _affine(image, coefficients: Tuple[float, ...]):
     from PIL import Image  # with torchvision, on first use
 
-    return lambda image: image.transform(image.size, Image.AFFINE, coefficients)
+    return image.transform(image.size, Image.AFFINE, coefficients)
 
 
 def _operation(name: str, image, v: float):
@@ -40,13 +40,13 @@ def _operation(name: str, image, v: float):
     if name == "Solarize":
         return ImageOps.solarize(image, v)
     if name == "ShearX":
-        return _affine((1, v, 0, 0, 1, 0))(image)
+        return _affine(image, (1, v, 0, 0, 1, 0))
     if name == "ShearY":
-        return _affine((1, 0, 0, v, 1, 0))(image)
+        return _affine(image, (1, 0, 0, v, 1, 0))
     if name == "TranslateX":
-        return _affine((1, 0, v * width, 0, 1, 0))(image)
+        return _affine(image, (1, 0, v * width, 0, 1, 0))
     if name == "TranslateY":
-        return _affine((1, 0, 0, 0, 1, v * height))(image)
+        return _affine(image, (1, 0, 0, 0, 1, v * height))
     raise ValueError(f"unknown operation {name!r}")
 
 
